@@ -1,0 +1,1 @@
+"""Data set readers shared by the demo, the trainer and the studies."""

@@ -1,0 +1,19 @@
+"""Logging set-up for the CLI and workers."""
+
+from __future__ import annotations
+
+import logging
+
+from rich.logging import RichHandler
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(name)s: %(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("aiokafka", "faust", "mode", "feast", "urllib3", "httpx", "numba", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
