@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     cache_dir: Path = Path.home() / ".cache" / "sidstream"
     lastfm_dir: Path = REPO_ROOT.parent / "shared" / "data" / "lastfm-2k"
     audio_dir: Path = Path("/usr/share/games/singularity/music")
+    registry_root: Path | None = None  # default <home>/registry
+    feast_root: Path | None = None  # default <home>/feast
     feast_profile: str = "local"  # "local" (SQLite + Parquet) | "redis"
     redis_url: str = "127.0.0.1:6379"
     kafka: KafkaSettings = KafkaSettings()
@@ -81,11 +83,11 @@ class Settings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         """Artifact registry: codebook and ranker versions."""
-        return self.home / "registry"
+        return self.registry_root or self.home / "registry"
 
     @property
     def feast_dir(self) -> Path:
-        return self.home / "feast"
+        return self.feast_root or self.home / "feast"
 
 
 @lru_cache(maxsize=1)

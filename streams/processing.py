@@ -1,0 +1,280 @@
+"""The workers' logic as plain functions of a batch (no Kafka here): decode, validate,
+encode or assign, and split into outputs and dead letters. The Faust agents in
+``streams.app`` are thin loops around these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from streams import avro_codec
+from streams.records import BatchResult, DeadLetter, RawRecord, vector_from_bytes, vector_to_bytes
+
+log = logging.getLogger(__name__)
+
+
+class BatchEncoder(Protocol):
+    model_id: str
+    dim: int
+
+    def encode(self, batch: Sequence[Any]) -> np.ndarray: ...
+
+
+class _TextOps(Protocol):
+    def __call__(self, meta: dict[str, Any]) -> str: ...
+
+
+# -- text encoder worker ---------------------------------------------------------------------------
+def encode_text_batch(
+    records: Sequence[RawRecord], encoder: BatchEncoder, build_text: _TextOps, validate_text: Any
+) -> BatchResult:
+    """tracks.metadata records -> embeddings.text records (one encoder call per batch)."""
+    result = BatchResult()
+    texts: list[str] = []
+    kept: list[tuple[RawRecord, dict[str, Any]]] = []
+    for raw in records:
+        try:
+            _, rec = avro_codec.decode(raw.value, expected="TrackMetadata")
+        except avro_codec.DecodeError as exc:
+            result.dead.append(DeadLetter(raw, f"undecodable metadata: {exc}", "undecodable", _key(raw)))
+            continue
+        text = rec["text"] if rec.get("text") else build_text(rec)
+        reason = validate_text(text)
+        if reason is not None:
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {reason}", "empty_text", rec["track_id"]))
+            continue
+        texts.append(text)
+        kept.append((raw, rec))
+    if texts:
+        vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
+        _emit_embeddings(result, kept, vectors, "text", encoder)
+    return result
+
+
+# -- audio encoder worker --------------------------------------------------------------------------
+def encode_audio_batch(
+    records: Sequence[RawRecord], encoder: BatchEncoder, decode_audio: Any, max_inline_bytes: int, max_file_bytes: int
+) -> BatchResult:
+    """tracks.audio records -> embeddings.audio records. Audio comes as file:// URI or inline bytes."""
+    result = BatchResult()
+    waves: list[np.ndarray] = []
+    kept: list[tuple[RawRecord, dict[str, Any]]] = []
+    for raw in records:
+        try:
+            _, rec = avro_codec.decode(raw.value, expected="TrackAudio")
+        except avro_codec.DecodeError as exc:
+            result.dead.append(DeadLetter(raw, f"undecodable audio record: {exc}", "undecodable", _key(raw)))
+            continue
+        try:
+            source = _audio_source(rec, max_inline_bytes)
+            wave = decode_audio(source, encoder_sample_rate(encoder), max_file_bytes)
+        except Exception as exc:  # noqa: BLE001 - every failure of one item goes to the DLQ
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {exc}", "bad_audio", rec["track_id"]))
+            continue
+        waves.append(wave)
+        kept.append((raw, rec))
+    if waves:
+        vectors = np.asarray(encoder.encode(waves), dtype=np.float32)
+        _emit_embeddings(result, kept, vectors, "audio", encoder)
+    return result
+
+
+def encoder_sample_rate(encoder: Any) -> int:
+    return int(getattr(encoder, "sample_rate", 16000))
+
+
+def _audio_source(rec: dict[str, Any], max_inline_bytes: int) -> str | bytes:
+    if rec.get("data") is not None:
+        if len(rec["data"]) > max_inline_bytes:
+            raise ValueError(f"inline audio of {len(rec['data'])} bytes exceeds the {max_inline_bytes}-byte limit")
+        return bytes(rec["data"])
+    uri = rec.get("uri")
+    if not uri:
+        raise ValueError("audio record has neither uri nor data")
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    if "://" in uri:
+        raise ValueError(f"unsupported audio URI scheme in {uri!r} (file:// or inline bytes)")
+    return str(uri)
+
+
+def _emit_embeddings(
+    result: BatchResult, kept: list[tuple[RawRecord, dict[str, Any]]], vectors: np.ndarray, modality: str, encoder: BatchEncoder
+) -> None:
+    finite = np.isfinite(vectors).all(axis=1)
+    for (raw, rec), vec, ok in zip(kept, vectors, finite, strict=True):
+        if not ok:
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {modality} encoder produced NaN/inf", "nan", rec["track_id"]))
+            continue
+        value = avro_codec.encode(
+            "Embedding",
+            {
+                "track_id": rec["track_id"],
+                "event_time": rec["event_time"],
+                "modality": modality,
+                "model_id": encoder.model_id,
+                "dim": int(vectors.shape[1]),
+                "vector": vector_to_bytes(vec),
+                "ingest_time": rec["ingest_time"],
+            },
+        )
+        result.outputs.append((rec["track_id"].encode(), value))
+
+
+# -- PSRQ assigner ---------------------------------------------------------------------------------
+class CodebookSetLike(Protocol):
+    codebooks: dict[str, Any]
+    manifest: dict[str, Any]
+
+    def encode(self, modality: str, X: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ActiveCodebooks:
+    """The assigner's frozen codebook version in memory (swapped atomically as a whole)."""
+
+    version: str
+    codebooks: CodebookSetLike
+
+    def dim(self, modality: str) -> int | None:
+        q = self.codebooks.codebooks.get(modality)
+        return None if q is None else int(q.dim)
+
+
+def assign_batch(
+    records: Sequence[RawRecord],
+    state: MutableMapping[str, Any],
+    active: ActiveCodebooks,
+    joint_embedding: Any,
+    on_state_write: Any = None,
+) -> BatchResult:
+    """embeddings.{text,audio} records -> sids.assigned records.
+
+    `state` maps track_id -> JSON-able dict with the latest embedding per modality; it is
+    the join buffer (a Faust table in the worker). A track's text SID is emitted as soon as
+    its text embedding arrives; audio and joint SIDs when its audio arrives (in any order).
+    SID event time = max(event times of the modalities used) + (number of modalities - 1) ms,
+    so a fuller record is always newer than a partial one and a replay yields the same record.
+    """
+    result = BatchResult()
+    touched: dict[str, RawRecord] = {}
+    for raw in records:
+        try:
+            _, rec = avro_codec.decode(raw.value, expected="Embedding")
+        except avro_codec.DecodeError as exc:
+            result.dead.append(DeadLetter(raw, f"undecodable embedding: {exc}", "undecodable", _key(raw)))
+            continue
+        modality, track_id = rec["modality"], rec["track_id"]
+        expected_dim = active.dim(modality)
+        if expected_dim is None:
+            result.dead.append(DeadLetter(raw, f"no {modality} codebook in version {active.version}", "no_codebook", track_id))
+            continue
+        try:
+            vec = vector_from_bytes(rec["vector"], rec["dim"])
+        except ValueError as exc:
+            result.dead.append(DeadLetter(raw, f"track {track_id}: {exc}", "wrong_dim", track_id))
+            continue
+        if vec.shape[0] != expected_dim:
+            result.dead.append(
+                DeadLetter(raw, f"track {track_id}: {modality} embedding dim {vec.shape[0]} != codebook dim {expected_dim}", "wrong_dim", track_id)
+            )
+            continue
+        if not np.isfinite(vec).all():
+            result.dead.append(DeadLetter(raw, f"track {track_id}: {modality} embedding has NaN/inf", "nan", track_id))
+            continue
+        entry = dict(state.get(track_id) or {})
+        previous = entry.get(modality)
+        if previous is not None and previous["event_time"] > rec["event_time"]:
+            continue  # an older version of this modality arrived late: the newer one stands
+        entry[modality] = {
+            "event_time": rec["event_time"],
+            "model_id": rec["model_id"],
+            "vector": rec["vector"].hex(),
+            "ingest_time": rec["ingest_time"],
+        }
+        if on_state_write is not None:
+            on_state_write(raw)
+        state[track_id] = entry
+        touched[track_id] = raw
+    if touched:
+        _assign_tracks(result, list(touched), state, active, joint_embedding)
+    return result
+
+
+def _assign_tracks(
+    result: BatchResult, track_ids: list[str], state: MutableMapping[str, Any], active: ActiveCodebooks, joint_embedding: Any
+) -> None:
+    entries = [state[t] for t in track_ids]
+    codes: dict[str, dict[str, list[int]]] = {t: {} for t in track_ids}
+    for modality in ("text", "audio"):
+        idx = [i for i, e in enumerate(entries) if modality in e]
+        if not idx or active.dim(modality) is None:
+            continue
+        X = np.stack([np.frombuffer(bytes.fromhex(entries[i][modality]["vector"]), dtype="<f4") for i in idx])
+        C = active.codebooks.encode(modality, X)
+        for row, i in enumerate(idx):
+            codes[track_ids[i]][modality] = C[row].tolist()
+    both = [i for i, e in enumerate(entries) if "text" in e and "audio" in e]
+    if both and active.dim("joint") is not None:
+        T = np.stack([np.frombuffer(bytes.fromhex(entries[i]["text"]["vector"]), dtype="<f4") for i in both])
+        A = np.stack([np.frombuffer(bytes.fromhex(entries[i]["audio"]["vector"]), dtype="<f4") for i in both])
+        J = active.codebooks.encode("joint", joint_embedding(T, A))
+        for row, i in enumerate(both):
+            codes[track_ids[i]]["joint"] = J[row].tolist()
+    for track_id, entry in zip(track_ids, entries, strict=True):
+        c = codes[track_id]
+        present = [m for m in ("text", "audio") if m in entry]
+        used = [m for m in present if m in c]
+        if not used:
+            continue
+        event_time = max(entry[m]["event_time"] for m in used) + len(used) - 1
+        value = avro_codec.encode(
+            "SidAssigned",
+            {
+                "track_id": track_id,
+                "event_time": event_time,
+                "codebook_version": active.version,
+                "text_sid": c.get("text"),
+                "audio_sid": c.get("audio"),
+                "joint_sid": c.get("joint"),
+                "modalities": used,
+                "text_model_id": entry.get("text", {}).get("model_id", ""),
+                "audio_model_id": entry.get("audio", {}).get("model_id", ""),
+                "ingest_time": min(entry[m]["ingest_time"] for m in used),
+            },
+        )
+        result.outputs.append((track_id.encode(), value))
+
+
+# -- Feast writer ----------------------------------------------------------------------------------
+def decode_sid_batch(records: Sequence[RawRecord]) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
+    """sids.assigned records -> (decoded records, dead letters)."""
+    rows: list[dict[str, Any]] = []
+    dead: list[DeadLetter] = []
+    for raw in records:
+        try:
+            _, rec = avro_codec.decode(raw.value, expected="SidAssigned")
+        except avro_codec.DecodeError as exc:
+            dead.append(DeadLetter(raw, f"undecodable SID record: {exc}", "undecodable", _key(raw)))
+            continue
+        rows.append(rec)
+    return rows, dead
+
+
+def _key(raw: RawRecord) -> str | None:
+    if raw.key is None:
+        return None
+    try:
+        return raw.key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def state_dumps(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, separators=(",", ":"))

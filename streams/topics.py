@@ -1,0 +1,103 @@
+"""The pipeline's topics and their creation (confluent-kafka admin API)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+log = logging.getLogger(__name__)
+
+TRACKS_METADATA = "tracks.metadata"
+TRACKS_AUDIO = "tracks.audio"
+EMBEDDINGS_TEXT = "embeddings.text"
+EMBEDDINGS_AUDIO = "embeddings.audio"
+SIDS_ASSIGNED = "sids.assigned"
+INTERACTIONS = "interactions"
+CODEBOOKS_CONTROL = "codebooks.control"
+
+DATA_TOPICS = (TRACKS_METADATA, TRACKS_AUDIO, EMBEDDINGS_TEXT, EMBEDDINGS_AUDIO, SIDS_ASSIGNED, INTERACTIONS)
+
+
+def dlq(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Concrete topic names under an optional prefix (tests use a fresh prefix per test)."""
+
+    prefix: str = ""
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def metadata(self) -> str:
+        return self.name(TRACKS_METADATA)
+
+    @property
+    def audio(self) -> str:
+        return self.name(TRACKS_AUDIO)
+
+    @property
+    def emb_text(self) -> str:
+        return self.name(EMBEDDINGS_TEXT)
+
+    @property
+    def emb_audio(self) -> str:
+        return self.name(EMBEDDINGS_AUDIO)
+
+    @property
+    def sids(self) -> str:
+        return self.name(SIDS_ASSIGNED)
+
+    @property
+    def interactions(self) -> str:
+        return self.name(INTERACTIONS)
+
+    @property
+    def control(self) -> str:
+        return self.name(CODEBOOKS_CONTROL)
+
+    def all(self) -> list[str]:
+        names = [self.name(t) for t in DATA_TOPICS]
+        return names + [dlq(t) for t in names] + [self.control]
+
+
+def create_topics(bootstrap: str, names: TopicNames, partitions: int, timeout_s: float = 30.0) -> list[str]:
+    """Create every pipeline topic that does not exist yet; returns the names created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = []
+    for topic in names.all():
+        if topic in existing:
+            continue
+        # the control topic is a single ordered log; everything else is keyed by track/user id
+        n = 1 if topic == names.control else partitions
+        wanted.append(NewTopic(topic, num_partitions=n, replication_factor=1))
+    if not wanted:
+        return []
+    futures = admin.create_topics(wanted, operation_timeout=timeout_s)
+    created = []
+    for topic, fut in futures.items():
+        try:
+            fut.result(timeout=timeout_s)
+            created.append(topic)
+        except Exception as exc:  # noqa: BLE001
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    log.info("created %d topics (%d partitions each)", len(created), partitions)
+    return created
+
+
+def delete_topics(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if not topics:
+        return
+    for fut in admin.delete_topics(topics, operation_timeout=timeout_s).values():
+        try:
+            fut.result(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - best effort clean-up
+            pass

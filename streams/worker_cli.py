@@ -1,0 +1,79 @@
+"""`sidstream worker run|announce`: run Faust agents in this process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from sidstream.config import get_settings
+from streams.app import ROLES, WorkerDeps, build_app, registry_codebook_loader
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+
+def build_deps(roles: list[str]) -> WorkerDeps:
+    """Load what the chosen roles need: encoders, the live codebook version, the Feast sink."""
+    s = get_settings()
+    deps = WorkerDeps(settings=s)
+    e = s.encoders
+    if "text" in roles:
+        from encoders import load_text_encoder
+
+        deps.text_encoder = load_text_encoder(e.text_model_dir, device=e.device, dtype=e.dtype, max_length=e.max_length, token_budget=e.token_budget)
+    if "audio" in roles:
+        from encoders import load_audio_encoder
+
+        deps.audio_encoder = load_audio_encoder(e.audio_model, sample_rate=e.sample_rate, window_s=e.audio_window_s, max_windows=e.audio_max_windows)
+    if "assigner" in roles:
+        deps.codebook_loader = registry_codebook_loader(s.registry_dir)
+        deps.codebooks = deps.codebook_loader()
+        if deps.codebooks is None:
+            raise click.ClickException(f"no live codebook version in {s.registry_dir}; run `sidstream train codebooks` or `sidstream demo`")
+    if "writer" in roles:
+        from streams.feast_store import FeastSink, open_store
+
+        store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
+        deps.feast_sink = FeastSink(store, offline_dir=s.feast_dir / "offline")
+    return deps
+
+
+@click.group()
+def worker() -> None:
+    """Streaming workers (Faust agents)."""
+
+
+@worker.command()
+@click.option("--roles", default=",".join(ROLES), show_default=True, help=f"comma-separated subset of {','.join(ROLES)}")
+@click.option("--app-id", default=None, help="Faust app (consumer group) id; default <prefix>sidstream-<roles>")
+@click.option("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
+@click.option("--ready-file", type=click.Path(), default=None, help="touch this file once partitions are assigned")
+def run(roles: str, app_id: str | None, metrics_port: int, ready_file: str | None) -> None:
+    """Run the chosen agents until interrupted (SIGINT/SIGTERM stop them cleanly)."""
+    import faust
+
+    role_list = [r.strip() for r in roles.split(",") if r.strip()]
+    bad = set(role_list) - set(ROLES)
+    if bad:
+        raise click.BadParameter(f"unknown roles {sorted(bad)}; choose from {ROLES}")
+    s = get_settings()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    deps = build_deps(role_list)
+    names = TopicNames(s.kafka.topic_prefix)
+    app = build_app(s, names, role_list, deps, app_id=app_id or f"{s.kafka.topic_prefix}sidstream-{'-'.join(role_list)}")
+    if ready_file:
+        from pathlib import Path
+
+        @app.on_partitions_assigned.connect
+        async def _ready(sender: object, assigned: object, **_: object) -> None:
+            Path(ready_file).write_text("ready\n")
+
+    log.info("worker %s starting on %s (topics prefix %r)", role_list, s.kafka.bootstrap, s.kafka.topic_prefix)
+    worker_ = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker_.execute_from_commandline()
+    sys.exit(0)
