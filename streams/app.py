@@ -34,7 +34,7 @@ from streams.topics import TopicNames, dlq
 
 log = logging.getLogger(__name__)
 
-ROLES = ("text", "audio", "assigner", "writer")
+ROLES = ("text", "audio", "assigner", "writer", "logger")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class WorkerDeps:
     codebooks: ActiveCodebooks | None = None
     codebook_loader: Callable[[], ActiveCodebooks | None] | None = None
     feast_sink: Any = None
+    history_sink: Any = None  # its own sink: the writer and logger flush from different threads
     on_written: Callable[[list[dict[str, Any]]], None] | None = None
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -188,6 +189,34 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                             deps.on_written(rows)
                     await publish(BatchResult(dead=dead), None, "writer")
                     metrics.count_ok("writer", len(rows))
+
+    if "logger" in roles:
+        history = app.Table("user-history", default=None, partitions=s.kafka.partitions, value_serializer="json", key_serializer="raw")
+
+        @app.agent(topic(names.interactions), name="interaction-logger")
+        async def interaction_logger(stream: faust.StreamT) -> None:
+            from streams.feast_store import UserHistoryRow
+            from streams.interaction_log import write_interactions
+            from streams.processing import decode_interactions, update_history
+
+            async for events in stream.take_events(batch, within=within):
+                by_offset = {(e.message.topic, e.message.partition, e.message.offset): e for e in events}
+                ok, dead = decode_interactions([_raw(e) for e in events])
+                await asyncio.to_thread(write_interactions, s.feast_dir / "offline" / "interactions", ok)
+                changed: dict[str, list[Any]] = {}
+                for raw, rec in ok:
+                    key = rec["user_id"].encode()
+                    _current_event.set(weakref.ref(by_offset[(raw.topic, raw.partition, raw.offset)]))
+                    updated = update_history(history.get(key), rec)
+                    history[key] = updated
+                    changed[rec["user_id"]] = updated
+                if changed and deps.history_sink is not None:
+                    deps.history_sink.add_history(
+                        [UserHistoryRow(u, int(h[-1][0]) if h else 0, tuple(t for _, t in h)) for u, h in changed.items() if h]
+                    )
+                    await asyncio.to_thread(deps.history_sink.flush)
+                await publish(BatchResult(dead=dead), None, "logger")
+                metrics.count_ok("logger", len(ok))
 
     return app
 

@@ -98,4 +98,4 @@ def decode(data: bytes | None, expected: str | None = None) -> tuple[str, dict[s
 
 
 def schema_json(schema_name: str) -> str:
-    return json.dumps(_registry()[0][schema_name].to_json())
+    return json.dumps(_registry()[0][schema_name].schema.to_json())

@@ -278,3 +278,36 @@ def _key(raw: RawRecord) -> str | None:
 
 def state_dumps(entry: dict[str, Any]) -> str:
     return json.dumps(entry, separators=(",", ":"))
+
+
+# -- interaction logger ----------------------------------------------------------------------------
+HISTORY_LEN = 20
+
+
+def decode_interactions(records: Sequence[RawRecord]) -> tuple[list[tuple[RawRecord, dict[str, Any]]], list[DeadLetter]]:
+    ok: list[tuple[RawRecord, dict[str, Any]]] = []
+    dead: list[DeadLetter] = []
+    for raw in records:
+        try:
+            _, rec = avro_codec.decode(raw.value, expected="Interaction")
+        except avro_codec.DecodeError as exc:
+            dead.append(DeadLetter(raw, f"undecodable interaction: {exc}", "undecodable", _key(raw)))
+            continue
+        if rec["label"] not in (0, 1):
+            dead.append(DeadLetter(raw, f"label {rec['label']} is not 0 or 1", "bad_label", rec["track_id"]))
+            continue
+        ok.append((raw, rec))
+    return ok, dead
+
+
+def update_history(history: list[list[Any]] | None, rec: dict[str, Any]) -> list[list[Any]]:
+    """Last HISTORY_LEN positives as [event_time, track_id], time-ordered; replays are no-ops."""
+    items = list(history or [])
+    if rec["label"] != 1:
+        return items
+    entry = [rec["event_time"], rec["track_id"]]
+    if entry in items:
+        return items
+    items.append(entry)
+    items.sort(key=lambda e: (e[0], e[1]))
+    return items[-HISTORY_LEN:]

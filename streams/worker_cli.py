@@ -32,11 +32,14 @@ def build_deps(roles: list[str]) -> WorkerDeps:
         deps.codebooks = deps.codebook_loader()
         if deps.codebooks is None:
             raise click.ClickException(f"no live codebook version in {s.registry_dir}; run `sidstream train codebooks` or `sidstream demo`")
-    if "writer" in roles:
+    if "writer" in roles or "logger" in roles:
         from streams.feast_store import FeastSink, open_store
 
         store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
-        deps.feast_sink = FeastSink(store, offline_dir=s.feast_dir / "offline")
+        if "writer" in roles:
+            deps.feast_sink = FeastSink(store, offline_dir=s.feast_dir / "offline")
+        if "logger" in roles:
+            deps.history_sink = FeastSink(store, offline_dir=s.feast_dir / "offline")
     return deps
 
 

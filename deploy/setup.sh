@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian/Ubuntu machine (root or sudo): system packages only
+# where missing, a virtual environment in .venv, the project with its dev tools, and the
+# Kafka broker jars (resolved by Maven into ~/.cache/sidstream, outside the clone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -d /usr/share/games/singularity/music ] || need+=(singularity-music)
+python3 -c "import venv" 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# old pip backtracks on feast for many minutes: upgrade it first
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+# Kafka 3.9.x broker jars via Maven (cached; a no-op once resolved)
+.venv/bin/python -c "from streams.broker import local_broker; print('kafka jars:', local_broker().resolve_jars())"
+echo "setup: done"

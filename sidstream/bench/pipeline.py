@@ -1,0 +1,83 @@
+"""`sidstream bench pipeline`: the text encoder alone vs the whole pipeline on the same texts.
+
+Reference (same run): the text encoder's `encode` on the catalog texts in batches of the
+workers' batch size. Pipeline: the same tracks produced to a real local broker, through the
+text-encoder worker, the PSRQ assigner and the Feast writer, until readable in Feast.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+import click
+import numpy as np
+import psutil
+
+
+@click.command()
+@click.option("--tracks", "n", default=2000, show_default=True, help="catalog texts (Last.fm artists)")
+@click.option("--quick", is_flag=True, help="300 tracks")
+@click.option("--json", "as_json", is_flag=True)
+def command(n: int, quick: bool, as_json: bool) -> None:
+    """Throughput of the text encoder alone and of the full pipeline, their ratio, and p50/p99."""
+    from rich.console import Console
+
+    from encoders import load_text_encoder
+    from sidstream.catalog import lastfm_tracks
+    from sidstream.config import get_settings
+    from streams.broker import local_broker
+    from streams.demo import ensure_codebooks
+    from streams.feast_store import open_store
+    from streams.harness import PipelineRun, wait_until_readable
+
+    n = 300 if quick else n
+    s = get_settings()
+    console = Console(stderr=True)
+    tracks = lastfm_tracks(s.lastfm_dir if s.lastfm_dir.is_dir() else None, n)
+    texts = [t.text for t in tracks]
+    e = s.encoders
+    te = load_text_encoder(e.text_model_dir, device=e.device, dtype=e.dtype, max_length=e.max_length, token_budget=e.token_budget)
+    te.encode(texts[:32])  # warm-up
+    bs = s.stream.batch_size
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), bs):
+        te.encode(texts[i : i + bs])
+    encoder_s = time.perf_counter() - t0
+
+    local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
+    ensure_codebooks(s, tracks, [], console)
+    run_dir = s.home / "bench" / time.strftime("%Y%m%dT%H%M%S")
+    s2 = s.model_copy(update={"feast_root": run_dir / "feast", "registry_root": s.registry_dir})
+    run = PipelineRun(s2, run_dir)
+    run.create_topics()
+    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis_url)
+    run.start_workers(groups=(("text",), ("assigner", "writer")))
+    try:
+        producer = run.producer()
+        t1 = time.perf_counter()
+        produced = producer.send_metadata(tracks)
+        producer.flush()
+        latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, timeout_s=600)
+        pipeline_s = time.perf_counter() - t1
+    finally:
+        run.stop_workers()
+    lat = np.array(list(latency.values()))
+    result = {
+        "bench": "pipeline",
+        "tracks": len(tracks),
+        "readable": len(latency),
+        "encoder_texts_per_s": round(len(texts) / encoder_s, 1),
+        "pipeline_tracks_per_s": round(len(latency) / pipeline_s, 1),
+        "ratio_pipeline_to_encoder": round((len(latency) / pipeline_s) / (len(texts) / encoder_s), 3),
+        "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)},
+        "batch_size": bs,
+        "peak_rss_mb": {
+            "bench_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "largest_worker": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        },
+        "cores": psutil.cpu_count(),
+        "note": "pipeline wall time includes produce, 3 topic hops, the assigner and Feast writes, with encoder and writer processes sharing the cores",
+    }
+    click.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))

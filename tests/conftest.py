@@ -1,0 +1,41 @@
+"""Shared fixtures. The broker is a real Apache Kafka 3.9.x (KRaft) started by the project's
+own manager (streams.broker) once per test session on free loopback ports."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from sidstream.config import KafkaSettings, Settings
+
+SHARED_LASTFM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lastfm-2k"
+AUDIO_DIR = Path("/usr/share/games/singularity/music")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    from streams.broker import LocalBroker
+
+    settings = KafkaSettings(port=_free_port(), controller_port=_free_port(), partitions=2, heap="384m")
+    broker = LocalBroker(settings, tmp_path_factory.mktemp("kafka"), Settings().cache_dir)
+    broker.start(timeout_s=120)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def test_settings(tmp_path, kafka_broker) -> Settings:
+    """Settings for one test: the session broker, a fresh home/registry/Feast under tmp_path."""
+    return Settings(
+        home=tmp_path / "home",
+        kafka=kafka_broker.settings,
+        stream={"batch_size": 16, "batch_timeout_s": 0.1},
+    )

@@ -1,0 +1,47 @@
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from streams.topics import TopicNames, create_topics
+
+pytestmark = pytest.mark.integration
+
+
+def test_broker_serves_produce_and_consume(kafka_broker):
+    names = TopicNames(f"t{uuid.uuid4().hex[:6]}-")
+    created = create_topics(kafka_broker.settings.bootstrap, names, partitions=2)
+    assert names.metadata in created and names.name("tracks.metadata.dlq") in created
+    p = Producer({"bootstrap.servers": kafka_broker.settings.bootstrap})
+    for i in range(10):
+        p.produce(names.metadata, key=f"k{i}".encode(), value=f"v{i}".encode())
+    assert p.flush(10) == 0
+    c = Consumer({"bootstrap.servers": kafka_broker.settings.bootstrap, "group.id": "g" + uuid.uuid4().hex, "auto.offset.reset": "earliest"})
+    c.subscribe([names.metadata])
+    got = set()
+    for _ in range(100):
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.add(m.value())
+        if len(got) == 10:
+            break
+    c.close()
+    assert got == {f"v{i}".encode() for i in range(10)}
+    # creating again is a no-op
+    assert create_topics(kafka_broker.settings.bootstrap, names, partitions=2) == []
+
+
+def test_status_reports_reachable_and_version(kafka_broker):
+    st = kafka_broker.status()
+    assert st["running"] and st["reachable"] and st["version"].startswith("3.9.")
+    ps = open(f"/proc/{st['pid']}/cmdline", "rb").read().decode().replace("\x00", " ")
+    assert "kafka.Kafka" in ps
+
+
+def test_missing_java_gives_clear_error(kafka_broker, monkeypatch, tmp_path):
+    from streams.broker import BrokerError, LocalBroker
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither mvn nor java
+    b = LocalBroker(kafka_broker.settings, tmp_path / "home", tmp_path / "emptycache")
+    with pytest.raises(BrokerError, match="not found on PATH"):
+        b.resolve_jars()

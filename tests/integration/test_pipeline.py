@@ -1,0 +1,125 @@
+"""End to end on real components: Kafka broker, worker processes (Faust), the shipped MiniLM,
+the log-mel audio encoder, a PSRQ codebook artifact from the registry, a real Feast repo."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from sidstream.catalog import audio_tracks, fit_catalog_codebooks, lastfm_tracks
+from streams import avro_codec
+from streams.harness import PipelineRun, wait_until_readable
+from tests.conftest import AUDIO_DIR
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def pipeline(test_settings, tmp_path):
+    """A registered codebook version fitted on 300 sample artists and 3 recordings' windows."""
+    from encoders import load_audio_encoder, load_text_encoder
+    from sidstream.catalog import audio_windows
+
+    if not AUDIO_DIR.is_dir():
+        pytest.skip(f"{AUDIO_DIR} missing: apt-get install singularity-music")
+    te = load_text_encoder()
+    ae = load_audio_encoder("logmel")
+    catalog = lastfm_tracks(None, 300)  # the shipped sample
+    audio = audio_tracks(AUDIO_DIR, 3)
+    text_X = te.encode([t.text for t in catalog])
+    audio_X, owners = audio_windows([t.audio_path for t in audio], ae, 10.0)
+    from encoders import build_track_text
+
+    audio_text_X = te.encode([build_track_text(audio[i].metadata()) for i in owners.tolist()])
+    s = test_settings.model_copy(update={"codebook": test_settings.codebook.model_copy(update={"codebook_size": 16})})
+    version = fit_catalog_codebooks(s, text_X, te.model_id, audio_X, audio_text_X, ae.model_id)
+    run = PipelineRun(s, tmp_path / "run")
+    run.create_topics()
+    yield run, catalog, audio, version
+    run.stop_workers()
+
+
+def _open_store(run):
+    from streams.feast_store import open_store
+
+    return open_store(run.settings.feast_dir)
+
+
+def test_tracks_in_rows_out_with_dlq_and_late_audio(pipeline):
+    from psrq import load_codebook_set
+    from streams.feast_store import read_sids
+
+    run, catalog, audio, version = pipeline
+    tracks = catalog[:40]
+    run.start_workers()
+    producer = run.producer()
+    produced = producer.send_metadata(tracks + audio)
+    producer.send_raw(run.names.metadata, b"bad-1", b"\x00\x01 not avro")
+    ts = int(time.time() * 1000)
+    producer.send_raw(
+        run.names.metadata, b"bad-2",
+        avro_codec.encode("TrackMetadata", {"track_id": "bad-2", "event_time": ts, "text": "  ", "ingest_time": ts}),
+    )  # fmt: skip
+    producer.flush()
+    store = _open_store(run)
+    # text SIDs first, audio not sent yet
+    lat = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks + audio}, produced, timeout_s=120)
+    assert len(lat) == len(tracks) + len(audio)
+    before = read_sids(store, [t.track_id for t in audio])
+    assert before["joint_sid"].isna().all() or all(v is None for v in before["joint_sid"])
+    producer.send_audio(audio, produced)  # the late modality
+    producer.flush()
+    lat2 = wait_until_readable(store, {t.track_id: "joint_sid" for t in audio}, produced, timeout_s=120)
+    assert len(lat2) == len(audio)
+
+    cs = load_codebook_set(version.path)
+    df = read_sids(store, [t.track_id for t in tracks + audio]).set_index("track_id")
+    for modality in ("text", "joint"):
+        ids = [t.track_id for t in (tracks + audio if modality == "text" else audio)]
+        codes = np.array([list(v) for v in df.loc[ids, f"{modality}_sid"]])
+        sizes = np.array(cs.codebooks[modality].codebook_sizes)
+        assert codes.shape == (len(ids), len(sizes))
+        assert (codes >= 0).all() and (codes < sizes).all()
+    # the SIDs in Feast are exactly what the frozen codebook gives for these texts
+    from encoders import load_text_encoder
+
+    expected = cs.encode("text", load_text_encoder().encode([t.text for t in tracks]))
+    got = np.array([list(v) for v in df.loc[[t.track_id for t in tracks], "text_sid"]])
+    np.testing.assert_array_equal(got, expected)
+    assert set(df.loc[[t.track_id for t in audio], "codebook_version"]) == {version.version}
+
+    dead = run.count_dlq()
+    meta_dlq = dead[run.names.name("tracks.metadata.dlq")]
+    assert sorted(r["error_type"] for r in meta_dlq) == ["empty_text", "undecodable"]
+    assert all(r["reason"] for r in meta_dlq)
+    assert any(r["original"] == b"\x00\x01 not avro" for r in meta_dlq)
+    assert sum(len(v) for v in dead.values()) == 2
+
+
+def test_restart_neither_loses_nor_duplicates(pipeline):
+    """Kill the workers mid-stream, restart them: every track ends with exactly one row whose
+    SIDs equal a clean run's."""
+    from streams.feast_store import read_sids
+
+    run, catalog, _, _ = pipeline
+    tracks = catalog[:120]
+    run.start_workers()
+    producer = run.producer()
+    produced = producer.send_metadata(tracks[:60])
+    producer.flush()
+    store = _open_store(run)
+    wait_until_readable(store, {t.track_id: "text_sid" for t in tracks[:10]}, produced, timeout_s=120)
+    for p in run.processes:  # hard kill: no clean shutdown, no final commit
+        p.kill()
+    run.stop_workers()
+    produced |= producer.send_metadata(tracks[60:])
+    producer.flush()
+    run.start_workers()
+    lat = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, timeout_s=180)
+    assert len(lat) == len(tracks)
+    df = read_sids(store, [t.track_id for t in tracks])
+    assert df["track_id"].is_unique and df["text_sid"].notna().all()
+    offline = sorted((run.settings.feast_dir).rglob("*.parquet"))
+    assert offline, "offline store got no Parquet"
