@@ -10,6 +10,7 @@ an event's offset only after that, so offsets advance only after the sink write.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -62,6 +63,8 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
     if unknown:
         raise ValueError(f"unknown worker roles {sorted(unknown)}; choose from {ROLES}")
     s = settings
+    datadir = s.home / "faust" / (app_id or "sidstream")
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id or f"{s.kafka.topic_prefix}sidstream",
         broker=f"kafka://{s.kafka.bootstrap}",
@@ -69,14 +72,14 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         key_serializer="raw",
         store="memory://",
         topic_partitions=s.kafka.partitions,
-        topic_allow_declare=False,
+        topic_allow_declare=True,  # Faust declares its own internal topics (changelogs, leader)
         web_enabled=False,
         broker_commit_every=100,
         broker_commit_interval=1.0,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
-        datadir=str(s.home / "faust" / (app_id or "sidstream")),
+        datadir=str(datadir),
     )
     batch, within = s.stream.batch_size, s.stream.batch_timeout_s
 
@@ -124,20 +127,21 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                     await publish(result, names.emb_audio, "audio")
 
     if "assigner" in roles:
-        state = app.Table("assigner-state", default=None, partitions=s.kafka.partitions, value_serializer="json", key_serializer="raw")
+        # keys and values are bytes (the app's serializers are raw); values are compact JSON
+        state = app.Table("assigner-state", default=None, partitions=s.kafka.partitions, key_type=bytes, value_type=bytes)
 
         class _StateView:
             """track_id (str) -> entry, over the Faust table (keys are bytes on the wire)."""
 
             def get(self, key: str, default: Any = None) -> Any:
                 value = state.get(key.encode())
-                return default if value is None else value
+                return default if value is None else json.loads(value)
 
             def __getitem__(self, key: str) -> Any:
-                return state[key.encode()]
+                return json.loads(state[key.encode()])
 
             def __setitem__(self, key: str, value: Any) -> None:
-                state[key.encode()] = value
+                state[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
 
         @app.agent(app.topic(names.emb_text, names.emb_audio, partitions=s.kafka.partitions), name="psrq-assigner")
         async def assigner(stream: faust.StreamT) -> None:
@@ -191,7 +195,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                     metrics.count_ok("writer", len(rows))
 
     if "logger" in roles:
-        history = app.Table("user-history", default=None, partitions=s.kafka.partitions, value_serializer="json", key_serializer="raw")
+        history = app.Table("user-history", default=None, partitions=s.kafka.partitions, key_type=bytes, value_type=bytes)
 
         @app.agent(topic(names.interactions), name="interaction-logger")
         async def interaction_logger(stream: faust.StreamT) -> None:
@@ -207,8 +211,9 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                 for raw, rec in ok:
                     key = rec["user_id"].encode()
                     _current_event.set(weakref.ref(by_offset[(raw.topic, raw.partition, raw.offset)]))
-                    updated = update_history(history.get(key), rec)
-                    history[key] = updated
+                    stored = history.get(key)
+                    updated = update_history(json.loads(stored) if stored else None, rec)
+                    history[key] = json.dumps(updated).encode()
                     changed[rec["user_id"]] = updated
                 if changed and deps.history_sink is not None:
                     deps.history_sink.add_history(
