@@ -166,6 +166,19 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         async def watch_codebooks() -> None:
             _maybe_reload_codebooks(deps)
 
+        @app.agent(app.topic(names.control, partitions=1), name="codebook-control")
+        async def codebook_control(stream: faust.StreamT) -> None:
+            from streams import avro_codec
+
+            async for value in stream:
+                try:
+                    _, rec = avro_codec.decode(value, expected="CodebookControl")
+                except avro_codec.DecodeError as exc:
+                    log.warning("ignoring bad control record: %s", exc)
+                    continue
+                log.info("control: codebook version %s announced", rec["codebook_version"])
+                _maybe_reload_codebooks(deps)
+
     if "writer" in roles:
 
         @app.agent(topic(names.sids), name="feast-writer")

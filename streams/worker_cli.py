@@ -80,3 +80,24 @@ def run(roles: str, app_id: str | None, metrics_port: int, ready_file: str | Non
     worker_ = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     worker_.execute_from_commandline()
     sys.exit(0)
+
+
+@worker.command()
+@click.argument("version")
+def announce(version: str) -> None:
+    """Promote a registered codebook VERSION to live and announce it on codebooks.control."""
+    from confluent_kafka import Producer
+
+    from sidstream.registry import Registry
+    from streams import avro_codec
+    from streams.records import now_ms
+
+    s = get_settings()
+    av = Registry(s.registry_dir).promote("codebooks", version)
+    names = TopicNames(s.kafka.topic_prefix)
+    producer = Producer({"bootstrap.servers": s.kafka.bootstrap})
+    value = avro_codec.encode("CodebookControl", {"codebook_version": version, "path": str(av.path), "event_time": now_ms()})
+    producer.produce(names.control, key=version.encode(), value=value)
+    if producer.flush(15):
+        raise click.ClickException("control record not delivered")
+    click.echo(f"codebook version {version} is live and announced on {names.control}")
