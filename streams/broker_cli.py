@@ -25,7 +25,8 @@ def start(timeout: float) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     b = local_broker()
-    click.echo(f"kafka {b.settings.version} running on {b.settings.bootstrap} (pid {pid})")
+    who = f"pid {pid}" if pid is not None else "reused; not started from this home"
+    click.echo(f"kafka {b.settings.version} running on {b.settings.bootstrap} ({who})")
 
 
 @broker.command()

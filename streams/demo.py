@@ -55,7 +55,7 @@ def ensure_codebooks(settings: Settings, tracks: list[Track], audio: list[Track]
         audio_model_id = ""
         if audio:
             ae = load_audio_encoder(e.audio_model, sample_rate=e.sample_rate, window_s=e.audio_window_s, max_windows=e.audio_max_windows)
-            audio_X, owners = audio_windows([t.audio_path for t in audio if t.audio_path], ae, e.audio_window_s)
+            audio_X, owners = audio_windows([t.audio_path for t in audio if t.audio_path], ae, e.audio_window_s, max_windows=8)
             audio_text_X = np.asarray(te.encode([build_text(audio[i]) for i in owners.tolist()]), dtype=np.float32)
             audio_model_id = ae.model_id
         version = fit_catalog_codebooks(settings, text_X, te.model_id, audio_X, audio_text_X, audio_model_id)

@@ -26,7 +26,9 @@ def build_deps(roles: list[str]) -> WorkerDeps:
     if "audio" in roles:
         from encoders import load_audio_encoder
 
-        deps.audio_encoder = load_audio_encoder(e.audio_model, sample_rate=e.sample_rate, window_s=e.audio_window_s, max_windows=e.audio_max_windows)
+        deps.audio_encoder = load_audio_encoder(
+            e.audio_model, sample_rate=e.sample_rate, window_s=e.audio_window_s, max_windows=e.audio_max_windows, device=e.device, dtype=e.dtype
+        )
     if "assigner" in roles:
         deps.codebook_loader = registry_codebook_loader(s.registry_dir)
         deps.codebooks = deps.codebook_loader()

@@ -1,0 +1,190 @@
+"""Audio encoders: the shared windowing protocol, the log-mel statistics baseline, and the loader.
+
+A track longer than one window is cut into at most `max_windows` windows spread evenly over it
+(first to last, or the centre one when only one fits); the track's embedding is the mean of its
+window embeddings, L2-normalised. Shorter tracks are one window of their own length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoders.base import EncoderInputError, l2_normalise, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+
+def validate_waveform(waveform: object) -> str | None:
+    """None if `waveform` is a usable mono waveform, else a one-line reason."""
+    if not isinstance(waveform, np.ndarray):
+        return f"waveform is not a numpy array (got {type(waveform).__name__})"
+    if waveform.ndim != 1:
+        return f"waveform must be mono 1-D, got shape {waveform.shape}"
+    if waveform.size == 0:
+        return "empty waveform"
+    if not np.isfinite(waveform).all():
+        return "waveform contains NaN or infinite samples"
+    return None
+
+
+def split_windows(waveform: np.ndarray, window_len: int, max_windows: int | None) -> list[np.ndarray]:
+    """Windows of `window_len` samples spread evenly over the track (see the module docstring)."""
+    total = len(waveform)
+    if window_len <= 0 or total <= window_len:
+        return [waveform]
+    count = math.ceil(total / window_len)
+    if max_windows is not None and max_windows > 0:
+        count = min(count, max_windows)
+    if count == 1:
+        starts = [(total - window_len) // 2]
+    else:
+        starts = np.linspace(0, total - window_len, count).round().astype(int).tolist()
+    return [waveform[s : s + window_len] for s in starts]
+
+
+class AudioEncoder:
+    """Base of every audio encoder: windowing, micro-batching of windows, mean pooling, L2.
+
+    Subclasses set model_id, dim and sample_rate and implement `embed_windows`.
+    """
+
+    model_id: str
+    dim: int
+    sample_rate: int
+
+    def __init__(self, *, window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 16) -> None:
+        self.window_s = window_s
+        self.max_windows = max_windows
+        self.window_batch = window_batch
+
+    @property
+    def window_len(self) -> int:
+        return int(round(self.window_s * self.sample_rate))
+
+    def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """Equal-length windows [b, samples] (float32, CPU) -> embeddings [b, dim]."""
+        raise NotImplementedError
+
+    def windows_of(self, waveforms: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """All windows of a batch and, for each window, the index of its track."""
+        windows: list[np.ndarray] = []
+        owners: list[int] = []
+        for index, waveform in enumerate(waveforms):
+            reason = validate_waveform(waveform)
+            if reason is not None:
+                raise EncoderInputError(reason, index)
+            parts = split_windows(np.asarray(waveform, dtype=np.float32), self.window_len, self.max_windows)
+            windows.extend(parts)
+            owners.extend([index] * len(parts))
+        return windows, np.asarray(owners, dtype=np.int64)
+
+    def micro_batches(self, windows: list[np.ndarray]) -> list[tuple[list[int], torch.Tensor]]:
+        """Group equal-length windows into stacked tensors of at most `window_batch` rows."""
+        by_length: dict[int, list[int]] = {}
+        for i, window in enumerate(windows):
+            by_length.setdefault(len(window), []).append(i)
+        batches = []
+        for length in sorted(by_length, reverse=True):
+            members = by_length[length]
+            for start in range(0, len(members), self.window_batch):
+                chunk = members[start : start + self.window_batch]
+                batches.append((chunk, torch.from_numpy(np.stack([windows[i] for i in chunk]))))
+        return batches
+
+    @torch.inference_mode()
+    def encode_windows(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-window embeddings [m, dim] (not normalised) and their track indices [m]."""
+        windows, owners = self.windows_of(waveforms)
+        out = np.zeros((len(windows), self.dim), dtype=np.float32)
+        for chunk, stacked in self.micro_batches(windows):
+            out[chunk] = self.embed_windows(stacked).float().cpu().numpy()
+        return out, owners
+
+    def encode(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed mono waveforms at self.sample_rate; float32 [n, dim], L2-normalised."""
+        per_window, owners = self.encode_windows(waveforms)
+        return l2_normalise(mean_by_owner(per_window, owners, len(waveforms)))
+
+
+def mean_by_owner(values: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
+    """Mean of the rows of `values` grouped by `owners` (0..n-1)."""
+    sums = np.zeros((n, values.shape[1]), dtype=np.float64)
+    np.add.at(sums, owners, values)
+    counts = np.bincount(owners, minlength=n).clip(min=1)
+    return (sums / counts[:, None]).astype(np.float32)
+
+
+class LogMelEncoder(AudioEncoder):
+    """Deterministic baseline without learned weights: per log-mel band, the time mean (with the
+    track's average level removed, so loudness does not dominate) and the time standard deviation."""
+
+    def __init__(
+        self, *, sample_rate: int = 16000, n_mels: int = 96, n_fft: int = 512, hop_length: int = 256,
+        window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 16,
+    ) -> None:
+        from encoders.melspec import MelSpectrogram
+
+        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch)
+        self.sample_rate = sample_rate
+        self.n_mels = n_mels
+        self.dim = 2 * n_mels
+        self.melspec = MelSpectrogram(sample_rate, n_fft, hop_length, n_mels)
+        self.model_id = f"logmel-stats:sr{sample_rate}:mels{n_mels}:fft{n_fft}:hop{hop_length}"
+
+    def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        from encoders.melspec import log_compress
+
+        logmel = log_compress(self.melspec(windows))  # [b, frames, mels]
+        mean = logmel.mean(dim=1)
+        std = logmel.std(dim=1, unbiased=False)
+        return torch.cat([mean - mean.mean(dim=1, keepdim=True), std], dim=1)
+
+
+def load_audio_encoder(
+    spec: str = "logmel",
+    *,
+    sample_rate: int = 16000,
+    window_s: float = 10.0,
+    max_windows: int | None = 6,
+    device: str = "cpu",
+    dtype: str = "float32",
+    window_batch: int = 16,
+    layer: int | str = "last",
+    time_pooling: str = "mean",
+    trust_remote_code: bool = False,
+) -> AudioEncoder:
+    """Build an audio encoder from a spec: 'logmel', 'musicnn' / 'musicnn:<MSD_musicnn|MTT_musicnn>',
+    or the path of a Hugging Face audio model directory (MERT style).
+
+    `sample_rate` applies to 'logmel'; musicnn runs at 16 kHz and HF models at their feature
+    extractor's rate (read `encoder.sample_rate` and decode audio at that rate).
+    """
+    if spec == "logmel":
+        return LogMelEncoder(
+            sample_rate=sample_rate, window_s=window_s, max_windows=max_windows, window_batch=window_batch
+        )
+    if spec == "musicnn" or spec.startswith("musicnn:"):
+        from encoders.musicnn import MusicnnEncoder
+
+        variant = spec.split(":", 1)[1] if ":" in spec else "MSD_musicnn"
+        torch_device = resolve_device(device)
+        return MusicnnEncoder(
+            variant, device=torch_device, window_s=window_s, max_windows=max_windows, window_batch=window_batch
+        )
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        from encoders.hf_audio import HFAudioEncoder
+
+        torch_device = resolve_device(device)
+        return HFAudioEncoder.from_dir(
+            path, device=torch_device, dtype=resolve_dtype(dtype, torch_device), layer=layer,
+            time_pooling=time_pooling, window_s=window_s, max_windows=max_windows,
+            window_batch=window_batch, trust_remote_code=trust_remote_code,
+        )
+    raise ValueError(f"unknown audio encoder {spec!r}: use 'logmel', 'musicnn[:variant]' or a model directory")

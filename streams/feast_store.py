@@ -1,0 +1,362 @@
+"""The Feast side of the pipeline: open (and apply) a runnable feature repo, write SID and
+user-history rows to it, and read SIDs back.
+
+One write rule for every online store: a row replaces the stored row of its entity only if
+its event time is strictly newer. Redis enforces that itself; SQLite would overwrite, and it
+keeps event times to the whole second only, so each view also stores its rows' event time in
+milliseconds as a feature (`sid_event_time_ms`, `history_event_time_ms`). The sink reads those
+first and drops stale rows, which also makes a replayed batch a no-op (at-least-once delivery,
+idempotent sink) on either store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import logging
+import sqlite3
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from feast import Entity, FeatureService, FeatureStore, FeatureView
+from feast.data_source import DataSource, PushSource
+
+log = logging.getLogger(__name__)
+
+DEFINITIONS_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
+PROJECT = "sidstream"
+PROFILES = ("local", "redis")
+_STAMP = ".applied"
+
+SID_VIEW = "track_sids"
+HISTORY_VIEW = "user_history"
+SID_FEATURES = (
+    "codebook_version", "text_sid", "audio_sid", "joint_sid",
+    "text_sid_str", "audio_sid_str", "joint_sid_str", "modalities", "text_model_id", "audio_model_id",
+    "sid_event_time_ms",
+)  # fmt: skip
+HISTORY_FEATURES = ("history_item_ids", "history_len", "history_event_time_ms")
+
+
+# ---------------------------------------------------------------------------- open
+
+
+def store_config(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0.1:6379") -> dict[str, Any]:
+    """The feature_store.yaml content for a profile, with absolute paths under data_dir."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown Feast profile {profile!r}; choose from {PROFILES}")
+    data = Path(data_dir).resolve() / "data"
+    online: dict[str, Any] = (
+        {"type": "sqlite", "path": str(data / "online.db")}
+        if profile == "local"
+        else {"type": "redis", "connection_string": redis_url}
+    )
+    return {
+        "project": PROJECT,
+        "provider": "local",
+        "registry": {"path": str(data / "registry.db"), "cache_ttl_seconds": 60},
+        "online_store": online,
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+
+
+def open_store(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0.1:6379") -> FeatureStore:
+    """Materialise a runnable repo under data_dir, apply it (skipped when nothing changed),
+    and return its FeatureStore. Safe to call from several processes at once."""
+    repo = Path(data_dir).resolve()
+    (repo / "data" / "offline").mkdir(parents=True, exist_ok=True)
+    files = {p.name: p.read_text() for p in sorted(DEFINITIONS_DIR.glob("*.py"))}
+    files["feature_store.yaml"] = yaml.safe_dump(store_config(repo, profile, redis_url), sort_keys=False)
+    fingerprint = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()
+    with open(repo / ".apply.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other workers opening the same dir wait for one apply
+        for stale in set(p.name for p in repo.glob("*.py")) - set(files):
+            (repo / stale).unlink()
+        for name, text in files.items():
+            path = repo / name
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+        store = FeatureStore(repo_path=str(repo))
+        stamp = repo / "data" / _STAMP
+        online_db = repo / "data" / "online.db"
+        up_to_date = (
+            stamp.exists() and stamp.read_text() == fingerprint and (profile != "local" or online_db.exists())
+        )
+        if not up_to_date:
+            t0 = time.perf_counter()
+            store.apply(load_definitions(repo))
+            if profile == "local":
+                _use_wal(online_db)
+            stamp.write_text(fingerprint)
+            log.info("feast apply (%s) in %s took %.2fs", profile, repo, time.perf_counter() - t0)
+    return store
+
+
+def load_definitions(repo_dir: Path) -> list[Any]:
+    """Import the repo's .py files the way `feast apply` does (each as a top-level module, so
+    they may import each other) and collect the Feast objects, leaving sys.modules as it was."""
+    names = sorted(p.stem for p in Path(repo_dir).glob("*.py"))
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(repo_dir))
+    try:
+        modules = [importlib.import_module(n) for n in names]
+    finally:
+        sys.path.remove(str(repo_dir))
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+    objects: list[Any] = []
+    kinds = (Entity, DataSource, FeatureView, FeatureService)
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, kinds) and not any(value is o for o in objects):
+                objects.append(value)
+                batch = value.batch_source if isinstance(value, PushSource) else None
+                if batch is not None and not any(batch is o for o in objects):
+                    objects.append(batch)
+    return objects
+
+
+def _use_wal(db_path: Path) -> None:
+    # WAL lets ranking readers in other processes read while the writer commits.
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class SidRow:
+    """One track's SIDs under one codebook version. A row replaces the whole stored row, so
+    a later row (e.g. once audio arrived) must carry every modality again."""
+
+    track_id: str
+    event_time_ms: int
+    codebook_version: str
+    text_sid: tuple[int, ...] | None
+    audio_sid: tuple[int, ...] | None
+    joint_sid: tuple[int, ...] | None
+    text_model_id: str = ""
+    audio_model_id: str = ""
+
+
+@dataclass(frozen=True)
+class UserHistoryRow:
+    """A user's last positive track ids, oldest first; event time of the newest interaction."""
+
+    user_id: str
+    event_time_ms: int
+    history_item_ids: tuple[str, ...]
+
+
+def sid_str(sid: Sequence[int] | None) -> str:
+    """'12-3-45' for (12, 3, 45); '' when the SID is absent."""
+    return "" if sid is None else "-".join(str(int(c)) for c in sid)
+
+
+_SID_LIST = pa.list_(pa.int64())
+SID_SCHEMA = pa.schema(
+    [("track_id", pa.string()), ("event_time", pa.timestamp("ms", tz="UTC")), ("codebook_version", pa.string()),
+     ("text_sid", _SID_LIST), ("audio_sid", _SID_LIST), ("joint_sid", _SID_LIST),
+     ("text_sid_str", pa.string()), ("audio_sid_str", pa.string()), ("joint_sid_str", pa.string()),
+     ("modalities", pa.string()), ("text_model_id", pa.string()), ("audio_model_id", pa.string()),
+     ("sid_event_time_ms", pa.int64())]
+)  # fmt: skip
+HISTORY_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("event_time", pa.timestamp("ms", tz="UTC")),
+     ("history_item_ids", pa.list_(pa.string())), ("history_len", pa.int64()), ("history_event_time_ms", pa.int64())]
+)  # fmt: skip
+
+
+def _sid_columns(rows: Sequence[SidRow]) -> dict[str, list[Any]]:
+    def sids(attr: str) -> list[list[int] | None]:
+        return [None if (s := getattr(r, attr)) is None else [int(c) for c in s] for r in rows]
+
+    return {
+        "track_id": [r.track_id for r in rows],
+        "event_time_ms": [int(r.event_time_ms) for r in rows],
+        "codebook_version": [r.codebook_version for r in rows],
+        "text_sid": sids("text_sid"),
+        "audio_sid": sids("audio_sid"),
+        "joint_sid": sids("joint_sid"),
+        "text_sid_str": [sid_str(r.text_sid) for r in rows],
+        "audio_sid_str": [sid_str(r.audio_sid) for r in rows],
+        "joint_sid_str": [sid_str(r.joint_sid) for r in rows],
+        "modalities": [
+            ",".join(m for m, s in (("text", r.text_sid), ("audio", r.audio_sid)) if s is not None)
+            for r in rows
+        ],
+        "text_model_id": [r.text_model_id for r in rows],
+        "audio_model_id": [r.audio_model_id for r in rows],
+        "sid_event_time_ms": [int(r.event_time_ms) for r in rows],
+    }
+
+
+def _history_columns(rows: Sequence[UserHistoryRow]) -> dict[str, list[Any]]:
+    return {
+        "user_id": [r.user_id for r in rows],
+        "event_time_ms": [int(r.event_time_ms) for r in rows],
+        "history_item_ids": [list(r.history_item_ids) for r in rows],
+        "history_len": [len(r.history_item_ids) for r in rows],
+        "history_event_time_ms": [int(r.event_time_ms) for r in rows],
+    }
+
+
+@dataclass(frozen=True)
+class _View:
+    name: str
+    join_key: str
+    features: tuple[str, ...]
+    time_feature: str  # event time in ms, stored as a feature: the online stores' own may be coarser
+    schema: pa.Schema
+    columns: Callable[[Sequence[Any]], dict[str, list[Any]]]
+
+
+_VIEWS = {
+    SID_VIEW: _View(SID_VIEW, "track_id", SID_FEATURES, "sid_event_time_ms", SID_SCHEMA, _sid_columns),
+    HISTORY_VIEW: _View(
+        HISTORY_VIEW, "user_id", HISTORY_FEATURES, "history_event_time_ms", HISTORY_SCHEMA, _history_columns
+    ),
+}
+
+
+# ---------------------------------------------------------------------------- write
+
+# One lock per FeatureStore: the writer and the logger flush from different threads, and the
+# SQLite online store shares one connection (and so one transaction) between them.
+_STORE_LOCKS: weakref.WeakKeyDictionary[FeatureStore, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _store_lock(store: FeatureStore) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _STORE_LOCKS.setdefault(store, threading.Lock())
+
+
+class FeastSink:
+    """Buffers SID and user-history rows; `flush` writes them in one batch per feature view.
+
+    Per entity only the newest row of a batch is kept, and only if it is newer than the
+    stored row. Fresh rows are appended to the offline store (a Parquet part file per flush,
+    named by its content, so a replayed batch rewrites the same file) and then written online.
+    """
+
+    def __init__(self, store: FeatureStore, offline_dir: Path | None = None) -> None:
+        self.store = store
+        self.offline_dir = (
+            Path(offline_dir) if offline_dir is not None else Path(store.repo_path) / "data" / "offline"
+        )
+        self._buffers: dict[str, list[Any]] = {SID_VIEW: [], HISTORY_VIEW: []}
+        self._buffer_lock = threading.Lock()
+
+    def add(self, rows: Sequence[SidRow]) -> None:
+        with self._buffer_lock:
+            self._buffers[SID_VIEW].extend(rows)
+
+    def add_history(self, rows: Sequence[UserHistoryRow]) -> None:
+        with self._buffer_lock:
+            self._buffers[HISTORY_VIEW].extend(rows)
+
+    def pending(self) -> int:
+        with self._buffer_lock:
+            return sum(len(b) for b in self._buffers.values())
+
+    def flush(self) -> int:
+        """Write the buffered rows; returns how many rows were written (stale ones are not)."""
+        with self._buffer_lock:
+            batches = {name: rows for name, rows in self._buffers.items() if rows}
+            self._buffers = {SID_VIEW: [], HISTORY_VIEW: []}
+        written = 0
+        try:
+            with _store_lock(self.store):
+                for name, rows in batches.items():
+                    written += self._write(_VIEWS[name], rows)
+        except BaseException:
+            with self._buffer_lock:  # nothing is lost: the caller may retry the flush
+                for name, rows in batches.items():
+                    self._buffers[name][:0] = rows
+            raise
+        return written
+
+    def _write(self, view: _View, rows: Sequence[Any]) -> int:
+        t0 = time.perf_counter()
+        df = pd.DataFrame(view.columns(rows))
+        # newest row per entity; on equal event times the row added last wins
+        df = df.sort_values("event_time_ms", kind="stable").drop_duplicates(view.join_key, keep="last")
+        stored_ms = stored_event_times_ms(self.store, view.name, df[view.join_key].tolist())
+        df = df[df["event_time_ms"].to_numpy() > stored_ms].reset_index(drop=True)
+        if df.empty:
+            log.debug("%s: all %d rows stale or replayed", view.name, len(rows))
+            return 0
+        df.insert(1, "event_time", pd.to_datetime(df.pop("event_time_ms"), unit="ms", utc=True))
+        self._append_offline(view, df)
+        self.store.write_to_online_store(view.name, df[[view.join_key, "event_time", *view.features]])
+        log.debug(
+            "%s: wrote %d of %d rows in %.1f ms",
+            view.name,
+            len(df),
+            len(rows),
+            1000 * (time.perf_counter() - t0),
+        )
+        return len(df)
+
+    def _append_offline(self, view: _View, df: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(df[view.schema.names], schema=view.schema, preserve_index=False)
+        digest = hashlib.sha1(repr(df.to_dict("list")).encode()).hexdigest()[:20]
+        first_ms = int(df["event_time"].min().value // 1_000_000)
+        folder = self.offline_dir / view.name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"part-{first_ms}-{digest}.parquet"
+        tmp = path.with_suffix(".tmp")  # readers of the folder never see a half-written file
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+
+
+def stored_event_times_ms(store: FeatureStore, view_name: str, entity_ids: Sequence[str]) -> np.ndarray:
+    """Event time (ms) of each entity's stored online row, 0 where there is none; one read."""
+    view = _VIEWS[view_name]
+    if not entity_ids:
+        return np.zeros(0, dtype=np.int64)
+    stored = store.get_online_features(
+        features=[f"{view.name}:{view.time_feature}"],
+        entity_rows=[{view.join_key: e} for e in entity_ids],
+    ).to_dict()[view.time_feature]
+    return pd.Series(stored, dtype="float64").fillna(0).to_numpy(dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------- read
+
+
+def read_sids(store: FeatureStore, track_ids: Sequence[str]) -> pd.DataFrame:
+    """Online SIDs for these tracks, one row per requested id in order; None for unknown tracks."""
+    return _read(store, _VIEWS[SID_VIEW], track_ids)
+
+
+def read_history(store: FeatureStore, user_ids: Sequence[str]) -> pd.DataFrame:
+    """Online user history for these users; None for unknown users."""
+    return _read(store, _VIEWS[HISTORY_VIEW], user_ids)
+
+
+def _read(store: FeatureStore, view: _View, entity_ids: Sequence[str]) -> pd.DataFrame:
+    columns = [view.join_key, *view.features]
+    if not entity_ids:
+        return pd.DataFrame({c: [] for c in columns})
+    response = store.get_online_features(
+        features=[f"{view.name}:{f}" for f in view.features],
+        entity_rows=[{view.join_key: e} for e in entity_ids],
+    )
+    return response.to_df()[columns]
