@@ -31,21 +31,27 @@ class Track:
     album: str | None
     tags: tuple[str, ...]
     audio_path: Path | None = None
+    preset_text: str | None = None  # sent as the record's `text`, overriding the template
 
     def metadata(self) -> dict[str, Any]:
-        return {"title": self.title, "artist": self.artist, "album": self.album, "tags": list(self.tags)}
+        return {"title": self.title, "artist": self.artist, "album": self.album, "tags": list(self.tags), "text": self.preset_text}
 
     @property
     def text(self) -> str:
-        """Same template as encoders.build_track_text for artist-only items."""
-        return item_text(self.artist or "", list(self.tags))
+        """The text the text encoder sees for this track: the preset, else the template."""
+        if self.preset_text:
+            return self.preset_text
+        from encoders import build_track_text
+
+        return build_track_text(self.metadata())
 
 
 def lastfm_tracks(folder: Path | None, limit: int | None = None) -> list[Track]:
     items = load_items(folder)
     if limit is not None:
         items = items.head(limit)
-    return [Track(r.item_id, None, r.name, None, tuple(r.tags)) for r in items.itertuples()]
+    # an artist's text is "<name>. Tags: t1, ..." throughout the project (docs: method.md §5)
+    return [Track(r.item_id, None, r.name, None, tuple(r.tags), preset_text=item_text(r.name, list(r.tags))) for r in items.itertuples()]
 
 
 def audio_tracks(folder: Path, limit: int | None = None) -> list[Track]:

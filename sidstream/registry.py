@@ -1,7 +1,9 @@
 """Artifact registry: versioned, immutable artifact directories with manifests.
 
 Layout: ``<root>/<kind>/<version>/`` (kind = "codebooks" | "ranker"), each holding a
-``manifest.json``, plus ``<root>/<kind>/LIVE`` naming the live version. A version is
+``registry.json`` (the registry's record: what `write` returned, plus version, kind,
+created_at) beside the artifact's own files (a ``manifest.json`` of the artifact is left as
+the artifact wrote it; if it wrote none, the record is also written as ``manifest.json``), plus ``<root>/<kind>/LIVE`` naming the live version. A version is
 written to a temporary directory and renamed into place, so a crash never leaves a
 half-written version and a live version is never overwritten.
 """
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+RECORD = "registry.json"
+
 
 class RegistryError(RuntimeError):
     pass
@@ -31,7 +35,8 @@ class ArtifactVersion:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / "manifest.json").read_text())
+        """The registry's record of this version."""
+        return json.loads((self.path / RECORD).read_text())
 
 
 def new_version_id() -> str:
@@ -62,7 +67,10 @@ class Registry:
             manifest = write(tmp)
             manifest = {**manifest, "version": version, "kind": kind}
             manifest.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+            (tmp / RECORD).write_text(text)
+            if not (tmp / "manifest.json").exists():
+                (tmp / "manifest.json").write_text(text)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -74,12 +82,12 @@ class Registry:
         return [
             ArtifactVersion(kind, p.name, p)
             for p in sorted(d.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").is_file()
+            if p.is_dir() and not p.name.startswith(".") and (p / RECORD).is_file()
         ]
 
     def get(self, kind: str, version: str) -> ArtifactVersion:
         path = self._kind_dir(kind) / version
-        if not (path / "manifest.json").is_file():
+        if not (path / RECORD).is_file():
             raise RegistryError(f"no {kind} version {version!r} in {self.root}")
         return ArtifactVersion(kind, version, path)
 

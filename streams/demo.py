@@ -56,17 +56,11 @@ def ensure_codebooks(settings: Settings, tracks: list[Track], audio: list[Track]
         if audio:
             ae = load_audio_encoder(e.audio_model, sample_rate=e.sample_rate, window_s=e.audio_window_s, max_windows=e.audio_max_windows)
             audio_X, owners = audio_windows([t.audio_path for t in audio if t.audio_path], ae, e.audio_window_s, max_windows=8)
-            audio_text_X = np.asarray(te.encode([build_text(audio[i]) for i in owners.tolist()]), dtype=np.float32)
+            audio_text_X = np.asarray(te.encode([audio[i].text for i in owners.tolist()]), dtype=np.float32)
             audio_model_id = ae.model_id
         version = fit_catalog_codebooks(settings, text_X, te.model_id, audio_X, audio_text_X, audio_model_id)
     console.print(f"fitted codebook version [bold]{version.version}[/] on {len(text_X)} catalog texts")
     return version.version
-
-
-def build_text(track: Track) -> str:
-    from encoders import build_track_text
-
-    return build_track_text(track.metadata())
 
 
 def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout_s: float, console: Console) -> dict[str, Any]:

@@ -77,14 +77,18 @@ def open_store(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0
     """Materialise a runnable repo under data_dir, apply it (skipped when nothing changed),
     and return its FeatureStore. Safe to call from several processes at once."""
     repo = Path(data_dir).resolve()
+    if repo == DEFINITIONS_DIR:
+        raise ValueError("open_store materialises a copy: give it a data directory, not feature_repo/ itself")
     (repo / "data" / "offline").mkdir(parents=True, exist_ok=True)
     files = {p.name: p.read_text() for p in sorted(DEFINITIONS_DIR.glob("*.py"))}
+    if not files:
+        raise FileNotFoundError(
+            f"no Feast definitions in {DEFINITIONS_DIR}: run from a checkout (or image) that has feature_repo/"
+        )
     files["feature_store.yaml"] = yaml.safe_dump(store_config(repo, profile, redis_url), sort_keys=False)
     fingerprint = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()
     with open(repo / ".apply.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # other workers opening the same dir wait for one apply
-        for stale in set(p.name for p in repo.glob("*.py")) - set(files):
-            (repo / stale).unlink()
         for name, text in files.items():
             path = repo / name
             if not path.exists() or path.read_text() != text:
@@ -97,7 +101,7 @@ def open_store(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0
         )
         if not up_to_date:
             t0 = time.perf_counter()
-            store.apply(load_definitions(repo))
+            store.apply(load_definitions(repo, [Path(n).stem for n in files if n.endswith(".py")]))
             if profile == "local":
                 _use_wal(online_db)
             stamp.write_text(fingerprint)
@@ -105,10 +109,13 @@ def open_store(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0
     return store
 
 
-def load_definitions(repo_dir: Path) -> list[Any]:
-    """Import the repo's .py files the way `feast apply` does (each as a top-level module, so
-    they may import each other) and collect the Feast objects, leaving sys.modules as it was."""
-    names = sorted(p.stem for p in Path(repo_dir).glob("*.py"))
+def load_definitions(repo_dir: Path, module_names: Sequence[str] | None = None) -> list[Any]:
+    """Import the repo's .py files (or the named ones) the way `feast apply` does, each as a
+    top-level module so they may import each other, and collect the Feast objects; sys.modules
+    is left as it was."""
+    names = sorted(
+        module_names if module_names is not None else (p.stem for p in Path(repo_dir).glob("*.py"))
+    )
     saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
     sys.path.insert(0, str(repo_dir))
     try:
@@ -257,9 +264,12 @@ class FeastSink:
 
     def __init__(self, store: FeatureStore, offline_dir: Path | None = None) -> None:
         self.store = store
-        self.offline_dir = (
-            Path(offline_dir) if offline_dir is not None else Path(store.repo_path) / "data" / "offline"
-        )
+        source_dir = Path(store.repo_path) / "data" / "offline"
+        self.offline_dir = Path(offline_dir) if offline_dir is not None else source_dir
+        if self.offline_dir.resolve() != source_dir.resolve():
+            log.info(
+                "offline Parquet goes to %s, outside Feast's batch sources (%s)", self.offline_dir, source_dir
+            )
         self._buffers: dict[str, list[Any]] = {SID_VIEW: [], HISTORY_VIEW: []}
         self._buffer_lock = threading.Lock()
 

@@ -98,7 +98,10 @@ def _audio_source(rec: dict[str, Any], max_inline_bytes: int) -> str | bytes:
     if not uri:
         raise ValueError("audio record has neither uri nor data")
     if uri.startswith("file://"):
-        return uri[len("file://") :]
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        return url2pathname(urlparse(uri).path)  # file:///a%20b.ogg -> /a b.ogg
     if "://" in uri:
         raise ValueError(f"unsupported audio URI scheme in {uri!r} (file:// or inline bytes)")
     return str(uri)
@@ -146,6 +149,11 @@ class ActiveCodebooks:
         q = self.codebooks.codebooks.get(modality)
         return None if q is None else int(q.dim)
 
+    def model_id(self, modality: str) -> str | None:
+        """The encoder the codebook was fitted on (None: not recorded, accept any)."""
+        ids = self.codebooks.manifest.get("encoder_model_ids") or {}
+        return ids.get(modality) or None
+
 
 def assign_batch(
     records: Sequence[RawRecord],
@@ -187,6 +195,12 @@ def assign_batch(
             continue
         if not np.isfinite(vec).all():
             result.dead.append(DeadLetter(raw, f"track {track_id}: {modality} embedding has NaN/inf", "nan", track_id))
+            continue
+        fitted_on = active.model_id(modality)
+        if fitted_on is not None and rec["model_id"] != fitted_on:
+            result.dead.append(
+                DeadLetter(raw, f"track {track_id}: {modality} embedding from {rec['model_id']!r}, codebook fitted on {fitted_on!r}", "model_mismatch", track_id)
+            )
             continue
         entry = dict(state.get(track_id) or {})
         previous = entry.get(modality)

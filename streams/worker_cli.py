@@ -39,9 +39,9 @@ def build_deps(roles: list[str]) -> WorkerDeps:
 
         store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
         if "writer" in roles:
-            deps.feast_sink = FeastSink(store, offline_dir=s.feast_dir / "offline")
+            deps.feast_sink = FeastSink(store)
         if "logger" in roles:
-            deps.history_sink = FeastSink(store, offline_dir=s.feast_dir / "offline")
+            deps.history_sink = FeastSink(store)
     return deps
 
 

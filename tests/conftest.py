@@ -38,4 +38,5 @@ def test_settings(tmp_path, kafka_broker) -> Settings:
         home=tmp_path / "home",
         kafka=kafka_broker.settings,
         stream={"batch_size": 16, "batch_timeout_s": 0.1},
+        encoders={"audio_model": "logmel"},  # fast; musicnn has its own tests
     )

@@ -25,14 +25,12 @@ def pipeline(test_settings, tmp_path):
     if not AUDIO_DIR.is_dir():
         pytest.skip(f"{AUDIO_DIR} missing: apt-get install singularity-music")
     te = load_text_encoder()
-    ae = load_audio_encoder("logmel")
+    ae = load_audio_encoder(test_settings.encoders.audio_model)
     catalog = lastfm_tracks(None, 300)  # the shipped sample
     audio = audio_tracks(AUDIO_DIR, 3)
     text_X = te.encode([t.text for t in catalog])
     audio_X, owners = audio_windows([t.audio_path for t in audio], ae, 10.0)
-    from encoders import build_track_text
-
-    audio_text_X = te.encode([build_track_text(audio[i].metadata()) for i in owners.tolist()])
+    audio_text_X = te.encode([audio[i].text for i in owners.tolist()])
     s = test_settings.model_copy(update={"codebook": test_settings.codebook.model_copy(update={"codebook_size": 16})})
     version = fit_catalog_codebooks(s, text_X, te.model_id, audio_X, audio_text_X, ae.model_id)
     run = PipelineRun(s, tmp_path / "run")

@@ -142,3 +142,20 @@ def test_interactions_bad_label_and_undecodable():
     bad = avro_codec.encode("Interaction", {"user_id": "u", "track_id": "t", "event_time": 1, "label": 7})
     ok, dead = decode_interactions([RawRecord("interactions", 0, i, b"u", v) for i, v in enumerate([good, bad, b"zz"])])
     assert len(ok) == 1 and [d.error_type for d in dead] == ["bad_label", "undecodable"]
+
+
+def test_audio_uri_is_percent_decoded_and_other_schemes_rejected():
+    from streams.processing import _audio_source
+
+    assert _audio_source({"uri": "file:///music/A%20New%20Journey.ogg", "data": None}, 10) == "/music/A New Journey.ogg"
+    with pytest.raises(ValueError, match="unsupported audio URI"):
+        _audio_source({"uri": "s3://bucket/x.ogg", "data": None}, 10)
+    with pytest.raises(ValueError, match="exceeds"):
+        _audio_source({"uri": None, "data": b"x" * 11}, 10)
+
+
+def test_embedding_from_another_model_than_the_codebook_is_rejected():
+    cb = _Codebooks()
+    cb.manifest = {"encoder_model_ids": {"text": "text-model", "audio": "other-audio-model"}}
+    res = assign_batch([_emb("a", "text", [0.1, 0.2, 0.3]), _emb("b", "audio", [0.1, 0.2])], {}, ActiveCodebooks("v1", cb), _joint)
+    assert [d.error_type for d in res.dead] == ["model_mismatch"] and list(_sids(res)) == ["a"]

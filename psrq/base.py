@@ -1,0 +1,167 @@
+"""The shared quantizer interface, input validation and the nearest-centroid kernel."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+# rows per block in nearest-centroid search: bounds the [rows, K] distance block in memory
+SEARCH_BLOCK = 16384
+
+
+def _bad_rows(X: np.ndarray) -> list[int]:
+    return np.flatnonzero(~np.isfinite(X).all(axis=1)).tolist()
+
+
+def _row_list(rows: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f", ... ({len(rows)} rows)" if len(rows) > limit else "")
+
+
+def check_fit_input(X: Any, codebook_sizes: tuple[int, ...]) -> F32:
+    """Validate training data; returns a C-contiguous float32 copy-or-view. One-line ValueErrors."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"fit data must be 2-D [n, d], got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"fit data is empty (shape {X.shape})")
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"fit data must be numeric, got dtype {X.dtype}")
+    out: F32 = np.ascontiguousarray(X, dtype=np.float32)
+    bad = _bad_rows(out)
+    if bad:
+        raise ValueError(f"fit data has NaN/inf in rows {_row_list(bad)}")
+    kmax = max(codebook_sizes)
+    if kmax > out.shape[0]:
+        raise ValueError(f"codebook size K={kmax} exceeds the number of fit rows n={out.shape[0]}")
+    return out
+
+
+def check_encode_input(X: Any, dim: int) -> F32:
+    """Validate data to encode against the codebook's dimension; NaN rows are named, never coded."""
+    X = np.asarray(X)
+    if X.ndim == 1:
+        X = X[None, :]
+    if X.ndim != 2:
+        raise ValueError(f"input must be 2-D [n, d], got shape {X.shape}")
+    if X.shape[1] != dim:
+        raise ValueError(f"input dim {X.shape[1]} != codebook dim {dim}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"input must be numeric, got dtype {X.dtype}")
+    out: F32 = np.ascontiguousarray(X, dtype=np.float32)
+    bad = _bad_rows(out)
+    if bad:
+        raise ValueError(f"input has NaN/inf in rows {_row_list(bad)}")
+    return out
+
+
+def check_sizes(codebook_sizes: Any) -> tuple[int, ...]:
+    sizes = tuple(int(k) for k in codebook_sizes)
+    if not sizes:
+        raise ValueError("codebook_sizes must name at least one layer")
+    if any(k < 1 for k in sizes):
+        raise ValueError(f"codebook sizes must be >= 1, got {list(sizes)}")
+    return sizes
+
+
+def nearest(X: F32, C: F32, table: F32 | None = None, table_rows: I64 | None = None) -> I64:
+    """argmin_j ||X[i] - C[j]||^2 (+ table[table_rows[i], j]) for every row, in BLAS blocks.
+
+    ||x||^2 is constant per row and dropped. The optional table adds a per-row-group term,
+    which is how PSRQ's prefix half enters (see psrq.progressive). Ties go to the lowest j.
+    """
+    n = X.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    c_norms = np.einsum("ij,ij->i", C, C)
+    Ct = np.ascontiguousarray(C.T)
+    for start in range(0, n, SEARCH_BLOCK):
+        stop = min(n, start + SEARCH_BLOCK)
+        d = X[start:stop] @ Ct
+        d *= np.float32(-2.0)
+        d += c_norms
+        if table is not None and table_rows is not None:
+            d += table[table_rows[start:stop]]
+        out[start:stop] = d.argmin(axis=1)
+    return out
+
+
+def check_codes(codes: Any, codebook_sizes: tuple[int, ...]) -> I64:
+    codes = np.asarray(codes)
+    if codes.ndim == 1:
+        codes = codes[None, :]
+    if codes.ndim != 2 or codes.shape[1] != len(codebook_sizes):
+        raise ValueError(f"codes must be [n, {len(codebook_sizes)}], got shape {codes.shape}")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
+    out: I64 = codes.astype(np.int64, copy=False)
+    sizes = np.asarray(codebook_sizes, dtype=np.int64)
+    if out.size and ((out < 0).any() or (out >= sizes).any()):
+        raise ValueError("codes out of range for the codebook sizes " + str(list(codebook_sizes)))
+    return out
+
+
+class Quantizer(abc.ABC):
+    """fit(X) -> self, encode(X) -> int64 [n, L], decode(codes) -> float32 [n, d].
+
+    Subclasses also expose their fitted state as named float32 tensors plus JSON options
+    (`state` / `from_state`), which is all an artifact needs to rebuild them.
+    """
+
+    method: ClassVar[str]
+
+    def __init__(self, codebook_sizes: Any, seed: int = 0) -> None:
+        self.codebook_sizes: tuple[int, ...] = check_sizes(codebook_sizes)
+        self.seed = int(seed)
+        self._dim: int | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            raise RuntimeError(f"{self.method} quantizer is not fitted")
+        return self._dim
+
+    @property
+    def fitted(self) -> bool:
+        return self._dim is not None
+
+    @abc.abstractmethod
+    def fit(self, X: Any) -> Quantizer: ...
+
+    @abc.abstractmethod
+    def encode(self, X: Any) -> I64: ...
+
+    def decode(self, codes: Any) -> F32:
+        """Full reconstruction from codes."""
+        return self.decode_prefix(codes, self.num_layers)
+
+    @abc.abstractmethod
+    def decode_prefix(self, codes: Any, layers: int) -> F32:
+        """Reconstruction using only the first `layers` layers of each code (for per-layer health)."""
+
+    @abc.abstractmethod
+    def options(self) -> dict[str, Any]:
+        """JSON-able hyper-parameters and fitted scalars (stored in the manifest)."""
+
+    @abc.abstractmethod
+    def tensors(self) -> dict[str, F32]:
+        """Fitted arrays by name (stored in safetensors)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_state(
+        cls, tensors: dict[str, F32], options: dict[str, Any], dim: int, codebook_sizes: tuple[int, ...]
+    ) -> Quantizer: ...
+
+    def __repr__(self) -> str:
+        dim = self._dim if self._dim is not None else "?"
+        return f"{type(self).__name__}(K={list(self.codebook_sizes)}, dim={dim})"

@@ -1,0 +1,211 @@
+"""`sidstream codebook fit | assign | report`.
+
+Every failure a user can cause (missing or unreadable file, wrong dims, NaN/inf rows,
+K > n, empty input) ends with a non-zero exit and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import numpy as np
+
+from psrq.base import F32
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(" ".join(str(message).split()))
+
+
+def _guarded(fn: F) -> F:
+    """Turn expected user errors into one-line ClickExceptions."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, FileNotFoundError, OSError, KeyError) as exc:
+            _fail(f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_matrix(path: Path) -> F32:
+    """A 2-D float32 array from .npy (no pickles); one-line ValueErrors."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for a corrupt file
+        raise ValueError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D [n, d] array, got shape {getattr(arr, 'shape', None)}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{path}: no rows")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{path}: expected numbers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _load_any(codebook: Path, modality: str | None) -> tuple[Any, dict[str, Any]]:
+    from psrq.artifact import load_codebook, read_manifest
+    from psrq.codebook_set import load_codebook_set
+
+    manifest = read_manifest(codebook)
+    if manifest.get("kind") == "codebook_set":
+        cs = load_codebook_set(codebook)
+        if modality is None:
+            if len(cs.codebooks) != 1:
+                raise ValueError(f"{codebook} is a codebook set with {cs.modalities}: pass --modality")
+            modality = cs.modalities[0]
+        if modality not in cs.codebooks:
+            raise ValueError(f"{codebook} has no {modality!r} codebook (has {cs.modalities})")
+        return cs.codebooks[modality], cs.manifests[modality]
+    return load_codebook(codebook)
+
+
+@click.group()
+def codebook() -> None:
+    """Fit, assign and report PSRQ / RQ / VQ / PQ / RQ-VAE codebooks."""
+
+
+@codebook.command()
+@click.option("--method", type=click.Choice(["psrq", "rq", "vq", "pq", "rqvae"]), default="psrq", show_default=True)
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True, help="X.npy, float32 [n, d]")
+@click.option("--layers", type=int, default=3, show_default=True)
+@click.option("--codebook-size", type=int, default=256, show_default=True, help="K per layer")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="PSRQ prefix weight (1 = the paper)")
+@click.option("--prefix-scale", type=click.Choice(["none", "residual_norm", "residual_spread"]), default="none", show_default=True)
+@click.option("--anchor", type=click.Choice(["prefix", "input"]), default="prefix", show_default=True,
+              help="PSRQ semantic half: quantized prefix (paper) or the input embedding (variant)")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--normalisation", default="none", show_default=True, help="recorded in the manifest")
+@click.option("--parent", type=click.Path(path_type=Path), default=None, help="parent version to align codes to")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@_guarded
+def fit(
+    method: str, input_path: Path, layers: int, codebook_size: int, alpha: float, prefix_scale: str,
+    anchor: str, seed: int, normalisation: str, parent: Path | None, out_dir: Path,
+) -> None:  # fmt: skip
+    """Fit a codebook on X.npy and write a versioned artifact directory."""
+    from psrq.align import align_to_parent, churn_report
+    from psrq.artifact import load_codebook, save_codebook
+    from psrq.factory import make_quantizer
+    from psrq.health import health_report
+
+    if layers < 1 or codebook_size < 1:
+        _fail(f"--layers and --codebook-size must be >= 1 (got {layers}, {codebook_size})")
+    X = load_matrix(input_path)
+    options: dict[str, Any] = {"prefix_scale": prefix_scale, "anchor": anchor} if method == "psrq" else {}
+    q = make_quantizer(method, [codebook_size] * layers, seed=seed, alpha=alpha, **options)
+    parent_q = None
+    if parent is not None:
+        parent_q, _ = load_codebook(parent)
+        if parent_q.dim != X.shape[1]:
+            _fail(f"parent dim {parent_q.dim} != input dim {X.shape[1]}")
+    q.fit(X)
+    metrics: dict[str, Any] = {"health": health_report(q, X)}
+    if parent_q is not None:
+        aligned = align_to_parent(q, parent_q, X)
+        metrics["churn"] = churn_report(parent_q, q, aligned, X)
+        q = aligned
+    manifest = save_codebook(q, out_dir, normalisation=normalisation, fit_data=X, parent=parent, metrics=metrics)
+    click.echo(json.dumps({"out": str(out_dir), "method": manifest["method"], "codebook_sizes": manifest["codebook_sizes"],
+                           "dim": manifest["dim"], "distinct_sids": metrics["health"]["sids"]["distinct_sids"],
+                           "churn": metrics.get("churn")}))  # fmt: skip
+
+
+@codebook.command()
+@click.option("--codebook", "codebook_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--modality", default=None, help="for a codebook set: text | audio | joint")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True)
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="codes.npy, int64 [n, L]")
+@click.option("--skip-bad", is_flag=True, help="write -1 for NaN/inf rows (listed on stderr) instead of failing")
+@_guarded
+def assign(codebook_dir: Path, modality: str | None, input_path: Path, out_path: Path, skip_bad: bool) -> None:
+    """Encode X.npy with a frozen codebook; NaN/inf rows are reported, never coded."""
+    q, _ = _load_any(codebook_dir, modality)
+    X = load_matrix(input_path)
+    if X.shape[1] != q.dim:
+        _fail(f"{input_path}: input dim {X.shape[1]} != codebook dim {q.dim}")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if len(bad) and not skip_bad:
+        shown = ", ".join(map(str, bad[:10].tolist())) + (" ..." if len(bad) > 10 else "")
+        _fail(f"{input_path}: {len(bad)} row(s) with NaN/inf: {shown} (use --skip-bad to code the rest)")
+    codes = np.full((len(X), q.num_layers), -1, dtype=np.int64)
+    good = np.flatnonzero(np.isfinite(X).all(axis=1))
+    if len(good):
+        codes[good] = q.encode(X[good])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out_path, codes)
+    if len(bad):
+        click.echo(f"skipped {len(bad)} NaN/inf row(s), coded -1: {bad[:20].tolist()}", err=True)
+    click.echo(json.dumps({"out": str(out_path), "rows": int(len(X)), "coded": int(len(good)), "skipped": int(len(bad))}))
+
+
+@codebook.command()
+@click.option("--codebook", "codebook_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--modality", default=None, help="for a codebook set: text | audio | joint")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True)
+@click.option("--labels", "labels_path", type=click.Path(path_type=Path), default=None, help="one label per line")
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_guarded
+def report(
+    codebook_dir: Path, modality: str | None, input_path: Path, labels_path: Path | None,
+    plots_dir: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Health of a codebook on X.npy: utilisation, entropy, recon cosine, purity, collisions."""
+    from psrq.health import health_report
+
+    q, _ = _load_any(codebook_dir, modality)
+    X = load_matrix(input_path)
+    labels = None
+    if labels_path is not None:
+        if not labels_path.is_file():
+            raise FileNotFoundError(f"{labels_path}: no such file")
+        labels = np.asarray(labels_path.read_text(encoding="utf-8").splitlines())
+        if len(labels) != len(X):
+            _fail(f"{labels_path}: {len(labels)} labels for {len(X)} rows")
+    codes = q.encode(X)
+    rep = health_report(q, X, labels=labels, codes=codes)
+    if plots_dir is not None:
+        from psrq.plots import write_report_plots
+
+        rep["plots"] = [str(p) for p in write_report_plots(rep, codes, plots_dir)]
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{rep['method']} K={rep['codebook_sizes']} dim={rep['dim']}")
+    cols = ["layer", "utilisation", "entropy_ratio", "recon_cos", "distinct_paths"] + (["purity", "purity_path"] if labels is not None else [])
+    for c in cols:
+        table.add_column(c, justify="right")
+    for row in rep["layers"]:
+        table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+    console = Console()
+    console.print(table)
+    sids = rep["sids"]
+    console.print(f"distinct SIDs {sids['distinct_sids']} / {sids['items']}, collision rate {sids['collision_rate']:.3f}, "
+                  f"hourglass ratio {rep['hourglass_ratio']}")  # fmt: skip
+
+
+def main() -> None:  # pragma: no cover - `python -m psrq.cli`
+    codebook(prog_name="codebook")
+    sys.exit(0)

@@ -1,0 +1,105 @@
+"""SID health: utilisation, entropy, hourglass, reconstruction, semantic purity, collisions.
+
+Definitions (per layer l = 1..L, n items):
+  utilisation      distinct codes used at layer l / K_l
+  entropy_ratio    H(code frequencies at layer l) / log K_l          (1 = uniform use)
+  effective_codes  exp(H), the perplexity of layer l's codes
+  recon_cos        mean cosine(x, x̂_l), x̂_l the cumulative reconstruction from layers 1..l
+  purity           Σ_codes (count of the code's majority label) / n, over the layer-l code
+                   *alone* (the reading behind method.md's table: RQ's purity falls with depth)
+  purity_path      the same over the prefix path (c_1..c_l): rises with depth for every method
+  hourglass_ratio  mean effective codes of the middle layers (2..L-1) / geometric mean of
+                   the first and last layers' (L >= 3; < 1 means a narrow waist)
+  collision_rate   share of items whose full SID (c_1..c_L) is shared with another item
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from psrq.base import F32, I64, Quantizer
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def purity(groups: I64, labels: I64) -> float:
+    """Σ over groups of the majority label's count / n (labels as dense ints)."""
+    n_labels = int(labels.max()) + 1
+    _, inverse = np.unique(groups, return_inverse=True)
+    pair_counts = np.bincount(inverse.reshape(-1) * n_labels + labels, minlength=(int(inverse.max()) + 1) * n_labels)
+    return float(pair_counts.reshape(-1, n_labels).max(axis=1).sum() / len(labels))
+
+
+def _path_ids(codes: I64) -> I64:
+    _, inverse = np.unique(codes, axis=0, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
+
+
+def cosine_rows(X: F32, Y: F32) -> F32:
+    num = np.einsum("ij,ij->i", X, Y)
+    den = np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).astype(np.float32)
+
+
+def sid_collisions(codes: I64) -> dict[str, Any]:
+    """Full-SID statistics: distinct SIDs, collision rate, largest bucket."""
+    _, counts = np.unique(codes, axis=0, return_counts=True)
+    n = int(codes.shape[0])
+    shared = int(counts[counts > 1].sum())
+    return {
+        "items": n,
+        "distinct_sids": int(len(counts)),
+        "collision_rate": shared / n if n else 0.0,
+        "max_items_per_sid": int(counts.max()) if n else 0,
+    }
+
+
+def health_report(
+    q: Quantizer, X: Any, labels: Any = None, codes: I64 | None = None
+) -> dict[str, Any]:
+    """Per-layer and full-SID health of quantizer q on X (optionally with item labels)."""
+    X = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+    codes = q.encode(X) if codes is None else np.asarray(codes, dtype=np.int64)
+    label_ids: I64 | None = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        if len(labels) != len(X):
+            raise ValueError(f"{len(labels)} labels for {len(X)} items")
+        label_ids = np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    layers: list[dict[str, Any]] = []
+    for layer, k in enumerate(q.codebook_sizes):
+        counts = np.bincount(codes[:, layer], minlength=k)
+        h = _entropy(counts)
+        row: dict[str, Any] = {
+            "layer": layer + 1,
+            "K": int(k),
+            "codes_used": int((counts > 0).sum()),
+            "utilisation": float((counts > 0).mean()),
+            "entropy_ratio": h / np.log(k) if k > 1 else 1.0,
+            "effective_codes": float(np.exp(h)),
+            "top_code_share": float(counts.max() / counts.sum()),
+            "recon_cos": float(cosine_rows(X, q.decode_prefix(codes, layer + 1)).mean()),
+            "distinct_paths": int(len(np.unique(codes[:, : layer + 1], axis=0))),
+        }
+        if label_ids is not None:
+            row["purity"] = purity(codes[:, layer], label_ids)
+            row["purity_path"] = purity(_path_ids(codes[:, : layer + 1]), label_ids)
+        layers.append(row)
+    eff = [row["effective_codes"] for row in layers]
+    hourglass = float(np.mean(eff[1:-1]) / np.sqrt(eff[0] * eff[-1])) if len(eff) >= 3 else None
+    report: dict[str, Any] = {
+        "method": q.method,
+        "codebook_sizes": list(q.codebook_sizes),
+        "dim": q.dim,
+        "layers": layers,
+        "hourglass_ratio": hourglass,
+        "sids": sid_collisions(codes),
+    }
+    if label_ids is not None:
+        report["labels"] = {"distinct": int(label_ids.max()) + 1, "majority_share": float(np.bincount(label_ids).max() / len(label_ids))}
+    return report

@@ -1,0 +1,108 @@
+"""k-means: faiss for plain data, and a decomposed Lloyd for PSRQ's [residual ⊕ prefix] data.
+
+The decomposed k-means never builds the 2d-dim points z = [r ⊕ w·p]. Because
+||z - c||² = ||r - c_r||² + ||w·p - c_p||² and p takes one value per distinct code path,
+the prefix half of every distance comes from a small [paths, K] table, and the prefix half
+of every centroid update from a [K, paths] count matrix.
+"""
+
+from __future__ import annotations
+
+import os
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from psrq.base import F32, I64, nearest
+
+DEFAULT_NITER = 20
+DEFAULT_MAX_POINTS_PER_CENTROID = 256
+# relative perturbation used when an empty cluster takes half of the largest one (as faiss does)
+_SPLIT_EPS = 1.0 / 1024.0
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use n OpenMP threads in faiss (default: all cores); returns the count in use."""
+    count = n if n is not None else (os.cpu_count() or 1)
+    faiss.omp_set_num_threads(count)
+    return count
+
+
+def subsample(n: int, k: int, seed: int, max_points_per_centroid: int) -> I64 | None:
+    """Row indices of a seeded training subsample (None: use all rows), as faiss would draw."""
+    cap = k * max_points_per_centroid
+    if n <= cap:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=cap, replace=False)).astype(np.int64)
+
+
+def faiss_kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER) -> F32:
+    """Seeded faiss k-means; returns float32 centroids [k, d]."""
+    n, d = X.shape
+    if k == 1:
+        mean: F32 = X.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+        return mean
+    km = faiss.Kmeans(
+        d, k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=n // k + 1, min_points_per_centroid=1
+    )
+    km.train(np.ascontiguousarray(X, dtype=np.float32))
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def prefix_table(prefixes: F32, centroids_p: F32) -> F32:
+    """T[u, j] = ||prefixes[u] - centroids_p[j]||² for every distinct (weighted) prefix u."""
+    t = prefixes @ centroids_p.T
+    t *= np.float32(-2.0)
+    t += np.einsum("ij,ij->i", prefixes, prefixes)[:, None]
+    t += np.einsum("ij,ij->i", centroids_p, centroids_p)[None, :]
+    return t
+
+
+def _split_empty(C: F32, counts: np.ndarray) -> None:
+    """Give every empty cluster half of the currently largest one (in place, deterministic)."""
+    for j in np.flatnonzero(counts == 0):
+        big = int(counts.argmax())
+        sign = np.where(np.arange(C.shape[1]) % 2 == 0, 1.0, -1.0).astype(np.float32)
+        C[j] = C[big] * (1 + sign * _SPLIT_EPS)
+        C[big] = C[big] * (1 - sign * _SPLIT_EPS)
+        counts[j] = counts[big] // 2
+        counts[big] -= counts[j]
+
+
+def prefix_kmeans(
+    R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER
+) -> F32:
+    """Lloyd k-means on z_i = [R[i] ⊕ prefixes[path_idx[i]]]; returns centroids [k, 2d].
+
+    `prefixes` are already weighted (w·p). Initial centroids are k distinct seeded rows.
+    """
+    n, d = R.shape
+    u = prefixes.shape[0]
+    rng = np.random.default_rng(seed)
+    init = np.sort(rng.choice(n, size=k, replace=False))
+    C_r = np.ascontiguousarray(R[init])
+    C_p = np.ascontiguousarray(prefixes[path_idx[init]])
+    rows = np.arange(n)
+    previous: I64 | None = None
+    for _ in range(niter):
+        table = prefix_table(prefixes, C_p)
+        assign = nearest(R, C_r, table, path_idx)
+        if previous is not None and np.array_equal(assign, previous):
+            break  # converged: the centroids are already the means of this assignment (as faiss stops)
+        previous = assign
+        counts = np.bincount(assign, minlength=k)
+        members = sp.csr_matrix((np.ones(n, dtype=np.float32), (assign, rows)), shape=(k, n))
+        paths = sp.csr_matrix((np.ones(n, dtype=np.float32), (assign, path_idx)), shape=(k, u))
+        denom = np.maximum(counts, 1).astype(np.float32)[:, None]
+        new_r = np.asarray(members @ R, dtype=np.float32) / denom
+        new_p = np.asarray(paths @ prefixes, dtype=np.float32) / denom
+        keep = counts == 0
+        new_r[keep] = C_r[keep]
+        new_p[keep] = C_p[keep]
+        C = np.ascontiguousarray(np.concatenate([new_r, new_p], axis=1))
+        _split_empty(C, counts.copy())
+        C_r = np.ascontiguousarray(C[:, :d])
+        C_p = np.ascontiguousarray(C[:, d:])
+    return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1))

@@ -1,0 +1,71 @@
+"""RQ-KMeans: layer l clusters the residual left by layers 1..l-1 (faiss k-means per layer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from psrq.base import F32, I64, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
+from psrq.kmeans import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, faiss_kmeans, subsample
+
+
+class RQ(Quantizer):
+    """Residual k-means. Centroids are [K_l, d] per layer; x̂ = sum of the chosen centroids."""
+
+    method = "rq"
+
+    def __init__(
+        self,
+        codebook_sizes: Any,
+        seed: int = 0,
+        niter: int = DEFAULT_NITER,
+        max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
+    ) -> None:
+        super().__init__(codebook_sizes, seed)
+        self.niter = int(niter)
+        self.max_points_per_centroid = int(max_points_per_centroid)
+        self.centroids: list[F32] = []
+
+    def fit(self, X: Any) -> RQ:
+        X = check_fit_input(X, self.codebook_sizes)
+        rows = subsample(len(X), max(self.codebook_sizes), self.seed, self.max_points_per_centroid)
+        R = (X if rows is None else X[rows]).copy()
+        self.centroids = []
+        for layer, k in enumerate(self.codebook_sizes):
+            C = faiss_kmeans(R, k, seed=self.seed + layer, niter=self.niter)
+            self.centroids.append(C)
+            if layer + 1 < self.num_layers:
+                R -= C[nearest(R, C)]
+        self._dim = X.shape[1]
+        return self
+
+    def encode(self, X: Any) -> I64:
+        R = check_encode_input(X, self.dim).copy()
+        codes = np.empty((R.shape[0], self.num_layers), dtype=np.int64)
+        for layer, C in enumerate(self.centroids):
+            codes[:, layer] = nearest(R, C)
+            R -= C[codes[:, layer]]
+        return codes
+
+    def decode_prefix(self, codes: Any, layers: int) -> F32:
+        codes = check_codes(codes, self.codebook_sizes)
+        out = np.zeros((codes.shape[0], self.dim), dtype=np.float32)
+        for layer in range(layers):
+            out += self.centroids[layer][codes[:, layer]]
+        return out
+
+    def options(self) -> dict[str, Any]:
+        return {"seed": self.seed, "niter": self.niter, "max_points_per_centroid": self.max_points_per_centroid}
+
+    def tensors(self) -> dict[str, F32]:
+        return {f"layer{i}": C for i, C in enumerate(self.centroids)}
+
+    @classmethod
+    def from_state(
+        cls, tensors: dict[str, F32], options: dict[str, Any], dim: int, codebook_sizes: tuple[int, ...]
+    ) -> RQ:
+        q = cls(codebook_sizes, **options)
+        q.centroids = [np.ascontiguousarray(tensors[f"layer{i}"], dtype=np.float32) for i in range(len(codebook_sizes))]
+        q._dim = dim
+        return q

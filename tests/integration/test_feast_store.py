@@ -1,0 +1,224 @@
+"""The Feast sink and reader against a real feature repo: SQLite in tmp_path, and a real
+redis-server started on a free port for the Redis profile."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from streams.feast_store import FeastSink, SidRow, UserHistoryRow, open_store, read_history, read_sids
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_command(port: int, command: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(command)
+        return s.recv(64)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A throwaway redis-server on a free port, no persistence; yields its host:port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server binary not on PATH (apt-get install redis-server)")
+    pytest.importorskip("redis", reason="the redis client is missing: pip install 'feast[redis]'")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if _redis_command(port, b"PING\r\n").startswith(b"+PONG"):
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port} (exit code {proc.poll()})")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request, tmp_path):
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server")
+        assert _redis_command(int(url.rsplit(":", 1)[1]), b"FLUSHALL\r\n").startswith(b"+OK")
+        return open_store(tmp_path / "feast", profile="redis", redis_url=url)
+    return open_store(tmp_path / "feast")
+
+
+def _row(track_id: str, t_ms: int, text=(1, 2, 3), audio=None, joint=None, version="cb-1") -> SidRow:
+    return SidRow(track_id, t_ms, version, text, audio, joint, "minilm", "" if audio is None else "logmel")
+
+
+def _state(store, ids):
+    return read_sids(store, ids).to_dict("records")
+
+
+def _offline_rows(store, view="track_sids") -> pd.DataFrame:
+    folder = Path(store.repo_path) / "data" / "offline" / view
+    parts = sorted(folder.glob("*.parquet"))
+    return pd.concat([pq.read_table(p).to_pandas() for p in parts]) if parts else pd.DataFrame()
+
+
+def test_rows_in_exact_values_out(store):
+    sink = FeastSink(store)
+    sink.add([_row("t1", 1_000), _row("t2", 1_000, (4, 5, 6), (7, 8, 9), (10, 11, 12))])
+    assert sink.flush() == 2
+    df = read_sids(store, ["t2", "unknown", "t1"])
+    assert df["track_id"].tolist() == ["t2", "unknown", "t1"]
+    t2, unknown, t1 = df.to_dict("records")
+    assert t2 == {
+        "track_id": "t2", "codebook_version": "cb-1", "text_sid": [4, 5, 6], "audio_sid": [7, 8, 9],
+        "joint_sid": [10, 11, 12], "text_sid_str": "4-5-6", "audio_sid_str": "7-8-9", "joint_sid_str": "10-11-12",
+        "modalities": "text,audio", "text_model_id": "minilm", "audio_model_id": "logmel",
+        "sid_event_time_ms": 1_000,
+    }  # fmt: skip
+    assert t1["text_sid"] == [1, 2, 3] and t1["audio_sid"] is None and t1["joint_sid"] is None
+    assert (t1["audio_sid_str"], t1["joint_sid_str"], t1["modalities"]) == ("", "", "text")
+    assert all(v is None or pd.isna(v) for k, v in unknown.items() if k != "track_id")
+
+
+def test_stale_event_time_does_not_overwrite(store):
+    sink = FeastSink(store)
+    sink.add([_row("t1", 5_000, (1, 1, 1))])
+    sink.flush()
+    sink.add([_row("t1", 4_999, (2, 2, 2)), _row("t1", 5_000, (3, 3, 3))])  # older, and same instant
+    assert sink.flush() == 0
+    assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [1, 1, 1]
+    sink.add([_row("t1", 5_001, (4, 4, 4))])
+    assert sink.flush() == 1
+    assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [4, 4, 4]
+
+
+def test_newest_row_per_track_within_one_batch(store):
+    sink = FeastSink(store)
+    sink.add(
+        [
+            _row("t1", 3_000, (3, 3, 3)),
+            _row("t1", 1_000, (1, 1, 1)),
+            _row("t2", 1_000),
+            _row("t1", 2_000, (2, 2, 2)),
+        ]
+    )
+    assert sink.flush() == 2
+    assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [3, 3, 3]
+    assert len(_offline_rows(store)) == 2
+
+
+def test_replaying_a_batch_gives_the_same_state(store):
+    batch = [_row(f"t{i}", 1_000 + i, (i, i + 1, i + 2)) for i in range(20)]
+    sink = FeastSink(store)
+    sink.add(batch)
+    assert sink.flush() == 20
+    ids = [r.track_id for r in batch]
+    before, offline_before = _state(store, ids), _offline_rows(store)
+    sink.add(batch)  # a crash before the offset commit: the same records come again
+    assert sink.flush() == 0
+    assert _state(store, ids) == before
+    pd.testing.assert_frame_equal(_offline_rows(store), offline_before)
+
+
+def test_text_only_row_is_upgraded_by_the_full_row(store):
+    sink = FeastSink(store)
+    sink.add([_row("t1", 1_000, (1, 2, 3))])
+    sink.flush()
+    assert read_sids(store, ["t1"])["modalities"].iloc[0] == "text"
+    sink.add([_row("t1", 2_000, (1, 2, 3), (4, 5, 6), (7, 8, 9))])
+    assert sink.flush() == 1
+    got = _state(store, ["t1"])[0]
+    assert (got["text_sid"], got["audio_sid"], got["joint_sid"]) == ([1, 2, 3], [4, 5, 6], [7, 8, 9])
+    assert (got["joint_sid_str"], got["modalities"], got["audio_model_id"]) == (
+        "7-8-9",
+        "text,audio",
+        "logmel",
+    )
+
+
+def test_offline_parquet_is_appended_and_joinable(store):
+    sink = FeastSink(store)
+    sink.add([_row("t1", 1_000, (1, 2, 3))])
+    sink.flush()
+    sink.add([_row("t1", 2_000, (1, 2, 3), (4, 5, 6), (7, 8, 9)), _row("t2", 2_000)])
+    sink.flush()
+    offline = _offline_rows(store).sort_values(["track_id", "event_time"])
+    assert offline["track_id"].tolist() == ["t1", "t1", "t2"]
+    assert offline["event_time"].dt.tz is not None
+    assert [list(v) if v is not None else None for v in offline["joint_sid"]] == [None, [7, 8, 9], None]
+    # Feast's own point-in-time join reads the part files
+    entity_df = pd.DataFrame(
+        {"track_id": ["t1", "t1"], "event_timestamp": pd.to_datetime([1_500, 2_500], unit="ms", utc=True)}
+    )
+    hist = store.get_historical_features(entity_df=entity_df, features=["track_sids:joint_sid_str"]).to_df()
+    assert sorted(
+        zip(hist["event_timestamp"].astype("int64") // 10**6, hist["joint_sid_str"], strict=True)
+    ) == [
+        (1_500, ""),
+        (2_500, "7-8-9"),
+    ]
+
+
+def test_user_history_round_trip(store):
+    sink = FeastSink(store)
+    sink.add_history([UserHistoryRow("u1", 1_000, ("a", "b")), UserHistoryRow("u2", 1_000, ("c",))])
+    sink.add_history([UserHistoryRow("u1", 2_000, ("a", "b", "d"))])
+    assert sink.flush() == 2
+    sink.add_history([UserHistoryRow("u1", 1_500, ("stale",))])
+    assert sink.flush() == 0
+    df = read_history(store, ["u1", "u2", "nobody"])
+    assert df["history_item_ids"].tolist()[:2] == [["a", "b", "d"], ["c"]]
+    assert df["history_len"].tolist()[:2] == [3, 1]
+    assert df["history_item_ids"].iloc[2] is None
+
+
+def test_ranker_feature_service_serves_both_views(store):
+    sink = FeastSink(store)
+    sink.add([_row("t1", 1_000, (1, 2, 3))])
+    sink.add_history([UserHistoryRow("u1", 1_000, ("t1",))])
+    assert sink.flush() == 2
+    service = store.get_feature_service("ranker_features")
+    got = store.get_online_features(
+        features=service, entity_rows=[{"track_id": "t1", "user_id": "u1"}]
+    ).to_dict()
+    assert got["text_sid_str"] == ["1-2-3"] and got["history_item_ids"] == [["t1"]]
+
+
+def test_reopening_keeps_data_and_skips_apply(tmp_path):
+    store = open_store(tmp_path / "feast")
+    sink = FeastSink(store)
+    sink.add([_row("t1", 1_000)])
+    sink.flush()
+    t0 = time.perf_counter()
+    again = open_store(tmp_path / "feast")
+    assert time.perf_counter() - t0 < 1.0
+    assert read_sids(again, ["t1"])["text_sid"].iloc[0] == [1, 2, 3]
+    assert (tmp_path / "feast" / "feature_store.yaml").read_text().count(
+        str((tmp_path / "feast").resolve())
+    ) == 2
+
+
+def test_unknown_profile_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown Feast profile"):
+        open_store(tmp_path / "feast", profile="dynamo")
