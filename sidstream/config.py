@@ -27,6 +27,7 @@ class KafkaSettings(_Frozen):
     heap: str = "512m"
     partitions: int = Field(4, ge=1, description="partitions per topic (Faust: one worker per partition)")
     topic_prefix: str = ""
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, description="topic/producer limit; inline audio must fit")
 
     @property
     def bootstrap(self) -> str:
@@ -36,7 +37,7 @@ class KafkaSettings(_Frozen):
 class StreamSettings(_Frozen):
     batch_size: int = Field(64, ge=1)
     batch_timeout_s: float = Field(0.2, gt=0)
-    inline_audio_max_bytes: int = Field(2_000_000, ge=0)
+    inline_audio_max_bytes: int = Field(4_000_000, ge=0, description="larger files travel as file:// URIs")
     audio_wait_s: float = Field(600.0, ge=0, description="bounded wait for a late modality")
     web_port: int = 16066
 

@@ -15,5 +15,5 @@ def setup_logging(level: str = "INFO") -> None:
         handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    for noisy in ("aiokafka", "faust", "mode", "feast", "urllib3", "httpx", "numba", "matplotlib"):
+    for noisy in ("aiokafka", "faust", "mode", "feast", "urllib3", "httpx", "numba", "matplotlib", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

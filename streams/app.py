@@ -77,6 +77,8 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         broker_commit_every=100,
         broker_commit_interval=1.0,
         producer_acks=-1,
+        producer_max_request_size=s.kafka.max_message_bytes,
+        consumer_max_fetch_size=2 * s.kafka.max_message_bytes,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         datadir=str(datadir),

@@ -59,7 +59,8 @@ class PipelineRun:
         return env
 
     def create_topics(self) -> None:
-        create_topics(self.settings.kafka.bootstrap, self.names, self.settings.kafka.partitions)
+        k = self.settings.kafka
+        create_topics(k.bootstrap, self.names, k.partitions, max_message_bytes=k.max_message_bytes)
 
     def start_workers(self, groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS, timeout_s: float = 180.0) -> None:
         """Start one worker process per role group and wait until each has its partitions."""
@@ -100,7 +101,7 @@ class PipelineRun:
 
     def producer(self) -> TrackProducer:
         s = self.settings
-        return TrackProducer(s.kafka.bootstrap, self.names.metadata, self.names.audio, s.stream.inline_audio_max_bytes)
+        return TrackProducer(s.kafka.bootstrap, self.names.metadata, self.names.audio, s.stream.inline_audio_max_bytes, s.kafka.max_message_bytes)
 
     def count_dlq(self, timeout_s: float = 10.0) -> dict[str, list[dict[str, object]]]:
         """Read every dead letter of this run from the broker: topic -> decoded records."""

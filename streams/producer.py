@@ -12,8 +12,12 @@ from streams.records import now_ms
 
 
 class TrackProducer:
-    def __init__(self, bootstrap: str, metadata_topic: str, audio_topic: str, inline_audio_max_bytes: int = 0) -> None:
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True, "acks": "all"})
+    def __init__(
+        self, bootstrap: str, metadata_topic: str, audio_topic: str, inline_audio_max_bytes: int = 0, max_message_bytes: int = 16 * 1024 * 1024
+    ) -> None:
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True, "acks": "all", "message.max.bytes": max_message_bytes}
+        )
         self.metadata_topic = metadata_topic
         self.audio_topic = audio_topic
         self.inline_audio_max_bytes = inline_audio_max_bytes

@@ -66,7 +66,9 @@ class TopicNames:
         return names + [dlq(t) for t in names] + [self.control]
 
 
-def create_topics(bootstrap: str, names: TopicNames, partitions: int, timeout_s: float = 30.0) -> list[str]:
+def create_topics(
+    bootstrap: str, names: TopicNames, partitions: int, timeout_s: float = 30.0, max_message_bytes: int = 16 * 1024 * 1024
+) -> list[str]:
     """Create every pipeline topic that does not exist yet; returns the names created."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
@@ -76,7 +78,8 @@ def create_topics(bootstrap: str, names: TopicNames, partitions: int, timeout_s:
             continue
         # the control topic is a single ordered log; everything else is keyed by track/user id
         n = 1 if topic == names.control else partitions
-        wanted.append(NewTopic(topic, num_partitions=n, replication_factor=1))
+        # records carry inline audio, and dead letters carry the original bytes: allow large ones
+        wanted.append(NewTopic(topic, num_partitions=n, replication_factor=1, config={"max.message.bytes": str(max_message_bytes)}))
     if not wanted:
         return []
     futures = admin.create_topics(wanted, operation_timeout=timeout_s)
