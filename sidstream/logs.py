@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from rich.console import Console
 from rich.logging import RichHandler
 
 
@@ -12,7 +13,7 @@ def setup_logging(level: str = "INFO") -> None:
         level=level.upper(),
         format="%(name)s: %(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],  # stdout stays for results
         force=True,
     )
     for noisy in ("aiokafka", "faust", "mode", "feast", "urllib3", "httpx", "numba", "matplotlib", "faiss", "faiss.loader"):
