@@ -136,6 +136,43 @@ def _plots(reports: dict[str, dict[str, Any]], codes_by: dict[str, np.ndarray], 
         plot_code_frequency(codes_by[name], (k,) * codes_by[name].shape[1], img / f"quantizers_code_frequency_{tag}.png", f"{name}: code frequency")
 
 
+# Hand-written reading of the run of 2026-11-25 (seed 0); the tables above it are regenerated.
+READING = """
+## Reading (hand-written, for the run of 2026-11-25; re-check if the tables change)
+
+- **The reference numbers of method.md are reproduced** within k-means noise: RQ-KMeans
+  purity .288 / .154 / .088 (method.md .277 / .138 / .096), recon .739 / .774 / .793
+  (.736 / .772 / .793), 10,279 distinct SIDs (10,592); PSRQ alpha = 1 .288 / .273 / .282,
+  146 distinct SIDs (134); alpha = 0.5: 5,370 (5,833). PSRQ alpha = 0 equals RQ exactly.
+- **The paper's PSRQ (alpha = 1) keeps purity but collapses**: 146 distinct full SIDs for
+  12,133 items (99.8 % of items share their SID), reconstruction barely improves after layer 1
+  (.739 -> .747). The alpha sweep trades one for the other smoothly; no alpha has both.
+- **Scaling the prefix by norms (our first variants) does not help.** `residual_norm`
+  (w ≈ 0.9) and `residual_spread` (w ≈ 1.6) land on the collapsed side (250 and 93 SIDs).
+  The cause is not scale: the quantized prefix p takes only K_1 = 64 distinct values, so any
+  weight large enough to matter makes the deep k-means redraw layer 1's cells.
+- **Anchoring on the input instead (`anchor="input"`: z = [r ⊕ w·x]) moves the frontier.**
+  At w = 1 it keeps PSRQ's purity (.288 / .283 / .276 vs .288 / .273 / .282) with 23x more
+  distinct SIDs (3,390 vs 146) and better reconstruction (.770 vs .747); at w = 2 it has the
+  highest deep-layer purity of any method here (.304 / .294) with 1,987 SIDs. At w = 0.5,
+  against PSRQ alpha = 0.5: L2 purity .204 vs .184, L3 .172 vs .182 (slightly lower), with
+  more distinct SIDs (7,376 vs 5,370) and better reconstruction (.788 vs .783). It still collides far more than RQ (82 % of items share a
+  SID at w = 1): the collision registry's suffixes are needed. It costs a 2d-dim distance
+  block per deep layer (no prefix table), roughly the naive PSRQ cost.
+- **Where PSRQ does not win**: RQ-KMeans and RQ-VAE give the most distinct SIDs and the best
+  reconstruction; RQ-VAE the fewest collisions (11,220 SIDs) at 2-4x the fit time of RQ. PQ's
+  per-layer purity is as high as PSRQ's (each 128-dim slice of MiniLM is itself semantic)
+  with 3,418 SIDs, but its reconstruction is poor until all three sub-spaces are used.
+  Purity per layer alone is a weak criterion: the default should be chosen by ranking
+  quality (Cold AUC), as method.md says; this table only bounds the trade-off.
+- Fit times are wall-clock on a 2-core machine shared with other jobs and vary 3-5x
+  between runs; use `sidstream bench quantize` for speed.
+- Churn: a refit with another seed changes almost every SID (k-means local minima);
+  Hungarian alignment keeps 63 % of layer-1 codes, and for PSRQ alpha = 1 a third of the full
+  SIDs. Alignment cannot undo a different partition, only a different numbering.
+"""
+
+
 def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
     runs = results["runs"]
     lines = [
@@ -169,6 +206,7 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
             f"| {name} | {c['unaligned']['full_sid']:.3f} | {c['aligned']['full_sid']:.3f} | "
             f"{_fmt(c['unaligned']['per_layer'])} | {_fmt(c['aligned']['per_layer'])} |"
         )
+    lines += READING.splitlines()
     lines += ["", "## Plots", ""]
     for png in sorted((path.parent / "img").glob("quantizers_*.png")):
         lines.append(f"![{png.stem}](img/{png.name})")

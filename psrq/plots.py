@@ -46,6 +46,7 @@ def plot_layer_metric(reports: dict[str, dict[str, Any]], metric: str, path: str
         if rows:
             ax.plot([r["layer"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
     ax.set_xlabel("layer")
+    ax.set_xticks(range(1, max(len(rep["layers"]) for rep in reports.values()) + 1))
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} per layer")
     ax.legend(fontsize=8)
@@ -67,6 +68,7 @@ def plot_side_by_side(reports: dict[str, dict[str, Any]], path: str | Path) -> P
             ax.plot([r["layer"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
         ax.set_title(metric)
         ax.set_xlabel("layer")
+        ax.set_xticks(range(1, max(len(rep["layers"]) for rep in reports.values()) + 1))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -4,10 +4,16 @@ Training: a few reconstruction-only warm-up epochs, k-means initialisation of ea
 codebook on the latents (faiss), then joint training with the straight-through estimator,
 the codebook loss ||sg(r) - e||² and the commitment loss beta·||r - sg(e)||². Seeded and
 deterministic on CPU; defaults keep a fit to seconds on ~10k items.
+
+torch's multi-threaded CPU kernels are not bit-reproducible across processes (we measured
+different codes from two runs with 2 threads), so fit / encode / decode run under a fixed
+thread count (`threads`, default 1), restored afterwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -20,6 +26,16 @@ from psrq.kmeans import faiss_kmeans
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -43,11 +59,13 @@ class RQVAE(Quantizer):
         batch_size: int = 512,
         lr: float = 1e-3,
         beta: float = 0.25,
+        threads: int = 1,
     ) -> None:
         super().__init__(codebook_sizes, seed)
         self.hidden, self.latent_dim = int(hidden), int(latent_dim)
         self.epochs, self.warmup_epochs = int(epochs), int(warmup_epochs)
         self.batch_size, self.lr, self.beta = int(batch_size), float(lr), float(beta)
+        self.threads = int(threads)
         self.encoder: nn.Sequential | None = None
         self.decoder: nn.Sequential | None = None
         self.codebooks: list[F32] = []
@@ -64,7 +82,10 @@ class RQVAE(Quantizer):
         return self.encoder, self.decoder
 
     def fit(self, X: Any) -> RQVAE:
-        X = check_fit_input(X, self.codebook_sizes)
+        with _torch_threads(self.threads):
+            return self._fit(check_fit_input(X, self.codebook_sizes))
+
+    def _fit(self, X: F32) -> RQVAE:
         self._build(X.shape[1])
         enc, dec = self._nets()
         data = torch.from_numpy(X)
@@ -108,7 +129,7 @@ class RQVAE(Quantizer):
 
     def _latent(self, X: F32) -> F32:
         enc, _ = self._nets()
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(self.threads):
             return np.ascontiguousarray(enc(torch.from_numpy(X)).numpy(), dtype=np.float32)
 
     def encode(self, X: Any) -> I64:
@@ -125,7 +146,7 @@ class RQVAE(Quantizer):
         z = np.zeros((codes.shape[0], self.latent_dim), dtype=np.float32)
         for layer in range(layers):
             z += self.codebooks[layer][codes[:, layer]]
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(self.threads):
             return np.ascontiguousarray(dec(torch.from_numpy(z)).numpy(), dtype=np.float32)
 
     def options(self) -> dict[str, Any]:
@@ -138,6 +159,7 @@ class RQVAE(Quantizer):
             "batch_size": self.batch_size,
             "lr": self.lr,
             "beta": self.beta,
+            "threads": self.threads,
         }
 
     def tensors(self) -> dict[str, F32]:

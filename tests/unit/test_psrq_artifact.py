@@ -106,3 +106,20 @@ def test_joint_embedding_normalises_each_side() -> None:
     np.testing.assert_allclose(J[1], [0.0, 0.0, 1.0, 0.0, 0.0])  # a zero side stays zero
     with pytest.raises(ValueError, match="same n"):
         joint_embedding(T, A[:1])
+
+
+@pytest.mark.parametrize("method", ["psrq", "rqvae"])
+def test_load_in_a_fresh_process_is_bit_exact(method: str, X: np.ndarray, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    extra = {"epochs": 2, "warmup_epochs": 1} if method == "rqvae" else {}
+    q = make_quantizer(method, [8, 8], seed=0, **extra).fit(X)
+    save_codebook(q, tmp_path / "cb")
+    np.save(tmp_path / "X.npy", X)
+    script = (
+        "import numpy as np, sys; from psrq import load_codebook; "
+        f"q, _ = load_codebook({str(tmp_path / 'cb')!r}); np.save({str(tmp_path / 'codes.npy')!r}, q.encode(np.load({str(tmp_path / 'X.npy')!r})))"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    assert np.array_equal(np.load(tmp_path / "codes.npy"), q.encode(X))
