@@ -142,7 +142,8 @@ def wait_until_readable(
 ) -> dict[str, float]:
     """Poll Feast until every track has its expected SID column ("text_sid" or "joint_sid").
 
-    Returns track_id -> latency in ms from produce to first seen readable.
+    Returns track_id -> latency in ms from produce to first seen readable. `produced_at` may
+    still be filling (a paced producer in another thread): only produced tracks are polled.
     """
     from streams.feast_store import read_sids
 
@@ -150,7 +151,10 @@ def wait_until_readable(
     latency: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
-        ids = list(pending)
+        ids = [t for t in list(pending) if t in produced_at]
+        if not ids:
+            time.sleep(poll_s)
+            continue
         try:
             df = read_sids(store, ids)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - SQLite may be busy while the writer commits
@@ -158,8 +162,8 @@ def wait_until_readable(
             time.sleep(poll_s)
             continue
         seen_at = time.time() * 1000
-        for column in set(pending.values()):
-            want = [t for t, c in pending.items() if c == column]
+        for column in {pending[t] for t in ids}:
+            want = [t for t in ids if pending[t] == column]
             sub = df.set_index("track_id").loc[want, column]
             ready = [t for t, v in zip(want, sub.to_numpy(), strict=True) if v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) > 0]
             for t in ready:

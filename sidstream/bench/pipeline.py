@@ -19,8 +19,9 @@ import psutil
 @click.command()
 @click.option("--tracks", "n", default=2000, show_default=True, help="catalog texts (Last.fm artists)")
 @click.option("--quick", is_flag=True, help="300 tracks")
+@click.option("--rate", default=0.0, show_default=True, help="tracks/s to produce at (0: one burst)")
 @click.option("--json", "as_json", is_flag=True)
-def command(n: int, quick: bool, as_json: bool) -> None:
+def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
     """Throughput of the text encoder alone and of the full pipeline, their ratio, and p50/p99."""
     from rich.console import Console
 
@@ -57,9 +58,27 @@ def command(n: int, quick: bool, as_json: bool) -> None:
     try:
         producer = run.producer()
         t1 = time.perf_counter()
-        produced = producer.send_metadata(tracks)
-        producer.flush()
-        latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, timeout_s=600)
+        if rate > 0:
+            # paced: the p50/p99 of a steady stream rather than of a burst's queue
+            import threading
+
+            produced: dict[str, int] = {}
+
+            def pace() -> None:
+                step = max(1, int(rate / 10))
+                for i in range(0, len(tracks), step):
+                    produced.update(producer.send_metadata(tracks[i : i + step]))
+                    producer.flush()
+                    time.sleep(max(0.0, t1 + (i + step) / rate - time.perf_counter()))
+
+            thread = threading.Thread(target=pace)
+            thread.start()
+            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, timeout_s=600)
+            thread.join()
+        else:
+            produced = producer.send_metadata(tracks)
+            producer.flush()
+            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, timeout_s=600)
         pipeline_s = time.perf_counter() - t1
     finally:
         run.stop_workers()
@@ -73,6 +92,7 @@ def command(n: int, quick: bool, as_json: bool) -> None:
         "ratio_pipeline_to_encoder": round((len(latency) / pipeline_s) / (len(texts) / encoder_s), 3),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)},
         "batch_size": bs,
+        "produce_rate": rate or "burst",
         "peak_rss_mb": {
             "bench_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "largest_worker": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
