@@ -123,14 +123,14 @@ def fit_catalog_codebooks(
 
     cb = settings.codebook
     layers, K = cb.layers, cb.codebook_size
-    text_q = make_quantizer(cb.method, codebook_sizes=[min(K, len(text_X) // 4)] * layers, seed=cb.seed, alpha=cb.alpha)
+    text_q = make_quantizer(cb.method, codebook_sizes=[min(K, len(text_X) // 4)] * layers, seed=cb.seed, alpha=cb.alpha, **cb.options())
     text_q.fit(text_X)
     quantizers = {"text": text_q}
     if audio_X is not None and audio_text_X is not None and len(audio_X) >= 16:
         k_small = max(2, min(K, len(audio_X) // 8))
-        audio_q = make_quantizer(cb.method, codebook_sizes=[k_small] * layers, seed=cb.seed, alpha=cb.alpha)
+        audio_q = make_quantizer(cb.method, codebook_sizes=[k_small] * layers, seed=cb.seed, alpha=cb.alpha, **cb.options())
         audio_q.fit(audio_X)
-        joint_q = make_quantizer(cb.method, codebook_sizes=[k_small] * layers, seed=cb.seed, alpha=cb.alpha)
+        joint_q = make_quantizer(cb.method, codebook_sizes=[k_small] * layers, seed=cb.seed, alpha=cb.alpha, **cb.options())
         joint_q.fit(joint_embedding(audio_text_X, audio_X))
         quantizers.update(audio=audio_q, joint=joint_q)
     registry = Registry(settings.registry_dir)
@@ -151,6 +151,7 @@ def fit_catalog_codebooks(
             "layers": layers,
             "codebook_sizes": {m: list(q.codebook_sizes) for m, q in quantizers.items()},
             "alpha": cb.alpha,
+            "options": cb.options(),
             "fit_rows": {"text": int(len(text_X)), "audio_windows": 0 if audio_X is None else int(len(audio_X))},
             "encoder_model_ids": {"text": text_model_id, "audio": audio_model_id},
             "parent_version": parent.version if parent else None,

@@ -59,8 +59,14 @@ class CodebookSettings(_Frozen):
     method: str = "psrq"
     layers: int = 3
     codebook_size: int = 64
-    alpha: float = 1.0
+    alpha: float = 1.0  # prefix weight (PSRQ); 1 is the paper
+    anchor: str = "prefix"  # PSRQ: "prefix" (the paper) | "input" (our variant, docs/results/quantizers.md)
+    prefix_scale: str = "none"  # PSRQ: "none" | per-layer scaling of the prefix half
     seed: int = 0
+
+    def options(self) -> dict[str, object]:
+        """Method-specific constructor options for psrq.make_quantizer."""
+        return {"anchor": self.anchor, "prefix_scale": self.prefix_scale} if self.method == "psrq" else {}
 
 
 class Settings(BaseSettings):
