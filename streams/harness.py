@@ -162,8 +162,10 @@ def wait_until_readable(
             time.sleep(poll_s)
             continue
         seen_at = time.time() * 1000
-        for column in {pending[t] for t in ids}:
-            want = [t for t in ids if pending[t] == column]
+        by_column: dict[str, list[str]] = {}
+        for t in ids:
+            by_column.setdefault(pending[t], []).append(t)
+        for column, want in by_column.items():
             sub = df.set_index("track_id").loc[want, column]
             ready = [t for t, v in zip(want, sub.to_numpy(), strict=True) if v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) > 0]
             for t in ready:
