@@ -1,0 +1,116 @@
+"""`sidstream bench train`: training throughput of MCCA and DIN in one run, and their ratio.
+
+Both models train on the same synthetic batches (history 20, Last.fm-sized catalog, paper
+sizes: embedding 64, MLP 200-80, batch 512) for a fixed number of steps after a warm-up. CPU
+always; CUDA with bf16 autocast (AMP) when a GPU is present, skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from typing import Any
+
+import click
+
+
+def _rss_peak_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, device: str, amp: bool,
+             steps: int, warmup: int, batch_size: int) -> dict[str, Any]:
+    import torch
+
+    from trainer.features import Lookup, batches
+    from trainer.models import build_model
+    from trainer.train_loop import _autocast
+
+    dev = torch.device(device)
+    lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
+    torch.manual_seed(0)
+    model = build_model(model_config, prep.vocab.n_rows, sizes).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    pool = list(batches(prep.train, lookup, batch_size, shuffle_seed=0))[: steps + warmup]
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seen, started = 0, 0.0
+    for i in range(steps + warmup):
+        if i == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        batch = {k: v.to(dev, non_blocking=True) for k, v in pool[i % len(pool)].items()}
+        with _autocast(dev, amp):
+            logits = model(batch)
+        loss = loss_fn(logits.float(), batch["label"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            seen += int(batch["label"].shape[0])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    out = {"model": name, "samples_per_s": round(seen / seconds, 1), "steps": steps, "seconds": round(seconds, 3),
+           "parameters": int(sum(p.numel() for p in model.parameters())), "final_loss": round(float(loss.detach()), 4)}
+    if dev.type == "cuda":
+        out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    else:
+        out["peak_rss_mb_after"] = round(_rss_peak_mb(), 1)
+    return out
+
+
+@click.command("train")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quick", is_flag=True, help="fewer steps, smaller synthetic data")
+@click.option("--steps", type=int, default=None, help="timed steps per model [60; 10 with --quick]")
+@click.option("--batch-size", default=512, show_default=True)
+def command(as_json: bool, quick: bool, steps: int | None, batch_size: int) -> None:
+    """Training samples/s of MCCA vs DIN (ratio), peak memory; CUDA + AMP when available."""
+    import torch
+
+    from trainer.codes import CodebookConfig, cached_codes
+    from trainer.evaluate import prepare
+    from trainer.models import ModelConfig
+    from trainer.synthetic import make_synthetic
+
+    steps = steps or (10 if quick else 60)
+    warmup = 2 if quick else 5
+    ds = make_synthetic(n_users=300 if quick else 2000, n_items=1200 if quick else 12000,
+                        events_per_user=20 if quick else 40, dim=64, modalities=("text",), seed=0)
+    prep = prepare(ds, test_fraction=0.2)
+    codes, sizes = cached_codes(prep.embeddings, CodebookConfig(method="rq", codebook_size=32 if quick else 64), None)
+    models = {"din": ModelConfig(kind="din"), "din+sid": ModelConfig(kind="din", sid_codebook="text"),
+              "mcca": ModelConfig(kind="mcca")}
+    report: dict[str, Any] = {"bench": "train", "quick": quick, "batch_size": batch_size, "history_len": 20,
+                              "emb_dim": 64, "train_rows": len(prep.train), "torch": torch.__version__,
+                              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    rss_before = _rss_peak_mb()
+    cpu = {n: _measure(n, c, prep, codes, sizes, "cpu", False, steps, warmup, batch_size) for n, c in models.items()}
+    report["cpu"] = cpu
+    report["cpu_ratio_mcca_over_din"] = round(cpu["mcca"]["samples_per_s"] / cpu["din"]["samples_per_s"], 3)
+    report["peak_rss_mb"] = round(_rss_peak_mb(), 1)
+    report["peak_rss_mb_before_training"] = round(rss_before, 1)
+    if torch.cuda.is_available():
+        gpu = {n: _measure(n, c, prep, codes, sizes, "cuda", True, steps * 5, warmup, batch_size) for n, c in models.items()}
+        report["cuda_amp_bf16"] = gpu
+        report["cuda_ratio_mcca_over_din"] = round(gpu["mcca"]["samples_per_s"] / gpu["din"]["samples_per_s"], 3)
+        report["cuda_device"] = torch.cuda.get_device_name()
+    else:
+        report["cuda_amp_bf16"] = {"skipped": "no CUDA device"}
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    for name, r in cpu.items():
+        click.echo(f"cpu  {name:8s} {r['samples_per_s']:>10.0f} samples/s  ({r['parameters']:,} parameters)")
+    click.echo(f"MCCA / DIN throughput ratio: {report['cpu_ratio_mcca_over_din']}; peak RSS {report['peak_rss_mb']} MB")
+    if "skipped" in report["cuda_amp_bf16"]:
+        click.echo("cuda: skipped (no CUDA device)")
+    else:
+        click.echo(f"cuda MCCA / DIN ratio: {report['cuda_ratio_mcca_over_din']}")

@@ -1,0 +1,284 @@
+"""`sidstream train ...`, `sidstream eval`, `sidstream data ...` (registered in sidstream/cli.py).
+
+Progress bars go to stderr so that `--json` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+EVAL_EPOCHS = 3  # docs/evaluation.md: one epoch under-trains the ID tables of a data set this small
+EVAL_LR = 1e-3
+
+
+def _settings() -> Any:
+    from sidstream.config import get_settings
+
+    return get_settings()
+
+
+@contextmanager
+def _progress(enabled: bool = True) -> Any:
+    """A rich progress bar on stderr; yields on_progress(task, done, total)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        yield None
+        return
+    tasks: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=False) as progress:
+
+        def on_progress(task: str, done: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = progress.add_task(task, total=total)
+            progress.update(tasks[task], completed=done, total=total)
+
+        yield on_progress
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, sort_keys=True, default=float))
+
+
+# ---------------------------------------------------------------------------------------- data
+@click.group()
+def data() -> None:
+    """Data sets: convert, fetch, verify."""
+
+
+@data.group()
+def convert() -> None:
+    """Convert a public data set into the dataset contract (docs/evaluation.md)."""
+
+
+@convert.command("lastfm")
+@click.option("--src", type=click.Path(path_type=Path), default=None, help="Last.fm-2k folder [settings.lastfm_dir]")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--neg-per-pos", default=1, show_default=True, help="sampled negatives per positive")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--embed/--no-embed", default=True, show_default=True, help="write text embeddings (shared encoder, cached)")
+def convert_lastfm_cmd(src: Path | None, out: Path, neg_per_pos: int, seed: int, embed: bool) -> None:
+    """Last.fm-2k -> interactions.csv, items.jsonl, embeddings/ (artists as items)."""
+    from trainer.dataset import write_dataset
+    from trainer.lastfm_convert import convert_lastfm, embed_items
+
+    ds = convert_lastfm(src or _settings().lastfm_dir, neg_per_pos=neg_per_pos, seed=seed)
+    if embed:
+        ds = embed_items(ds)
+    write_dataset(out, ds)
+    _echo_json({k: v for k, v in ds.info.items() if k != "choices"} | {"out": str(out), "fingerprint": ds.fingerprint()})
+
+
+@data.group()
+def fetch() -> None:
+    """Download a data set from its public origin and verify its checksums."""
+
+
+@fetch.command("lastfm")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--src", "url", default=None, help="URL of the zip [the GroupLens origin]")
+@click.option("--timeout", default=30.0, show_default=True)
+def fetch_lastfm_cmd(out: Path, url: str | None, timeout: float) -> None:
+    """HetRec 2011 Last.fm-2k from files.grouplens.org (or --src URL), sha256-verified."""
+    from trainer.fetch import LASTFM_URL, FetchError, fetch_lastfm
+
+    try:
+        digests = fetch_lastfm(out, url or LASTFM_URL, timeout)
+    except FetchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _echo_json({"out": str(out), "verified": digests})
+
+
+@data.command("verify")
+@click.option("--src", type=click.Path(path_type=Path), default=None, help="Last.fm-2k folder [settings.lastfm_dir]")
+def verify_cmd(src: Path | None) -> None:
+    """Check a local Last.fm-2k copy against the recorded sha256 of every file."""
+    from sidstream.datasets.lastfm import DatasetError, verify
+
+    folder = src or _settings().lastfm_dir
+    try:
+        digests = verify(folder)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _echo_json({"src": str(folder), "ok": True, "files": digests})
+
+
+# ---------------------------------------------------------------------------------------- eval
+@click.command("eval")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--models", default="din,din+rq,din+psrq,mcca", show_default=True, help="comma-separated model names")
+@click.option("--seeds", default=3, show_default=True)
+@click.option("--quick", is_flag=True, help="small model, 1 epoch, at most 20k rows (smoke tests)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per model, then a summary line")
+@click.option("--epochs", type=int, default=None, help=f"[{EVAL_EPOCHS}; 1 with --quick]")
+@click.option("--lr", type=float, default=EVAL_LR, show_default=True)
+@click.option("--batch-size", default=512, show_default=True)
+@click.option("--codebook-size", type=int, default=None, help="K per layer [64; 16 with --quick]")
+@click.option("--layers", default=3, show_default=True)
+@click.option("--alpha", default=1.0, show_default=True, help="PSRQ prefix weight (names may override: din+psrq@0.5)")
+@click.option("--activation", type=click.Choice(["dice", "prelu"]), default="dice", show_default=True)
+@click.option("--test-fraction", default=0.2, show_default=True)
+@click.option("--threads", default=0, help="torch threads (0: torch's default)")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="write results.json, table.md, plot.png here")
+def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool, epochs: int | None, lr: float,
+             batch_size: int, codebook_size: int | None, layers: int, alpha: float, activation: str,
+             test_fraction: float, threads: int, out: Path | None) -> None:
+    """Train and score models over seeds: All AUC, Cold AUC, Logloss, GAUC (mean ± std)."""
+    import torch
+
+    from trainer.codes import CodebookConfig
+    from trainer.dataset import load_dataset
+    from trainer.evaluate import QUICK_MODEL, evaluate, plot_results, prepare, results_table
+    from trainer.models import ModelConfig
+    from trainer.train_loop import TrainConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    model_base = ModelConfig(activation=activation, **(QUICK_MODEL if quick else {}))
+    codebook = CodebookConfig(codebook_size=codebook_size or (16 if quick else 64), layers=layers, alpha=alpha)
+    train_config = TrainConfig(epochs=epochs or (1 if quick else EVAL_EPOCHS), lr=lr, batch_size=batch_size)
+    prep = prepare(load_dataset(data_dir), test_fraction, max_rows=20_000 if quick else None)
+    cache = _settings().cache_dir / "codes"
+    emit = _echo_json if as_json else None
+    with _progress(not quick) as on_progress:
+        on_step = (lambda s, t, loss: on_progress("training", s, t)) if on_progress else None
+        results = evaluate(prep, names, seeds, model_base, codebook, train_config, cache, emit, on_step)
+    summary = {
+        "summary": True, "models": names, "seeds": seeds, "quick": quick, "data": str(data_dir),
+        **prep.describe(), "epochs": train_config.epochs, "lr": lr, "batch_size": batch_size,
+        "codebook": codebook.to_dict(), "model_config": model_base.to_dict(),
+        "best_all_auc": max(results, key=lambda r: r["all_auc"])["model"],
+        "best_cold_auc": max(results, key=lambda r: r["cold_auc"])["model"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"summary": summary, "results": results}, indent=2, default=float))
+        (out / "table.md").write_text(results_table(results) + "\n")
+        plot_results(results, out / "plot.png", title=f"{data_dir.name}: {seeds} seeds")
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(results_table(results))
+        click.echo(f"summary: best All AUC {summary['best_all_auc']}, best Cold AUC {summary['best_cold_auc']}, "
+                   f"{summary['seconds']} s")
+
+
+# --------------------------------------------------------------------------------------- train
+@click.group()
+def train() -> None:
+    """Retraining jobs (cron / Kubernetes CronJob): codebooks, ranker, all."""
+
+
+def _job_options(f: Any) -> Any:
+    options = [
+        click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                     help="dataset folder (contract)"),
+        click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
+                     help="Parquet interaction logs (file or folder)"),
+        click.option("--items", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="items.jsonl when only logs are given"),
+        click.option("--registry", type=click.Path(path_type=Path), default=None, help="[settings.registry_dir]"),
+        click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="checkpoints [<home>/work]"),
+        click.option("--method", default=None, help="quantizer [settings.codebook.method]"),
+        click.option("--codebook-size", type=int, default=None),
+        click.option("--layers", type=int, default=None),
+        click.option("--alpha", type=float, default=None),
+        click.option("--model", "model_kind", default="mcca", show_default=True, help="mcca | din | din+sid"),
+        click.option("--epochs", default=3, show_default=True),
+        click.option("--lr", default=1e-3, show_default=True),
+        click.option("--batch-size", default=512, show_default=True),
+        click.option("--checkpoint-every", default=50, show_default=True, help="steps between checkpoints"),
+        click.option("--promote/--no-promote", default=True, show_default=True, help="make the new version live"),
+        click.option("--force", is_flag=True, help="new codebook version even if the inputs did not change"),
+        click.option("--fail-after-steps", type=int, default=None, hidden=True, help="crash drill"),
+        click.option("--json", "as_json", is_flag=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _job_config(kw: dict[str, Any]) -> Any:
+    from trainer.codes import CodebookConfig
+    from trainer.jobs import JobConfig
+    from trainer.models import ModelConfig
+    from trainer.train_loop import TrainConfig
+
+    s = _settings()
+    cb = s.codebook
+    codebook = CodebookConfig(method=kw["method"] or cb.method, codebook_size=kw["codebook_size"] or cb.codebook_size,
+                              layers=kw["layers"] or cb.layers, alpha=cb.alpha if kw["alpha"] is None else kw["alpha"],
+                              seed=cb.seed)
+    kind = kw["model_kind"]
+    model = ModelConfig(kind="din", sid_codebook="text") if kind == "din+sid" else ModelConfig(kind=kind)
+    return JobConfig(
+        registry=kw["registry"] or s.registry_dir, work_dir=kw["work_dir"] or s.home / "work", data=kw["data_dir"],
+        interactions=kw["interactions"], items=kw["items"], codebook=codebook, model=model,
+        train=TrainConfig(epochs=kw["epochs"], lr=kw["lr"], batch_size=kw["batch_size"],
+                          checkpoint_every=kw["checkpoint_every"]),
+        promote=kw["promote"], fail_after_steps=kw["fail_after_steps"], force=kw["force"],
+    )
+
+
+def _report(kind: str, version: Any, as_json: bool) -> None:
+    if version is None:
+        return
+    payload = {"kind": kind, "version": version.version, "path": str(version.path),
+               "metrics": version.manifest.get("metrics"), "parent_version": version.manifest.get("parent_version")}
+    if as_json:
+        _echo_json(payload)
+    else:
+        click.echo(f"{kind} {version.version} registered at {version.path}")
+
+
+def _run_job(fn: Any, kw: dict[str, Any]) -> Any:
+    from trainer import ddp
+    from trainer.dataset import DatasetContractError
+
+    config = _job_config(kw)
+    with ddp.process_group(), _progress(ddp.is_main() and sys.stderr.isatty()) as on_progress:
+        try:
+            return fn(config, on_progress)
+        except (DatasetContractError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@train.command("codebooks")
+@_job_options
+def train_codebooks_cmd(**kw: Any) -> None:
+    """Refit text / audio / joint codebooks, register a new version and announce it (LIVE)."""
+    from trainer.jobs import train_codebooks
+
+    _report("codebooks", _run_job(train_codebooks, kw), kw["as_json"])
+
+
+@train.command("ranker")
+@_job_options
+def train_ranker_cmd(**kw: Any) -> None:
+    """Train the ranker on the live codebooks (works under torchrun: DDP), register it."""
+    from trainer.jobs import train_ranker
+
+    _report("ranker", _run_job(train_ranker, kw), kw["as_json"])
+
+
+@train.command("all")
+@_job_options
+def train_all_cmd(**kw: Any) -> None:
+    """Codebooks, then the ranker on them."""
+    from trainer.jobs import train_all
+
+    codebooks, ranker = _run_job(train_all, kw)
+    _report("codebooks", codebooks, kw["as_json"])
+    _report("ranker", ranker, kw["as_json"])

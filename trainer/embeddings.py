@@ -1,0 +1,46 @@
+"""Item content embeddings per modality, aligned to a list of item ids.
+
+Embeddings come from the dataset's embeddings/ folder when present; text embeddings are
+otherwise computed with the shared text encoder and cached on disk (never in the repo).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from trainer.dataset import Dataset, item_texts
+
+log = logging.getLogger(__name__)
+
+
+def text_embeddings(items: pd.DataFrame) -> np.ndarray:
+    """Text embeddings float32 [n_items, d] of the items' texts, through the embeddings cache."""
+    from encoders import load_text_encoder
+    from sidstream.catalog import embed_texts_cached
+    from sidstream.config import get_settings
+
+    texts = item_texts(items)
+    return embed_texts_cached(get_settings(), load_text_encoder(), texts)
+
+
+def item_embeddings(ds: Dataset, item_ids: list[str], modalities: list[str] | None = None) -> dict[str, np.ndarray]:
+    """{modality: float32 [len(item_ids), d]} with NaN rows for items without that modality."""
+    wanted = modalities or ds.modalities
+    out: dict[str, np.ndarray] = {}
+    for modality in wanted:
+        if modality in ds.embeddings:
+            X, ids = ds.embeddings[modality], ds.embedding_ids
+        elif modality == "text" and not ds.items.empty:
+            X, ids = text_embeddings(ds.items), ds.items["item_id"].tolist()
+        else:
+            log.info("no %s embeddings in the data set; the modality is left out", modality)
+            continue
+        row = pd.Series(np.arange(len(ids)), index=pd.Index(ids)).reindex(item_ids).to_numpy()
+        aligned = np.full((len(item_ids), X.shape[1]), np.nan, dtype=np.float32)
+        have = ~np.isnan(row)
+        aligned[have] = X[row[have].astype(np.int64)]
+        out[modality] = aligned
+    return out

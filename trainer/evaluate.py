@@ -1,0 +1,197 @@
+"""The offline evaluation of the paper's protocol: DIN, DIN + one codebook's SIDs, MCCA.
+
+Every model is trained on the time split's training rows and scored on its test rows, for
+several seeds (the seed drives the codebook fit, the initialisation and the batch order);
+results are mean ± std of All AUC, Cold AUC, Logloss and GAUC.
+
+Model names: ``din``; ``din+<method>`` (method in psrq, rq, vq, pq, rqvae; SIDs of the text
+codebook, or the first modality there is); ``mcca`` (PSRQ codebooks), ``mcca+<method>``,
+``mcca-no-msc``, ``mcca-no-mjc``. ``@<alpha>`` after a name sets PSRQ's prefix weight
+(``din+psrq@0.5``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.codes import CodebookConfig, cached_codes, with_joint
+from trainer.dataset import Dataset
+from trainer.embeddings import item_embeddings
+from trainer.features import HISTORY_LEN, IdVocab, Lookup, Samples, build_samples, time_split
+from trainer.metrics import COLD_THRESHOLD, cold_mask, ranking_metrics
+from trainer.models import ModelConfig, build_model
+from trainer.train_loop import TrainConfig, predict, train_model
+
+log = logging.getLogger(__name__)
+
+METRICS = ("all_auc", "cold_auc", "logloss", "gauc")
+QUICK_MODEL = dict(emb_dim=16, att_hidden=(16,), mlp_hidden=(32, 16))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    model: ModelConfig
+    codebook: CodebookConfig | None  # None: IDs only
+
+
+def parse_spec(name: str, model_base: ModelConfig, codebook_base: CodebookConfig, modalities: list[str]) -> ModelSpec:
+    """A model name (see the module docstring) -> what to build and which codebooks it needs."""
+    base, _, alpha = name.partition("@")
+    head, _, method = base.partition("+")
+    cb = replace(codebook_base, method=method or codebook_base.method)
+    if alpha:
+        cb = replace(cb, alpha=float(alpha))
+    if head == "din":
+        if not method:
+            return ModelSpec(name, replace(model_base, kind="din", sid_codebook=None), None)
+        sid = "text" if "text" in modalities else modalities[0]
+        return ModelSpec(name, replace(model_base, kind="din", sid_codebook=sid), cb)
+    ablations = {"mcca": (True, True), "mcca-no-msc": (False, True), "mcca-no-mjc": (True, False)}
+    if head in ablations:
+        specific, joint = ablations[head]
+        return ModelSpec(name, replace(model_base, kind="mcca", use_specific=specific, use_joint=joint), cb)
+    raise ValueError(f"unknown model {name!r}; expected din, din+<method>, mcca, mcca-no-msc, mcca-no-mjc")
+
+
+@dataclass
+class Prepared:
+    """A data set made ready once for every model: rows, split, ID vocabulary, embeddings."""
+
+    samples: Samples
+    train: Samples
+    test: Samples
+    catalog: np.ndarray
+    vocab: IdVocab
+    embeddings: dict[str, np.ndarray]
+    cutoff_ms: int
+    fingerprint: str
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.embeddings)
+
+    def describe(self) -> dict[str, Any]:
+        cold = int(cold_mask(self.catalog[self.test.items], self.catalog[self.train.items], COLD_THRESHOLD).sum())
+        return {"train_rows": len(self.train), "test_rows": len(self.test), "cold_test_rows": cold,
+                "cutoff_ms": self.cutoff_ms, "modalities": self.modalities, "data_fingerprint": self.fingerprint,
+                "items": int(len(self.catalog)), "id_vocab": len(self.vocab.item_ids)}
+
+
+def prepare(ds: Dataset, test_fraction: float = 0.2, history_len: int = HISTORY_LEN, max_rows: int | None = None) -> Prepared:
+    """Histories, the time split, the training ID vocabulary and the aligned item embeddings."""
+    inter = ds.interactions.sort_values("timestamp", kind="stable")
+    if max_rows is not None and len(inter) > max_rows:
+        inter = inter.iloc[:max_rows]  # the earliest rows: a smaller data set with the same time order
+    catalog = sorted(set(ds.items["item_id"]) | set(inter["item_id"]) | set(ds.embedding_ids))
+    samples = build_samples(inter, catalog, history_len)
+    train_rows, test_rows, cutoff = time_split(samples, test_fraction)
+    train, test = samples.take(train_rows), samples.take(test_rows)
+    cat = np.asarray(catalog)
+    vocab = IdVocab(sorted(set(cat[train.items].tolist())))
+    emb = with_joint(item_embeddings(ds, catalog))
+    return Prepared(samples, train, test, cat, vocab, emb, cutoff, ds.fingerprint())
+
+
+def run_one(
+    prep: Prepared, spec: ModelSpec, seed: int, train_config: TrainConfig, cache_dir: Path | None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train one model with one seed; returns its test metrics and training stats."""
+    codes: dict[str, np.ndarray] = {}
+    sizes: dict[str, list[int]] = {}
+    if spec.codebook is not None:
+        wanted = prep.embeddings
+        if spec.model.kind == "din":
+            wanted = {spec.model.sid_codebook: prep.embeddings[spec.model.sid_codebook]}
+        codes, sizes = cached_codes(wanted, replace(spec.codebook, seed=seed), cache_dir)
+    lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model(spec.model, prep.vocab.n_rows, sizes)
+    stats = train_model(model, prep.train, lookup, replace(train_config, seed=seed, checkpoint_every=0), on_step=on_step)
+    probs = predict(model, prep.test, lookup, device=train_config.device)
+    metrics = ranking_metrics(prep.test.users, prep.catalog[prep.test.items], prep.test.labels, probs,
+                              prep.catalog[prep.train.items], COLD_THRESHOLD)
+    return {**metrics, "seed": seed, "train_seconds": stats["seconds"], "train_samples_per_s": stats["samples_per_s"],
+            "distinct_sids": {m: int(len(np.unique(c[c[:, 0] >= 0], axis=0))) for m, c in codes.items()}}
+
+
+def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's result: mean and sample std (ddof 1) of every metric over seeds."""
+    out: dict[str, Any] = {"model": name, "seeds": len(runs)}
+    for key in (*METRICS, "train_samples_per_s"):
+        vals = np.array([r[key] for r in runs], dtype=np.float64)
+        out[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        out[f"{key}_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0
+    out["n_test"], out["n_cold"] = runs[0]["n_test"], runs[0]["n_cold"]
+    out["distinct_sids"] = runs[0]["distinct_sids"]
+    out["per_seed"] = [{k: r[k] for k in (*METRICS, "seed")} for r in runs]
+    return out
+
+
+def evaluate(
+    prep: Prepared, names: list[str], seeds: int, model_base: ModelConfig, codebook_base: CodebookConfig,
+    train_config: TrainConfig, cache_dir: Path | None, emit: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every model over seeds 0..seeds-1; `emit` receives each model's summary as it finishes."""
+    results = []
+    for name in names:
+        spec = parse_spec(name, model_base, codebook_base, prep.modalities)
+        started = time.perf_counter()
+        runs = [run_one(prep, spec, seed, train_config, cache_dir, on_step) for seed in range(seeds)]
+        summary = summarise(name, runs)
+        summary["seconds"] = time.perf_counter() - started
+        if spec.codebook is not None:
+            summary["codebook"] = {"method": spec.codebook.method, "alpha": spec.codebook.alpha,
+                                   "sizes": spec.codebook.sizes}
+        log.info("%s: all AUC %.4f ± %.4f, cold AUC %.4f ± %.4f", name, summary["all_auc"], summary["all_auc_std"],
+                 summary["cold_auc"], summary["cold_auc_std"])
+        results.append(summary)
+        if emit is not None:
+            emit(summary)
+    return results
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table: model, then mean ± std of each metric."""
+    lines = ["| model | All AUC | Cold AUC | Logloss | GAUC | distinct SIDs |", "|---|---|---|---|---|---|"]
+    for r in results:
+        cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" for m in METRICS]
+        sids = ", ".join(f"{m} {n}" for m, n in sorted(r.get("distinct_sids", {}).items())) or "—"
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {sids} |")
+    return "\n".join(lines)
+
+
+def plot_results(results: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Bar chart of All AUC and Cold AUC per model with std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["model"] for r in results]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
+    for offset, key, label in ((-0.2, "all_auc", "All AUC"), (0.2, "cold_auc", "Cold AUC")):
+        ax.bar(x + offset, [r[key] for r in results], 0.4, yerr=[r[key + "_std"] for r in results], label=label, capsize=3)
+    lo = min(min(r["all_auc"], r["cold_auc"]) for r in results)
+    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(max(r["all_auc"], r["cold_auc"]) for r in results) + 0.03))
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("AUC (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

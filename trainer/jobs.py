@@ -1,0 +1,248 @@
+"""Periodic retraining jobs: refit codebooks, train the ranker, register both, announce them.
+
+Each job reads the offline store (Parquet interaction logs) and/or a dataset folder, works in a
+work directory named by its inputs (data fingerprint + config), checkpoints every step there,
+and registers a new immutable version in the artifact registry when it finishes. A killed job
+rerun with the same inputs finds its work directory and resumes. A new codebook version is
+announced by promoting it (the registry's LIVE pointer, which the streaming assigner watches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sidstream.registry import ArtifactVersion, Registry
+from trainer import ddp
+from trainer.codes import CodebookConfig, encode_codes, present_rows, with_joint
+from trainer.dataset import Dataset, DatasetContractError, load_dataset, read_interaction_logs, read_items
+from trainer.embeddings import item_embeddings
+from trainer.evaluate import prepare
+from trainer.features import Lookup
+from trainer.metrics import ranking_metrics
+from trainer.models import ModelConfig, build_model
+from trainer.train_loop import InjectedFailure, TrainConfig, predict, train_model
+
+log = logging.getLogger(__name__)
+
+CODEBOOKS, RANKER = "codebooks", "ranker"
+OnProgress = Callable[[str, int, int], None]  # (task, done, total)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    registry: Path
+    work_dir: Path
+    data: Path | None = None  # dataset folder (contract)
+    interactions: Path | None = None  # Parquet logs (file or folder); overrides the folder's csv
+    items: Path | None = None  # items.jsonl when only logs are given
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, checkpoint_every=50))
+    test_fraction: float = 0.2
+    promote: bool = True
+    fail_after_steps: int | None = None  # crash drill: raise after this many steps
+    force: bool = False  # register a new codebook version even if the newest one has the same inputs
+
+
+def load_source(config: JobConfig) -> Dataset:
+    """The job's data: a dataset folder, Parquet logs, or both (logs replace the folder's csv)."""
+    if config.data is not None:
+        ds = load_dataset(config.data)
+        if config.interactions is not None:
+            ds.interactions = read_interaction_logs(config.interactions)
+        return ds
+    if config.interactions is None:
+        raise DatasetContractError("give --data DIR or --interactions DIR_OR_FILE")
+    items = read_items(config.items) if config.items is not None else pd.DataFrame({"item_id": pd.Series([], dtype=str)})
+    return Dataset(read_interaction_logs(config.interactions), items)
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _embedding_fingerprint(embeddings: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for m in sorted(embeddings):
+        h.update(m.encode())
+        h.update(np.ascontiguousarray(embeddings[m]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _catalog(ds: Dataset) -> list[str]:
+    return sorted(set(ds.items["item_id"]) | set(ds.interactions["item_id"]) | set(ds.embedding_ids))
+
+
+def _codebook_metrics(q: Any, X: np.ndarray) -> dict[str, Any]:
+    from psrq.health import sid_collisions
+
+    codes = q.encode(X)
+    used = [float(len(np.unique(codes[:, layer])) / k) for layer, k in enumerate(q.codebook_sizes)]
+    return {**sid_collisions(codes), "utilisation_per_layer": used}
+
+
+def _same_inputs(registry: Registry, fit_fp: str, codebook: CodebookConfig) -> ArtifactVersion | None:
+    versions = registry.versions(CODEBOOKS)
+    if not versions:
+        return None
+    newest = versions[-1]
+    m = newest.manifest
+    return newest if m.get("fit_data_fingerprint") == fit_fp and m.get("config") == codebook.to_dict() else None
+
+
+def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) -> ArtifactVersion:
+    """Fit text / audio / joint codebooks, register them as a new version, promote it."""
+    from psrq import load_codebook, make_quantizer, save_codebook, save_codebook_set
+
+    registry = Registry(config.registry)
+    registry.clean_incomplete(CODEBOOKS)
+    ds = load_source(config)
+    catalog = _catalog(ds)
+    embeddings = with_joint(item_embeddings(ds, catalog))
+    if not embeddings:
+        raise DatasetContractError("no item text or embeddings: cannot fit codebooks")
+    fit_fp = _embedding_fingerprint(embeddings)
+    existing = _same_inputs(registry, fit_fp, config.codebook)
+    if existing is not None and not config.force:
+        # nothing changed since the newest version: a rerun (e.g. after a crash) reuses it
+        log.info("codebooks %s already fitted on these inputs; reusing it", existing.version)
+        if config.promote:
+            registry.promote(CODEBOOKS, existing.version)
+        return existing
+    work = config.work_dir / f"codebooks-{_key(fit_fp, config.codebook.to_dict())}"
+    work.mkdir(parents=True, exist_ok=True)
+    codebooks, metrics = {}, {}
+    modalities = sorted(embeddings)
+    for done, modality in enumerate(modalities):
+        X = embeddings[modality][present_rows(embeddings[modality])]
+        step_dir = work / modality
+        if (step_dir / "manifest.json").is_file():  # fitted before a crash: resume
+            codebooks[modality], _ = load_codebook(step_dir)
+            log.info("codebooks: %s loaded from %s", modality, step_dir)
+        else:
+            sizes = [min(k, X.shape[0]) for k in config.codebook.sizes]
+            q = make_quantizer(config.codebook.method, sizes, seed=config.codebook.seed, alpha=config.codebook.alpha,
+                               **config.codebook.options)
+            q.fit(X)
+            save_codebook(q, step_dir)
+            codebooks[modality] = q
+        metrics[modality] = _codebook_metrics(codebooks[modality], X)
+        if on_progress:
+            on_progress("codebooks", done + 1, len(modalities))
+        if config.fail_after_steps is not None and done + 1 >= config.fail_after_steps:
+            raise InjectedFailure(f"injected failure after fitting {done + 1} codebook(s)")
+
+    live = registry.live(CODEBOOKS)
+    parent = live.version if live else None
+    record = {"config": config.codebook.to_dict(), "data_fingerprint": ds.fingerprint(),
+              "fit_data_fingerprint": fit_fp, "metrics": metrics, "parent_version": parent,
+              "modalities": modalities, "items": len(catalog)}
+
+    def write(tmp: Path) -> dict[str, Any]:
+        save_codebook_set(tmp, codebooks, manifests_extra={"trainer": record},
+                          fit_data={m: embeddings[m][present_rows(embeddings[m])] for m in codebooks},
+                          metrics=metrics, parent=(live.path if live else None))
+        return record
+
+    version = registry.register(CODEBOOKS, write)
+    if config.promote:
+        registry.promote(CODEBOOKS, version.version)  # the streaming assigner swaps to it
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("codebooks %s registered%s (parent %s)", version.version, " and live" if config.promote else "", parent)
+    return version
+
+
+def item_codes(codebook_version: ArtifactVersion, ds: Dataset, catalog: list[str]) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """SIDs of every catalog item under a registered codebook version (-1 where a modality is missing)."""
+    from psrq import load_codebook_set
+
+    cs = load_codebook_set(codebook_version.path)
+    embeddings = with_joint(item_embeddings(ds, catalog, [m for m in cs.modalities if m != "joint"]))
+    codes = encode_codes(cs.codebooks, embeddings)
+    return codes, {m: list(cs.codebooks[m].codebook_sizes) for m in codes}
+
+
+def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> ArtifactVersion | None:
+    """Train the ranker on the live codebooks' SIDs; register (and promote) it. Under torchrun
+    every rank trains its shard; rank 0 registers; returns None on other ranks."""
+    registry = Registry(config.registry)
+    if ddp.is_main():
+        registry.clean_incomplete(RANKER)
+    ds = load_source(config)
+    prep = prepare(ds, config.test_fraction)
+    needs_codes = config.model.kind == "mcca" or config.model.sid_codebook is not None
+    live = registry.live(CODEBOOKS)
+    if needs_codes and live is None:
+        raise RuntimeError(f"no live codebook version in {config.registry}; run `sidstream train codebooks` first")
+    codes, sizes = item_codes(live, ds, prep.catalog.tolist()) if (needs_codes and live) else ({}, {})
+    lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
+    codebook_version = live.version if (needs_codes and live) else None
+    key = _key(prep.fingerprint, codebook_version, config.model.to_dict(), config.train.to_dict(), config.test_fraction)
+    work = config.work_dir / f"ranker-{key}"
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, prep.vocab.n_rows, sizes)
+    stats = train_model(
+        model, prep.train, lookup, config.train, checkpoint=work / "checkpoint.pt",
+        on_step=(lambda s, t, loss: on_progress("ranker", s, t)) if on_progress else None,
+        fail_after_steps=config.fail_after_steps, extra_state={"model_config": config.model.to_dict()},
+    )
+    if not ddp.is_main():
+        ddp.barrier()
+        return None
+    probs = predict(model, prep.test, lookup, device=config.train.device)
+    metrics = ranking_metrics(prep.test.users, prep.catalog[prep.test.items], prep.test.labels, probs,
+                              prep.catalog[prep.train.items])
+    previous = registry.live(RANKER)
+    record = {"config": {"model": config.model.to_dict(), "train": config.train.to_dict(),
+                         "test_fraction": config.test_fraction},
+              "data_fingerprint": prep.fingerprint, "metrics": metrics, "parent_version": previous.version if previous else None,
+              "codebook_version": codebook_version, "codebook_sizes": sizes, "split": prep.describe(),
+              "train_stats": {k: stats[k] for k in ("steps", "resumed_from_step", "samples_per_s")}}
+
+    def write(tmp: Path) -> dict[str, Any]:
+        torch.save({"model": model.state_dict(), "model_config": config.model.to_dict(), "codebook_sizes": sizes,
+                    "n_id_rows": prep.vocab.n_rows, "oov_buckets": prep.vocab.oov_buckets}, tmp / "model.pt")
+        (tmp / "id_vocab.txt").write_text("\n".join(prep.vocab.item_ids) + "\n", encoding="utf-8")
+        (tmp / "manifest.json").write_text(json.dumps({**record, "kind": RANKER}, indent=2, sort_keys=True, default=str))
+        return record
+
+    version = registry.register(RANKER, write)
+    if config.promote:
+        registry.promote(RANKER, version.version)
+    shutil.rmtree(work, ignore_errors=True)
+    ddp.barrier()
+    log.info("ranker %s registered: all AUC %.4f, cold AUC %.4f (resumed from step %d)", version.version,
+             metrics["all_auc"], metrics["cold_auc"], stats["resumed_from_step"])
+    return version
+
+
+def load_ranker(version: ArtifactVersion) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
+    """A registered ranker: (model, ID vocabulary, manifest); the checkpoint alone suffices."""
+    from trainer.features import IdVocab
+
+    state = torch.load(version.path / "model.pt", map_location="cpu", weights_only=False)
+    vocab = [v for v in (version.path / "id_vocab.txt").read_text(encoding="utf-8").split("\n") if v]
+    model = build_model(ModelConfig.from_dict(state["model_config"]), IdVocab(vocab, state["oov_buckets"]).n_rows,
+                        state["codebook_sizes"])
+    model.load_state_dict(state["model"])
+    return model, vocab, version.manifest
+
+
+def train_all(config: JobConfig, on_progress: OnProgress | None = None) -> tuple[ArtifactVersion, ArtifactVersion | None]:
+    """Codebooks then ranker (the ranker uses the codebooks just registered; they must be promoted)."""
+    codebooks = train_codebooks(replace(config, promote=True), on_progress) if ddp.is_main() else None
+    ddp.barrier()
+    ranker = train_ranker(config, on_progress)
+    assert codebooks is not None or not ddp.is_main()
+    return codebooks, ranker  # type: ignore[return-value]
