@@ -101,6 +101,40 @@ def _same_inputs(registry: Registry, fit_fp: str, codebook: CodebookConfig) -> A
     return newest if m.get("fit_data_fingerprint") == fit_fp and m.get("config") == codebook.to_dict() else None
 
 
+def _load_parent_set(live: ArtifactVersion | None) -> Any:
+    if live is None:
+        return None
+    from psrq import load_codebook_set
+
+    try:
+        return load_codebook_set(live.path)
+    except Exception as exc:  # noqa: BLE001 - an unreadable parent only costs stable IDs
+        log.warning("live codebooks %s unreadable (%s); fitting without alignment", live.version, exc)
+        return None
+
+
+def _compatible_parent(q: Any, parent_set: Any, modality: str) -> Any:
+    parent = None if parent_set is None else parent_set.codebooks.get(modality)
+    if parent is None or parent.method != q.method or parent.dim != q.dim or parent.num_layers != q.num_layers:
+        return None
+    return parent
+
+
+def _align(q: Any, parent_set: Any, modality: str, X: np.ndarray) -> Any:
+    from psrq.align import align_to_parent
+
+    parent = _compatible_parent(q, parent_set, modality)
+    return q if parent is None else align_to_parent(q, parent, X, by="codes")
+
+
+def _churn(q: Any, parent_set: Any, modality: str, X: np.ndarray) -> dict[str, Any] | None:
+    """Share of items whose SID differs from the parent version's (after alignment)."""
+    from psrq.align import churn
+
+    parent = _compatible_parent(q, parent_set, modality)
+    return None if parent is None else churn(parent.encode(X), q.encode(X))
+
+
 def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) -> ArtifactVersion:
     """Fit text / audio / joint codebooks, register them as a new version, promote it."""
     from psrq import load_codebook, make_quantizer, save_codebook, save_codebook_set
@@ -123,6 +157,8 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
     work = config.work_dir / f"codebooks-{_key(fit_fp, config.codebook.to_dict())}"
     work.mkdir(parents=True, exist_ok=True)
     codebooks, metrics = {}, {}
+    live = registry.live(CODEBOOKS)
+    parent_set = _load_parent_set(live)
     modalities = sorted(embeddings)
     for done, modality in enumerate(modalities):
         X = embeddings[modality][present_rows(embeddings[modality])]
@@ -135,15 +171,18 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
             q = make_quantizer(config.codebook.method, sizes, seed=config.codebook.seed, alpha=config.codebook.alpha,
                                **config.codebook.options)
             q.fit(X)
+            q = _align(q, parent_set, modality, X)  # stable IDs: renumber codes to agree with the parent
             save_codebook(q, step_dir)
             codebooks[modality] = q
         metrics[modality] = _codebook_metrics(codebooks[modality], X)
+        churn = _churn(codebooks[modality], parent_set, modality, X)
+        if churn is not None:
+            metrics[modality]["churn_vs_parent"] = churn
         if on_progress:
             on_progress("codebooks", done + 1, len(modalities))
         if config.fail_after_steps is not None and done + 1 >= config.fail_after_steps:
             raise InjectedFailure(f"injected failure after fitting {done + 1} codebook(s)")
 
-    live = registry.live(CODEBOOKS)
     parent = live.version if live else None
     record = {"config": config.codebook.to_dict(), "data_fingerprint": ds.fingerprint(),
               "fit_data_fingerprint": fit_fp, "metrics": metrics, "parent_version": parent,

@@ -133,3 +133,25 @@ def test_fetch_fails_clearly_without_network(tmp_path):
     result = CliRunner().invoke(data, ["fetch", "lastfm", "--out", str(tmp_path / "x"), "--src",
                                        "http://127.0.0.1:9/nothing.zip", "--timeout", "2"])
     assert result.exit_code != 0 and "could not download" in result.output
+
+
+def test_refit_is_aligned_to_the_live_parent(tmp_path, syn_dir):
+    """A refit with another seed renumbers its codes to agree with the live version, and its
+    manifest reports the churn; without alignment far more SIDs would change."""
+    from psrq import load_codebook_set
+    from psrq.align import churn
+
+    v1 = train_codebooks(_config(tmp_path, syn_dir, codebook=CodebookConfig(method="rq", codebook_size=8, layers=2, seed=0)))
+    v2 = train_codebooks(_config(tmp_path, syn_dir, codebook=CodebookConfig(method="rq", codebook_size=8, layers=2, seed=1)))
+    assert v2.manifest["parent_version"] == v1.version
+    reported = v2.manifest["metrics"]["text"]["churn_vs_parent"]
+    # the same refit without a parent, for comparison
+    v3 = train_codebooks(_config(tmp_path / "solo", syn_dir, codebook=CodebookConfig(method="rq", codebook_size=8, layers=2, seed=1)))
+    s1, s2, s3 = (load_codebook_set(v.path) for v in (v1, v2, v3))
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = s1.codebooks["text"].decode(np.stack([rng.integers(0, 8, 200), rng.integers(0, 8, 200)], 1))
+    aligned = churn(s1.encode("text", X), s2.encode("text", X))["per_layer"][0]
+    unaligned = churn(s1.encode("text", X), s3.encode("text", X))["per_layer"][0]
+    assert reported["full_sid"] <= 1.0 and aligned < unaligned
