@@ -24,6 +24,17 @@ def _row_list(rows: list[int], limit: int = 10) -> str:
     return shown + (f", ... ({len(rows)} rows)" if len(rows) > limit else "")
 
 
+def _finite_f32(X: Any, what: str) -> F32:
+    """C-contiguous float32 view or copy of numeric X; NaN/inf rows are named in the error."""
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"{what} must be numeric, got dtype {X.dtype}")
+    out: F32 = np.ascontiguousarray(X, dtype=np.float32)
+    bad = _bad_rows(out)
+    if bad:
+        raise ValueError(f"{what} has NaN/inf in rows {_row_list(bad)}")
+    return out
+
+
 def check_fit_input(X: Any, codebook_sizes: tuple[int, ...]) -> F32:
     """Validate training data; returns a C-contiguous float32 copy-or-view. One-line ValueErrors."""
     X = np.asarray(X)
@@ -31,12 +42,7 @@ def check_fit_input(X: Any, codebook_sizes: tuple[int, ...]) -> F32:
         raise ValueError(f"fit data must be 2-D [n, d], got shape {X.shape}")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"fit data is empty (shape {X.shape})")
-    if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"fit data must be numeric, got dtype {X.dtype}")
-    out: F32 = np.ascontiguousarray(X, dtype=np.float32)
-    bad = _bad_rows(out)
-    if bad:
-        raise ValueError(f"fit data has NaN/inf in rows {_row_list(bad)}")
+    out = _finite_f32(X, "fit data")
     kmax = max(codebook_sizes)
     if kmax > out.shape[0]:
         raise ValueError(f"codebook size K={kmax} exceeds the number of fit rows n={out.shape[0]}")
@@ -52,13 +58,7 @@ def check_encode_input(X: Any, dim: int) -> F32:
         raise ValueError(f"input must be 2-D [n, d], got shape {X.shape}")
     if X.shape[1] != dim:
         raise ValueError(f"input dim {X.shape[1]} != codebook dim {dim}")
-    if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"input must be numeric, got dtype {X.dtype}")
-    out: F32 = np.ascontiguousarray(X, dtype=np.float32)
-    bad = _bad_rows(out)
-    if bad:
-        raise ValueError(f"input has NaN/inf in rows {_row_list(bad)}")
-    return out
+    return _finite_f32(X, "input")
 
 
 def check_sizes(codebook_sizes: Any) -> tuple[int, ...]:

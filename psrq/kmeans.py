@@ -9,12 +9,13 @@ of every centroid update from a [K, paths] count matrix.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from psrq.base import F32, I64, nearest
+from psrq.base import F32, I64, Quantizer, nearest
 
 DEFAULT_NITER = 20
 DEFAULT_MAX_POINTS_PER_CENTROID = 256
@@ -106,3 +107,35 @@ def prefix_kmeans(
         C_r = np.ascontiguousarray(C[:, :d])
         C_p = np.ascontiguousarray(C[:, d:])
     return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1))
+
+
+class LayeredKMeans(Quantizer):
+    """Shared state of quantizers with one faiss k-means codebook per layer (RQ, PQ):
+    hyper-parameters, the per-layer centroid list, and its artifact form."""
+
+    def __init__(
+        self,
+        codebook_sizes: Any,
+        seed: int = 0,
+        niter: int = DEFAULT_NITER,
+        max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
+    ) -> None:
+        super().__init__(codebook_sizes, seed)
+        self.niter = int(niter)
+        self.max_points_per_centroid = int(max_points_per_centroid)
+        self.centroids: list[F32] = []
+
+    def options(self) -> dict[str, Any]:
+        return {"seed": self.seed, "niter": self.niter, "max_points_per_centroid": self.max_points_per_centroid}
+
+    def tensors(self) -> dict[str, F32]:
+        return {f"layer{i}": C for i, C in enumerate(self.centroids)}
+
+    @classmethod
+    def from_state(
+        cls, tensors: dict[str, F32], options: dict[str, Any], dim: int, codebook_sizes: tuple[int, ...]
+    ) -> Quantizer:
+        q = cls(codebook_sizes, **options)
+        q.centroids = [np.ascontiguousarray(tensors[f"layer{i}"], dtype=np.float32) for i in range(len(codebook_sizes))]
+        q._dim = dim
+        return q

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from psrq.base import F32, I64, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
-from psrq.kmeans import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, faiss_kmeans, subsample
+from psrq.base import F32, I64, check_codes, check_encode_input, check_fit_input, nearest
+from psrq.kmeans import LayeredKMeans, faiss_kmeans, subsample
 
 
 def split_bounds(dim: int, parts: int) -> list[tuple[int, int]]:
@@ -16,22 +16,10 @@ def split_bounds(dim: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-class PQ(Quantizer):
+class PQ(LayeredKMeans):
     """Product quantization; layer l is sub-space l. Partial decodes leave later sub-spaces at 0."""
 
     method = "pq"
-
-    def __init__(
-        self,
-        codebook_sizes: Any,
-        seed: int = 0,
-        niter: int = DEFAULT_NITER,
-        max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
-    ) -> None:
-        super().__init__(codebook_sizes, seed)
-        self.niter = int(niter)
-        self.max_points_per_centroid = int(max_points_per_centroid)
-        self.centroids: list[F32] = []
 
     def fit(self, X: Any) -> PQ:
         X = check_fit_input(X, self.codebook_sizes)
@@ -59,18 +47,3 @@ class PQ(Quantizer):
         for layer, (a, b) in enumerate(split_bounds(self.dim, self.num_layers)[:layers]):
             out[:, a:b] = self.centroids[layer][codes[:, layer]]
         return out
-
-    def options(self) -> dict[str, Any]:
-        return {"seed": self.seed, "niter": self.niter, "max_points_per_centroid": self.max_points_per_centroid}
-
-    def tensors(self) -> dict[str, F32]:
-        return {f"layer{i}": C for i, C in enumerate(self.centroids)}
-
-    @classmethod
-    def from_state(
-        cls, tensors: dict[str, F32], options: dict[str, Any], dim: int, codebook_sizes: tuple[int, ...]
-    ) -> PQ:
-        q = cls(codebook_sizes, **options)
-        q.centroids = [np.ascontiguousarray(tensors[f"layer{i}"], dtype=np.float32) for i in range(len(codebook_sizes))]
-        q._dim = dim
-        return q

@@ -6,26 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from psrq.base import F32, I64, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
-from psrq.kmeans import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, faiss_kmeans, subsample
+from psrq.base import F32, I64, check_codes, check_encode_input, check_fit_input, nearest
+from psrq.kmeans import LayeredKMeans, faiss_kmeans, subsample
 
 
-class RQ(Quantizer):
+class RQ(LayeredKMeans):
     """Residual k-means. Centroids are [K_l, d] per layer; x̂ = sum of the chosen centroids."""
 
     method = "rq"
-
-    def __init__(
-        self,
-        codebook_sizes: Any,
-        seed: int = 0,
-        niter: int = DEFAULT_NITER,
-        max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
-    ) -> None:
-        super().__init__(codebook_sizes, seed)
-        self.niter = int(niter)
-        self.max_points_per_centroid = int(max_points_per_centroid)
-        self.centroids: list[F32] = []
 
     def fit(self, X: Any) -> RQ:
         X = check_fit_input(X, self.codebook_sizes)
@@ -54,18 +42,3 @@ class RQ(Quantizer):
         for layer in range(layers):
             out += self.centroids[layer][codes[:, layer]]
         return out
-
-    def options(self) -> dict[str, Any]:
-        return {"seed": self.seed, "niter": self.niter, "max_points_per_centroid": self.max_points_per_centroid}
-
-    def tensors(self) -> dict[str, F32]:
-        return {f"layer{i}": C for i, C in enumerate(self.centroids)}
-
-    @classmethod
-    def from_state(
-        cls, tensors: dict[str, F32], options: dict[str, Any], dim: int, codebook_sizes: tuple[int, ...]
-    ) -> RQ:
-        q = cls(codebook_sizes, **options)
-        q.centroids = [np.ascontiguousarray(tensors[f"layer{i}"], dtype=np.float32) for i in range(len(codebook_sizes))]
-        q._dim = dim
-        return q
