@@ -53,6 +53,17 @@ class WorkerDeps:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+def _event_binder(events: Sequence[Any]) -> Callable[[RawRecord], None]:
+    """For batched table writes: makes the event of `raw` Faust's current event, so that the
+    changelog write goes to the partition of the record that caused it."""
+    by_offset = {(e.message.topic, e.message.partition, e.message.offset): e for e in events}
+
+    def bind(raw: RawRecord) -> None:
+        _current_event.set(weakref.ref(by_offset[(raw.topic, raw.partition, raw.offset)]))
+
+    return bind
+
+
 def _raw(event: Any) -> RawRecord:
     msg = event.message
     return RawRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
@@ -155,13 +166,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                     _maybe_reload_codebooks(deps)
                     if deps.codebooks is None:
                         raise RuntimeError("no live codebook version in the registry; run `sidstream train codebooks` or the demo")
-                    by_offset = {(e.message.topic, e.message.partition, e.message.offset): e for e in events}
-
-                    def bind_event(raw: RawRecord, by_offset: dict[Any, Any] = by_offset) -> None:
-                        # the changelog write must go to the partition of the record that caused it
-                        _current_event.set(weakref.ref(by_offset[(raw.topic, raw.partition, raw.offset)]))
-
-                    result = assign_batch([_raw(e) for e in events], view, deps.codebooks, joint_embedding, bind_event)  # type: ignore[arg-type]
+                    result = assign_batch([_raw(e) for e in events], view, deps.codebooks, joint_embedding, _event_binder(events))  # type: ignore[arg-type]
                     await publish(result, names.sids, "assigner")
 
         @app.timer(interval=5.0)
@@ -219,13 +224,13 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
             from streams.processing import decode_interactions, update_history
 
             async for events in stream.take_events(batch, within=within):
-                by_offset = {(e.message.topic, e.message.partition, e.message.offset): e for e in events}
+                bind_event = _event_binder(events)
                 ok, dead = decode_interactions([_raw(e) for e in events])
                 await asyncio.to_thread(write_interactions, s.feast_dir / "offline" / "interactions", ok)
                 changed: dict[str, list[Any]] = {}
                 for raw, rec in ok:
                     key = rec["user_id"].encode()
-                    _current_event.set(weakref.ref(by_offset[(raw.topic, raw.partition, raw.offset)]))
+                    bind_event(raw)
                     stored = history.get(key)
                     updated = update_history(json.loads(stored) if stored else None, rec)
                     history[key] = json.dumps(updated).encode()

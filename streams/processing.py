@@ -39,10 +39,8 @@ def encode_text_batch(
     texts: list[str] = []
     kept: list[tuple[RawRecord, dict[str, Any]]] = []
     for raw in records:
-        try:
-            _, rec = avro_codec.decode(raw.value, expected="TrackMetadata")
-        except avro_codec.DecodeError as exc:
-            result.dead.append(DeadLetter(raw, f"undecodable metadata: {exc}", "undecodable", _key(raw)))
+        rec = _decode_or_dead(raw, "TrackMetadata", "undecodable metadata", result.dead)
+        if rec is None:
             continue
         text = rec["text"] if rec.get("text") else build_text(rec)
         reason = validate_text(text)
@@ -66,10 +64,8 @@ def encode_audio_batch(
     waves: list[np.ndarray] = []
     kept: list[tuple[RawRecord, dict[str, Any]]] = []
     for raw in records:
-        try:
-            _, rec = avro_codec.decode(raw.value, expected="TrackAudio")
-        except avro_codec.DecodeError as exc:
-            result.dead.append(DeadLetter(raw, f"undecodable audio record: {exc}", "undecodable", _key(raw)))
+        rec = _decode_or_dead(raw, "TrackAudio", "undecodable audio record", result.dead)
+        if rec is None:
             continue
         try:
             source = _audio_source(rec, max_inline_bytes)
@@ -173,10 +169,8 @@ def assign_batch(
     result = BatchResult()
     touched: dict[str, RawRecord] = {}
     for raw in records:
-        try:
-            _, rec = avro_codec.decode(raw.value, expected="Embedding")
-        except avro_codec.DecodeError as exc:
-            result.dead.append(DeadLetter(raw, f"undecodable embedding: {exc}", "undecodable", _key(raw)))
+        rec = _decode_or_dead(raw, "Embedding", "undecodable embedding", result.dead)
+        if rec is None:
             continue
         modality, track_id = rec["modality"], rec["track_id"]
         expected_dim = active.dim(modality)
@@ -272,13 +266,20 @@ def decode_sid_batch(records: Sequence[RawRecord]) -> tuple[list[dict[str, Any]]
     rows: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     for raw in records:
-        try:
-            _, rec = avro_codec.decode(raw.value, expected="SidAssigned")
-        except avro_codec.DecodeError as exc:
-            dead.append(DeadLetter(raw, f"undecodable SID record: {exc}", "undecodable", _key(raw)))
+        rec = _decode_or_dead(raw, "SidAssigned", "undecodable SID record", dead)
+        if rec is None:
             continue
         rows.append(rec)
     return rows, dead
+
+
+def _decode_or_dead(raw: RawRecord, schema: str, what: str, dead: list[DeadLetter]) -> dict[str, Any] | None:
+    """The record, or None after adding an `undecodable` dead letter naming `what`."""
+    try:
+        return avro_codec.decode(raw.value, expected=schema)[1]
+    except avro_codec.DecodeError as exc:
+        dead.append(DeadLetter(raw, f"{what}: {exc}", "undecodable", _key(raw)))
+        return None
 
 
 def _key(raw: RawRecord) -> str | None:
@@ -302,10 +303,8 @@ def decode_interactions(records: Sequence[RawRecord]) -> tuple[list[tuple[RawRec
     ok: list[tuple[RawRecord, dict[str, Any]]] = []
     dead: list[DeadLetter] = []
     for raw in records:
-        try:
-            _, rec = avro_codec.decode(raw.value, expected="Interaction")
-        except avro_codec.DecodeError as exc:
-            dead.append(DeadLetter(raw, f"undecodable interaction: {exc}", "undecodable", _key(raw)))
+        rec = _decode_or_dead(raw, "Interaction", "undecodable interaction", dead)
+        if rec is None:
             continue
         if rec["label"] not in (0, 1):
             dead.append(DeadLetter(raw, f"label {rec['label']} is not 0 or 1", "bad_label", rec["track_id"]))
