@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from psrq import make_quantizer
 from psrq.align import align_to_parent, churn_report
+from psrq.fitting import fit_codebook
 from psrq.health import health_report
+from sidcore.config import CodebookSettings
 
 log = logging.getLogger("quantizer_study")
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ CACHE = Path.home() / ".cache" / "sidstream"
 
 def embed_items(lastfm: Path) -> tuple[np.ndarray, list[str], str]:
     """(embeddings [n, 384] L2-normalised, top-tag labels, model id); cached by text hash."""
-    from sidstream.datasets.lastfm import artist_items, item_text
+    from sidcore.datasets.lastfm import artist_items, item_text
 
     items = artist_items(lastfm)
     texts = [item_text(name, list(tags)) for name, tags in zip(items["name"], items["tags"], strict=True)]
@@ -95,6 +96,10 @@ def _fmt(values: list[float]) -> str:
     return " / ".join(f"{v:.3f}".lstrip("0") if v < 1 else f"{v:.2f}" for v in values)
 
 
+def _spec(method: str, k: int, layers: int, seed: int, opts: dict[str, Any]) -> CodebookSettings:
+    return CodebookSettings(method=method, codebook_size=k, layers=layers, seed=seed, **opts)
+
+
 def run(lastfm: Path, out: Path, k: int, layers: int) -> dict[str, Any]:
     X, labels, model_id = embed_items(lastfm)
     log.info("%d items, dim %d", *X.shape)
@@ -104,7 +109,7 @@ def run(lastfm: Path, out: Path, k: int, layers: int) -> dict[str, Any]:
     fitted: dict[str, Any] = {}
     for name, method, opts in VARIANTS:
         t0 = time.perf_counter()
-        q = make_quantizer(method, [k] * layers, seed=0, **opts).fit(X)
+        q = fit_codebook(X, _spec(method, k, layers, 0, opts))
         fit_s = time.perf_counter() - t0
         codes = q.encode(X)
         rep = health_report(q, X, labels=labels, codes=codes)
@@ -116,7 +121,7 @@ def run(lastfm: Path, out: Path, k: int, layers: int) -> dict[str, Any]:
     churn: dict[str, Any] = {}
     for name in ("RQ-KMeans", "PSRQ alpha=1 (paper)", "PSRQ alpha=0.5", "PSRQ anchor=input alpha=1"):
         method, opts = next((m, o) for n, m, o in VARIANTS if n == name)
-        child = make_quantizer(method, [k] * layers, seed=1, **opts).fit(X)
+        child = fit_codebook(X, _spec(method, k, layers, 1, opts))
         churn[name] = churn_report(fitted[name], child, align_to_parent(child, fitted[name], X), X)
     results["churn_refit_seed1"] = churn
     _plots(reports, codes_by, out / "img", k)

@@ -27,5 +27,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[dev]"
 
 # Kafka 3.9.x broker jars via Maven (cached; a no-op once resolved)
-.venv/bin/python -c "from streams.broker import local_broker; print('kafka jars:', local_broker().resolve_jars())"
+.venv/bin/python -c "from streams.admin.broker import local_broker; print('kafka jars:', local_broker().resolve_jars())"
 echo "setup: done"

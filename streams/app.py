@@ -14,15 +14,16 @@ import json
 import logging
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
 from faust.streams import _current_event  # table writes take their partition from the current event
 
-from sidstream.config import Settings
+from sidcore.config import Settings
 from streams import metrics
+from streams.admin.topics import TopicNames, dlq
 from streams.processing import (
     ActiveCodebooks,
     assign_batch,
@@ -31,7 +32,6 @@ from streams.processing import (
     encode_text_batch,
 )
 from streams.records import BatchResult, RawRecord, now_ms
-from streams.topics import TopicNames, dlq
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ class WorkerDeps:
     codebook_loader: Callable[[], ActiveCodebooks | None] | None = None
     feast_sink: Any = None
     history_sink: Any = None  # its own sink: the writer and logger flush from different threads
-    on_written: Callable[[list[dict[str, Any]]], None] | None = None
-    stats: dict[str, int] = field(default_factory=dict)
 
 
 def _event_binder(events: Sequence[Any]) -> Callable[[RawRecord], None]:
@@ -70,9 +68,7 @@ def _raw(event: Any) -> RawRecord:
 
 
 def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps: WorkerDeps, app_id: str | None = None) -> faust.App:
-    unknown = set(roles) - set(ROLES)
-    if unknown:
-        raise ValueError(f"unknown worker roles {sorted(unknown)}; choose from {ROLES}")
+    """The Faust app with the agents of `roles` (a subset of ROLES, checked by the worker CLI)."""
     s = settings
     datadir = s.home / "faust" / (app_id or "sidstream")
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -164,8 +160,6 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
             async for events in stream.take_events(batch, within=within):
                 with metrics.BATCH_SECONDS.labels("assigner").time():
                     _maybe_reload_codebooks(deps)
-                    if deps.codebooks is None:
-                        raise RuntimeError("no live codebook version in the registry; run `sidstream train codebooks` or the demo")
                     result = assign_batch([_raw(e) for e in events], view, deps.codebooks, joint_embedding, _event_binder(events))  # type: ignore[arg-type]
                     await publish(result, names.sids, "assigner")
 
@@ -190,7 +184,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
 
         @app.agent(topic(names.sids), name="feast-writer")
         async def feast_writer(stream: faust.StreamT) -> None:
-            from streams.feast_store import SidRow
+            from streams.sinks.feast import SidRow
 
             async for events in stream.take_events(batch, within=within):
                 with metrics.BATCH_SECONDS.labels("writer").time():
@@ -209,8 +203,6 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                         written_at = now_ms()
                         for r in rows:
                             metrics.PRODUCE_TO_FEAST.observe(max(0, written_at - r["ingest_time"]) / 1000)
-                        if deps.on_written is not None:
-                            deps.on_written(rows)
                     await publish(BatchResult(dead=dead), None, "writer")
                     metrics.count_ok("writer", len(rows))
 
@@ -219,9 +211,9 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
 
         @app.agent(topic(names.interactions), name="interaction-logger")
         async def interaction_logger(stream: faust.StreamT) -> None:
-            from streams.feast_store import UserHistoryRow
-            from streams.interaction_log import write_interactions
             from streams.processing import decode_interactions, update_history
+            from streams.sinks.feast import UserHistoryRow
+            from streams.sinks.interaction_log import write_interactions
 
             async for events in stream.take_events(batch, within=within):
                 bind_event = _event_binder(events)
@@ -262,7 +254,7 @@ def _maybe_reload_codebooks(deps: WorkerDeps) -> None:
 def registry_codebook_loader(registry_dir: Path) -> Callable[[], ActiveCodebooks | None]:
     """Loads the registry's LIVE codebook version, re-reading only when the pointer changes."""
     from psrq import load_codebook_set
-    from sidstream.registry import Registry
+    from sidcore.registry import Registry
 
     registry = Registry(registry_dir)
     cache: dict[str, ActiveCodebooks] = {}

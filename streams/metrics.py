@@ -1,8 +1,6 @@
-"""Prometheus metrics for the workers, plus an in-process snapshot for the demo and tests."""
+"""Prometheus metrics for the workers."""
 
 from __future__ import annotations
-
-from collections import Counter as _Counter
 
 from prometheus_client import Counter, Histogram
 
@@ -17,17 +15,11 @@ PRODUCE_TO_FEAST = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )  # fmt: skip
 
-# plain counters mirrored for in-process readers (tests, the demo summary)
-LOCAL: _Counter[str] = _Counter()
-
 
 def count_ok(worker: str, n: int = 1) -> None:
     RECORDS.labels(worker, "ok").inc(n)
-    LOCAL[f"{worker}.ok"] += n
 
 
 def count_dlq(worker: str, topic: str, reason: str) -> None:
     RECORDS.labels(worker, "dlq").inc()
     DLQ.labels(topic, reason).inc()
-    LOCAL[f"{worker}.dlq"] += 1
-    LOCAL[f"dlq.{reason}"] += 1

@@ -5,7 +5,6 @@ encode or assign, and split into outputs and dead letters. The Faust agents in
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
@@ -289,10 +288,6 @@ def _key(raw: RawRecord) -> str | None:
         return raw.key.decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
-def state_dumps(entry: dict[str, Any]) -> str:
-    return json.dumps(entry, separators=(",", ":"))
 
 
 # -- interaction logger ----------------------------------------------------------------------------

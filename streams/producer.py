@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Producer
 
-from sidstream.catalog import Track
+from sidcore.catalog import Track
 from streams import avro_codec
 from streams.records import now_ms
 

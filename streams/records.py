@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -56,7 +55,6 @@ class BatchResult:
 
     outputs: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def vector_to_bytes(v: np.ndarray) -> bytes:

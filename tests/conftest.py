@@ -1,5 +1,5 @@
 """Shared fixtures. The broker is a real Apache Kafka 3.9.x (KRaft) started by the project's
-own manager (streams.broker) once per test session on free loopback ports."""
+own manager (streams.admin.broker) once per test session on free loopback ports."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidstream.config import KafkaSettings, Settings
+from sidcore.config import KafkaSettings, Settings
 
 SHARED_LASTFM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lastfm-2k"
 AUDIO_DIR = Path("/usr/share/games/singularity/music")
@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
-    from streams.broker import LocalBroker
+    from streams.admin.broker import LocalBroker
 
     settings = KafkaSettings(port=_free_port(), controller_port=_free_port(), partitions=2, heap="384m")
     broker = LocalBroker(settings, tmp_path_factory.mktemp("kafka"), Settings().cache_dir)

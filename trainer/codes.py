@@ -1,36 +1,19 @@
-"""Fit one codebook per modality (text, audio, joint) and look up every catalog item's SIDs."""
+"""Codes of every catalog item per modality (text, audio, joint); fits go through psrq.fitting."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from psrq.fitting import fit_codebook_set, present_rows
+from sidcore.config import CodebookSettings
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CodebookConfig:
-    """Quantizer settings shared by every modality of one codebook version."""
-
-    method: str = "psrq"
-    codebook_size: int = 64
-    layers: int = 3
-    alpha: float = 1.0
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def sizes(self) -> list[int]:
-        return [self.codebook_size] * self.layers
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def with_joint(embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -52,27 +35,6 @@ def with_joint(embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def present_rows(X: np.ndarray) -> np.ndarray:
-    return ~np.isnan(X).any(axis=1)
-
-
-def fit_codebooks(embeddings: dict[str, np.ndarray], config: CodebookConfig) -> dict[str, Any]:
-    """{modality: fitted quantizer} on each modality's present rows (K capped at the row count)."""
-    from psrq import make_quantizer
-
-    fitted = {}
-    for modality, X in embeddings.items():
-        rows = X[present_rows(X)]
-        if rows.shape[0] < 2:
-            log.warning("%s: %d items with embeddings; no codebook", modality, rows.shape[0])
-            continue
-        sizes = [min(k, rows.shape[0]) for k in config.sizes]
-        q = make_quantizer(config.method, sizes, seed=config.seed, alpha=config.alpha, **config.options)
-        q.fit(rows)
-        fitted[modality] = q
-    return fitted
-
-
 def encode_codes(codebooks: dict[str, Any], embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """{modality: int64 [n, L]} SIDs of every row; rows without the modality get -1."""
     out = {}
@@ -89,10 +51,10 @@ def encode_codes(codebooks: dict[str, Any], embeddings: dict[str, np.ndarray]) -
 
 
 def cached_codes(
-    embeddings: dict[str, np.ndarray], config: CodebookConfig, cache_dir: Path | None
+    embeddings: dict[str, np.ndarray], config: CodebookSettings, cache_dir: Path | None
 ) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
     """Fit + encode, cached on disk by (embeddings, config): returns (codes, codebook sizes)."""
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True).encode())
     for modality in sorted(embeddings):
         h.update(modality.encode())
         h.update(np.ascontiguousarray(embeddings[modality]).tobytes())
@@ -101,7 +63,7 @@ def cached_codes(
         with np.load(path) as z:
             codes = {k: z[k] for k in z.files}
         return codes, json.loads(path.with_suffix(".json").read_text())
-    codebooks = fit_codebooks(embeddings, config)
+    codebooks = fit_codebook_set(embeddings, config)
     codes = encode_codes(codebooks, embeddings)
     sizes = {m: list(q.codebook_sizes) for m, q in codebooks.items()}
     if path is not None:

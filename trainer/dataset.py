@@ -99,7 +99,7 @@ def read_items(path: Path) -> pd.DataFrame:
 
 def item_texts(items: pd.DataFrame) -> list[str]:
     """The text of each item: its `text` field, else the project's metadata template."""
-    from sidstream.datasets.lastfm import item_text
+    from sidcore.datasets.lastfm import item_text
 
     texts = []
     for row in items.to_dict("records"):

@@ -18,12 +18,12 @@ log = logging.getLogger(__name__)
 
 def text_embeddings(items: pd.DataFrame) -> np.ndarray:
     """Text embeddings float32 [n_items, d] of the items' texts, through the embeddings cache."""
-    from encoders import load_text_encoder
-    from sidstream.catalog import embed_texts_cached
-    from sidstream.config import get_settings
+    from encoders.catalog import embed_texts_cached
+    from encoders.configured import configured_text_encoder
+    from sidcore.config import get_settings
 
-    texts = item_texts(items)
-    return embed_texts_cached(get_settings(), load_text_encoder(), texts)
+    s = get_settings()
+    return embed_texts_cached(s.cache_dir, configured_text_encoder(s.encoders), item_texts(items))
 
 
 def item_embeddings(ds: Dataset, item_ids: list[str], modalities: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.codes import CodebookConfig, cached_codes, with_joint
+from sidcore.config import CodebookSettings
+from trainer.codes import cached_codes, with_joint
 from trainer.dataset import Dataset
 from trainer.embeddings import item_embeddings
 from trainer.features import HISTORY_LEN, IdVocab, Lookup, Samples, build_samples, time_split
@@ -39,16 +40,17 @@ QUICK_MODEL = dict(emb_dim=16, att_hidden=(16,), mlp_hidden=(32, 16))
 class ModelSpec:
     name: str
     model: ModelConfig
-    codebook: CodebookConfig | None  # None: IDs only
+    codebook: CodebookSettings | None  # None: IDs only
 
 
-def parse_spec(name: str, model_base: ModelConfig, codebook_base: CodebookConfig, modalities: list[str]) -> ModelSpec:
+def parse_spec(name: str, model_base: ModelConfig, codebook_base: CodebookSettings, modalities: list[str]) -> ModelSpec:
     """A model name (see the module docstring) -> what to build and which codebooks it needs."""
     base, _, alpha = name.partition("@")
     head, _, method = base.partition("+")
-    cb = replace(codebook_base, method=method or codebook_base.method)
+    update: dict[str, Any] = {"method": method or codebook_base.method}
     if alpha:
-        cb = replace(cb, alpha=float(alpha))
+        update["alpha"] = float(alpha)
+    cb = CodebookSettings.model_validate({**codebook_base.model_dump(), **update})
     if head == "din":
         if not method:
             return ModelSpec(name, replace(model_base, kind="din", sid_codebook=None), None)
@@ -111,7 +113,7 @@ def run_one(
         wanted = prep.embeddings
         if spec.model.kind == "din":
             wanted = {spec.model.sid_codebook: prep.embeddings[spec.model.sid_codebook]}
-        codes, sizes = cached_codes(wanted, replace(spec.codebook, seed=seed), cache_dir)
+        codes, sizes = cached_codes(wanted, spec.codebook.model_copy(update={"seed": seed}), cache_dir)
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     import torch
 
@@ -121,7 +123,7 @@ def run_one(
     probs = predict(model, prep.test, lookup, device=train_config.device)
     metrics = ranking_metrics(prep.test.users, prep.catalog[prep.test.items], prep.test.labels, probs,
                               prep.catalog[prep.train.items], COLD_THRESHOLD)
-    return {**metrics, "seed": seed, "train_seconds": stats["seconds"], "train_samples_per_s": stats["samples_per_s"],
+    return {**metrics, "seed": seed, "codebook_sizes": sizes, "train_seconds": stats["seconds"], "train_samples_per_s": stats["samples_per_s"],
             "distinct_sids": {m: int(len(np.unique(c[c[:, 0] >= 0], axis=0))) for m, c in codes.items()}}
 
 
@@ -139,7 +141,7 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(
-    prep: Prepared, names: list[str], seeds: int, model_base: ModelConfig, codebook_base: CodebookConfig,
+    prep: Prepared, names: list[str], seeds: int, model_base: ModelConfig, codebook_base: CodebookSettings,
     train_config: TrainConfig, cache_dir: Path | None, emit: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -153,7 +155,7 @@ def evaluate(
         summary["seconds"] = time.perf_counter() - started
         if spec.codebook is not None:
             summary["codebook"] = {"method": spec.codebook.method, "alpha": spec.codebook.alpha,
-                                   "sizes": spec.codebook.sizes}
+                                   "sizes": runs[0]["codebook_sizes"]}  # as fitted (K capped by the fit rule)
         log.info("%s: all AUC %.4f ± %.4f, cold AUC %.4f ± %.4f", name, summary["all_auc"], summary["all_auc_std"],
                  summary["cold_auc"], summary["cold_auc_std"])
         results.append(summary)

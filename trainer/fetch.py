@@ -10,7 +10,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from sidstream.datasets.lastfm import SHA256, DatasetError, verify
+from sidcore.datasets.lastfm import SHA256, DatasetError, verify
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sidstream.registry import ArtifactVersion, Registry
+from psrq.fitting import fit_codebook, fit_codebook_set, present_rows
+from sidcore.config import CodebookSettings, Settings
+from sidcore.registry import ArtifactVersion, Registry
 from trainer import ddp
-from trainer.codes import CodebookConfig, encode_codes, present_rows, with_joint
+from trainer.codes import encode_codes, with_joint
 from trainer.dataset import Dataset, DatasetContractError, load_dataset, read_interaction_logs, read_items
 from trainer.embeddings import item_embeddings
 from trainer.evaluate import prepare
@@ -36,6 +38,10 @@ from trainer.train_loop import InjectedFailure, TrainConfig, predict, train_mode
 log = logging.getLogger(__name__)
 
 CODEBOOKS, RANKER = "codebooks", "ranker"
+
+
+class JobError(RuntimeError):
+    """A job cannot run with what it was given (the user can fix it); not a bug."""
 OnProgress = Callable[[str, int, int], None]  # (task, done, total)
 
 
@@ -46,7 +52,7 @@ class JobConfig:
     data: Path | None = None  # dataset folder (contract)
     interactions: Path | None = None  # Parquet logs (file or folder); overrides the folder's csv
     items: Path | None = None  # items.jsonl when only logs are given
-    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    codebook: CodebookSettings = field(default_factory=CodebookSettings)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, checkpoint_every=50))
     test_fraction: float = 0.2
@@ -92,13 +98,13 @@ def _codebook_metrics(q: Any, X: np.ndarray) -> dict[str, Any]:
     return {**sid_collisions(codes), "utilisation_per_layer": used}
 
 
-def _same_inputs(registry: Registry, fit_fp: str, codebook: CodebookConfig) -> ArtifactVersion | None:
+def _same_inputs(registry: Registry, fit_fp: str, codebook: CodebookSettings) -> ArtifactVersion | None:
     versions = registry.versions(CODEBOOKS)
     if not versions:
         return None
     newest = versions[-1]
     m = newest.manifest
-    return newest if m.get("fit_data_fingerprint") == fit_fp and m.get("config") == codebook.to_dict() else None
+    return newest if m.get("fit_data_fingerprint") == fit_fp and m.get("config") == codebook.model_dump() else None
 
 
 def _load_parent_set(live: ArtifactVersion | None) -> Any:
@@ -137,7 +143,7 @@ def _churn(q: Any, parent_set: Any, modality: str, X: np.ndarray) -> dict[str, A
 
 def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) -> ArtifactVersion:
     """Fit text / audio / joint codebooks, register them as a new version, promote it."""
-    from psrq import load_codebook, make_quantizer, save_codebook, save_codebook_set
+    from psrq import load_codebook, save_codebook
 
     registry = Registry(config.registry)
     registry.clean_incomplete(CODEBOOKS)
@@ -154,7 +160,7 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
         if config.promote:
             registry.promote(CODEBOOKS, existing.version)
         return existing
-    work = config.work_dir / f"codebooks-{_key(fit_fp, config.codebook.to_dict())}"
+    work = config.work_dir / f"codebooks-{_key(fit_fp, config.codebook.model_dump())}"
     work.mkdir(parents=True, exist_ok=True)
     codebooks, metrics = {}, {}
     live = registry.live(CODEBOOKS)
@@ -167,11 +173,7 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
             codebooks[modality], _ = load_codebook(step_dir)
             log.info("codebooks: %s loaded from %s", modality, step_dir)
         else:
-            sizes = [min(k, X.shape[0]) for k in config.codebook.sizes]
-            q = make_quantizer(config.codebook.method, sizes, seed=config.codebook.seed, alpha=config.codebook.alpha,
-                               **config.codebook.options)
-            q.fit(X)
-            q = _align(q, parent_set, modality, X)  # stable IDs: renumber codes to agree with the parent
+            q = _align(fit_codebook(X, config.codebook), parent_set, modality, X)  # stable IDs: renumber codes to agree with the parent
             save_codebook(q, step_dir)
             codebooks[modality] = q
         metrics[modality] = _codebook_metrics(codebooks[modality], X)
@@ -184,21 +186,70 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
             raise InjectedFailure(f"injected failure after fitting {done + 1} codebook(s)")
 
     parent = live.version if live else None
-    record = {"config": config.codebook.to_dict(), "data_fingerprint": ds.fingerprint(),
+    record = {"config": config.codebook.model_dump(), "data_fingerprint": ds.fingerprint(),
               "fit_data_fingerprint": fit_fp, "metrics": metrics, "parent_version": parent,
               "modalities": modalities, "items": len(catalog)}
 
+    version = register_codebook_set(
+        registry, codebooks, record, config.promote, manifests_extra={"trainer": record},
+        fit_data={m: embeddings[m][present_rows(embeddings[m])] for m in codebooks}, metrics=metrics,
+        parent=(live.path if live else None),
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("codebooks %s registered%s (parent %s)", version.version, " and live" if config.promote else "", parent)
+    return version
+
+
+def register_codebook_set(
+    registry: Registry, quantizers: dict[str, Any], record: dict[str, Any], promote: bool, **save_options: Any
+) -> ArtifactVersion:
+    """Save a fitted set as a new immutable registry version (manifest = record); promote it
+    (make it LIVE: the streaming assigner swaps to it) when asked."""
+    from psrq import save_codebook_set
+
     def write(tmp: Path) -> dict[str, Any]:
-        save_codebook_set(tmp, codebooks, manifests_extra={"trainer": record},
-                          fit_data={m: embeddings[m][present_rows(embeddings[m])] for m in codebooks},
-                          metrics=metrics, parent=(live.path if live else None))
+        save_codebook_set(tmp, quantizers, **save_options)
         return record
 
     version = registry.register(CODEBOOKS, write)
-    if config.promote:
-        registry.promote(CODEBOOKS, version.version)  # the streaming assigner swaps to it
-    shutil.rmtree(work, ignore_errors=True)
-    log.info("codebooks %s registered%s (parent %s)", version.version, " and live" if config.promote else "", parent)
+    if promote:
+        registry.promote(CODEBOOKS, version.version)
+    return version
+
+
+def bootstrap_codebooks(
+    settings: Settings,
+    text_X: np.ndarray,
+    text_model_id: str,
+    audio_X: np.ndarray | None = None,
+    audio_text_X: np.ndarray | None = None,
+    audio_model_id: str = "",
+    promote: bool = True,
+) -> ArtifactVersion:
+    """The first codebook version of a catalog (the demo's bootstrap): text on the catalog's
+    texts; audio on recording windows and joint on [their track's text ⊕ window], when given."""
+    from psrq import joint_embedding
+
+    embeddings = {"text": text_X}
+    if audio_X is not None and audio_text_X is not None:
+        embeddings.update(audio=audio_X, joint=joint_embedding(audio_text_X, audio_X))
+    quantizers = fit_codebook_set(embeddings, settings.codebook)
+    registry = Registry(settings.registry_dir)
+    parent = registry.live(CODEBOOKS)
+    model_ids = {"text": text_model_id, "audio": audio_model_id}
+    record = {
+        "modalities": sorted(quantizers),
+        "config": settings.codebook.model_dump(),
+        "codebook_sizes": {m: list(q.codebook_sizes) for m, q in quantizers.items()},
+        "fit_rows": {m: int(len(X)) for m, X in embeddings.items()},
+        "encoder_model_ids": model_ids,
+        "parent_version": parent.version if parent else None,
+    }
+    version = register_codebook_set(
+        registry, quantizers, record, promote,
+        manifests_extra={"encoder_model_ids": model_ids, "source": "catalog bootstrap (trainer.jobs)"},
+    )
+    log.info("registered codebook version %s (%s)", version.version, ", ".join(sorted(quantizers)))
     return version
 
 
@@ -223,7 +274,7 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     needs_codes = config.model.kind == "mcca" or config.model.sid_codebook is not None
     live = registry.live(CODEBOOKS)
     if needs_codes and live is None:
-        raise RuntimeError(f"no live codebook version in {config.registry}; run `sidstream train codebooks` first")
+        raise JobError(f"no live codebook version in {config.registry}; run `sidstream train codebooks` first")
     codes, sizes = item_codes(live, ds, prep.catalog.tolist()) if (needs_codes and live) else ({}, {})
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     codebook_version = live.version if (needs_codes and live) else None

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sidstream.datasets.lastfm import artist_items, item_text, read_plays, read_tag_assignments
+from sidcore.datasets.lastfm import artist_items, item_text, read_plays, read_tag_assignments
 from trainer.dataset import Dataset
 
 log = logging.getLogger(__name__)

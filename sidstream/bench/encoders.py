@@ -47,12 +47,12 @@ def _max_rss_mb() -> float:
 
 def _texts(n: int) -> list[str]:
     try:
-        from sidstream.catalog import lastfm_tracks
-        from sidstream.config import get_settings
+        from encoders.catalog import track_text
+        from sidcore.catalog import lastfm_tracks
+        from sidcore.config import get_settings
 
-        folder = get_settings().lastfm_dir
-        tracks = lastfm_tracks(folder if folder.is_dir() else None, n)
-        texts = [t.text for t in tracks]
+        tracks = lastfm_tracks(get_settings().lastfm_source, n)
+        texts = [track_text(t) for t in tracks]
         if len(texts) >= n:
             return texts[:n]
     except Exception:  # noqa: BLE001 - the bench only needs realistic texts; fall back to synthetic ones

@@ -25,21 +25,20 @@ def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
     """Throughput of the text encoder alone and of the full pipeline, their ratio, and p50/p99."""
     from rich.console import Console
 
-    from encoders import load_text_encoder
-    from sidstream.catalog import lastfm_tracks
-    from sidstream.config import get_settings
-    from streams.broker import local_broker
-    from streams.demo import ensure_codebooks
-    from streams.feast_store import open_store
-    from streams.harness import PipelineRun, wait_until_readable
+    from encoders.catalog import track_text
+    from encoders.configured import configured_text_encoder
+    from sidcore.catalog import lastfm_tracks
+    from sidcore.config import get_settings
+    from sidstream.harness import PipelineRun, ensure_codebooks, wait_until_readable
+    from streams.admin.broker import local_broker
+    from streams.sinks.feast import open_store
 
     n = 300 if quick else n
     s = get_settings()
     console = Console(stderr=True)
-    tracks = lastfm_tracks(s.lastfm_dir if s.lastfm_dir.is_dir() else None, n)
-    texts = [t.text for t in tracks]
-    e = s.encoders
-    te = load_text_encoder(e.text_model_dir, device=e.device, dtype=e.dtype, max_length=e.max_length, token_budget=e.token_budget)
+    tracks = lastfm_tracks(s.lastfm_source, n)
+    texts = [track_text(t) for t in tracks]
+    te = configured_text_encoder(s.encoders)
     te.encode(texts[:32])  # warm-up
     bs = s.stream.batch_size
     t0 = time.perf_counter()
@@ -48,7 +47,7 @@ def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
     encoder_s = time.perf_counter() - t0
 
     local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
-    ensure_codebooks(s, tracks, [], console)
+    ensure_codebooks(s, [], on_status=console.print)
     run_dir = s.home / "bench" / time.strftime("%Y%m%dT%H%M%S")
     s2 = s.model_copy(update={"feast_root": run_dir / "feast", "registry_root": s.registry_dir})
     run = PipelineRun(s2, run_dir)

@@ -66,7 +66,11 @@ def command(n: int, dim: int, k: int, layers: int, quick: bool, repeats: int, as
     import faiss
     import psutil
 
-    from psrq import make_quantizer
+    from psrq.fitting import fit_codebook
+    from sidcore.config import CodebookSettings
+
+    def spec(method: str, n_layers: int = layers) -> CodebookSettings:
+        return CodebookSettings(method=method, codebook_size=k, layers=n_layers, seed=0, alpha=1.0)
 
     if quick:
         n, dim, k, repeats = 20_000, 128, 64, max(repeats, 3)
@@ -77,14 +81,14 @@ def command(n: int, dim: int, k: int, layers: int, quick: bool, repeats: int, as
         faiss.Kmeans(dim, k, niter=20, seed=0, verbose=False).train(X)
 
     # warm-up: thread pools and allocators, so that the first timed call is not penalised
-    make_quantizer("psrq", [k] * layers, seed=0).fit(X[: min(n, 40 * k)])
+    fit_codebook(X[: min(n, 40 * k)], spec("psrq"))
     faiss.Kmeans(dim, k, niter=5, seed=0, verbose=False).train(X[: min(n, 40 * k)])
     # interleaved repeats, median of each: the machine may be shared, so ratios come from one round
     rounds = []
     for _ in range(repeats):
         faiss_kmeans_s, _ = _timed(faiss_kmeans)
-        rq_s, rq = _timed(lambda: make_quantizer("rq", [k] * layers, seed=0).fit(X))
-        psrq_s, psrq = _timed(lambda: make_quantizer("psrq", [k] * layers, seed=0, alpha=1.0).fit(X))
+        rq_s, rq = _timed(lambda: fit_codebook(X, spec("rq")))
+        psrq_s, psrq = _timed(lambda: fit_codebook(X, spec("psrq")))
         rounds.append((faiss_kmeans_s, rq_s, psrq_s))
     faiss_kmeans_s, rq_s, psrq_s = (float(np.median([r[i] for r in rounds])) for i in range(3))
     # faiss stops early when the objective stops changing: on clustered data layer 1 converges in

@@ -3,7 +3,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from streams.topics import TopicNames, create_topics
+from streams.admin.topics import TopicNames, create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_status_reports_reachable_and_version(kafka_broker):
 
 
 def test_missing_java_gives_clear_error(kafka_broker, monkeypatch, tmp_path):
-    from streams.broker import BrokerError, LocalBroker
+    from streams.admin.broker import BrokerError, LocalBroker
 
     monkeypatch.setenv("PATH", str(tmp_path))  # neither mvn nor java
     b = LocalBroker(kafka_broker.settings, tmp_path / "home", tmp_path / "emptycache")

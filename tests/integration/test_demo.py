@@ -24,7 +24,7 @@ def test_demo_json_line(kafka_broker, tmp_path):
         SIDSTREAM_KAFKA__CONTROLLER_PORT=str(kafka_broker.settings.controller_port),
         SIDSTREAM_KAFKA__PARTITIONS="2",
         SIDSTREAM_CODEBOOK__CODEBOOK_SIZE="16",
-        SIDSTREAM_LASTFM_DIR=str(tmp_path / "no-such-dir"),  # use the shipped sample, as a fresh clone does
+        SIDSTREAM_LASTFM_DIR="sample",  # the shipped sample, as a fresh clone has
     )
     # the broker is the session's (reused, not started): the demo must find it reachable
     env["SIDSTREAM_HOME"] = str(tmp_path / "home")
@@ -40,3 +40,34 @@ def test_demo_json_line(kafka_broker, tmp_path):
     assert summary["dlq"] == 2
     assert summary["broker"].startswith("kafka 3.9.")
     assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+
+
+def test_demo_counts_come_from_three_sources(test_settings, tmp_path):
+    """`assigned` from the SID topic, `feast_read` from Feast, `dlq` from the dead-letter topics:
+    a track the assigner emitted but Feast never got is assigned and not readable."""
+    from sidstream.demo import outcome_counts
+    from sidstream.harness import PipelineRun
+    from streams import avro_codec
+    from streams.records import DeadLetter, RawRecord
+    from streams.sinks.feast import FeastSink, SidRow, open_store, read_sids
+
+    run = PipelineRun(test_settings, tmp_path / "run")
+    run.create_topics()
+    producer = run.producer()
+    ts = 1_700_000_000_000
+    emitted = {"a": ([1, 2, 3], None), "b": ([4, 5, 6], None), "c": ([7, 8, 9], [1, 1, 1])}
+    for track_id, (text_sid, joint_sid) in emitted.items():
+        producer.send_raw(run.names.sids, track_id.encode(), avro_codec.encode("SidAssigned", {
+            "track_id": track_id, "event_time": ts, "codebook_version": "v1", "text_sid": text_sid,
+            "audio_sid": joint_sid, "joint_sid": joint_sid, "modalities": ["text"] + (["audio"] if joint_sid else []),
+            "text_model_id": "m", "audio_model_id": "", "ingest_time": ts}))
+    bad = RawRecord(run.names.metadata, 0, 7, b"x", b"\x00junk")
+    producer.send_raw(f"{run.names.metadata}.dlq", b"x", DeadLetter(bad, "undecodable: junk", "undecodable", "x").encode("text"))
+    producer.flush()
+    store = open_store(test_settings.feast_dir)
+    sink = FeastSink(store)
+    sink.add([SidRow("a", ts, "v1", (1, 2, 3), None, None), SidRow("c", ts, "v1", (7, 8, 9), None, None)])
+    sink.flush()  # b never reaches Feast; c reaches it without its joint SID
+    expected = {"a": "text_sid", "b": "text_sid", "c": "joint_sid", "d": "text_sid"}
+    counts = outcome_counts(expected, run.assigned(), read_sids(store, list(expected)), run.dead_letters())
+    assert counts == {"assigned": 3, "feast_read": 1, "dlq": 1}

@@ -80,7 +80,7 @@ def test_every_container_runs_a_real_sidstream_subcommand():
 
 
 def test_topics_match_the_code_and_have_partitions():
-    from streams.topics import TopicNames
+    from streams.admin.topics import TopicNames
 
     topics = {d["spec"]["topicName"]: d["spec"] for d in _k8s_docs() if d["kind"] == "KafkaTopic"}
     assert set(topics) == set(TopicNames().all())
@@ -93,7 +93,7 @@ def test_topics_match_the_code_and_have_partitions():
 
 
 def test_environment_is_valid_settings(monkeypatch):
-    from sidstream.config import Settings
+    from sidcore.config import Settings
 
     docs = _k8s_docs()
     env = dict(next(d for d in docs if d["kind"] == "ConfigMap")["data"])

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from streams.feast_store import FeastSink, SidRow, UserHistoryRow, open_store, read_history, read_sids
+from streams.sinks.feast import FeastSink, SidRow, UserHistoryRow, open_store, read_history, read_sids
 
 pytestmark = pytest.mark.integration
 

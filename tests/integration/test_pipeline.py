@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from sidstream.catalog import audio_tracks, fit_catalog_codebooks, lastfm_tracks
+from encoders.catalog import track_text
+from sidcore.catalog import audio_tracks, lastfm_tracks
+from sidstream.harness import PipelineRun, wait_until_readable
 from streams import avro_codec
-from streams.harness import PipelineRun, wait_until_readable
 from tests.conftest import AUDIO_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -20,7 +21,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def pipeline(test_settings, tmp_path):
     """A registered codebook version fitted on 300 sample artists and 3 recordings' windows."""
     from encoders import load_audio_encoder, load_text_encoder
-    from sidstream.catalog import audio_windows
+    from encoders.catalog import audio_windows
+    from trainer.jobs import bootstrap_codebooks
 
     if not AUDIO_DIR.is_dir():
         pytest.skip(f"{AUDIO_DIR} missing: apt-get install singularity-music")
@@ -28,11 +30,11 @@ def pipeline(test_settings, tmp_path):
     ae = load_audio_encoder(test_settings.encoders.audio_model)
     catalog = lastfm_tracks(None, 300)  # the shipped sample
     audio = audio_tracks(AUDIO_DIR, 3)
-    text_X = te.encode([t.text for t in catalog])
+    text_X = te.encode([track_text(t) for t in catalog])
     audio_X, owners = audio_windows([t.audio_path for t in audio], ae, 10.0)
-    audio_text_X = te.encode([audio[i].text for i in owners.tolist()])
+    audio_text_X = te.encode([track_text(audio[i]) for i in owners.tolist()])
     s = test_settings.model_copy(update={"codebook": test_settings.codebook.model_copy(update={"codebook_size": 16})})
-    version = fit_catalog_codebooks(s, text_X, te.model_id, audio_X, audio_text_X, ae.model_id)
+    version = bootstrap_codebooks(s, text_X, te.model_id, audio_X, audio_text_X, ae.model_id)
     run = PipelineRun(s, tmp_path / "run")
     run.create_topics()
     yield run, catalog, audio, version
@@ -40,14 +42,14 @@ def pipeline(test_settings, tmp_path):
 
 
 def _open_store(run):
-    from streams.feast_store import open_store
+    from streams.sinks.feast import open_store
 
     return open_store(run.settings.feast_dir)
 
 
 def test_tracks_in_rows_out_with_dlq_and_late_audio(pipeline):
     from psrq import load_codebook_set
-    from streams.feast_store import read_sids
+    from streams.sinks.feast import read_sids
 
     run, catalog, audio, version = pipeline
     tracks = catalog[:40]
@@ -83,12 +85,12 @@ def test_tracks_in_rows_out_with_dlq_and_late_audio(pipeline):
     # the SIDs in Feast are exactly what the frozen codebook gives for these texts
     from encoders import load_text_encoder
 
-    expected = cs.encode("text", load_text_encoder().encode([t.text for t in tracks]))
+    expected = cs.encode("text", load_text_encoder().encode([track_text(t) for t in tracks]))
     got = np.array([list(v) for v in df.loc[[t.track_id for t in tracks], "text_sid"]])
     np.testing.assert_array_equal(got, expected)
     assert set(df.loc[[t.track_id for t in audio], "codebook_version"]) == {version.version}
 
-    dead = run.count_dlq()
+    dead = run.dead_letters()
     meta_dlq = dead[run.names.name("tracks.metadata.dlq")]
     assert sorted(r["error_type"] for r in meta_dlq) == ["empty_text", "undecodable"]
     assert all(r["reason"] for r in meta_dlq)
@@ -99,7 +101,7 @@ def test_tracks_in_rows_out_with_dlq_and_late_audio(pipeline):
 def test_restart_neither_loses_nor_duplicates(pipeline):
     """Kill the workers mid-stream, restart them: every track ends with exactly one row whose
     SIDs equal a clean run's."""
-    from streams.feast_store import read_sids
+    from streams.sinks.feast import read_sids
 
     run, catalog, _, _ = pipeline
     tracks = catalog[:120]

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from psrq import load_codebook
-from psrq.cli import codebook
+from sidstream.commands.codebook import codebook
 
 pytestmark = pytest.mark.unit
 
@@ -86,8 +86,9 @@ def test_bad_inputs_fail_with_one_line(data: Path) -> None:
     np.save(data / "vec.npy", X[0])
     code, _, err = run("fit", "--input", str(data / "vec.npy"), *fit_args)
     _one_line_failure(code, err, "2-D")
-    code, _, err = run("fit", "--input", str(data / "X.npy"), "--layers", "2", "--codebook-size", "500", "--out", str(data / "o"))
-    _one_line_failure(code, err, "exceeds")
+    np.save(data / "few.npy", X[:7])  # K >= 2 needs 2 * min_points_per_code (4) rows
+    code, _, err = run("fit", "--input", str(data / "few.npy"), *fit_args)
+    _one_line_failure(code, err, "need at least 8")
     nan = X.copy()
     nan[[3, 17]] = np.nan
     np.save(data / "nan.npy", nan)
@@ -113,3 +114,15 @@ def test_assign_reports_bad_rows_and_wrong_dims(data: Path) -> None:
     assert (codes[4] == -1).all() and (codes[[0, 1, 2, 3, 5]] >= 0).all()
     code, _, err = run("assign", "--codebook", str(data / "nope"), "--input", str(data / "X.npy"), "--out", str(data / "c.npy"))
     _one_line_failure(code, err, "not a codebook artifact")
+
+
+def test_fit_caps_k_by_the_one_rule(data: Path) -> None:
+    """K = min(K, rows // min_points_per_code), as in every other fit (psrq.fitting)."""
+    code, out, err = run("fit", "--input", str(data / "X.npy"), "--layers", "2", "--codebook-size", "500",
+                         "--out", str(data / "capped"))  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["codebook_sizes"] == [100, 100]  # 400 rows // 4
+    code, out, err = run("fit", "--input", str(data / "X.npy"), "--layers", "2", "--codebook-size", "500",
+                         "--min-points-per-code", "8", "--out", str(data / "capped8"))  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["codebook_sizes"] == [50, 50]

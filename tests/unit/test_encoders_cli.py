@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from encoders.cli import encode
+from sidstream.commands.encode import encode
 
 pytestmark = pytest.mark.unit
 

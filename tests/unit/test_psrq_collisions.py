@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from psrq.collisions import CollisionRegistry, unique_ids
+from streams.ids import CollisionRegistry, unique_ids
 
 pytestmark = pytest.mark.unit
 

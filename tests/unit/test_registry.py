@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sidstream.registry import Registry, RegistryError
+from sidcore.registry import Registry, RegistryError
 
 pytestmark = pytest.mark.unit
 

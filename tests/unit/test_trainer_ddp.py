@@ -20,7 +20,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        from trainer.codes import CodebookConfig, cached_codes
+        from sidcore.config import CodebookSettings
+        from trainer.codes import cached_codes
         from trainer.evaluate import prepare
         from trainer.features import Lookup
         from trainer.models import ModelConfig, build_model
@@ -28,7 +29,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         from trainer.train_loop import TrainConfig, train_model
 
         prep = prepare(make_synthetic(n_users=40, n_items=80, events_per_user=10, seed=3), test_fraction=0.25)
-        codes, sizes = cached_codes(prep.embeddings, CodebookConfig(codebook_size=8, layers=2), None)
+        codes, sizes = cached_codes(prep.embeddings, CodebookSettings(codebook_size=8, layers=2), None)
         torch.manual_seed(0)
         model = build_model(ModelConfig(kind="mcca", emb_dim=8, att_hidden=(8,), mlp_hidden=(16,)), prep.vocab.n_rows, sizes)
         stats = train_model(model, prep.train, Lookup(prep.vocab.rows(prep.catalog.tolist()), codes),
@@ -52,7 +53,8 @@ def test_two_process_ddp_ranks_agree(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_amp_training_on_cuda():
-    from trainer.codes import CodebookConfig, cached_codes
+    from sidcore.config import CodebookSettings
+    from trainer.codes import cached_codes
     from trainer.evaluate import prepare
     from trainer.features import Lookup
     from trainer.models import ModelConfig, build_model
@@ -60,7 +62,7 @@ def test_amp_training_on_cuda():
     from trainer.train_loop import TrainConfig, train_model
 
     prep = prepare(make_synthetic(n_users=40, n_items=80, events_per_user=10), test_fraction=0.25)
-    codes, sizes = cached_codes(prep.embeddings, CodebookConfig(codebook_size=8, layers=2), None)
+    codes, sizes = cached_codes(prep.embeddings, CodebookSettings(codebook_size=8, layers=2), None)
     model = build_model(ModelConfig(kind="mcca", emb_dim=8), prep.vocab.n_rows, sizes)
     stats = train_model(model, prep.train, Lookup(prep.vocab.rows(prep.catalog.tolist()), codes),
                         TrainConfig(epochs=1, batch_size=32, device="cuda", amp=True, checkpoint_every=0))

@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from trainer.cli import data, eval_cmd
+from sidstream.commands.train import data, eval_cmd
 from trainer.dataset import load_dataset, write_dataset
 from trainer.synthetic import make_synthetic
 

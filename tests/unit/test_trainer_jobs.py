@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from sidstream.registry import Registry
-from trainer.codes import CodebookConfig
+from sidcore.config import CodebookSettings
+from sidcore.registry import Registry
 from trainer.dataset import write_dataset
 from trainer.jobs import JobConfig, load_ranker, train_codebooks, train_ranker
 from trainer.models import ModelConfig
@@ -31,7 +31,7 @@ def syn_dir(tmp_path):
 
 def _config(tmp_path, data, **kw):
     base = dict(registry=tmp_path / "registry", work_dir=tmp_path / "work", data=data,
-                codebook=CodebookConfig(codebook_size=8, layers=2), model=ModelConfig(emb_dim=8, att_hidden=(8,), mlp_hidden=(16,)),
+                codebook=CodebookSettings(codebook_size=8, layers=2), model=ModelConfig(emb_dim=8, att_hidden=(8,), mlp_hidden=(16,)),
                 train=TrainConfig(epochs=2, batch_size=64, checkpoint_every=1))
     base.update(kw)
     return JobConfig(**base)
@@ -120,7 +120,7 @@ def test_ranker_reads_parquet_logs(tmp_path, syn_dir):
 def test_cli_groups_are_click_objects():
     import click
 
-    from trainer.cli import data, eval_cmd, train
+    from sidstream.commands.train import data, eval_cmd, train
 
     assert isinstance(train, click.Group) and isinstance(data, click.Group)
     assert eval_cmd.name == "eval"
@@ -128,7 +128,7 @@ def test_cli_groups_are_click_objects():
 
 
 def test_fetch_fails_clearly_without_network(tmp_path):
-    from trainer.cli import data
+    from sidstream.commands.train import data
 
     result = CliRunner().invoke(data, ["fetch", "lastfm", "--out", str(tmp_path / "x"), "--src",
                                        "http://127.0.0.1:9/nothing.zip", "--timeout", "2"])
@@ -141,12 +141,12 @@ def test_refit_is_aligned_to_the_live_parent(tmp_path, syn_dir):
     from psrq import load_codebook_set
     from psrq.align import churn
 
-    v1 = train_codebooks(_config(tmp_path, syn_dir, codebook=CodebookConfig(method="rq", codebook_size=8, layers=2, seed=0)))
-    v2 = train_codebooks(_config(tmp_path, syn_dir, codebook=CodebookConfig(method="rq", codebook_size=8, layers=2, seed=1)))
+    v1 = train_codebooks(_config(tmp_path, syn_dir, codebook=CodebookSettings(method="rq", codebook_size=8, layers=2, seed=0)))
+    v2 = train_codebooks(_config(tmp_path, syn_dir, codebook=CodebookSettings(method="rq", codebook_size=8, layers=2, seed=1)))
     assert v2.manifest["parent_version"] == v1.version
     reported = v2.manifest["metrics"]["text"]["churn_vs_parent"]
     # the same refit without a parent, for comparison
-    v3 = train_codebooks(_config(tmp_path / "solo", syn_dir, codebook=CodebookConfig(method="rq", codebook_size=8, layers=2, seed=1)))
+    v3 = train_codebooks(_config(tmp_path / "solo", syn_dir, codebook=CodebookSettings(method="rq", codebook_size=8, layers=2, seed=1)))
     s1, s2, s3 = (load_codebook_set(v.path) for v in (v1, v2, v3))
     import numpy as np
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from trainer.codes import CodebookConfig
+from sidcore.config import CodebookSettings
 from trainer.dataset import load_dataset, write_dataset
 from trainer.evaluate import evaluate, parse_spec, prepare
 from trainer.features import IdVocab, build_samples, time_split
@@ -95,7 +95,7 @@ def test_mcca_learns_planted_content_signal_that_plain_ids_cannot(tmp_path):
     write_dataset(tmp_path / "syn", ds)  # the contract round-trips
     prep = prepare(load_dataset(tmp_path / "syn"), test_fraction=0.25)
     assert prep.describe()["cold_test_rows"] > 500
-    res = {r["model"]: r for r in evaluate(prep, ["din", "mcca"], 1, SMALL, CodebookConfig(codebook_size=8, layers=2),
+    res = {r["model"]: r for r in evaluate(prep, ["din", "mcca"], 1, SMALL, CodebookSettings(codebook_size=8, layers=2),
                                            TrainConfig(epochs=2, lr=3e-3, batch_size=256), None)}
     din, mcca = res["din"]["cold_auc"], res["mcca"]["cold_auc"]
     assert mcca > 0.8, res
@@ -104,10 +104,10 @@ def test_mcca_learns_planted_content_signal_that_plain_ids_cannot(tmp_path):
 
 
 def test_parse_spec_names():
-    spec = parse_spec("din+rq@0.5", SMALL, CodebookConfig(), ["text"])
+    spec = parse_spec("din+rq@0.5", SMALL, CodebookSettings(), ["text"])
     assert spec.model.kind == "din" and spec.model.sid_codebook == "text"
     assert spec.codebook.method == "rq" and spec.codebook.alpha == 0.5
-    assert parse_spec("din", SMALL, CodebookConfig(), ["text"]).codebook is None
-    assert parse_spec("mcca-no-mjc", SMALL, CodebookConfig(), ["text"]).model.use_joint is False
+    assert parse_spec("din", SMALL, CodebookSettings(), ["text"]).codebook is None
+    assert parse_spec("mcca-no-mjc", SMALL, CodebookSettings(), ["text"]).model.use_joint is False
     with pytest.raises(ValueError):
-        parse_spec("xgboost", SMALL, CodebookConfig(), ["text"])
+        parse_spec("xgboost", SMALL, CodebookSettings(), ["text"])

@@ -10,16 +10,18 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
+
+from sidcore.config import QuantizerMethod
 
 EVAL_EPOCHS = 3  # docs/evaluation.md: one epoch under-trains the ID tables of a data set this small
 EVAL_LR = 1e-3
 
 
 def _settings() -> Any:
-    from sidstream.config import get_settings
+    from sidcore.config import get_settings
 
     return get_settings()
 
@@ -102,7 +104,7 @@ def fetch_lastfm_cmd(out: Path, url: str | None, timeout: float) -> None:
 @click.option("--src", type=click.Path(path_type=Path), default=None, help="Last.fm-2k folder [settings.lastfm_dir]")
 def verify_cmd(src: Path | None) -> None:
     """Check a local Last.fm-2k copy against the recorded sha256 of every file."""
-    from sidstream.datasets.lastfm import DatasetError, verify
+    from sidcore.datasets.lastfm import DatasetError, verify
 
     folder = src or _settings().lastfm_dir
     try:
@@ -135,8 +137,8 @@ def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool
     """Train and score models over seeds: All AUC, Cold AUC, Logloss, GAUC (mean ± std)."""
     import torch
 
-    from trainer.codes import CodebookConfig
-    from trainer.dataset import load_dataset
+    from sidstream.cli import UserError
+    from trainer.dataset import DatasetContractError, load_dataset
     from trainer.evaluate import QUICK_MODEL, evaluate, plot_results, prepare, results_table
     from trainer.models import ModelConfig
     from trainer.train_loop import TrainConfig
@@ -146,9 +148,15 @@ def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool
     started = time.perf_counter()
     names = [m.strip() for m in models.split(",") if m.strip()]
     model_base = ModelConfig(activation=activation, **(QUICK_MODEL if quick else {}))
-    codebook = CodebookConfig(codebook_size=codebook_size or (16 if quick else 64), layers=layers, alpha=alpha)
+    cb = _settings().codebook
+    codebook = cb.model_validate({**cb.model_dump(), "codebook_size": codebook_size or (16 if quick else 64),
+                                  "layers": layers, "alpha": alpha})
     train_config = TrainConfig(epochs=epochs or (1 if quick else EVAL_EPOCHS), lr=lr, batch_size=batch_size)
-    prep = prepare(load_dataset(data_dir), test_fraction, max_rows=20_000 if quick else None)
+    try:
+        dataset = load_dataset(data_dir)
+    except DatasetContractError as exc:
+        raise UserError(str(exc)) from exc
+    prep = prepare(dataset, test_fraction, max_rows=20_000 if quick else None)
     cache = _settings().cache_dir / "codes"
     emit = _echo_json if as_json else None
     with _progress(not quick) as on_progress:
@@ -157,7 +165,7 @@ def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool
     summary = {
         "summary": True, "models": names, "seeds": seeds, "quick": quick, "data": str(data_dir),
         **prep.describe(), "epochs": train_config.epochs, "lr": lr, "batch_size": batch_size,
-        "codebook": codebook.to_dict(), "model_config": model_base.to_dict(),
+        "codebook": codebook.model_dump(), "model_config": model_base.to_dict(),
         "best_all_auc": max(results, key=lambda r: r["all_auc"])["model"],
         "best_cold_auc": max(results, key=lambda r: r["cold_auc"])["model"],
         "seconds": round(time.perf_counter() - started, 1),
@@ -181,54 +189,65 @@ def train() -> None:
     """Retraining jobs (cron / Kubernetes CronJob): codebooks, ranker, all."""
 
 
-def _job_options(f: Any) -> Any:
-    options = [
-        click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-                     help="dataset folder (contract)"),
-        click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
-                     help="Parquet interaction logs (file or folder)"),
-        click.option("--items", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="items.jsonl when only logs are given"),
-        click.option("--registry", type=click.Path(path_type=Path), default=None, help="[settings.registry_dir]"),
-        click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="checkpoints [<home>/work]"),
-        click.option("--method", default=None, help="quantizer [settings.codebook.method]"),
-        click.option("--codebook-size", type=int, default=None),
-        click.option("--layers", type=int, default=None),
-        click.option("--alpha", type=float, default=None),
-        click.option("--model", "model_kind", default="mcca", show_default=True, help="mcca | din | din+sid"),
-        click.option("--epochs", default=3, show_default=True),
-        click.option("--lr", default=1e-3, show_default=True),
-        click.option("--batch-size", default=512, show_default=True),
-        click.option("--checkpoint-every", default=50, show_default=True, help="steps between checkpoints"),
-        click.option("--promote/--no-promote", default=True, show_default=True, help="make the new version live"),
-        click.option("--force", is_flag=True, help="new codebook version even if the inputs did not change"),
-        click.option("--fail-after-steps", type=int, default=None, hidden=True, help="crash drill"),
-        click.option("--json", "as_json", is_flag=True),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def _options(*options: Any) -> Any:
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+_common_options = _options(
+    click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                 help="dataset folder (contract)"),
+    click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
+                 help="Parquet interaction logs (file or folder)"),
+    click.option("--items", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                 help="items.jsonl when only logs are given"),
+    click.option("--registry", type=click.Path(path_type=Path), default=None, help="[settings.registry_dir]"),
+    click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="checkpoints [<home>/work]"),
+    click.option("--promote/--no-promote", default=True, show_default=True, help="make the new version LIVE"),
+    click.option("--fail-after-steps", type=int, default=None, hidden=True, help="crash drill"),
+    click.option("--json", "as_json", is_flag=True),
+)
+_codebook_options = _options(
+    click.option("--method", type=click.Choice(list(get_args(QuantizerMethod))), default=None,
+                 help="quantizer [settings.codebook.method]"),
+    click.option("--codebook-size", type=click.IntRange(min=2), default=None, help="K per layer [settings.codebook]"),
+    click.option("--layers", type=click.IntRange(min=1), default=None, help="[settings.codebook.layers]"),
+    click.option("--alpha", type=float, default=None, help="PSRQ prefix weight [settings.codebook.alpha]"),
+    click.option("--force", is_flag=True, help="new codebook version even if the inputs did not change"),
+)
+_ranker_options = _options(
+    click.option("--model", "model_kind", type=click.Choice(["mcca", "din", "din+sid"]), default="mcca",
+                 show_default=True),
+    click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True),
+    click.option("--lr", type=float, default=1e-3, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True),
+    click.option("--checkpoint-every", type=click.IntRange(min=0), default=50, show_default=True,
+                 help="steps between checkpoints"),
+)
 
 
 def _job_config(kw: dict[str, Any]) -> Any:
-    from trainer.codes import CodebookConfig
+    """JobConfig from the options given; codebook settings the options leave out come from
+    settings.codebook (anchor, prefix_scale, seed, min_points_per_code included)."""
     from trainer.jobs import JobConfig
     from trainer.models import ModelConfig
     from trainer.train_loop import TrainConfig
 
     s = _settings()
-    cb = s.codebook
-    codebook = CodebookConfig(method=kw["method"] or cb.method, codebook_size=kw["codebook_size"] or cb.codebook_size,
-                              layers=kw["layers"] or cb.layers, alpha=cb.alpha if kw["alpha"] is None else kw["alpha"],
-                              seed=cb.seed)
-    kind = kw["model_kind"]
+    overrides = {k: kw.get(k) for k in ("method", "codebook_size", "layers", "alpha")}
+    codebook = s.codebook.model_validate({**s.codebook.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    kind = kw.get("model_kind", "mcca")
     model = ModelConfig(kind="din", sid_codebook="text") if kind == "din+sid" else ModelConfig(kind=kind)
+    train_config = TrainConfig(epochs=kw.get("epochs", 3), lr=kw.get("lr", 1e-3), batch_size=kw.get("batch_size", 512),
+                               checkpoint_every=kw.get("checkpoint_every", 50))
     return JobConfig(
         registry=kw["registry"] or s.registry_dir, work_dir=kw["work_dir"] or s.home / "work", data=kw["data_dir"],
-        interactions=kw["interactions"], items=kw["items"], codebook=codebook, model=model,
-        train=TrainConfig(epochs=kw["epochs"], lr=kw["lr"], batch_size=kw["batch_size"],
-                          checkpoint_every=kw["checkpoint_every"]),
-        promote=kw["promote"], fail_after_steps=kw["fail_after_steps"], force=kw["force"],
+        interactions=kw["interactions"], items=kw["items"], codebook=codebook, model=model, train=train_config,
+        promote=kw["promote"], fail_after_steps=kw["fail_after_steps"], force=kw.get("force", False),
     )
 
 
@@ -244,28 +263,33 @@ def _report(kind: str, version: Any, as_json: bool) -> None:
 
 
 def _run_job(fn: Any, kw: dict[str, Any]) -> Any:
+    """Run a job; a user error (bad data, nothing to train on) is one line, a bug keeps its traceback."""
+    from sidstream.cli import UserError
     from trainer import ddp
     from trainer.dataset import DatasetContractError
+    from trainer.jobs import JobError
 
     config = _job_config(kw)
     with ddp.process_group(), _progress(ddp.is_main() and sys.stderr.isatty()) as on_progress:
         try:
             return fn(config, on_progress)
-        except (DatasetContractError, RuntimeError) as exc:
-            raise click.ClickException(str(exc)) from exc
+        except (DatasetContractError, JobError) as exc:
+            raise UserError(str(exc)) from exc
 
 
 @train.command("codebooks")
-@_job_options
+@_common_options
+@_codebook_options
 def train_codebooks_cmd(**kw: Any) -> None:
-    """Refit text / audio / joint codebooks, register a new version and announce it (LIVE)."""
+    """Refit text / audio / joint codebooks, register a new version and promote it (LIVE)."""
     from trainer.jobs import train_codebooks
 
     _report("codebooks", _run_job(train_codebooks, kw), kw["as_json"])
 
 
 @train.command("ranker")
-@_job_options
+@_common_options
+@_ranker_options
 def train_ranker_cmd(**kw: Any) -> None:
     """Train the ranker on the live codebooks (works under torchrun: DDP), register it."""
     from trainer.jobs import train_ranker
@@ -274,7 +298,9 @@ def train_ranker_cmd(**kw: Any) -> None:
 
 
 @train.command("all")
-@_job_options
+@_common_options
+@_codebook_options
+@_ranker_options
 def train_all_cmd(**kw: Any) -> None:
     """Codebooks, then the ranker on them."""
     from trainer.jobs import train_all

@@ -1,4 +1,4 @@
-"""`sidstream worker run|announce`: run Faust agents in this process."""
+"""`sidstream worker run`: run Faust agents in this process."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import sys
 
 import click
 
-from sidstream.config import get_settings
+from encoders.configured import configured_audio_encoder, configured_text_encoder
+from sidcore.config import get_settings
+from streams.admin.topics import TopicNames
 from streams.app import ROLES, WorkerDeps, build_app, registry_codebook_loader
-from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -20,22 +21,16 @@ def build_deps(roles: list[str]) -> WorkerDeps:
     deps = WorkerDeps(settings=s)
     e = s.encoders
     if "text" in roles:
-        from encoders import load_text_encoder
-
-        deps.text_encoder = load_text_encoder(e.text_model_dir, device=e.device, dtype=e.dtype, max_length=e.max_length, token_budget=e.token_budget)
+        deps.text_encoder = configured_text_encoder(e)
     if "audio" in roles:
-        from encoders import load_audio_encoder
-
-        deps.audio_encoder = load_audio_encoder(
-            e.audio_model, sample_rate=e.sample_rate, window_s=e.audio_window_s, max_windows=e.audio_max_windows, device=e.device, dtype=e.dtype
-        )
+        deps.audio_encoder = configured_audio_encoder(e)
     if "assigner" in roles:
         deps.codebook_loader = registry_codebook_loader(s.registry_dir)
         deps.codebooks = deps.codebook_loader()
         if deps.codebooks is None:
             raise click.ClickException(f"no live codebook version in {s.registry_dir}; run `sidstream train codebooks` or `sidstream demo`")
     if "writer" in roles or "logger" in roles:
-        from streams.feast_store import FeastSink, open_store
+        from streams.sinks.feast import FeastSink, open_store
 
         store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
         if "writer" in roles:
@@ -82,24 +77,3 @@ def run(roles: str, app_id: str | None, metrics_port: int, ready_file: str | Non
     worker_ = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     worker_.execute_from_commandline()
     sys.exit(0)
-
-
-@worker.command()
-@click.argument("version")
-def announce(version: str) -> None:
-    """Promote a registered codebook VERSION to live and announce it on codebooks.control."""
-    from confluent_kafka import Producer
-
-    from sidstream.registry import Registry
-    from streams import avro_codec
-    from streams.records import now_ms
-
-    s = get_settings()
-    av = Registry(s.registry_dir).promote("codebooks", version)
-    names = TopicNames(s.kafka.topic_prefix)
-    producer = Producer({"bootstrap.servers": s.kafka.bootstrap})
-    value = avro_codec.encode("CodebookControl", {"codebook_version": version, "path": str(av.path), "event_time": now_ms()})
-    producer.produce(names.control, key=version.encode(), value=value)
-    if producer.flush(15):
-        raise click.ClickException("control record not delivered")
-    click.echo(f"codebook version {version} is live and announced on {names.control}")

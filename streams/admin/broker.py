@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidstream.config import REPO_ROOT, KafkaSettings
+from sidcore.config import REPO_ROOT, KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def _kraft_cluster_id() -> str:
 
 
 def local_broker(settings: KafkaSettings | None = None, home: Path | None = None, cache_dir: Path | None = None) -> LocalBroker:
-    from sidstream.config import get_settings
+    from sidcore.config import get_settings
 
     s = get_settings()
     return LocalBroker(settings or s.kafka, home or (s.home / "kafka"), cache_dir or s.cache_dir)

@@ -22,60 +22,32 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sidstream.catalog import (
-    Track,
-    audio_tracks,
-    audio_windows,
-    embed_texts_cached,
-    fit_catalog_codebooks,
-    lastfm_tracks,
-)
-from sidstream.config import Settings, get_settings
-from sidstream.registry import Registry
+from sidcore.catalog import audio_tracks, lastfm_tracks
+from sidcore.config import Settings, get_settings
+from sidstream.harness import PipelineRun, ensure_codebooks, wait_until_readable
 from streams import avro_codec
-from streams.harness import PipelineRun, wait_until_readable
 
 log = logging.getLogger(__name__)
 
 
-def ensure_codebooks(settings: Settings, tracks: list[Track], audio: list[Track], console: Console) -> str:
-    """Return the live codebook version, fitting and registering one from the catalog if none."""
-    registry = Registry(settings.registry_dir)
-    live = registry.live("codebooks")
-    if live is not None:
-        return live.version
-    from encoders import load_audio_encoder, load_text_encoder
-
-    e = settings.encoders
-    with console.status("fitting the first codebook version from the catalog (cached afterwards)..."):
-        te = load_text_encoder(e.text_model_dir, device=e.device, dtype=e.dtype, max_length=e.max_length, token_budget=e.token_budget)
-        catalog = lastfm_tracks(settings.lastfm_dir)
-        text_X = embed_texts_cached(settings, te, [t.text for t in catalog])
-        audio_X = audio_text_X = None
-        audio_model_id = ""
-        if audio:
-            ae = load_audio_encoder(e.audio_model, sample_rate=e.sample_rate, window_s=e.audio_window_s, max_windows=e.audio_max_windows)
-            audio_X, owners = audio_windows([t.audio_path for t in audio if t.audio_path], ae, e.audio_window_s, max_windows=8)
-            audio_text_X = np.asarray(te.encode([audio[i].text for i in owners.tolist()]), dtype=np.float32)
-            audio_model_id = ae.model_id
-        version = fit_catalog_codebooks(settings, text_X, te.model_id, audio_X, audio_text_X, audio_model_id)
-    console.print(f"fitted codebook version [bold]{version.version}[/] on {len(text_X)} catalog texts")
-    return version.version
-
-
 def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout_s: float, console: Console) -> dict[str, Any]:
-    from streams.broker import local_broker
-    from streams.feast_store import open_store
+    from streams.admin.broker import local_broker
+    from streams.sinks.feast import open_store
 
     t0 = time.monotonic()
     broker = local_broker(settings.kafka, settings.home / "kafka", settings.cache_dir)
     with console.status(f"starting (or reusing) the local Kafka {settings.kafka.version} broker..."):
         broker.start()
-    tracks = lastfm_tracks(settings.lastfm_dir if settings.lastfm_dir.is_dir() else None, n_tracks)
-    audio = audio_tracks(settings.audio_dir, n_audio)
+    source = settings.lastfm_source
+    if source is None:
+        console.print("no Last.fm-2k folder configured (SIDSTREAM_LASTFM_DIR) and ../shared/data/lastfm-2k absent: "
+                      "using the 600-artist sample shipped in sidcore/data/sample")
+    tracks = lastfm_tracks(source, n_tracks)
+    audio = audio_tracks(settings.audio_source, n_audio)
     if len(audio) < n_audio:
-        console.print(f"[yellow]only {len(audio)} recordings under {settings.audio_dir} (install Debian's singularity-music)[/]")
-    version = ensure_codebooks(settings, tracks, audio, console)
+        console.print(f"[yellow]only {len(audio)} recordings under {settings.audio_source} (install Debian's singularity-music)[/]")
+    with console.status("checking for a live codebook version...") as status:
+        version = ensure_codebooks(settings, audio, on_status=status.update)
 
     run_dir = settings.home / "demo" / time.strftime("%Y%m%dT%H%M%S")
     # each run has its own topics and Feast store, so its counts are exactly its own
@@ -97,23 +69,44 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
         with Progress(TextColumn("[bold]tracks readable in Feast"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("feast", total=len(expected))
             latency = wait_until_readable(store, expected, produced_at, timeout_s, on_progress=lambda n: progress.update(task, completed=n))
-        dead = run.count_dlq()
+        dead = run.dead_letters()
+        emitted = run.assigned()
     finally:
         run.stop_workers()
-    from streams.feast_store import read_sids
+    from streams.sinks.feast import read_sids
 
+    final = read_sids(store, list(expected))
     sample = read_sids(store, [t.track_id for t in (tracks[:3] + audio[:2])])
     lat = np.array(list(latency.values())) if latency else np.array([np.nan])
     summary = {
         "tracks": len(expected),
-        "assigned": len(latency),
-        "dlq": sum(len(v) for v in dead.values()),
-        "feast_read": len(latency),
+        **outcome_counts(expected, emitted, final, dead),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)},
         "broker": f"kafka {settings.kafka.version}",
     }
     _print_summary(console, summary, dead, sample, version, run, time.monotonic() - t0, len(tracks), len(audio))
     return summary
+
+
+def outcome_counts(
+    expected: dict[str, str], emitted: list[dict[str, Any]], feast_rows: Any, dead: dict[str, list[Any]]
+) -> dict[str, int]:
+    """Three counts from three sources: `assigned` from the SID records the assigner emitted,
+    `feast_read` from what Feast returns, `dlq` from the dead-letter topics. Each counts the
+    expected tracks that have their expected SID column ("text_sid" or "joint_sid") there."""
+    emitted_with = {(r["track_id"], column) for r in emitted for column in ("text_sid", "joint_sid") if r.get(column)}
+    by_id = feast_rows.set_index("track_id")
+    in_feast = sum(1 for t, column in expected.items()
+                   if t in by_id.index and _present(by_id.at[t, column]))
+    return {
+        "assigned": sum(1 for t, column in expected.items() if (t, column) in emitted_with),
+        "dlq": sum(len(v) for v in dead.values()),
+        "feast_read": in_feast,
+    }
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and len(value) > 0
 
 
 def _send_bad_records(producer: Any, run: PipelineRun) -> None:
@@ -141,7 +134,8 @@ def _print_summary(console: Console, s: dict[str, Any], dead: dict[str, Any], sa
 @click.command()
 @click.option("--tracks", "n_tracks", default=600, show_default=True, help="Last.fm artists to stream")
 @click.option("--audio", "n_audio", default=16, show_default=True, help="recordings to stream (from --audio-dir)")
-@click.option("--audio-dir", type=click.Path(path_type=Path), default=None, help="folder of audio files (default: settings.audio_dir)")
+@click.option("--audio-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="folder of audio files (default: settings.audio_dir)")
 @click.option("--no-bad", is_flag=True, help="do not send the two deliberately bad records")
 @click.option("--timeout", default=240.0, show_default=True, help="seconds to wait for Feast")
 @click.option("--json", "as_json", is_flag=True, help="end with exactly one JSON summary line")

@@ -11,12 +11,13 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import click
 import numpy as np
 
 from psrq.base import F32
+from sidcore.config import QuantizerMethod
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,40 +85,39 @@ def codebook() -> None:
 
 
 @codebook.command()
-@click.option("--method", type=click.Choice(["psrq", "rq", "vq", "pq", "rqvae"]), default="psrq", show_default=True)
+@click.option("--method", type=click.Choice(list(get_args(QuantizerMethod))), default=None, help="[settings.codebook.method]")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), required=True, help="X.npy, float32 [n, d]")
-@click.option("--layers", type=int, default=3, show_default=True)
-@click.option("--codebook-size", type=int, default=256, show_default=True, help="K per layer")
-@click.option("--alpha", type=float, default=1.0, show_default=True, help="PSRQ prefix weight (1 = the paper)")
-@click.option("--prefix-scale", type=click.Choice(["none", "residual_norm", "residual_spread"]), default="none", show_default=True)
-@click.option("--anchor", type=click.Choice(["prefix", "input"]), default="prefix", show_default=True,
-              help="PSRQ semantic half: quantized prefix (paper) or the input embedding (variant)")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--layers", type=int, default=None, help="[settings.codebook.layers]")
+@click.option("--codebook-size", type=int, default=None, help="K per layer [settings.codebook.codebook_size]")
+@click.option("--alpha", type=float, default=None, help="PSRQ prefix weight, 1 = the paper [settings.codebook.alpha]")
+@click.option("--prefix-scale", type=click.Choice(["none", "residual_norm", "residual_spread"]), default=None,
+              help="[settings.codebook.prefix_scale]")
+@click.option("--anchor", type=click.Choice(["prefix", "input"]), default=None,
+              help="PSRQ semantic half: quantized prefix (paper) or the input embedding (variant) [settings.codebook.anchor]")
+@click.option("--seed", type=int, default=None, help="[settings.codebook.seed]")
+@click.option("--min-points-per-code", type=int, default=None, help="K is capped at rows // this [settings.codebook]")
 @click.option("--normalisation", default="none", show_default=True, help="recorded in the manifest")
 @click.option("--parent", type=click.Path(path_type=Path), default=None, help="parent version to align codes to")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @_guarded
-def fit(
-    method: str, input_path: Path, layers: int, codebook_size: int, alpha: float, prefix_scale: str,
-    anchor: str, seed: int, normalisation: str, parent: Path | None, out_dir: Path,
-) -> None:  # fmt: skip
-    """Fit a codebook on X.npy and write a versioned artifact directory."""
+def fit(input_path: Path, normalisation: str, parent: Path | None, out_dir: Path, **overrides: Any) -> None:
+    """Fit a codebook on X.npy and write a versioned artifact directory (settings.codebook,
+    with the options given on top; K is capped as in every fit: psrq.fitting)."""
     from psrq.align import align_to_parent, churn_report
     from psrq.artifact import load_codebook, save_codebook
-    from psrq.factory import make_quantizer
+    from psrq.fitting import fit_codebook
     from psrq.health import health_report
+    from sidcore.config import get_settings
 
-    if layers < 1 or codebook_size < 1:
-        _fail(f"--layers and --codebook-size must be >= 1 (got {layers}, {codebook_size})")
+    base = get_settings().codebook
+    spec = base.model_validate({**base.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
     X = load_matrix(input_path)
-    options: dict[str, Any] = {"prefix_scale": prefix_scale, "anchor": anchor} if method == "psrq" else {}
-    q = make_quantizer(method, [codebook_size] * layers, seed=seed, alpha=alpha, **options)
     parent_q = None
     if parent is not None:
         parent_q, _ = load_codebook(parent)
         if parent_q.dim != X.shape[1]:
             _fail(f"parent dim {parent_q.dim} != input dim {X.shape[1]}")
-    q.fit(X)
+    q = fit_codebook(X, spec)
     metrics: dict[str, Any] = {"health": health_report(q, X)}
     if parent_q is not None:
         aligned = align_to_parent(q, parent_q, X)
@@ -206,6 +206,33 @@ def report(
                   f"hourglass ratio {rep['hourglass_ratio']}")  # fmt: skip
 
 
-def main() -> None:  # pragma: no cover - `python -m psrq.cli`
+def main() -> None:  # pragma: no cover - `python -m sidstream.commands.codebook`
     codebook(prog_name="codebook")
     sys.exit(0)
+
+
+@codebook.command()
+@click.argument("version")
+@click.option("--publish/--no-publish", default=True, show_default=True,
+              help="also publish the version on the codebooks.control topic (assigners reload at once)")
+def promote(version: str, publish: bool) -> None:
+    """Make a registered codebook VERSION the live one (assigners switch to it)."""
+    from sidcore.config import get_settings
+    from sidcore.registry import Registry
+    from sidstream.cli import UserError
+    from streams.admin.topics import TopicNames
+    from streams.control import PublishError, publish_codebook_version
+
+    s = get_settings()
+    try:
+        av = Registry(s.registry_dir).promote("codebooks", version)
+    except (KeyError, FileNotFoundError, ValueError) as exc:
+        raise UserError(f"cannot promote {version}: {exc}") from exc
+    click.echo(f"codebook version {version} is live")
+    if publish:
+        topic = TopicNames(s.kafka.topic_prefix).control
+        try:
+            publish_codebook_version(s.kafka.bootstrap, topic, version, str(av.path))
+        except PublishError as exc:
+            raise UserError(f"{exc} (the version is live; assigners pick it up at their next registry poll)") from exc
+        click.echo(f"published on {topic}")

@@ -1,7 +1,7 @@
 """Reader for HetRec 2011 Last.fm-2k (artists as items, tags as text).
 
 The data set is read from a configurable folder (default ``../shared/data/lastfm-2k``);
-a small derived sample ships in ``sidstream/data/sample`` for fresh clones.
+a small derived sample ships in ``sidcore/data/sample`` for fresh clones.
 """
 
 from __future__ import annotations
@@ -100,8 +100,11 @@ def item_text(name: str, tags: list[str]) -> str:
 
 
 def load_items(folder: Path | None, top_tags: int = 5) -> pd.DataFrame:
-    """Items from the full data set when `folder` holds it, else from the shipped sample."""
-    if folder is not None and (folder / "artists.dat").is_file():
+    """Items from the full data set in `folder`; None: the 600-artist sample shipped with sidcore.
+    A folder that is not a Last.fm-2k copy is a DatasetError, never a quiet fall-back."""
+    if folder is not None:
+        if not (folder / "artists.dat").is_file():
+            raise DatasetError(f"{folder} is not a Last.fm-2k folder (no artists.dat)")
         return artist_items(folder, top_tags)
     rows = [json.loads(line) for line in SAMPLE_PATH.read_text(encoding="utf-8").splitlines() if line]
     return pd.DataFrame(rows, columns=["item_id", "name", "tags"])

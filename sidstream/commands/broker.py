@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from streams.broker import BrokerError, local_broker
+from streams.admin.broker import BrokerError, local_broker
 
 
 @click.group()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from confluent_kafka.admin import AdminClient
 
-from sidstream.config import get_settings
-from streams.topics import TopicNames, create_topics
+from sidcore.config import get_settings
+from streams.admin.topics import TopicNames, create_topics
 
 
 @click.group()

@@ -35,7 +35,7 @@ from feast.data_source import DataSource, PushSource
 
 log = logging.getLogger(__name__)
 
-DEFINITIONS_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
+DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 PROJECT = "sidstream"
 PROFILES = ("local", "redis")
 _STAMP = ".applied"

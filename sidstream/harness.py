@@ -6,7 +6,6 @@ benchmark and the integration tests, so that all three measure the same thing.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -14,17 +13,50 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
-from sidstream.config import Settings
+from sidcore.catalog import Track, lastfm_tracks
+from sidcore.config import Settings, dump_settings
+from streams.admin.topics import TopicNames, create_topics, dlq
 from streams.producer import TrackProducer
-from streams.topics import TopicNames, create_topics, dlq
 
 log = logging.getLogger(__name__)
 
 WORKER_GROUPS = (("text", "audio"), ("assigner", "writer"))
+
+
+def ensure_codebooks(settings: Settings, audio: list[Track], on_status: Callable[[str], Any] | None = None) -> str:
+    """The live codebook version; if there is none, fit the first one from the catalog
+    (the Last.fm texts and `audio`'s recordings), register and promote it."""
+    from sidcore.registry import Registry
+
+    live = Registry(settings.registry_dir).live("codebooks")
+    if live is not None:
+        return live.version
+    from encoders.catalog import audio_windows, embed_texts_cached, track_text
+    from encoders.configured import configured_audio_encoder, configured_text_encoder
+    from trainer.jobs import bootstrap_codebooks
+
+    if on_status is not None:
+        on_status("fitting the first codebook version from the catalog (cached afterwards)...")
+    e = settings.encoders
+    te = configured_text_encoder(e)
+    catalog = lastfm_tracks(settings.lastfm_source)
+    text_X = embed_texts_cached(settings.cache_dir, te, [track_text(t) for t in catalog])
+    audio_X = audio_text_X = None
+    audio_model_id = ""
+    paths = [t.audio_path for t in audio if t.audio_path]
+    if paths:
+        ae = configured_audio_encoder(e)
+        audio_X, owners = audio_windows(paths, ae, e.audio_window_s, max_windows=8)
+        audio_text_X = np.asarray(te.encode([track_text(audio[i]) for i in owners.tolist()]), dtype=np.float32)
+        audio_model_id = ae.model_id
+    version = bootstrap_codebooks(settings, text_X, te.model_id, audio_X, audio_text_X, audio_model_id)
+    log.info("fitted codebook version %s on %d catalog texts", version.version, len(text_X))
+    return version.version
 
 
 @dataclass
@@ -38,25 +70,13 @@ class PipelineRun:
     def names(self) -> TopicNames:
         return TopicNames(self.prefix)
 
-    def env(self) -> dict[str, str]:
-        s = self.settings
-        env = dict(os.environ)
-        env.update(
-            SIDSTREAM_HOME=str(s.home),
-            SIDSTREAM_CACHE_DIR=str(s.cache_dir),
-            SIDSTREAM_REGISTRY_ROOT=str(s.registry_dir),
-            SIDSTREAM_FEAST_ROOT=str(s.feast_dir),
-            SIDSTREAM_KAFKA__HOST=s.kafka.host,
-            SIDSTREAM_KAFKA__PORT=str(s.kafka.port),
-            SIDSTREAM_KAFKA__PARTITIONS=str(s.kafka.partitions),
-            SIDSTREAM_KAFKA__TOPIC_PREFIX=self.prefix,
-            SIDSTREAM_ENCODERS__AUDIO_MODEL=s.encoders.audio_model,
-            SIDSTREAM_STREAM__BATCH_SIZE=str(s.stream.batch_size),
-            SIDSTREAM_STREAM__BATCH_TIMEOUT_S=str(s.stream.batch_timeout_s),
-        )
-        if s.encoders.text_model_dir:
-            env["SIDSTREAM_ENCODERS__TEXT_MODEL_DIR"] = s.encoders.text_model_dir
-        return env
+    @property
+    def worker_settings(self) -> Settings:
+        """The run's settings, whole, as the workers get them: only the topic prefix differs."""
+        return self.settings.model_copy(update={"kafka": self.settings.kafka.model_copy(update={"topic_prefix": self.prefix})})
+
+    def settings_file(self) -> Path:
+        return dump_settings(self.worker_settings, self.run_dir / "settings.json")
 
     def create_topics(self) -> None:
         k = self.settings.kafka
@@ -65,6 +85,7 @@ class PipelineRun:
     def start_workers(self, groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS, timeout_s: float = 180.0) -> None:
         """Start one worker process per role group and wait until each has its partitions."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        settings_file = self.settings_file()
         ready_files = []
         for roles in groups:
             name = "-".join(roles)
@@ -72,8 +93,9 @@ class PipelineRun:
             ready.unlink(missing_ok=True)
             ready_files.append(ready)
             logf = open(self.run_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - owned by the child
-            cmd = [sys.executable, "-m", "sidstream.cli", "--log-level", "INFO", "worker", "run", "--roles", ",".join(roles), "--ready-file", str(ready)]
-            self.processes.append(subprocess.Popen(cmd, env=self.env(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            cmd = [sys.executable, "-m", "sidstream.cli", "--settings", str(settings_file), "--log-level", "INFO",
+                   "worker", "run", "--roles", ",".join(roles), "--ready-file", str(ready)]
+            self.processes.append(subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         deadline = time.monotonic() + timeout_s
         while not all(f.exists() for f in ready_files):
             for p, roles in zip(self.processes, groups, strict=False):
@@ -103,33 +125,41 @@ class PipelineRun:
         s = self.settings
         return TrackProducer(s.kafka.bootstrap, self.names.metadata, self.names.audio, s.stream.inline_audio_max_bytes, s.kafka.max_message_bytes)
 
-    def count_dlq(self, timeout_s: float = 10.0) -> dict[str, list[dict[str, object]]]:
-        """Read every dead letter of this run from the broker: topic -> decoded records."""
-        from streams import avro_codec
-
+    def dead_letters(self, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
+        """Every dead letter of this run, read from the broker: DLQ topic -> decoded records."""
         topics = [dlq(t) for t in (self.names.metadata, self.names.audio, self.names.emb_text, self.names.emb_audio, self.names.sids)]
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap, "group.id": f"{self.prefix}dlq-reader-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
-        out: dict[str, list[dict[str, object]]] = {}
-        try:
-            for topic in topics:
-                md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-                parts = [TopicPartition(topic, p, 0) for p in md.partitions]
-                ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout_s)[1] for p in parts}
-                total = sum(ends.values())
-                records: list[dict[str, object]] = []
-                if total:
-                    consumer.assign(parts)
-                    deadline = time.monotonic() + timeout_s
-                    while len(records) < total and time.monotonic() < deadline:
-                        msg = consumer.poll(0.5)
-                        if msg is None or msg.error():
-                            continue
-                        records.append(avro_codec.decode(msg.value(), expected="DeadLetter")[1])
-                    consumer.unassign()
-                out[topic] = records
-        finally:
-            consumer.close()
-        return out
+        return read_topics(self.settings.kafka.bootstrap, topics, "DeadLetter", timeout_s)
+
+    def assigned(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """Every SID record the assigner emitted in this run, read from the broker."""
+        return read_topics(self.settings.kafka.bootstrap, [self.names.sids], "SidAssigned", timeout_s)[self.names.sids]
+
+
+def read_topics(bootstrap: str, topics: list[str], schema: str, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
+    """All records now in `topics` (up to each partition's high watermark), decoded as `schema`."""
+    from streams import avro_codec
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    out: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for topic in topics:
+            md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+            parts = [TopicPartition(topic, p, 0) for p in md.partitions]
+            total = sum(consumer.get_watermark_offsets(p, timeout=timeout_s)[1] for p in parts)
+            records: list[dict[str, Any]] = []
+            if total:
+                consumer.assign(parts)
+                deadline = time.monotonic() + timeout_s
+                while len(records) < total and time.monotonic() < deadline:
+                    msg = consumer.poll(0.5)
+                    if msg is None or msg.error():
+                        continue
+                    records.append(avro_codec.decode(msg.value(), expected=schema)[1])
+                consumer.unassign()
+            out[topic] = records
+    finally:
+        consumer.close()
+    return out
 
 
 def wait_until_readable(
@@ -145,7 +175,7 @@ def wait_until_readable(
     Returns track_id -> latency in ms from produce to first seen readable. `produced_at` may
     still be filling (a paced producer in another thread): only produced tracks are polled.
     """
-    from streams.feast_store import read_sids
+    from streams.sinks.feast import read_sids
 
     pending = dict(expected)
     latency: dict[str, float] = {}

@@ -88,7 +88,7 @@ def encode() -> None:
 def text_command(input_path: Path, out: Path, ids: Path | None, model_dir: str | None, device: str | None,
                  dtype: str | None, trust_remote_code: bool, strict: bool) -> None:
     """Embed a JSON-lines file of text items."""
-    from sidstream.config import get_settings
+    from sidcore.config import get_settings
 
     settings = get_settings().encoders
     good, bad = read_text_items(input_path)
@@ -126,7 +126,7 @@ def audio_command(inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], out: 
 
     from encoders.audio import load_audio_encoder
     from encoders.audio_io import AudioDecodeError, decode_audio, list_audio_files
-    from sidstream.config import get_settings
+    from sidcore.config import get_settings
 
     settings = get_settings().encoders
     files = list_audio_files([*inputs, *more_inputs])

