@@ -6,7 +6,7 @@ Heavy modules (transformers, the musicnn port, HF audio) are imported only when 
 from encoders.audio import AudioEncoder, LogMelEncoder, load_audio_encoder, split_windows, validate_waveform
 from encoders.audio_io import AudioDecodeError, decode_audio
 from encoders.base import Encoder, EncoderInputError, l2_normalise
-from encoders.text import TextEncoder, build_track_text, load_text_encoder, validate_text
+from encoders.text import TextEncoder, build_track_text, classify_text, load_text_encoder, validate_text
 
 __all__ = [
     "AudioDecodeError",
@@ -16,6 +16,7 @@ __all__ = [
     "LogMelEncoder",
     "TextEncoder",
     "build_track_text",
+    "classify_text",
     "decode_audio",
     "l2_normalise",
     "load_audio_encoder",

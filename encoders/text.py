@@ -80,19 +80,32 @@ def build_track_text(meta: Mapping[str, Any]) -> str:
     return ". ".join(s.rstrip(".") for s in sentences if s) + ("." if sentences else "")
 
 
-def validate_text(text: Any) -> str | None:
-    """None if `text` can be embedded, else a one-line reason."""
+MAX_TEXT_CHARS = 100_000  # far beyond any model's max_length; longer is a broken record, not a track
+
+
+def classify_text(text: Any) -> tuple[str, str] | None:
+    """None if `text` can be embedded, else (error_type, one-line reason)."""
     if not isinstance(text, str):
-        return f"not a string (got {type(text).__name__})"
+        return "not_string", f"not a string (got {type(text).__name__})"
+    if not text:
+        return "empty_text", "empty text"
+    if len(text) > MAX_TEXT_CHARS:
+        return "text_too_long", f"text of {len(text)} characters exceeds {MAX_TEXT_CHARS}"
     if not text.strip():
-        return "empty text" if not text else "whitespace-only text"
+        return "empty_text", "whitespace-only text"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return f"not valid UTF-8 (undecodable byte or lone surrogate at character {exc.start})"
+        return "bad_unicode", f"not valid UTF-8 (undecodable byte or lone surrogate at character {exc.start})"
     if "\x00" in text:
-        return "contains a NUL character"
+        return "nul_in_text", "contains a NUL character"
     return None
+
+
+def validate_text(text: Any) -> str | None:
+    """None if `text` can be embedded, else a one-line reason."""
+    problem = classify_text(text)
+    return None if problem is None else problem[1]
 
 
 def default_text_model_dir() -> Path:

@@ -50,7 +50,9 @@ class StreamSettings(_Frozen):
     batch_size: int = Field(64, ge=1)
     batch_timeout_s: float = Field(0.2, gt=0)
     inline_audio_max_bytes: int = Field(4_000_000, ge=0, description="larger files travel as file:// URIs")
-    audio_wait_s: float = Field(600.0, ge=0, description="bounded wait for a late modality")
+    audio_wait_s: float = Field(600.0, ge=0, description="bounded wait for a late modality (join table entries)")
+    retry_budget_s: float = Field(120.0, gt=0, description="a failing batch is retried this long, then dead-lettered whole")
+    session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")
     web_port: int = 16066
 
 

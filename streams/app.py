@@ -1,10 +1,13 @@
-"""The Faust application: four agents (text encoder, audio encoder, PSRQ assigner, Feast
-writer), each a thin loop around a function of ``streams.processing``.
+"""The Faust application: five agents (text encoder, audio encoder, PSRQ assigner, Feast
+writer, interaction logger), each a thin loop around a function of ``streams.processing``.
 
-Batching: every agent takes up to ``stream.batch_size`` events or waits at most
-``stream.batch_timeout_s``. Outputs and dead letters of a batch are produced and their
-delivery awaited *before* the loop asks for the next batch; Faust acks (and later commits)
-an event's offset only after that, so offsets advance only after the sink write.
+Every agent takes up to ``stream.batch_size`` events or waits at most
+``stream.batch_timeout_s`` with ``noack_take`` (Faust's manual-ack batching; ``take_events``
+acks its batch in a ``finally`` even when the body raised), runs the batch through
+``streams.batching.process_batch`` (outputs, kept records and dead letters produced and their
+delivery awaited, sinks written; transient faults retried; a batch that exhausts its retries
+dead-lettered whole) and only then acks its events. Faust commits acked offsets up to the
+first un-acked one, so a crash re-reads every batch that was not fully done.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import json
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +27,17 @@ from faust.streams import _current_event  # table writes take their partition fr
 from sidcore.config import Settings
 from streams import metrics
 from streams.admin.topics import TopicNames, dlq
+from streams.batching import RetryPolicy, process_batch
 from streams.processing import (
     ActiveCodebooks,
     assign_batch,
+    decode_interactions,
     decode_sid_batch,
     encode_audio_batch,
     encode_text_batch,
+    update_history,
 )
-from streams.records import BatchResult, RawRecord, now_ms
+from streams.records import BatchResult, DeadLetter, RawRecord, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ ROLES = ("text", "audio", "assigner", "writer", "logger")
 
 @dataclass
 class WorkerDeps:
-    """What the agents need, built lazily in the worker process (models are heavy)."""
+    """What the agents need, built in the worker process (models are heavy)."""
 
     settings: Settings
     text_encoder: Any = None
@@ -48,7 +54,8 @@ class WorkerDeps:
     codebooks: ActiveCodebooks | None = None
     codebook_loader: Callable[[], ActiveCodebooks | None] | None = None
     feast_sink: Any = None
-    history_sink: Any = None  # its own sink: the writer and logger flush from different threads
+    history_sink: Any = None  # its own sink: the writer and logger write from different threads
+    kept: Any = None  # streams.kept.KeptEmbeddings (assigner)
 
 
 def _event_binder(events: Sequence[Any]) -> Callable[[RawRecord], None]:
@@ -83,6 +90,8 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         web_enabled=False,
         broker_commit_every=100,
         broker_commit_interval=1.0,
+        broker_session_timeout=s.stream.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, s.stream.session_timeout_s / 10),
         producer_acks=-1,
         producer_max_request_size=s.kafka.max_message_bytes,
         consumer_max_fetch_size=2 * s.kafka.max_message_bytes,
@@ -91,81 +100,102 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         datadir=str(datadir),
     )
     batch, within = s.stream.batch_size, s.stream.batch_timeout_s
+    policy = RetryPolicy(budget_s=s.stream.retry_budget_s)
+    max_bytes = s.kafka.max_message_bytes
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, partitions=s.kafka.partitions, internal=False)
 
     async def publish(result: BatchResult, out_topic: str | None, worker: str) -> None:
+        """Produce the batch's outputs, kept records and dead letters; return once the broker
+        confirmed every one of them (acks=all)."""
         futures = []
         if out_topic is not None:
             futures = [await app.producer.send(out_topic, key, value, None, None, None) for key, value in result.outputs]
+        kept_offsets: list[tuple[int, Any]] = []
+        for partition, key, value in result.kept:
+            fut = await app.producer.send(names.kept, key, value, partition, None, None)
+            kept_offsets.append((partition, fut))
+            futures.append(fut)
         for dead in result.dead:
             dlq_topic = dlq(dead.source.topic)
-            futures.append(await app.producer.send(dlq_topic, (dead.track_id or "").encode(), dead.encode(worker), None, None, None))
-            metrics.count_dlq(worker, dlq_topic, dead.error_type)
-            log.warning("%s -> %s: %s", worker, dlq_topic, dead.reason)
+            futures.append(await app.producer.send(dlq_topic, (dead.track_id or "").encode(), dead.encode(worker, max_bytes), None, None, None))
         if futures:
             await asyncio.gather(*futures)  # delivery confirmed before the batch's offsets are acked
+        for dead in result.dead:
+            metrics.count_dlq(worker, dlq(dead.source.topic), dead.error_type)
+            log.warning("%s -> %s: %s", worker, dlq(dead.source.topic), dead.reason)
+        if kept_offsets and deps.kept is not None:
+            last: dict[int, int] = {}
+            for partition, fut in kept_offsets:
+                last[partition] = max(last.get(partition, -1), fut.result().offset)
+            deps.kept.mark_written(names.kept, last)
         metrics.count_ok(worker, len(result.outputs))
 
+    async def dead_letter_all(events: Sequence[Any], worker: str, reason: str) -> None:
+        result = BatchResult(dead=[DeadLetter(raw, reason, "retries_exhausted", _key_str(raw)) for raw in map(_raw, events)])
+        await publish(result, None, worker)
+
+    def consume(worker: str, handle: Callable[[Sequence[Any]], Awaitable[None]]) -> Callable[[faust.StreamT], Any]:
+        async def agent(stream: faust.StreamT) -> None:
+            async for events in stream.noack_take(batch, within=within):
+                with metrics.BATCH_SECONDS.labels(worker).time():
+                    await process_batch(events, worker, handle, lambda evs, why: dead_letter_all(evs, worker, why), policy)
+                for event in events:
+                    await stream.ack(event)
+                _record_lag(app, worker, events)
+
+        return agent
+
     if "text" in roles:
+        from encoders import build_track_text, classify_text
 
-        @app.agent(topic(names.metadata), name="text-encoder")
-        async def text_encoder(stream: faust.StreamT) -> None:
-            from encoders import build_track_text, validate_text
+        async def handle_text(events: Sequence[Any]) -> None:
+            raws = [_raw(e) for e in events]
+            result = await asyncio.to_thread(encode_text_batch, raws, deps.text_encoder, build_track_text, classify_text)
+            await publish(result, names.emb_text, "text")
 
-            async for events in stream.take_events(batch, within=within):
-                with metrics.BATCH_SECONDS.labels("text").time():
-                    raws = [_raw(e) for e in events]
-                    result = await asyncio.to_thread(encode_text_batch, raws, deps.text_encoder, build_track_text, validate_text)
-                    await publish(result, names.emb_text, "text")
+        app.agent(topic(names.metadata), name="text-encoder")(consume("text", handle_text))
 
     if "audio" in roles:
+        from encoders import decode_audio
 
-        @app.agent(topic(names.audio), name="audio-encoder")
-        async def audio_encoder(stream: faust.StreamT) -> None:
-            from encoders import decode_audio
+        async def handle_audio(events: Sequence[Any]) -> None:
+            raws = [_raw(e) for e in events]
+            result = await asyncio.to_thread(
+                encode_audio_batch, raws, deps.audio_encoder, decode_audio,
+                s.stream.inline_audio_max_bytes, s.encoders.audio_max_bytes,
+            )  # fmt: skip
+            await publish(result, names.emb_audio, "audio")
 
-            async for events in stream.take_events(batch, within=within):
-                with metrics.BATCH_SECONDS.labels("audio").time():
-                    raws = [_raw(e) for e in events]
-                    result = await asyncio.to_thread(
-                        encode_audio_batch, raws, deps.audio_encoder, decode_audio,
-                        s.stream.inline_audio_max_bytes, s.encoders.audio_max_bytes,
-                    )  # fmt: skip
-                    await publish(result, names.emb_audio, "audio")
+        app.agent(topic(names.audio), name="audio-encoder")(consume("audio", handle_audio))
 
     if "assigner" in roles:
-        # keys and values are bytes (the app's serializers are raw); values are compact JSON
-        state = app.Table("assigner-state", default=None, partitions=s.kafka.partitions, key_type=bytes, value_type=bytes)
+        from psrq import joint_embedding
 
-        class _StateView:
-            """track_id (str) -> entry, over the Faust table (keys are bytes on the wire)."""
+        async def handle_assign(events: Sequence[Any]) -> None:
+            _maybe_reload_codebooks(deps)
+            deps.kept.expire()
+            result = await asyncio.to_thread(assign_batch, [_raw(e) for e in events], deps.kept, deps.codebooks, joint_embedding)
+            await publish(result, names.sids, "assigner")
+            metrics.JOIN_WAITING.set(deps.kept.waiting)
 
-            def get(self, key: str, default: Any = None) -> Any:
-                value = state.get(key.encode())
-                return default if value is None else json.loads(value)
+        app.agent(app.topic(names.emb_text, names.emb_audio, partitions=s.kafka.partitions), name="psrq-assigner")(
+            consume("assigner", handle_assign)
+        )
 
-            def __getitem__(self, key: str) -> Any:
-                return json.loads(state[key.encode()])
-
-            def __setitem__(self, key: str, value: Any) -> None:
-                state[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
-
-        @app.agent(app.topic(names.emb_text, names.emb_audio, partitions=s.kafka.partitions), name="psrq-assigner")
-        async def assigner(stream: faust.StreamT) -> None:
-            from psrq import joint_embedding
-
-            view = _StateView()
-            async for events in stream.take_events(batch, within=within):
-                with metrics.BATCH_SECONDS.labels("assigner").time():
-                    _maybe_reload_codebooks(deps)
-                    result = assign_batch([_raw(e) for e in events], view, deps.codebooks, joint_embedding, _event_binder(events))  # type: ignore[arg-type]
-                    await publish(result, names.sids, "assigner")
+        @app.on_partitions_assigned.connect
+        async def _restore_kept(sender: object, assigned: Any, **_: object) -> None:
+            partitions = sorted({tp.partition for tp in assigned if tp.topic in (names.emb_text, names.emb_audio)})
+            if partitions:
+                n = await asyncio.to_thread(deps.kept.restore_from, s.kafka.bootstrap, names.kept, partitions)
+                metrics.KEPT_ROWS.set(deps.kept.count())
+                log.info("kept embeddings: caught up partitions %s (+%d records)", partitions, n)
 
         @app.timer(interval=5.0)
         async def watch_codebooks() -> None:
             _maybe_reload_codebooks(deps)
+            metrics.JOIN_WAITING.set(deps.kept.waiting)
 
         @app.agent(app.topic(names.control, partitions=1), name="codebook-control")
         async def codebook_control(stream: faust.StreamT) -> None:
@@ -177,65 +207,83 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                 except avro_codec.DecodeError as exc:
                     log.warning("ignoring bad control record: %s", exc)
                     continue
-                log.info("control: codebook version %s announced", rec["codebook_version"])
+                log.info("control: codebook version %s published", rec["codebook_version"])
                 _maybe_reload_codebooks(deps)
 
     if "writer" in roles:
+        from streams.sinks.feast import SidRow
 
-        @app.agent(topic(names.sids), name="feast-writer")
-        async def feast_writer(stream: faust.StreamT) -> None:
-            from streams.sinks.feast import SidRow
+        async def handle_write(events: Sequence[Any]) -> None:
+            raws = [_raw(e) for e in events]
+            rows, dead = decode_sid_batch(raws)
+            sid_rows = [
+                SidRow(
+                    track_id=r["track_id"], event_time_ms=r["event_time"], codebook_version=r["codebook_version"],
+                    text_sid=_tuple(r["text_sid"]), audio_sid=_tuple(r["audio_sid"]), joint_sid=_tuple(r["joint_sid"]),
+                    text_model_id=r["text_model_id"], audio_model_id=r["audio_model_id"],
+                )
+                for _, r in rows
+            ]  # fmt: skip
+            written = await asyncio.to_thread(deps.feast_sink.write, sid_rows)
+            source = {id(row): raw for row, (raw, _) in zip(sid_rows, rows, strict=True)}
+            for row, reason in written.rejected:
+                metrics.STORE_REJECTED.labels("track_sids").inc()
+                dead.append(DeadLetter(source[id(row)], f"track {row.track_id}: the online store rejected the row: {reason}",
+                                       "store_rejected", row.track_id))
+            await publish(BatchResult(dead=dead), None, "writer")
+            written_at = now_ms()
+            for _, r in rows:
+                metrics.PRODUCE_TO_FEAST.observe(max(0, written_at - r["ingest_time"]) / 1000)
 
-            async for events in stream.take_events(batch, within=within):
-                with metrics.BATCH_SECONDS.labels("writer").time():
-                    rows, dead = decode_sid_batch([_raw(e) for e in events])
-                    if rows:
-                        sid_rows = [
-                            SidRow(
-                                track_id=r["track_id"], event_time_ms=r["event_time"], codebook_version=r["codebook_version"],
-                                text_sid=_tuple(r["text_sid"]), audio_sid=_tuple(r["audio_sid"]), joint_sid=_tuple(r["joint_sid"]),
-                                text_model_id=r["text_model_id"], audio_model_id=r["audio_model_id"],
-                            )
-                            for r in rows
-                        ]  # fmt: skip
-                        deps.feast_sink.add(sid_rows)
-                        await asyncio.to_thread(deps.feast_sink.flush)
-                        written_at = now_ms()
-                        for r in rows:
-                            metrics.PRODUCE_TO_FEAST.observe(max(0, written_at - r["ingest_time"]) / 1000)
-                    await publish(BatchResult(dead=dead), None, "writer")
-                    metrics.count_ok("writer", len(rows))
+        app.agent(topic(names.sids), name="feast-writer")(consume("writer", handle_write))
 
     if "logger" in roles:
         history = app.Table("user-history", default=None, partitions=s.kafka.partitions, key_type=bytes, value_type=bytes)
 
-        @app.agent(topic(names.interactions), name="interaction-logger")
-        async def interaction_logger(stream: faust.StreamT) -> None:
-            from streams.processing import decode_interactions, update_history
+        async def handle_log(events: Sequence[Any]) -> None:
             from streams.sinks.feast import UserHistoryRow
             from streams.sinks.interaction_log import write_interactions
 
-            async for events in stream.take_events(batch, within=within):
-                bind_event = _event_binder(events)
-                ok, dead = decode_interactions([_raw(e) for e in events])
-                await asyncio.to_thread(write_interactions, s.feast_dir / "offline" / "interactions", ok)
-                changed: dict[str, list[Any]] = {}
-                for raw, rec in ok:
-                    key = rec["user_id"].encode()
-                    bind_event(raw)
-                    stored = history.get(key)
-                    updated = update_history(json.loads(stored) if stored else None, rec)
-                    history[key] = json.dumps(updated).encode()
-                    changed[rec["user_id"]] = updated
-                if changed and deps.history_sink is not None:
-                    deps.history_sink.add_history(
-                        [UserHistoryRow(u, int(h[-1][0]) if h else 0, tuple(t for _, t in h)) for u, h in changed.items() if h]
-                    )
-                    await asyncio.to_thread(deps.history_sink.flush)
-                await publish(BatchResult(dead=dead), None, "logger")
-                metrics.count_ok("logger", len(ok))
+            bind_event = _event_binder(events)
+            ok, dead = decode_interactions([_raw(e) for e in events])
+            await asyncio.to_thread(write_interactions, s.feast_dir / "offline" / "interactions", [rec for _, rec in ok])
+            changed: dict[str, list[Any]] = {}
+            for raw, rec in ok:
+                key = rec["user_id"].encode()
+                bind_event(raw)
+                stored = history.get(key)
+                updated = update_history(json.loads(stored) if stored else None, rec)
+                history[key] = json.dumps(updated).encode()
+                changed[rec["user_id"]] = updated
+            if changed and deps.history_sink is not None:
+                rows = [UserHistoryRow(u, int(h[-1][0]) if h else 0, tuple(t for _, t in h)) for u, h in changed.items() if h]
+                await asyncio.to_thread(deps.history_sink.write_history, rows)
+            await publish(BatchResult(dead=dead), None, "logger")
+
+        app.agent(topic(names.interactions), name="interaction-logger")(consume("logger", handle_log))
 
     return app
+
+
+def _key_str(raw: RawRecord) -> str | None:
+    try:
+        return None if raw.key is None else raw.key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _record_lag(app: faust.App, worker: str, events: Sequence[Any]) -> None:
+    last: dict[Any, int] = {}
+    for e in events:
+        tp = e.message.tp
+        last[tp] = max(last.get(tp, -1), e.message.offset)
+    for tp, offset in last.items():
+        try:
+            high = app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - lag is informational; never fail a batch for it
+            continue
+        if high is not None:
+            metrics.CONSUMER_LAG.labels(worker, tp.topic, str(tp.partition)).set(max(0, high - offset - 1))
 
 
 def _tuple(v: list[int] | None) -> tuple[int, ...] | None:

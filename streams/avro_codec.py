@@ -40,7 +40,9 @@ class _Entry:
 def _registry() -> tuple[dict[str, _Entry], dict[bytes, _Entry]]:
     by_name: dict[str, _Entry] = {}
     by_fp: dict[bytes, _Entry] = {}
-    for path in sorted(SCHEMA_DIR.glob("*.avsc")):
+    # older versions first (schemas/old/): readers still decode them by fingerprint, while a
+    # name maps to its current schema, which writers use
+    for path in [*sorted((SCHEMA_DIR / "old").glob("*.avsc")), *sorted(SCHEMA_DIR.glob("*.avsc"))]:
         schema = avro.schema.parse(path.read_text())
         assert isinstance(schema, avro.schema.RecordSchema)
         fp = schema.fingerprint("CRC-64-AVRO")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS = Counter("sidstream_records_total", "records processed", ["worker", "outcome"])
 DLQ = Counter("sidstream_dlq_total", "records sent to a dead-letter topic", ["topic", "reason"])
@@ -23,3 +23,10 @@ def count_ok(worker: str, n: int = 1) -> None:
 def count_dlq(worker: str, topic: str, reason: str) -> None:
     RECORDS.labels(worker, "dlq").inc()
     DLQ.labels(topic, reason).inc()
+RETRIES = Counter("sidstream_retries_total", "failed batch attempts that were retried", ["worker", "error"])
+RETRYING = Gauge("sidstream_batch_retrying", "1 while the worker retries a failed batch (un-acked)", ["worker"])
+CONSUMER_LAG = Gauge("sidstream_consumer_lag", "records behind the high watermark after the last batch",
+                     ["worker", "topic", "partition"])
+JOIN_WAITING = Gauge("sidstream_join_waiting", "tracks in the assigner's join table (awaiting a late modality)")
+KEPT_ROWS = Gauge("sidstream_kept_embeddings", "embeddings in the assigner's local kept store")
+STORE_REJECTED = Counter("sidstream_store_rejected_total", "rows a sink rejected for good (dead-lettered)", ["view"])

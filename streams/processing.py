@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streams import avro_codec
+from streams.kept import entry_of, kept_key
 from streams.records import BatchResult, DeadLetter, RawRecord, vector_from_bytes, vector_to_bytes
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,47 @@ class _TextOps(Protocol):
 
 
 # -- text encoder worker ---------------------------------------------------------------------------
+def encode_isolating(encoder: BatchEncoder, items: Sequence[Any]) -> tuple[np.ndarray | None, dict[int, str]]:
+    """One encoder call for the batch; if it raises, bisect to find the items that make the
+    model throw. Returns (vectors [n, d] with NaN rows for failed items, {index: reason})."""
+    try:
+        return np.asarray(encoder.encode(items), dtype=np.float32), {}
+    except Exception as exc:  # noqa: BLE001 - any model error is narrowed down to its items
+        if len(items) == 1:
+            return None, {0: f"{type(exc).__name__}: {exc}"}
+    half = len(items) // 2
+    left, left_bad = encode_isolating(encoder, items[:half])
+    right, right_bad = encode_isolating(encoder, items[half:])
+    failed = {**left_bad, **{half + i: r for i, r in right_bad.items()}}
+    parts = [v for v in (left, right) if v is not None]
+    if not parts:
+        return None, failed
+    dim = parts[0].shape[1]
+    out = np.full((len(items), dim), np.nan, dtype=np.float32)
+    if left is not None:
+        out[:half] = left
+    if right is not None:
+        out[half:] = right
+    return out, failed
+
+
+def _encode_kept(
+    result: BatchResult, kept: list[tuple[RawRecord, dict[str, Any]]], items: list[Any], encoder: BatchEncoder, modality: str
+) -> None:
+    vectors, failed = encode_isolating(encoder, items)
+    for i, reason in failed.items():
+        raw, rec = kept[i]
+        result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {modality} encoder failed: {reason}", "encoder_error", rec["track_id"]))
+    if vectors is not None:
+        ok = [i for i in range(len(kept)) if i not in failed]
+        _emit_embeddings(result, [kept[i] for i in ok], vectors[ok], modality, encoder)
+
+
 def encode_text_batch(
-    records: Sequence[RawRecord], encoder: BatchEncoder, build_text: _TextOps, validate_text: Any
+    records: Sequence[RawRecord], encoder: BatchEncoder, build_text: _TextOps, classify_text: Any
 ) -> BatchResult:
-    """tracks.metadata records -> embeddings.text records (one encoder call per batch)."""
+    """tracks.metadata records -> embeddings.text records (one encoder call per batch; an item
+    that makes the model throw is found by bisection and dead-lettered alone)."""
     result = BatchResult()
     texts: list[str] = []
     kept: list[tuple[RawRecord, dict[str, Any]]] = []
@@ -42,15 +80,15 @@ def encode_text_batch(
         if rec is None:
             continue
         text = rec["text"] if rec.get("text") else build_text(rec)
-        reason = validate_text(text)
-        if reason is not None:
-            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {reason}", "empty_text", rec["track_id"]))
+        problem = classify_text(text)
+        if problem is not None:
+            error_type, reason = problem
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {reason}", error_type, rec["track_id"]))
             continue
         texts.append(text)
         kept.append((raw, rec))
     if texts:
-        vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
-        _emit_embeddings(result, kept, vectors, "text", encoder)
+        _encode_kept(result, kept, texts, encoder, "text")
     return result
 
 
@@ -75,8 +113,7 @@ def encode_audio_batch(
         waves.append(wave)
         kept.append((raw, rec))
     if waves:
-        vectors = np.asarray(encoder.encode(waves), dtype=np.float32)
-        _emit_embeddings(result, kept, vectors, "audio", encoder)
+        _encode_kept(result, kept, waves, encoder, "audio")
     return result
 
 
@@ -155,12 +192,12 @@ def assign_batch(
     state: MutableMapping[str, Any],
     active: ActiveCodebooks,
     joint_embedding: Any,
-    on_state_write: Any = None,
 ) -> BatchResult:
     """embeddings.{text,audio} records -> sids.assigned records.
 
-    `state` maps track_id -> JSON-able dict with the latest embedding per modality; it is
-    the join buffer (a Faust table in the worker). A track's text SID is emitted as soon as
+    `state` maps track_id -> JSON-able dict with the latest embedding per modality: the join
+    state (streams.kept.KeptEmbeddings in the worker). Every accepted embedding is also returned
+    in `result.kept` for the compacted embeddings.kept topic. A track's text SID is emitted as soon as
     its text embedding arrives; audio and joint SIDs when its audio arrives (in any order).
     SID event time = max(event times of the modalities used) + (number of modalities - 1) ms,
     so a fuller record is always newer than a partial one and a replay yields the same record.
@@ -199,15 +236,9 @@ def assign_batch(
         previous = entry.get(modality)
         if previous is not None and previous["event_time"] > rec["event_time"]:
             continue  # an older version of this modality arrived late: the newer one stands
-        entry[modality] = {
-            "event_time": rec["event_time"],
-            "model_id": rec["model_id"],
-            "vector": rec["vector"].hex(),
-            "ingest_time": rec["ingest_time"],
-        }
-        if on_state_write is not None:
-            on_state_write(raw)
+        entry[modality] = entry_of(rec)
         state[track_id] = entry
+        result.kept.append((raw.partition, kept_key(track_id, modality), raw.value or b""))
         touched[track_id] = raw
     if touched:
         _assign_tracks(result, list(touched), state, active, joint_embedding)
@@ -260,15 +291,15 @@ def _assign_tracks(
 
 
 # -- Feast writer ----------------------------------------------------------------------------------
-def decode_sid_batch(records: Sequence[RawRecord]) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
-    """sids.assigned records -> (decoded records, dead letters)."""
-    rows: list[dict[str, Any]] = []
+def decode_sid_batch(records: Sequence[RawRecord]) -> tuple[list[tuple[RawRecord, dict[str, Any]]], list[DeadLetter]]:
+    """sids.assigned records -> ((raw, decoded record) pairs, dead letters)."""
+    rows: list[tuple[RawRecord, dict[str, Any]]] = []
     dead: list[DeadLetter] = []
     for raw in records:
         rec = _decode_or_dead(raw, "SidAssigned", "undecodable SID record", dead)
         if rec is None:
             continue
-        rows.append(rec)
+        rows.append((raw, rec))
     return rows, dead
 
 

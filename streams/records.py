@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,10 @@ class RawRecord:
     value: bytes | None
 
 
+DLQ_EXCERPT_BYTES = 4096
+DLQ_OVERHEAD_BYTES = 64 * 1024  # headroom for the dead letter's own fields and Kafka's record overhead
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     source: RawRecord
@@ -32,7 +37,13 @@ class DeadLetter:
     error_type: str
     track_id: str | None = None
 
-    def encode(self, worker: str) -> bytes:
+    def encode(self, worker: str, max_message_bytes: int = 16 * 1024 * 1024) -> bytes:
+        """The DeadLetter record; the original value travels whole when it fits in a message of
+        `max_message_bytes`, else as its first DLQ_EXCERPT_BYTES with size and sha256."""
+        value = self.source.value
+        key = self.source.key
+        fits = value is None or len(value) + len(key or b"") + DLQ_OVERHEAD_BYTES <= max_message_bytes
+        original = value if fits else value[:DLQ_EXCERPT_BYTES]  # type: ignore[index]
         return avro_codec.encode(
             "DeadLetter",
             {
@@ -42,9 +53,13 @@ class DeadLetter:
                 "partition": self.source.partition,
                 "offset": self.source.offset,
                 "worker": worker,
-                "reason": self.reason[:2000],
+                "reason": " ".join(self.reason.split())[:2000],
                 "error_type": self.error_type,
-                "original": self.source.value or b"",
+                "original": original,
+                "original_key": key if key is None or len(key) <= DLQ_EXCERPT_BYTES else key[:DLQ_EXCERPT_BYTES],
+                "original_size": -1 if value is None else len(value),
+                "original_sha256": "" if value is None else hashlib.sha256(value).hexdigest(),
+                "truncated": not fits,
             },
         )
 
@@ -55,6 +70,8 @@ class BatchResult:
 
     outputs: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    # assigner only: (partition, key, Embedding bytes) for the compacted embeddings.kept topic
+    kept: list[tuple[int, bytes, bytes]] = field(default_factory=list)
 
 
 def vector_to_bytes(v: np.ndarray) -> bytes:

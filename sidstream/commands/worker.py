@@ -25,6 +25,9 @@ def build_deps(roles: list[str]) -> WorkerDeps:
     if "audio" in roles:
         deps.audio_encoder = configured_audio_encoder(e)
     if "assigner" in roles:
+        from streams.kept import KeptEmbeddings
+
+        deps.kept = KeptEmbeddings(s.home / "state" / f"{s.kafka.topic_prefix}assigner" / "kept.sqlite", s.stream.audio_wait_s)
         deps.codebook_loader = registry_codebook_loader(s.registry_dir)
         deps.codebooks = deps.codebook_loader()
         if deps.codebooks is None:

@@ -16,6 +16,7 @@ EMBEDDINGS_AUDIO = "embeddings.audio"
 SIDS_ASSIGNED = "sids.assigned"
 INTERACTIONS = "interactions"
 CODEBOOKS_CONTROL = "codebooks.control"
+EMBEDDINGS_KEPT = "embeddings.kept"  # compacted: each track's latest embedding per modality
 
 DATA_TOPICS = (TRACKS_METADATA, TRACKS_AUDIO, EMBEDDINGS_TEXT, EMBEDDINGS_AUDIO, SIDS_ASSIGNED, INTERACTIONS)
 
@@ -61,9 +62,16 @@ class TopicNames:
     def control(self) -> str:
         return self.name(CODEBOOKS_CONTROL)
 
+    @property
+    def kept(self) -> str:
+        return self.name(EMBEDDINGS_KEPT)
+
+    def dlqs(self) -> list[str]:
+        return [dlq(self.name(t)) for t in DATA_TOPICS]
+
     def all(self) -> list[str]:
         names = [self.name(t) for t in DATA_TOPICS]
-        return names + [dlq(t) for t in names] + [self.control]
+        return names + [dlq(t) for t in names] + [self.control, self.kept]
 
 
 def create_topics(
@@ -79,7 +87,10 @@ def create_topics(
         # the control topic is a single ordered log; everything else is keyed by track/user id
         n = 1 if topic == names.control else partitions
         # records carry inline audio, and dead letters carry the original bytes: allow large ones
-        wanted.append(NewTopic(topic, num_partitions=n, replication_factor=1, config={"max.message.bytes": str(max_message_bytes)}))
+        config = {"max.message.bytes": str(max_message_bytes)}
+        if topic == names.kept:
+            config["cleanup.policy"] = "compact"  # the latest embedding per (track, modality) is kept forever
+        wanted.append(NewTopic(topic, num_partitions=n, replication_factor=1, config=config))
     if not wanted:
         return []
     futures = admin.create_topics(wanted, operation_timeout=timeout_s)

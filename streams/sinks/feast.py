@@ -21,17 +21,18 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource, PushSource
+
+from streams.sinks.offline import OfflineLog
 
 log = logging.getLogger(__name__)
 
@@ -231,19 +232,20 @@ class _View:
     time_feature: str  # event time in ms, stored as a feature: the online stores' own may be coarser
     schema: pa.Schema
     columns: Callable[[Sequence[Any]], dict[str, list[Any]]]
+    offline_key: tuple[str, ...]  # what makes an offline row the same row
 
 
 _VIEWS = {
-    SID_VIEW: _View(SID_VIEW, "track_id", SID_FEATURES, "sid_event_time_ms", SID_SCHEMA, _sid_columns),
-    HISTORY_VIEW: _View(
-        HISTORY_VIEW, "user_id", HISTORY_FEATURES, "history_event_time_ms", HISTORY_SCHEMA, _history_columns
-    ),
+    SID_VIEW: _View(SID_VIEW, "track_id", SID_FEATURES, "sid_event_time_ms", SID_SCHEMA, _sid_columns,
+                    ("track_id", "sid_event_time_ms", "codebook_version")),
+    HISTORY_VIEW: _View(HISTORY_VIEW, "user_id", HISTORY_FEATURES, "history_event_time_ms", HISTORY_SCHEMA,
+                        _history_columns, ("user_id", "history_event_time_ms")),
 }
 
 
 # ---------------------------------------------------------------------------- write
 
-# One lock per FeatureStore: the writer and the logger flush from different threads, and the
+# One lock per FeatureStore: the writer and the logger write from different threads, and the
 # SQLite online store shares one connection (and so one transaction) between them.
 _STORE_LOCKS: weakref.WeakKeyDictionary[FeatureStore, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -254,12 +256,41 @@ def _store_lock(store: FeatureStore) -> threading.Lock:
         return _STORE_LOCKS.setdefault(store, threading.Lock())
 
 
-class FeastSink:
-    """Buffers SID and user-history rows; `flush` writes them in one batch per feature view.
+class StoreUnavailable(RuntimeError):
+    """The online store cannot take writes now (locked, down, unreachable): retry later."""
 
-    Per entity only the newest row of a batch is kept, and only if it is newer than the
-    stored row. Fresh rows are appended to the offline store (a Parquet part file per flush,
-    named by its content, so a replayed batch rewrites the same file) and then written online.
+
+def is_transient_store_error(exc: BaseException) -> bool:
+    """Errors that a later retry can cure, as opposed to rows the store will never take."""
+    if isinstance(exc, (StoreUnavailable, sqlite3.OperationalError, ConnectionError, TimeoutError, OSError)):
+        return True
+    try:
+        import redis.exceptions as redis_errors
+    except ImportError:  # pragma: no cover - redis comes with feast[redis]
+        return False
+    return isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError))
+
+
+@dataclass
+class WriteResult:
+    """What one write did: rows written online, rows appended offline, and the rows the store
+    rejected for good (with the reason), which the caller dead-letters."""
+
+    online: int = 0
+    offline: int = 0
+    rejected: list[tuple[Any, str]] = field(default_factory=list)
+
+
+class FeastSink:
+    """Writes SID and user-history rows, one call per batch; nothing is buffered across calls,
+    so a failed call leaves nothing behind and the caller (which has not acked the batch)
+    simply retries it.
+
+    Per entity only the newest row of a batch goes online, and only if it is newer than the
+    stored row; those rows go to the offline log exactly once (streams.sinks.offline), written
+    before the online row so that a crash in between loses nothing and a replay adds nothing. A transient store
+    error propagates (retry); a row the store rejects for any other reason is isolated by
+    bisection and returned in `rejected` while the rest of the batch is written.
     """
 
     def __init__(self, store: FeatureStore, offline_dir: Path | None = None) -> None:
@@ -267,42 +298,44 @@ class FeastSink:
         source_dir = Path(store.repo_path) / "data" / "offline"
         self.offline_dir = Path(offline_dir) if offline_dir is not None else source_dir
         if self.offline_dir.resolve() != source_dir.resolve():
-            log.info(
-                "offline Parquet goes to %s, outside Feast's batch sources (%s)", self.offline_dir, source_dir
-            )
-        self._buffers: dict[str, list[Any]] = {SID_VIEW: [], HISTORY_VIEW: []}
-        self._buffer_lock = threading.Lock()
+            log.info("offline Parquet goes to %s, outside Feast's batch sources (%s)", self.offline_dir, source_dir)
+        self._logs: dict[str, OfflineLog] = {}
 
-    def add(self, rows: Sequence[SidRow]) -> None:
-        with self._buffer_lock:
-            self._buffers[SID_VIEW].extend(rows)
+    def _offline(self, view: _View) -> OfflineLog:
+        if view.name not in self._logs:
+            self._logs[view.name] = OfflineLog(self.offline_dir / view.name, view.offline_key, view.schema)
+        return self._logs[view.name]
 
-    def add_history(self, rows: Sequence[UserHistoryRow]) -> None:
-        with self._buffer_lock:
-            self._buffers[HISTORY_VIEW].extend(rows)
+    def write(self, rows: Sequence[SidRow]) -> WriteResult:
+        return self._write_isolating(_VIEWS[SID_VIEW], list(rows))
 
-    def pending(self) -> int:
-        with self._buffer_lock:
-            return sum(len(b) for b in self._buffers.values())
+    def write_history(self, rows: Sequence[UserHistoryRow]) -> WriteResult:
+        return self._write_isolating(_VIEWS[HISTORY_VIEW], list(rows))
 
-    def flush(self) -> int:
-        """Write the buffered rows; returns how many rows were written (stale ones are not)."""
-        with self._buffer_lock:
-            batches = {name: rows for name, rows in self._buffers.items() if rows}
-            self._buffers = {SID_VIEW: [], HISTORY_VIEW: []}
-        written = 0
+    def _write_isolating(self, view: _View, rows: list[Any]) -> WriteResult:
+        result = WriteResult()
+        if not rows:
+            return result
         try:
             with _store_lock(self.store):
-                for name, rows in batches.items():
-                    written += self._write(_VIEWS[name], rows)
-        except BaseException:
-            with self._buffer_lock:  # nothing is lost: the caller may retry the flush
-                for name, rows in batches.items():
-                    self._buffers[name][:0] = rows
-            raise
-        return written
+                online, offline = self._write(view, rows)
+            result.online += online
+            result.offline += offline
+        except Exception as exc:
+            if is_transient_store_error(exc):
+                raise
+            if len(rows) == 1:
+                result.rejected.append((rows[0], f"{type(exc).__name__}: {exc}"))
+                return result
+            half = len(rows) // 2
+            for part in (rows[:half], rows[half:]):
+                sub = self._write_isolating(view, part)
+                result.online += sub.online
+                result.offline += sub.offline
+                result.rejected.extend(sub.rejected)
+        return result
 
-    def _write(self, view: _View, rows: Sequence[Any]) -> int:
+    def _write(self, view: _View, rows: Sequence[Any]) -> tuple[int, int]:
         t0 = time.perf_counter()
         df = pd.DataFrame(view.columns(rows))
         # newest row per entity; on equal event times the row added last wins
@@ -310,30 +343,15 @@ class FeastSink:
         stored_ms = stored_event_times_ms(self.store, view.name, df[view.join_key].tolist())
         df = df[df["event_time_ms"].to_numpy() > stored_ms].reset_index(drop=True)
         if df.empty:
-            log.debug("%s: all %d rows stale or replayed", view.name, len(rows))
-            return 0
+            return 0, 0
         df.insert(1, "event_time", pd.to_datetime(df.pop("event_time_ms"), unit="ms", utc=True))
-        self._append_offline(view, df)
+        # offline first: a crash before the online write leaves the rows fresh, so the replay
+        # writes them online and the offline log (keyed) does not take them twice
+        offline = self._offline(view).append(df)
         self.store.write_to_online_store(view.name, df[[view.join_key, "event_time", *view.features]])
-        log.debug(
-            "%s: wrote %d of %d rows in %.1f ms",
-            view.name,
-            len(df),
-            len(rows),
-            1000 * (time.perf_counter() - t0),
-        )
-        return len(df)
-
-    def _append_offline(self, view: _View, df: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(df[view.schema.names], schema=view.schema, preserve_index=False)
-        digest = hashlib.sha1(repr(df.to_dict("list")).encode()).hexdigest()[:20]
-        first_ms = int(df["event_time"].min().value // 1_000_000)
-        folder = self.offline_dir / view.name
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"part-{first_ms}-{digest}.parquet"
-        tmp = path.with_suffix(".tmp")  # readers of the folder never see a half-written file
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        log.debug("%s: %d of %d rows online, %d offline in %.1f ms", view.name, len(df), len(rows), offline,
+                  1000 * (time.perf_counter() - t0))
+        return len(df), offline
 
 
 def stored_event_times_ms(store: FeatureStore, view_name: str, entity_ids: Sequence[str]) -> np.ndarray:

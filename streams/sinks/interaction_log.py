@@ -1,42 +1,44 @@
-"""The interaction logger's offline sink: Parquet files named by (topic, partition, offset range).
+"""The interaction logger's offline sink: every interaction exactly once in Parquet.
 
-A replayed batch rewrites the same file with the same rows, so the log is idempotent under
-at-least-once delivery. The trainer reads ``<root>/*.parquet``.
+Rows are keyed by (user_id, item_id, timestamp, label); a retried or replayed batch, with the
+same or other batch boundaries, adds nothing that is already there (streams.sinks.offline).
+The trainer reads ``<root>/*.parquet``.
 """
 
 from __future__ import annotations
 
-import os
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
-from streams.records import RawRecord
+from streams.sinks.offline import OfflineLog
+
+INTERACTION_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("label", pa.int8())]
+)
+_LOGS: dict[Path, OfflineLog] = {}
 
 
-def write_interactions(root: Path, batch: Sequence[tuple[RawRecord, dict[str, Any]]]) -> list[Path]:
-    by_partition: dict[tuple[str, int], list[tuple[RawRecord, dict[str, Any]]]] = defaultdict(list)
-    for raw, rec in batch:
-        by_partition[(raw.topic, raw.partition)].append((raw, rec))
-    root.mkdir(parents=True, exist_ok=True)
-    written = []
-    for (topic, partition), items in by_partition.items():
-        first, last = items[0][0].offset, items[-1][0].offset
-        df = pd.DataFrame(
-            {
-                "user_id": [r["user_id"] for _, r in items],
-                "item_id": [r["track_id"] for _, r in items],
-                "timestamp": pd.array([r["event_time"] for _, r in items], dtype="int64"),
-                "label": pd.array([r["label"] for _, r in items], dtype="int8"),
-                "offset": pd.array([raw.offset for raw, _ in items], dtype="int64"),
-            }
-        )
-        path = root / f"{topic}-p{partition}-{first:012d}-{last:012d}.parquet"
-        tmp = path.with_suffix(".tmp")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+def interaction_log(root: Path) -> OfflineLog:
+    root = Path(root)
+    if root not in _LOGS:
+        _LOGS[root] = OfflineLog(root, ("user_id", "item_id", "timestamp", "label"), INTERACTION_SCHEMA)
+    return _LOGS[root]
+
+
+def write_interactions(root: Path, records: Sequence[dict[str, Any]]) -> int:
+    """Append decoded Interaction records; returns how many rows were new."""
+    if not records:
+        return 0
+    df = pd.DataFrame(
+        {
+            "user_id": [r["user_id"] for r in records],
+            "item_id": [r["track_id"] for r in records],
+            "timestamp": pd.array([r["event_time"] for r in records], dtype="int64"),
+            "label": pd.array([r["label"] for r in records], dtype="int8"),
+        }
+    )
+    return interaction_log(root).append(df)

@@ -85,8 +85,7 @@ def _offline_rows(store, view="track_sids") -> pd.DataFrame:
 
 def test_rows_in_exact_values_out(store):
     sink = FeastSink(store)
-    sink.add([_row("t1", 1_000), _row("t2", 1_000, (4, 5, 6), (7, 8, 9), (10, 11, 12))])
-    assert sink.flush() == 2
+    assert sink.write([_row("t1", 1_000), _row("t2", 1_000, (4, 5, 6), (7, 8, 9), (10, 11, 12))]).online == 2
     df = read_sids(store, ["t2", "unknown", "t1"])
     assert df["track_id"].tolist() == ["t2", "unknown", "t1"]
     t2, unknown, t1 = df.to_dict("records")
@@ -103,27 +102,23 @@ def test_rows_in_exact_values_out(store):
 
 def test_stale_event_time_does_not_overwrite(store):
     sink = FeastSink(store)
-    sink.add([_row("t1", 5_000, (1, 1, 1))])
-    sink.flush()
-    sink.add([_row("t1", 4_999, (2, 2, 2)), _row("t1", 5_000, (3, 3, 3))])  # older, and same instant
-    assert sink.flush() == 0
+    sink.write([_row("t1", 5_000, (1, 1, 1))])
+    assert sink.write([_row("t1", 4_999, (2, 2, 2)), _row("t1", 5_000, (3, 3, 3))]).online == 0  # older, same instant
     assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [1, 1, 1]
-    sink.add([_row("t1", 5_001, (4, 4, 4))])
-    assert sink.flush() == 1
+    assert sink.write([_row("t1", 5_001, (4, 4, 4))]).online == 1
     assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [4, 4, 4]
 
 
 def test_newest_row_per_track_within_one_batch(store):
     sink = FeastSink(store)
-    sink.add(
+    assert sink.write(
         [
             _row("t1", 3_000, (3, 3, 3)),
             _row("t1", 1_000, (1, 1, 1)),
             _row("t2", 1_000),
             _row("t1", 2_000, (2, 2, 2)),
         ]
-    )
-    assert sink.flush() == 2
+    ).online == 2
     assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [3, 3, 3]
     assert len(_offline_rows(store)) == 2
 
@@ -131,23 +126,19 @@ def test_newest_row_per_track_within_one_batch(store):
 def test_replaying_a_batch_gives_the_same_state(store):
     batch = [_row(f"t{i}", 1_000 + i, (i, i + 1, i + 2)) for i in range(20)]
     sink = FeastSink(store)
-    sink.add(batch)
-    assert sink.flush() == 20
+    assert sink.write(batch).online == 20
     ids = [r.track_id for r in batch]
     before, offline_before = _state(store, ids), _offline_rows(store)
-    sink.add(batch)  # a crash before the offset commit: the same records come again
-    assert sink.flush() == 0
+    assert sink.write(batch).online == 0  # a crash before the offset commit: the same records come again
     assert _state(store, ids) == before
     pd.testing.assert_frame_equal(_offline_rows(store), offline_before)
 
 
 def test_text_only_row_is_upgraded_by_the_full_row(store):
     sink = FeastSink(store)
-    sink.add([_row("t1", 1_000, (1, 2, 3))])
-    sink.flush()
+    sink.write([_row("t1", 1_000, (1, 2, 3))])
     assert read_sids(store, ["t1"])["modalities"].iloc[0] == "text"
-    sink.add([_row("t1", 2_000, (1, 2, 3), (4, 5, 6), (7, 8, 9))])
-    assert sink.flush() == 1
+    assert sink.write([_row("t1", 2_000, (1, 2, 3), (4, 5, 6), (7, 8, 9))]).online == 1
     got = _state(store, ["t1"])[0]
     assert (got["text_sid"], got["audio_sid"], got["joint_sid"]) == ([1, 2, 3], [4, 5, 6], [7, 8, 9])
     assert (got["joint_sid_str"], got["modalities"], got["audio_model_id"]) == (
@@ -159,10 +150,8 @@ def test_text_only_row_is_upgraded_by_the_full_row(store):
 
 def test_offline_parquet_is_appended_and_joinable(store):
     sink = FeastSink(store)
-    sink.add([_row("t1", 1_000, (1, 2, 3))])
-    sink.flush()
-    sink.add([_row("t1", 2_000, (1, 2, 3), (4, 5, 6), (7, 8, 9)), _row("t2", 2_000)])
-    sink.flush()
+    sink.write([_row("t1", 1_000, (1, 2, 3))])
+    sink.write([_row("t1", 2_000, (1, 2, 3), (4, 5, 6), (7, 8, 9)), _row("t2", 2_000)])
     offline = _offline_rows(store).sort_values(["track_id", "event_time"])
     assert offline["track_id"].tolist() == ["t1", "t1", "t2"]
     assert offline["event_time"].dt.tz is not None
@@ -182,11 +171,9 @@ def test_offline_parquet_is_appended_and_joinable(store):
 
 def test_user_history_round_trip(store):
     sink = FeastSink(store)
-    sink.add_history([UserHistoryRow("u1", 1_000, ("a", "b")), UserHistoryRow("u2", 1_000, ("c",))])
-    sink.add_history([UserHistoryRow("u1", 2_000, ("a", "b", "d"))])
-    assert sink.flush() == 2
-    sink.add_history([UserHistoryRow("u1", 1_500, ("stale",))])
-    assert sink.flush() == 0
+    assert sink.write_history([UserHistoryRow("u1", 1_000, ("a", "b")), UserHistoryRow("u2", 1_000, ("c",)),
+                               UserHistoryRow("u1", 2_000, ("a", "b", "d"))]).online == 2
+    assert sink.write_history([UserHistoryRow("u1", 1_500, ("stale",))]).online == 0
     df = read_history(store, ["u1", "u2", "nobody"])
     assert df["history_item_ids"].tolist()[:2] == [["a", "b", "d"], ["c"]]
     assert df["history_len"].tolist()[:2] == [3, 1]
@@ -195,9 +182,8 @@ def test_user_history_round_trip(store):
 
 def test_ranker_feature_service_serves_both_views(store):
     sink = FeastSink(store)
-    sink.add([_row("t1", 1_000, (1, 2, 3))])
-    sink.add_history([UserHistoryRow("u1", 1_000, ("t1",))])
-    assert sink.flush() == 2
+    assert sink.write([_row("t1", 1_000, (1, 2, 3))]).online == 1
+    assert sink.write_history([UserHistoryRow("u1", 1_000, ("t1",))]).online == 1
     service = store.get_feature_service("ranker_features")
     got = store.get_online_features(
         features=service, entity_rows=[{"track_id": "t1", "user_id": "u1"}]
@@ -208,8 +194,7 @@ def test_ranker_feature_service_serves_both_views(store):
 def test_reopening_keeps_data_and_skips_apply(tmp_path):
     store = open_store(tmp_path / "feast")
     sink = FeastSink(store)
-    sink.add([_row("t1", 1_000)])
-    sink.flush()
+    sink.write([_row("t1", 1_000)])
     t0 = time.perf_counter()
     again = open_store(tmp_path / "feast")
     assert time.perf_counter() - t0 < 1.0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from streams import avro_codec
+from encoders.text import classify_text
 from streams.processing import (
     ActiveCodebooks,
     assign_batch,
@@ -119,7 +120,7 @@ def test_text_batch_one_call_and_dead_letters():
 
     enc = _TextEncoder()
     records = [meta("a", artist="Björk", tags=["pop"]), meta("b", text="   "), meta("c", text="poison pill"), RawRecord("tracks.metadata", 1, 9, None, None)]
-    res = encode_text_batch(records, enc, lambda m: f"{m['artist']} {m['tags']}", lambda s: None if s.strip() else "empty text")
+    res = encode_text_batch(records, enc, lambda m: f"{m['artist']} {m['tags']}", classify_text)
     assert enc.batches == [2]
     assert sorted(d.error_type for d in res.dead) == ["empty_text", "nan", "undecodable"]
     (key, value), = res.outputs

@@ -1,0 +1,167 @@
+"""The assigner's join state: each track's latest embedding per modality, kept once.
+
+Three tiers, so that memory stays flat however long the stream runs:
+
+- `embeddings.kept` (compacted topic, key ``track_id\\x1fmodality``, value the Embedding record,
+  same partition as the embedding it came from) is the source of truth; the retraining loop re-codes the catalogue
+  from it and a fresh assigner restores from it;
+- a local SQLite file holds the same rows for lookups (disk, not memory), with the topic offset
+  up to which it has caught up per partition, so a restart only reads the tail;
+- an in-memory join table holds the entries of tracks still waiting for a late modality,
+  for at most `audio_wait_s`; after that the entry is dropped. A modality that arrives later
+  still joins, against the kept row on disk, so a text update never wipes audio/joint SIDs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from streams import avro_codec
+
+KEY_SEP = "\x1f"
+
+
+def kept_key(track_id: str, modality: str) -> bytes:
+    return f"{track_id}{KEY_SEP}{modality}".encode()
+
+
+def entry_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """The kept form of a decoded Embedding record (its value on embeddings.kept is the record itself)."""
+    return {"event_time": rec["event_time"], "model_id": rec["model_id"], "vector": rec["vector"].hex(),
+            "ingest_time": rec["ingest_time"]}
+
+
+class KeptEmbeddings:
+    """track_id -> {modality: entry} over the local SQLite store and the bounded join table.
+
+    An entry is a JSON-able dict: event_time, model_id, vector (hex of float32 LE), ingest_time.
+    """
+
+    def __init__(self, path: Path, wait_s: float, clock: Any = time.monotonic) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.wait_s = float(wait_s)
+        self.clock = clock
+        self._conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS kept (track_id TEXT, modality TEXT, event_time INTEGER, entry TEXT, "
+            "PRIMARY KEY (track_id, modality))"
+        )
+        self._conn.execute("CREATE TABLE IF NOT EXISTS restored (topic TEXT, partition INTEGER, next_offset INTEGER, "
+                           "PRIMARY KEY (topic, partition))")
+        self._conn.commit()
+        self._waiting: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    # -- the join table ------------------------------------------------------------------
+    def expire(self) -> int:
+        """Drop join entries older than the wait; returns how many were dropped."""
+        now, dropped = self.clock(), 0
+        while self._waiting:
+            track_id, (since, _) = next(iter(self._waiting.items()))
+            if now - since < self.wait_s:
+                break
+            del self._waiting[track_id]
+            dropped += 1
+        return dropped
+
+    @property
+    def waiting(self) -> int:
+        """Tracks in the join table (one modality seen, the other still awaited)."""
+        return len(self._waiting)
+
+    # -- mapping interface for streams.processing.assign_batch ----------------------------
+    def get(self, track_id: str, default: Any = None) -> Any:
+        hit = self._waiting.get(track_id)
+        if hit is not None:
+            return dict(hit[1])
+        rows = self._conn.execute("SELECT modality, entry FROM kept WHERE track_id = ?", (track_id,)).fetchall()
+        return {m: json.loads(e) for m, e in rows} if rows else default
+
+    def __getitem__(self, track_id: str) -> dict[str, Any]:
+        entry = self.get(track_id)
+        if entry is None:
+            raise KeyError(track_id)
+        return entry  # type: ignore[no-any-return]
+
+    def __setitem__(self, track_id: str, entry: dict[str, Any]) -> None:
+        self.put_many([(track_id, m, e) for m, e in entry.items()])
+        if {"text", "audio"} <= entry.keys():
+            self._waiting.pop(track_id, None)  # joined: nothing left to wait for
+        else:
+            self._waiting[track_id] = (self.clock(), dict(entry))
+            self._waiting.move_to_end(track_id)
+
+    # -- the disk tier --------------------------------------------------------------------
+    def put_many(self, items: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """Upsert entries; an entry older than the stored one of its (track, modality) is ignored."""
+        self._conn.executemany(
+            "INSERT INTO kept(track_id, modality, event_time, entry) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(track_id, modality) DO UPDATE SET event_time = excluded.event_time, entry = excluded.entry "
+            "WHERE excluded.event_time >= kept.event_time",
+            [(t, m, int(e["event_time"]), json.dumps(e, separators=(",", ":"))) for t, m, e in items],
+        )
+        self._conn.commit()
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM kept").fetchone()[0])
+
+    def restore_from(self, bootstrap: str, topic: str, partitions: Iterable[int], timeout_s: float = 30.0) -> int:
+        """Catch the disk tier up with the compacted topic (from where it stopped, per
+        partition, to the high watermark); returns how many records were read."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kept-restore-{id(self)}",
+                             "enable.auto.commit": False, "enable.partition.eof": False})
+        read = 0
+        try:
+            for partition in partitions:
+                row = self._conn.execute("SELECT next_offset FROM restored WHERE topic = ? AND partition = ?",
+                                         (topic, partition)).fetchone()
+                start = row[0] if row else OFFSET_BEGINNING
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+                start = max(start, low) if row else low
+                if start >= high:
+                    continue
+                consumer.assign([TopicPartition(topic, partition, start)])
+                batch: list[tuple[str, str, dict[str, Any]]] = []
+                position = start
+                deadline = time.monotonic() + timeout_s
+                while position < high and time.monotonic() < deadline:
+                    msg = consumer.poll(0.5)
+                    if msg is None or msg.error():
+                        continue
+                    position = msg.offset() + 1
+                    if msg.value() is None:
+                        continue  # a tombstone: nothing kept for that key
+                    rec = avro_codec.decode(msg.value(), expected="Embedding")[1]
+                    batch.append((rec["track_id"], rec["modality"], entry_of(rec)))
+                self.put_many(batch)
+                read += len(batch)
+                self._conn.execute("INSERT OR REPLACE INTO restored(topic, partition, next_offset) VALUES (?, ?, ?)",
+                                   (topic, partition, position))
+                self._conn.commit()
+                consumer.unassign()
+        finally:
+            consumer.close()
+        return read
+
+    def mark_written(self, topic: str, offsets: dict[int, int]) -> None:
+        """Record that the disk tier holds everything this process wrote up to these offsets
+        (partition -> last offset written), so a restart reads only what others wrote after."""
+        for partition, offset in offsets.items():
+            self._conn.execute(
+                "INSERT INTO restored(topic, partition, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT(topic, partition) DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+                (topic, partition, offset + 1),
+            )
+        self._conn.commit()
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,124 @@
+"""An append-only Parquet log in which every row is stored exactly once.
+
+Retried and replayed flushes (other batch boundaries included) must not duplicate rows, and a
+crash at any point must not lose one. So each log folder has an index (SQLite, beside the
+Parquet parts) of the row keys already written and of the part files that hold them:
+
+1. rows whose key is in the index are dropped (a replay);
+2. the rest go to one part file whose name is the hash of their keys (a retry of the same
+   rows rewrites the same file, atomically: temp file + rename);
+3. the keys and the file name go into the index in one transaction.
+
+A crash between 2 and 3 leaves a part file that the index does not know; the next open of the
+log adds such orphans' keys to the index before anything is written, so their rows are not
+written again. Readers read ``<folder>/*.parquet`` and see each row once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+INDEX_NAME = "_index.sqlite"
+
+
+class OfflineLog:
+    def __init__(self, folder: Path, key_columns: Sequence[str], schema: pa.Schema | None = None) -> None:
+        self.folder = Path(folder)
+        self.key_columns = list(key_columns)
+        self.schema = schema
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            conn = self._connect()
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY)")
+                conn.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
+                self._adopt_orphans(conn)
+                conn.commit()
+            finally:
+                conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.folder / INDEX_NAME, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
+
+    def _locked(self) -> _FileLock:
+        return _FileLock(self.folder / ".lock")
+
+    def _keys(self, df: pd.DataFrame) -> list[str]:
+        parts = [df[c].astype(str) for c in self.key_columns]
+        joined = parts[0]
+        for p in parts[1:]:
+            joined = joined + "\x1f" + p
+        return joined.tolist()
+
+    def _adopt_orphans(self, conn: sqlite3.Connection) -> None:
+        known = {name for (name,) in conn.execute("SELECT name FROM files")}
+        for path in sorted(self.folder.glob("part-*.parquet")):
+            if path.name in known:
+                continue
+            keys = self._keys(pd.read_parquet(path, columns=self.key_columns))
+            conn.executemany("INSERT OR IGNORE INTO rows(key) VALUES (?)", [(k,) for k in keys])
+            conn.execute("INSERT OR IGNORE INTO files(name) VALUES (?)", (path.name,))
+
+    def append(self, df: pd.DataFrame) -> int:
+        """Write the rows of `df` not written before; returns how many were written."""
+        if df.empty:
+            return 0
+        keys = self._keys(df)
+        df = df.assign(_key=keys).drop_duplicates("_key", keep="last")
+        with self._locked():
+            conn = self._connect()
+            try:
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (key TEXT PRIMARY KEY)")
+                conn.execute("DELETE FROM incoming")
+                conn.executemany("INSERT OR IGNORE INTO incoming(key) VALUES (?)", [(k,) for k in df["_key"]])
+                seen = {k for (k,) in conn.execute("SELECT key FROM incoming JOIN rows USING (key)")}
+                fresh = df[~df["_key"].isin(seen)]
+                if fresh.empty:
+                    return 0
+                digest = hashlib.sha1("\n".join(sorted(fresh["_key"])).encode()).hexdigest()[:24]
+                path = self.folder / f"part-{digest}.parquet"
+                out = fresh.drop(columns="_key")
+                table = (pa.Table.from_pandas(out[self.schema.names], schema=self.schema, preserve_index=False)
+                         if self.schema is not None else pa.Table.from_pandas(out, preserve_index=False))
+                tmp = path.with_suffix(".tmp")  # readers never see a half-written part
+                pq.write_table(table, tmp)
+                tmp.replace(path)
+                conn.executemany("INSERT OR IGNORE INTO rows(key) VALUES (?)", [(k,) for k in fresh["_key"]])
+                conn.execute("INSERT OR IGNORE INTO files(name) VALUES (?)", (path.name,))
+                conn.commit()
+                return len(fresh)
+            finally:
+                conn.close()
+
+    def count(self) -> int:
+        conn = self._connect()
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+        finally:
+            conn.close()
+
+
+class _FileLock:
+    """An exclusive lock across processes (several writers may share one log folder)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _FileLock:
+        self._fh = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
