@@ -54,6 +54,9 @@ class StreamSettings(_Frozen):
     retry_budget_s: float = Field(120.0, gt=0, description="a failing batch is retried this long, then dead-lettered whole")
     session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")
     web_port: int = 16066
+    # fault drills (`sidstream chaos --fault slow-encoder`): while this file exists, the encoder
+    # workers run (the number in it)x slower
+    slowdown_file: Path | None = None
 
 
 class EncoderSettings(_Frozen):

@@ -64,7 +64,7 @@ class PipelineRun:
     settings: Settings
     run_dir: Path
     prefix: str = field(default_factory=lambda: f"run{uuid.uuid4().hex[:8]}-")
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: dict[tuple[str, ...], subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def names(self) -> TopicNames:
@@ -84,36 +84,56 @@ class PipelineRun:
 
     def start_workers(self, groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS, timeout_s: float = 180.0) -> None:
         """Start one worker process per role group and wait until each has its partitions."""
+        for roles in groups:
+            self._spawn(roles)
+        self.wait_ready(groups, timeout_s)
+
+    def _spawn(self, roles: tuple[str, ...]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.settings_file()
-        ready_files = []
-        for roles in groups:
-            name = "-".join(roles)
-            ready = self.run_dir / f"{name}.ready"
-            ready.unlink(missing_ok=True)
-            ready_files.append(ready)
-            logf = open(self.run_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - owned by the child
-            cmd = [sys.executable, "-m", "sidstream.cli", "--settings", str(settings_file), "--log-level", "INFO",
-                   "worker", "run", "--roles", ",".join(roles), "--ready-file", str(ready)]
-            self.processes.append(subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        name = "-".join(roles)
+        (self.run_dir / f"{name}.ready").unlink(missing_ok=True)
+        logf = open(self.run_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        cmd = [sys.executable, "-m", "sidstream.cli", "--settings", str(settings_file), "--log-level", "INFO",
+               "worker", "run", "--roles", ",".join(roles), "--ready-file", str(self.run_dir / f"{name}.ready")]
+        self.processes[roles] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, groups: tuple[tuple[str, ...], ...], timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while not all(f.exists() for f in ready_files):
-            for p, roles in zip(self.processes, groups, strict=False):
+        while not all((self.run_dir / f"{'-'.join(r)}.ready").exists() for r in groups):
+            for roles in groups:
+                p = self.processes[roles]
                 if p.poll() is not None:
                     raise RuntimeError(f"worker {roles} exited with {p.returncode}: {self.worker_log_tail(roles)}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers not ready after {timeout_s:.0f}s")
-            time.sleep(0.3)
+            time.sleep(0.2)
+
+    def kill_and_restart(self, roles: tuple[str, ...], wait_ready: bool = True) -> None:
+        """kill -9 one worker group (no clean shutdown, no final commit) and start it again."""
+        p = self.processes[roles]
+        p.kill()
+        p.wait()
+        self._spawn(roles)
+        if wait_ready:
+            self.wait_ready((roles,))
+
+    def kill_all(self) -> None:
+        for p in self.processes.values():
+            p.kill()
+        for p in self.processes.values():
+            p.wait()
+        self.processes.clear()
 
     def worker_log_tail(self, roles: tuple[str, ...], chars: int = 3000) -> str:
         path = self.run_dir / f"worker-{'-'.join(roles)}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def stop_workers(self, timeout_s: float = 30.0) -> None:
-        for p in self.processes:
+        for p in self.processes.values():
             if p.poll() is None:
                 p.terminate()
-        for p in self.processes:
+        for p in self.processes.values():
             try:
                 p.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -21,9 +24,9 @@ def build_deps(roles: list[str]) -> WorkerDeps:
     deps = WorkerDeps(settings=s)
     e = s.encoders
     if "text" in roles:
-        deps.text_encoder = configured_text_encoder(e)
+        deps.text_encoder = _drill(configured_text_encoder(e), s.stream.slowdown_file)
     if "audio" in roles:
-        deps.audio_encoder = configured_audio_encoder(e)
+        deps.audio_encoder = _drill(configured_audio_encoder(e), s.stream.slowdown_file)
     if "assigner" in roles:
         from streams.kept import KeptEmbeddings
 
@@ -41,6 +44,30 @@ def build_deps(roles: list[str]) -> WorkerDeps:
         if "logger" in roles:
             deps.history_sink = FeastSink(store)
     return deps
+
+
+class _SlowedEncoder:
+    """Fault drill: while `flag` exists, each encode takes (the factor in it) times as long."""
+
+    def __init__(self, inner: Any, flag: Path) -> None:
+        self._inner, self._flag = inner, flag
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, batch: Any) -> Any:
+        started = time.perf_counter()
+        out = self._inner.encode(batch)
+        try:
+            factor = float(self._flag.read_text().strip() or "10")
+        except (FileNotFoundError, ValueError):
+            return out
+        time.sleep((factor - 1.0) * (time.perf_counter() - started))
+        return out
+
+
+def _drill(encoder: Any, flag: Path | None) -> Any:
+    return encoder if flag is None else _SlowedEncoder(encoder, flag)
 
 
 @click.group()

@@ -111,9 +111,7 @@ def test_restart_neither_loses_nor_duplicates(pipeline):
     producer.flush()
     store = _open_store(run)
     wait_until_readable(store, {t.track_id: "text_sid" for t in tracks[:10]}, produced, timeout_s=120)
-    for p in run.processes:  # hard kill: no clean shutdown, no final commit
-        p.kill()
-    run.stop_workers()
+    run.kill_all()  # hard kill: no clean shutdown, no final commit
     produced |= producer.send_metadata(tracks[60:])
     producer.flush()
     run.start_workers()

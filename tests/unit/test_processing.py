@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams import avro_codec
 from encoders.text import classify_text
+from streams import avro_codec
 from streams.processing import (
     ActiveCodebooks,
     assign_batch,

@@ -1,0 +1,315 @@
+"""`sidstream chaos`: the real pipeline (real broker, real Feast, one process per role) on N
+tracks with B bad records mixed in, one fault injected mid-stream, recovery with no person,
+and one JSON line that says what was lost, duplicated or changed.
+
+Definitions (each number is measured, none is derived from another):
+- produced: good tracks produced; bad_injected: bad records produced;
+- in_feast: good tracks whose text SID is readable in Feast at the end;
+- lost: good tracks not readable at the end (dead-lettered or not);
+- dlq: distinct source records (topic, partition, offset) found in the dead-letter topics;
+  dlq_messages: dead-letter messages (a replayed batch may dead-letter a record twice);
+- duplicated_final: good tracks whose final row (latest event time) is in the offline log more
+  than once; duplicate_offline_rows: offline SID rows beyond the first of their key, in total;
+- mismatched: good tracks whose final text SID differs from a clean run of the same tracks;
+- recovery_s: end of the fault -> last good track readable;
+- in_flight_at_fault: produced minus readable at the moment the fault lands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sidcore.catalog import Track
+from sidcore.config import Settings
+from sidstream.harness import PipelineRun
+from streams import avro_codec
+
+FAULTS = ("none", "kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down", "slow-encoder")
+CHAOS_GROUPS = (("text",), ("assigner",), ("writer",))
+FAULT_GROUP = {"kill-encoder": ("text",), "kill-assigner": ("assigner",), "kill-writer": ("writer",)}
+
+
+def bad_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes, str]]:
+    """n bad records for tracks.metadata: (key, value, what is wrong), cycling through kinds."""
+    ts = 1_700_000_000_000
+
+    def meta(track_id: str, text: str) -> bytes:
+        return avro_codec.encode("TrackMetadata", {"track_id": track_id, "event_time": ts, "tags": [], "text": text,
+                                                   "ingest_time": ts})
+
+    kinds: list[tuple[str, Callable[[str], bytes]]] = [
+        ("undecodable", lambda k: b"\x00not avro " + k.encode()),
+        ("truncated", lambda k: meta(k, "truncated record")[:-5]),
+        ("whitespace", lambda k: meta(k, "   \t ")),
+        ("nul", lambda k: meta(k, "a\x00b")),
+        ("too long", lambda k: meta(k, "x" * 200_000)),
+        ("wrong schema", lambda k: avro_codec.encode("Interaction", {"user_id": "u", "track_id": k, "event_time": ts,
+                                                                     "label": 1})),
+    ]
+    out = []
+    for i in range(n):
+        name, make = kinds[i % len(kinds)]
+        key = f"bad:{seed}:{i}"
+        out.append((key.encode(), make(key), name))
+    return out
+
+
+class _Readability(threading.Thread):
+    """Polls Feast for produced good tracks and records when each first became readable."""
+
+    def __init__(self, store: Any, produced_at: dict[str, int], poll_s: float) -> None:
+        super().__init__(daemon=True)
+        self.store, self.produced_at, self.poll_s = store, produced_at, poll_s
+        self.readable_at: dict[str, float] = {}
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        from streams.sinks.feast import read_sids
+
+        while not self.stop_event.is_set():
+            ids = [t for t in list(self.produced_at) if t not in self.readable_at]
+            if ids:
+                try:
+                    df = read_sids(self.store, ids)
+                    now = time.time()
+                    for t, v in zip(df["track_id"], df["text_sid"], strict=True):
+                        if v is not None and len(v) > 0:
+                            self.readable_at[t] = now
+                except Exception:  # noqa: BLE001 - the store may be locked (feast-down): poll again
+                    pass
+            self.stop_event.wait(self.poll_s)
+
+
+def _consumer_lag(bootstrap: str, group: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
+        lag = 0
+        for tp in c.committed(parts, timeout=10):
+            high = c.get_watermark_offsets(tp, timeout=10)[1]
+            lag += high - (tp.offset if tp.offset >= 0 else 0)
+        return lag
+    finally:
+        c.close()
+
+
+def _hold_sqlite_lock(db: Path, seconds: float) -> None:
+    """The online store refuses writes: an exclusive transaction held by another connection."""
+    conn = sqlite3.connect(db, timeout=30.0)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        time.sleep(seconds)
+        conn.rollback()
+    finally:
+        conn.close()
+
+
+def run_chaos(
+    settings: Settings, fault: str, tracks: list[Track], n_bad: int, rate: float, run_dir: Path,
+    clean_codes: dict[str, list[int]] | None = None, fault_at_share: float = 1 / 3, timeout_s: float = 300.0,
+    on_status: Callable[[str], None] | None = None, seed: int = 0,
+) -> dict[str, Any]:
+    """Run the pipeline once with `fault` ("none": a clean run); returns the result dict
+    (with "codes": the final text SID of every good track)."""
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
+    say = on_status or (lambda _: None)
+    from streams.sinks.feast import open_store, read_sids
+
+    slow_flag = run_dir / "slowdown"
+    s = settings.model_copy(update={"feast_root": run_dir / "feast", "registry_root": settings.registry_dir,
+                                    "stream": settings.stream.model_copy(update={"slowdown_file": slow_flag})})
+    if fault == "feast-down" and s.feast_profile != "local":
+        raise click.UsageError("--fault feast-down drills the SQLite online store (feast_profile=local)")
+    run = PipelineRun(s, run_dir)
+    run.create_topics()
+    store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
+    say("starting workers (text | assigner | writer)...")
+    run.start_workers(CHAOS_GROUPS)
+    bad = bad_records(n_bad, seed)
+    rng = random.Random(seed)
+    items: list[Any] = list(tracks)
+    for record in bad:
+        items.insert(rng.randrange(len(items) + 1), record)
+    produced_at: dict[str, int] = {}
+    poller = _Readability(store, produced_at, poll_s=0.05)
+    poller.start()
+    producer = run.producer()
+
+    def produce() -> None:
+        interval = 1.0 / rate
+        start = time.monotonic()
+        for i, item in enumerate(items):
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if isinstance(item, Track):
+                produced_at.update(producer.send_metadata([item]))
+            else:
+                producer.send_raw(run.names.metadata, item[0], item[1])
+            if i % 50 == 0:
+                producer._producer.poll(0)
+        producer.flush(120)
+
+    feeder = threading.Thread(target=produce, daemon=True)
+    t_start = time.time()
+    feeder.start()
+    result: dict[str, Any] = {"fault": fault, "produced": len(tracks), "bad_injected": len(bad)}
+    fault_end = time.time()
+    lag_trace: list[int] = []
+    try:
+        # the fault lands once a share of the tracks is in flight (or everything is produced)
+        target = fault_at_share * len(tracks)
+        while len(produced_at) - len(poller.readable_at) < target and len(produced_at) < len(tracks):
+            time.sleep(0.01)
+        result["in_flight_at_fault"] = len(produced_at) - len(poller.readable_at)
+        say(f"fault {fault} with {result['in_flight_at_fault']} tracks in flight")
+        if fault in FAULT_GROUP:
+            run.kill_and_restart(FAULT_GROUP[fault], wait_ready=False)
+        elif fault == "kill-broker":
+            from streams.admin.broker import local_broker
+
+            broker = local_broker(s.kafka, s.home / "kafka", s.cache_dir)
+            pid = broker.pid()
+            if pid is None:
+                raise click.UsageError("kill-broker needs the broker that `sidstream broker start` runs for this home")
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(10.0)
+            broker.start()
+        elif fault == "feast-down":
+            _hold_sqlite_lock(s.feast_dir / "data" / "online.db", 15.0)
+        elif fault == "slow-encoder":
+            group = f"{run.prefix}sidstream-text"
+            slow_flag.write_text("10")
+            until = time.monotonic() + 20.0
+            while time.monotonic() < until:
+                lag_trace.append(_consumer_lag(s.kafka.bootstrap, group, run.names.metadata))
+                time.sleep(1.0)
+            slow_flag.unlink()
+        fault_end = time.time()
+        deadline = time.monotonic() + timeout_s
+        while len(poller.readable_at) < len(tracks) and time.monotonic() < deadline:
+            if fault == "slow-encoder":
+                lag_trace.append(_consumer_lag(s.kafka.bootstrap, f"{run.prefix}sidstream-text", run.names.metadata))
+            time.sleep(0.5)
+        if fault == "slow-encoder":
+            time.sleep(2.0)  # a commit interval, so that the lag reflects the last batches
+            lag_trace.append(_consumer_lag(s.kafka.bootstrap, f"{run.prefix}sidstream-text", run.names.metadata))
+        feeder.join(timeout=30)
+        poller.stop_event.set()
+        poller.join(timeout=10)
+        final = read_sids(store, [t.track_id for t in tracks])
+        dead = run.dead_letters()
+    finally:
+        poller.stop_event.set()
+        run.stop_workers()
+    codes = {t: list(v) for t, v in zip(final["track_id"], final["text_sid"], strict=True) if v is not None and len(v)}
+    dead_all = [r for v in dead.values() for r in v]
+    offline = _offline_sid_rows(s.feast_dir)
+    result.update({
+        "in_feast": len(codes),
+        "lost": len(tracks) - len(codes),
+        "dlq": len({(r["source_topic"], r["partition"], r["offset"]) for r in dead_all}),
+        "dlq_messages": len(dead_all),
+        "duplicated_final": _duplicated_final(offline),
+        "duplicate_offline_rows": _duplicate_rows(offline),
+        "mismatched": (sum(1 for t, c in clean_codes.items() if t in codes and codes[t] != c)
+                       if clean_codes is not None else None),
+        "recovery_s": round(max(poller.readable_at.values(), default=fault_end) - fault_end, 2),
+        "wall_s": round(time.time() - t_start, 1),
+    })
+    if fault == "slow-encoder":
+        result["lag"] = {"at_fault": lag_trace[0] if lag_trace else None, "max": max(lag_trace, default=None),
+                         "end": lag_trace[-1] if lag_trace else None}
+    result["codes"] = codes
+    return result
+
+
+def _offline_sid_rows(feast_dir: Path) -> Any:
+    import pandas as pd
+
+    parts = sorted((feast_dir / "data" / "offline" / "track_sids").glob("part-*.parquet"))
+    cols = ["track_id", "sid_event_time_ms", "codebook_version"]
+    return pd.concat([pd.read_parquet(p, columns=cols) for p in parts]) if parts else pd.DataFrame(columns=cols)
+
+
+def _duplicate_rows(offline: Any) -> int:
+    return int(offline.duplicated(["track_id", "sid_event_time_ms", "codebook_version"]).sum())
+
+
+def _duplicated_final(offline: Any) -> int:
+    if offline.empty:
+        return 0
+    latest = offline.groupby("track_id")["sid_event_time_ms"].transform("max")
+    final = offline[offline["sid_event_time_ms"] == latest]
+    return int((final.groupby("track_id").size() > 1).sum())
+
+
+def clean_run_codes(settings: Settings, tracks: list[Track], rate: float, root: Path,
+                    on_status: Callable[[str], None] | None = None) -> dict[str, list[int]]:
+    """The final text SIDs of a clean run of these tracks under the live codebook version,
+    cached per (codebook version, tracks): one clean run serves every fault."""
+    from sidcore.registry import Registry
+
+    live = Registry(settings.registry_dir).live("codebooks")
+    key = hashlib.sha256(json.dumps([live.version if live else None, [t.track_id for t in tracks]]).encode()).hexdigest()[:16]
+    path = root / f"clean-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    out = run_chaos(settings, "none", tracks, 0, rate, root / f"clean-{key}", fault_at_share=1.0, on_status=on_status)
+    if out["lost"]:
+        raise RuntimeError(f"the clean run lost {out['lost']} tracks: no reference to compare with")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out["codes"]))
+    return out["codes"]  # type: ignore[no-any-return]
+
+
+@click.command()
+@click.option("--fault", type=click.Choice(FAULTS[1:]), required=True)
+@click.option("--tracks", "n_tracks", type=click.IntRange(min=3), default=300, show_default=True)
+@click.option("--bad", "n_bad", type=click.IntRange(min=0), default=12, show_default=True, help="bad records mixed in")
+@click.option("--rate", type=click.FloatRange(min=1), default=300.0, show_default=True, help="tracks/s produced")
+@click.option("--fault-at", "fault_at", type=click.FloatRange(0, 1), default=1 / 3, show_default=True,
+              help="inject once this share of the tracks is in flight (or all are produced)")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait for recovery")
+@click.option("--json", "as_json", is_flag=True, help="end with exactly one JSON line")
+def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, timeout: float, as_json: bool) -> None:
+    """Inject one fault into the running pipeline and measure what it cost."""
+    from rich.console import Console
+
+    from sidcore.catalog import lastfm_tracks
+    from sidcore.config import get_settings
+    from sidstream.harness import ensure_codebooks
+    from streams.admin.broker import local_broker
+
+    s = get_settings()
+    console = Console(stderr=True)
+    local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
+    ensure_codebooks(s, [], on_status=console.print)
+    tracks = lastfm_tracks(s.lastfm_source, n_tracks)
+    root = s.home / "chaos"
+    clean = clean_run_codes(s, tracks, rate, root, on_status=console.print)
+    run_dir = root / f"{fault}-{time.strftime('%Y%m%dT%H%M%S')}"
+    result = run_chaos(s, fault, tracks, n_bad, rate, run_dir, clean, fault_at, timeout, on_status=console.print)
+    result.pop("codes")
+    line = json.dumps(result)
+    if as_json:
+        click.echo(line)
+    else:
+        console.print_json(line)
+    if result["lost"] or result["mismatched"] or result["duplicated_final"] or result["dlq"] != result["bad_injected"]:
+        raise SystemExit(1)
