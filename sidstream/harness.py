@@ -65,6 +65,7 @@ class PipelineRun:
     run_dir: Path
     prefix: str = field(default_factory=lambda: f"run{uuid.uuid4().hex[:8]}-")
     processes: dict[tuple[str, ...], subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[tuple[str, ...], int] = field(default_factory=dict)
 
     @property
     def names(self) -> TopicNames:
@@ -82,8 +83,10 @@ class PipelineRun:
         k = self.settings.kafka
         create_topics(k.bootstrap, self.names, k.partitions, max_message_bytes=k.max_message_bytes)
 
-    def start_workers(self, groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS, timeout_s: float = 180.0) -> None:
+    def start_workers(self, groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS, timeout_s: float = 180.0,
+                      metrics_ports: dict[tuple[str, ...], int] | None = None) -> None:
         """Start one worker process per role group and wait until each has its partitions."""
+        self.metrics_ports.update(metrics_ports or {})
         for roles in groups:
             self._spawn(roles)
         self.wait_ready(groups, timeout_s)
@@ -96,6 +99,8 @@ class PipelineRun:
         logf = open(self.run_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - owned by the child
         cmd = [sys.executable, "-m", "sidstream.cli", "--settings", str(settings_file), "--log-level", "INFO",
                "worker", "run", "--roles", ",".join(roles), "--ready-file", str(self.run_dir / f"{name}.ready")]
+        if roles in self.metrics_ports:
+            cmd += ["--metrics-port", str(self.metrics_ports[roles])]
         self.processes[roles] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def wait_ready(self, groups: tuple[tuple[str, ...], ...], timeout_s: float = 180.0) -> None:

@@ -195,6 +195,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         @app.timer(interval=5.0)
         async def watch_codebooks() -> None:
             _maybe_reload_codebooks(deps)
+            deps.kept.expire()
             metrics.JOIN_WAITING.set(deps.kept.waiting)
 
         @app.agent(app.topic(names.control, partitions=1), name="codebook-control")

@@ -37,11 +37,11 @@ DeadLetterAll = Callable[[Sequence[Any], str], Awaitable[None]]
 
 async def process_batch(
     events: Sequence[Any], worker: str, handle: Handle, dead_letter_all: DeadLetterAll, policy: RetryPolicy,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
 ) -> str:
     """Run `handle(events)` to success; returns "ok" or "dead_lettered" (only then may the
     caller ack). Raises only on cancellation (shutdown): the batch stays un-acked."""
-    started = time.monotonic()
+    started = clock()
     delay = policy.first_delay_s
     attempt = 0
     while True:
@@ -58,9 +58,9 @@ async def process_batch(
             reason = f"{type(exc).__name__}: {exc}"
             metrics.RETRIES.labels(worker, type(exc).__name__).inc()
             metrics.RETRYING.labels(worker).set(1)
-            if time.monotonic() - started + delay > policy.budget_s:
+            if clock() - started + delay > policy.budget_s:
                 log.error("%s: batch of %d failed for %.0fs (%d attempts), dead-lettering it whole: %s",
-                          worker, len(events), time.monotonic() - started, attempt, reason)
+                          worker, len(events), clock() - started, attempt, reason)
                 why = f"retries exhausted after {attempt} attempts: {reason}"
                 await _until_done(lambda: dead_letter_all(events, why), worker, policy, sleep)  # noqa: B023 - awaited here
                 metrics.RETRYING.labels(worker).set(0)

@@ -11,6 +11,7 @@ _BENCHES = {
     "quantize": "sidstream.bench.quantize",
     "encoders": "sidstream.bench.encoders",
     "train": "sidstream.bench.train",
+    "soak": "sidstream.bench.soak",
 }
 
 

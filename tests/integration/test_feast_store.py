@@ -207,3 +207,36 @@ def test_reopening_keeps_data_and_skips_apply(tmp_path):
 def test_unknown_profile_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown Feast profile"):
         open_store(tmp_path / "feast", profile="dynamo")
+
+
+def test_a_row_the_store_rejects_is_returned_and_the_rest_is_written(store):
+    """One row that can never be written (a code beyond int64) must not block its batch or
+    any later one: it comes back in `rejected` for the dead-letter topic."""
+    sink = FeastSink(store)
+    batch = [_row(f"t{i}", 1_000, (i, i, i)) for i in range(8)]
+    batch[5] = _row("t5", 1_000, (2**70, 1, 1))
+    result = sink.write(batch)
+    assert [r.track_id for r, _ in result.rejected] == ["t5"] and result.online == 7
+    assert "t5" not in set(_offline_rows(store)["track_id"])
+    assert sink.write([_row("t9", 2_000, (9, 9, 9))]).online == 1  # the next batch is not blocked
+    assert read_sids(store, ["t4", "t9"])["text_sid"].tolist() == [[4, 4, 4], [9, 9, 9]]
+
+
+def test_a_locked_store_is_a_transient_error(tmp_path):
+    """A write to a locked SQLite store raises (to be retried, batch un-acked) and leaves no
+    offline row behind that a retry would add twice."""
+    import sqlite3
+
+    from streams.sinks.feast import is_transient_store_error
+
+    store = open_store(tmp_path / "feast")
+    sink = FeastSink(store)
+    lock = sqlite3.connect(tmp_path / "feast" / "data" / "online.db")
+    lock.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(Exception) as failure:
+        sink.write([_row("t1", 1_000)])
+    assert is_transient_store_error(failure.value)
+    lock.rollback()
+    lock.close()
+    assert sink.write([_row("t1", 1_000)]).online == 1
+    assert len(_offline_rows(store)) == 1
