@@ -9,6 +9,13 @@ track = Entity(
     description="A music track in the catalog.",
 )
 
+codebook = Entity(
+    name="codebook",
+    join_keys=["codebook_version"],
+    value_type=ValueType.STRING,
+    description="A codebook version: SID rows are keyed by track and version; readers ask for the live one.",
+)
+
 user = Entity(
     name="user",
     join_keys=["user_id"],

@@ -1,8 +1,9 @@
-"""Semantic IDs per track: pushed by the Feast writer, one row per track (newest event time wins)."""
+"""Semantic IDs per (track, codebook version): pushed by the Feast writer and by backfills; per key
+the newest event time wins. Readers ask for the live version (the registry's LIVE pointer)."""
 
 from datetime import timedelta
 
-from entities import track
+from entities import codebook, track
 from feast import FeatureView, Field, FileSource, PushSource
 from feast.types import Array, Int64, String
 
@@ -18,10 +19,9 @@ track_sids_push = PushSource(name="track_sids_push", batch_source=track_sids_fil
 
 track_sids = FeatureView(
     name="track_sids",
-    entities=[track],
-    ttl=timedelta(0),  # SIDs do not expire; a newer codebook version replaces them
+    entities=[track, codebook],
+    ttl=timedelta(0),  # SIDs do not expire; readers move to a new version when it goes live
     schema=[
-        Field(name="codebook_version", dtype=String),
         Field(name="text_sid", dtype=Array(Int64)),
         Field(name="audio_sid", dtype=Array(Int64)),
         Field(name="joint_sid", dtype=Array(Int64)),

@@ -52,6 +52,8 @@ class StreamSettings(_Frozen):
     inline_audio_max_bytes: int = Field(4_000_000, ge=0, description="larger files travel as file:// URIs")
     audio_wait_s: float = Field(600.0, ge=0, description="bounded wait for a late modality (join table entries)")
     retry_budget_s: float = Field(120.0, gt=0, description="a failing batch is retried this long, then dead-lettered whole")
+    backfill_chunk: int = Field(2000, ge=1, description="tracks re-coded and written per backfill step")
+    codebook_reload_grace_s: float = Field(12.0, ge=0, description="backfill: wait for assigners to see a pending version")
     session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")
     web_port: int = 16066
     # fault drills (`sidstream chaos --fault slow-encoder`): while this file exists, the encoder
@@ -86,10 +88,18 @@ class CodebookSettings(_Frozen):
     prefix_scale: Literal["none", "residual_norm", "residual_spread"] = "none"  # PSRQ: scaling of the prefix half
     seed: int = 0
     min_points_per_code: int = Field(4, ge=1, description="K is capped at fit points // this")
+    # promotion gate (trainer.gate): a refit below these is registered but not promoted
+    gate_min_utilisation: float = Field(0.02, ge=0, le=1, description="least share of codes used, per layer")
+    gate_max_collision_rate: float = Field(1.0, ge=0, le=1, description="most share of items sharing their SID")
+    gate_min_recon_cosine: float = Field(0.0, ge=-1, le=1, description="least mean cosine(x, decode(encode(x)))")
 
     def options(self) -> dict[str, object]:
         """Method-specific constructor options for psrq.make_quantizer."""
         return {"anchor": self.anchor, "prefix_scale": self.prefix_scale} if self.method == "psrq" else {}
+
+
+class TrainSettings(_Frozen):
+    window_days: float = Field(30.0, gt=0, description="the ranker trains on logged interactions this recent")
 
 
 class Settings(BaseSettings):
@@ -108,6 +118,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     encoders: EncoderSettings = EncoderSettings()
     codebook: CodebookSettings = CodebookSettings()
+    train: TrainSettings = TrainSettings()
 
     def __init__(self, **values: Any) -> None:
         check_env_keys(os.environ)

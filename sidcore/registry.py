@@ -97,6 +97,40 @@ class Registry:
             return None
         return self.get(kind, pointer.read_text().strip())
 
+    def pending(self, kind: str) -> ArtifactVersion | None:
+        """The version being backfilled before it goes live (assigners code under both)."""
+        pointer = self._kind_dir(kind) / "PENDING"
+        if not pointer.is_file():
+            return None
+        return self.get(kind, pointer.read_text().strip())
+
+    def set_pending(self, kind: str, version: str | None) -> None:
+        """Name the version being backfilled (None: no backfill in progress)."""
+        pointer = self._kind_dir(kind) / "PENDING"
+        if version is None:
+            pointer.unlink(missing_ok=True)
+            return
+        self.get(kind, version)
+        tmp = pointer.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(version + "\n")
+        os.replace(tmp, pointer)
+
+    def log_event(self, kind: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Append to <kind>/EVENTS.jsonl (promotions, refusals, backfills); returns the event
+        with its sequence number `seq` and time."""
+        path = self._kind_dir(kind) / "EVENTS.jsonl"
+        seq = len(self.events(kind)) + 1
+        event = {"seq": seq, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+        return event
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        path = self._kind_dir(kind) / "EVENTS.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
     def promote(self, kind: str, version: str) -> ArtifactVersion:
         """Make `version` live (atomic pointer swap)."""
         av = self.get(kind, version)

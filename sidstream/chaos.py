@@ -69,9 +69,9 @@ def bad_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes, str]]:
 class _Readability(threading.Thread):
     """Polls Feast for produced good tracks and records when each first became readable."""
 
-    def __init__(self, store: Any, produced_at: dict[str, int], poll_s: float) -> None:
+    def __init__(self, store: Any, produced_at: dict[str, int], poll_s: float, version: str) -> None:
         super().__init__(daemon=True)
-        self.store, self.produced_at, self.poll_s = store, produced_at, poll_s
+        self.store, self.produced_at, self.poll_s, self.version = store, produced_at, poll_s, version
         self.readable_at: dict[str, float] = {}
         self.stop_event = threading.Event()
 
@@ -82,7 +82,7 @@ class _Readability(threading.Thread):
             ids = [t for t in list(self.produced_at) if t not in self.readable_at]
             if ids:
                 try:
-                    df = read_sids(self.store, ids)
+                    df = read_sids(self.store, ids, self.version)
                     now = time.time()
                     for t, v in zip(df["track_id"], df["text_sid"], strict=True):
                         if v is not None and len(v) > 0:
@@ -146,7 +146,12 @@ def run_chaos(
     for record in bad:
         items.insert(rng.randrange(len(items) + 1), record)
     produced_at: dict[str, int] = {}
-    poller = _Readability(store, produced_at, poll_s=0.05)
+    from sidcore.registry import Registry
+
+    live = Registry(s.registry_dir).live("codebooks")
+    if live is None:
+        raise click.UsageError("no live codebook version: run `sidstream demo` or `sidstream train codebooks` first")
+    poller = _Readability(store, produced_at, poll_s=0.05, version=live.version)
     poller.start()
     producer = run.producer()
 
@@ -212,7 +217,7 @@ def run_chaos(
         feeder.join(timeout=30)
         poller.stop_event.set()
         poller.join(timeout=10)
-        final = read_sids(store, [t.track_id for t in tracks])
+        final = read_sids(store, [t.track_id for t in tracks], live.version)
         dead = run.dead_letters()
     finally:
         poller.stop_event.set()

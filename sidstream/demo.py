@@ -24,13 +24,15 @@ from rich.table import Table
 
 from sidcore.catalog import audio_tracks, lastfm_tracks
 from sidcore.config import Settings, get_settings
-from sidstream.harness import PipelineRun, ensure_codebooks, wait_until_readable
+from sidstream.harness import WORKER_GROUPS, PipelineRun, ensure_codebooks, wait_until_readable
 from streams import avro_codec
+from streams.sinks.feast import read_sids
 
 log = logging.getLogger(__name__)
 
 
-def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout_s: float, console: Console) -> dict[str, Any]:
+def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout_s: float, console: Console,
+             retrain: bool = False) -> dict[str, Any]:
     from streams.admin.broker import local_broker
     from streams.sinks.feast import open_store
 
@@ -55,8 +57,9 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
     run = PipelineRun(settings, run_dir)
     run.create_topics()
     store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
+    groups = (("text", "audio"), ("assigner", "writer", "logger")) if retrain else WORKER_GROUPS
     with console.status("starting workers (encoders | assigner + Feast writer)..."):
-        run.start_workers()
+        run.start_workers(groups)
     try:
         producer = run.producer()
         produced_at = producer.send_metadata(tracks + audio)
@@ -68,15 +71,14 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
         expected = {t.track_id: "text_sid" for t in tracks} | {t.track_id: "joint_sid" for t in audio}
         with Progress(TextColumn("[bold]tracks readable in Feast"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("feast", total=len(expected))
-            latency = wait_until_readable(store, expected, produced_at, timeout_s, on_progress=lambda n: progress.update(task, completed=n))
+            latency = wait_until_readable(store, expected, produced_at, timeout_s, version, on_progress=lambda n: progress.update(task, completed=n))
         dead = run.dead_letters()
         emitted = run.assigned()
+        final = read_sids(store, list(expected), version)
+        sample = read_sids(store, [t.track_id for t in (tracks[:3] + audio[:2])], version)
+        retrained = _retrain(run, version, [t.track_id for t in tracks + audio], console) if retrain else None
     finally:
         run.stop_workers()
-    from streams.sinks.feast import read_sids
-
-    final = read_sids(store, list(expected))
-    sample = read_sids(store, [t.track_id for t in (tracks[:3] + audio[:2])])
     lat = np.array(list(latency.values())) if latency else np.array([np.nan])
     summary = {
         "tracks": len(expected),
@@ -85,7 +87,23 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
         "broker": f"kafka {settings.kafka.version}",
     }
     _print_summary(console, summary, dead, sample, version, run, time.monotonic() - t0, len(tracks), len(audio))
+    if retrained is not None:
+        summary["retrain"] = retrained
     return summary
+
+
+def _retrain(run: PipelineRun, version: str, track_ids: list[str], console: Console) -> dict[str, Any]:
+    """Log interactions for the streamed tracks, then run the nightly CronJob's command once."""
+    from sidstream.retrain import log_synthetic_interactions, retrain_once, wait_logged
+
+    with console.status("logging synthetic interactions through the interactions topic..."):
+        n = log_synthetic_interactions(run, track_ids)
+        wait_logged(run.settings.feast_dir, n)
+    with console.status("running the CronJob's `sidstream train all`: refit, gate, backfill, ranker..."):
+        out = retrain_once(run, version)
+    console.print(f"retrained: codebooks {out['before_version']} -> {out['after_version']} ({out['gate']}), "
+                  f"{out['backfilled']} tracks backfilled; ranker on {out['ranker_codebook']}")
+    return out
 
 
 def outcome_counts(
@@ -140,17 +158,20 @@ def _print_summary(console: Console, s: dict[str, Any], dead: dict[str, Any], sa
 @click.option("--timeout", default=240.0, show_default=True, help="seconds to wait for Feast")
 @click.option("--json", "as_json", is_flag=True, help="end with exactly one JSON summary line")
 @click.option("--keep", is_flag=True, help="keep this run's directory (worker logs, Feast store)")
-def demo(n_tracks: int, n_audio: int, audio_dir: Path | None, no_bad: bool, timeout: float, as_json: bool, keep: bool) -> None:
+@click.option("--retrain", is_flag=True, help="then log interactions and turn the retraining loop once (CronJob's command)")
+def demo(n_tracks: int, n_audio: int, audio_dir: Path | None, no_bad: bool, timeout: float, as_json: bool, keep: bool,
+         retrain: bool) -> None:
     """Stream real tracks through encoders and the PSRQ assigner into a local Feast store."""
     settings = get_settings()
     if audio_dir is not None:
         settings = settings.model_copy(update={"audio_dir": audio_dir})
     console = Console(stderr=as_json)
-    summary = run_demo(settings, n_tracks, n_audio, not no_bad, timeout, console)
+    summary = run_demo(settings, n_tracks, n_audio, not no_bad, timeout, console, retrain)
     if not keep:
         _clean_old_runs(settings.home / "demo", keep_last=1)
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        # with --retrain the one JSON line is the loop's (the stream's summary is printed above it on stderr)
+        sys.stdout.write(json.dumps(summary.pop("retrain") if retrain else summary) + "\n")
     if summary["feast_read"] < summary["tracks"]:
         sys.exit(1)
 

@@ -192,6 +192,7 @@ def wait_until_readable(
     expected: dict[str, str],
     produced_at: dict[str, int],
     timeout_s: float,
+    codebook_version: str,
     poll_s: float = 0.1,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
@@ -211,7 +212,7 @@ def wait_until_readable(
             time.sleep(poll_s)
             continue
         try:
-            df = read_sids(store, ids)  # type: ignore[arg-type]
+            df = read_sids(store, ids, codebook_version)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - SQLite may be busy while the writer commits
             log.debug("read retry: %s", exc)
             time.sleep(poll_s)

@@ -35,7 +35,7 @@ from streams.processing import (
     decode_sid_batch,
     encode_audio_batch,
     encode_text_batch,
-    update_history,
+    history_version,
 )
 from streams.records import BatchResult, DeadLetter, RawRecord, now_ms
 
@@ -52,7 +52,8 @@ class WorkerDeps:
     text_encoder: Any = None
     audio_encoder: Any = None
     codebooks: ActiveCodebooks | None = None
-    codebook_loader: Callable[[], ActiveCodebooks | None] | None = None
+    pending: ActiveCodebooks | None = None  # a version being backfilled: coded too, until it goes live
+    codebook_loader: Callable[[], tuple[ActiveCodebooks | None, ActiveCodebooks | None]] | None = None
     feast_sink: Any = None
     history_sink: Any = None  # its own sink: the writer and logger write from different threads
     kept: Any = None  # streams.kept.KeptEmbeddings (assigner)
@@ -176,7 +177,9 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         async def handle_assign(events: Sequence[Any]) -> None:
             _maybe_reload_codebooks(deps)
             deps.kept.expire()
-            result = await asyncio.to_thread(assign_batch, [_raw(e) for e in events], deps.kept, deps.codebooks, joint_embedding)
+            also = () if deps.pending is None else (deps.pending,)
+            result = await asyncio.to_thread(assign_batch, [_raw(e) for e in events], deps.kept, deps.codebooks,
+                                             joint_embedding, also)
             await publish(result, names.sids, "assigner")
             metrics.JOIN_WAITING.set(deps.kept.waiting)
 
@@ -248,16 +251,18 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
             bind_event = _event_binder(events)
             ok, dead = decode_interactions([_raw(e) for e in events])
             await asyncio.to_thread(write_interactions, s.feast_dir / "offline" / "interactions", [rec for _, rec in ok])
-            changed: dict[str, list[Any]] = {}
+            changed: dict[str, dict[str, Any]] = {}
             for raw, rec in ok:
                 key = rec["user_id"].encode()
                 bind_event(raw)
                 stored = history.get(key)
-                updated = update_history(json.loads(stored) if stored else None, rec)
+                updated = history_version(json.loads(stored) if stored else None, rec)
+                if updated is None:
+                    continue  # a replay or a negative: the stored list stands
                 history[key] = json.dumps(updated).encode()
                 changed[rec["user_id"]] = updated
             if changed and deps.history_sink is not None:
-                rows = [UserHistoryRow(u, int(h[-1][0]) if h else 0, tuple(t for _, t in h)) for u, h in changed.items() if h]
+                rows = [UserHistoryRow(u, h["written_ms"], tuple(t for _, t in h["items"])) for u, h in changed.items()]
                 await asyncio.to_thread(deps.history_sink.write_history, rows)
             await publish(BatchResult(dead=dead), None, "logger")
 
@@ -294,27 +299,34 @@ def _tuple(v: list[int] | None) -> tuple[int, ...] | None:
 def _maybe_reload_codebooks(deps: WorkerDeps) -> None:
     if deps.codebook_loader is None:
         return
-    fresh = deps.codebook_loader()
+    fresh, pending = deps.codebook_loader()
     if fresh is not None and (deps.codebooks is None or fresh.version != deps.codebooks.version):
         log.info("codebook version %s is live (was %s)", fresh.version, deps.codebooks.version if deps.codebooks else None)
         deps.codebooks = fresh  # one reference swap: a batch sees either the old or the new version
+    if (pending and pending.version) != (deps.pending and deps.pending.version):
+        log.info("codebook version %s is being backfilled: coding new tracks under it too", pending and pending.version)
+    deps.pending = None if pending is None or fresh is None or pending.version == fresh.version else pending
 
 
-def registry_codebook_loader(registry_dir: Path) -> Callable[[], ActiveCodebooks | None]:
-    """Loads the registry's LIVE codebook version, re-reading only when the pointer changes."""
+def registry_codebook_loader(registry_dir: Path) -> Callable[[], tuple[ActiveCodebooks | None, ActiveCodebooks | None]]:
+    """Loads the registry's LIVE and PENDING codebook versions, re-reading only when a pointer changes."""
     from psrq import load_codebook_set
     from sidcore.registry import Registry
 
     registry = Registry(registry_dir)
     cache: dict[str, ActiveCodebooks] = {}
 
-    def load() -> ActiveCodebooks | None:
-        live = registry.live("codebooks")
-        if live is None:
+    def one(av: Any) -> ActiveCodebooks | None:
+        if av is None:
             return None
-        if live.version not in cache:
-            cache.clear()
-            cache[live.version] = ActiveCodebooks(live.version, load_codebook_set(live.path))
-        return cache[live.version]
+        if av.version not in cache:
+            cache[av.version] = ActiveCodebooks(av.version, load_codebook_set(av.path))
+        return cache[av.version]
+
+    def load() -> tuple[ActiveCodebooks | None, ActiveCodebooks | None]:
+        live, pending = registry.live("codebooks"), registry.pending("codebooks")
+        for stale in set(cache) - {v.version for v in (live, pending) if v is not None}:
+            del cache[stale]
+        return one(live), one(pending)
 
     return load

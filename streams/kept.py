@@ -112,15 +112,19 @@ class KeptEmbeddings:
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM kept").fetchone()[0])
 
-    def restore_from(self, bootstrap: str, topic: str, partitions: Iterable[int], timeout_s: float = 30.0) -> int:
+    def restore_from(self, bootstrap: str, topic: str, partitions: Iterable[int] | None = None, timeout_s: float = 30.0,
+                     touched: set[str] | None = None) -> int:
         """Catch the disk tier up with the compacted topic (from where it stopped, per
-        partition, to the high watermark); returns how many records were read."""
+        partition, to the high watermark; None: every partition); returns how many records
+        were read, and adds their track ids to `touched` when given."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kept-restore-{id(self)}",
                              "enable.auto.commit": False, "enable.partition.eof": False})
         read = 0
         try:
+            if partitions is None:
+                partitions = sorted(consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
             for partition in partitions:
                 row = self._conn.execute("SELECT next_offset FROM restored WHERE topic = ? AND partition = ?",
                                          (topic, partition)).fetchone()
@@ -144,6 +148,8 @@ class KeptEmbeddings:
                     batch.append((rec["track_id"], rec["modality"], entry_of(rec)))
                 self.put_many(batch)
                 read += len(batch)
+                if touched is not None:
+                    touched.update(t for t, _, _ in batch)
                 self._conn.execute("INSERT OR REPLACE INTO restored(topic, partition, next_offset) VALUES (?, ?, ?)",
                                    (topic, partition, position))
                 self._conn.commit()
@@ -162,6 +168,28 @@ class KeptEmbeddings:
                 (topic, partition, offset + 1),
             )
         self._conn.commit()
+
+    def track_count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(DISTINCT track_id) FROM kept").fetchone()[0])
+
+    def iter_tracks(self, after: str = "", chunk: int = 2000) -> Iterable[tuple[list[str], dict[str, dict[str, Any]]]]:
+        """Tracks in id order after `after`, `chunk` at a time: (ids, {track_id: {modality: entry}})."""
+        while True:
+            ids = [t for (t,) in self._conn.execute(
+                "SELECT DISTINCT track_id FROM kept WHERE track_id > ? ORDER BY track_id LIMIT ?", (after, chunk))]
+            if not ids:
+                return
+            yield ids, self.entries(ids)
+            after = ids[-1]
+
+    def entries(self, track_ids: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {t: {} for t in track_ids}
+        for i in range(0, len(track_ids), 500):
+            part = track_ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for t, m, e in self._conn.execute(f"SELECT track_id, modality, entry FROM kept WHERE track_id IN ({marks})", part):
+                out[t][m] = json.loads(e)
+        return out
 
     def close(self) -> None:
         self._conn.close()

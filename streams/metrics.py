@@ -30,3 +30,4 @@ CONSUMER_LAG = Gauge("sidstream_consumer_lag", "records behind the high watermar
 JOIN_WAITING = Gauge("sidstream_join_waiting", "tracks in the assigner's join table (awaiting a late modality)")
 KEPT_ROWS = Gauge("sidstream_kept_embeddings", "embeddings in the assigner's local kept store")
 STORE_REJECTED = Counter("sidstream_store_rejected_total", "rows a sink rejected for good (dead-lettered)", ["view"])
+BACKFILL_DONE = Gauge("sidstream_backfill_tracks", "tracks re-coded by the running backfill", ["version"])

@@ -192,12 +192,15 @@ def assign_batch(
     state: MutableMapping[str, Any],
     active: ActiveCodebooks,
     joint_embedding: Any,
+    also: Sequence[ActiveCodebooks] = (),
 ) -> BatchResult:
     """embeddings.{text,audio} records -> sids.assigned records.
 
     `state` maps track_id -> JSON-able dict with the latest embedding per modality: the join
     state (streams.kept.KeptEmbeddings in the worker). Every accepted embedding is also returned
-    in `result.kept` for the compacted embeddings.kept topic. A track's text SID is emitted as soon as
+    in `result.kept` for the compacted embeddings.kept topic. `also`: further versions (a
+    pending one during a backfill) whose SID records are emitted too; inputs are checked
+    against `active` (a pending version has passed the gate: same dims and encoders). A track's text SID is emitted as soon as
     its text embedding arrives; audio and joint SIDs when its audio arrives (in any order).
     SID event time = max(event times of the modalities used) + (number of modalities - 1) ms,
     so a fuller record is always newer than a partial one and a replay yields the same record.
@@ -241,11 +244,12 @@ def assign_batch(
         result.kept.append((raw.partition, kept_key(track_id, modality), raw.value or b""))
         touched[track_id] = raw
     if touched:
-        _assign_tracks(result, list(touched), state, active, joint_embedding)
+        for version in (active, *also):
+            code_tracks(result, list(touched), state, version, joint_embedding)
     return result
 
 
-def _assign_tracks(
+def code_tracks(
     result: BatchResult, track_ids: list[str], state: MutableMapping[str, Any], active: ActiveCodebooks, joint_embedding: Any
 ) -> None:
     entries = [state[t] for t in track_ids]
@@ -337,6 +341,21 @@ def decode_interactions(records: Sequence[RawRecord]) -> tuple[list[tuple[RawRec
             continue
         ok.append((raw, rec))
     return ok, dead
+
+
+def history_version(stored: Any, rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The user's next history row, or None when `rec` changes nothing (a replay, a negative).
+
+    The row's event time is max(newest positive, previous row's time + 1 ms): it grows with
+    every change, so a late, older positive that changes the list still replaces the stored
+    row in Feast (whose stores keep only newer rows)."""
+    if isinstance(stored, list):  # rows written before the time counter existed
+        stored = {"items": stored, "written_ms": int(stored[-1][0]) if stored else 0}
+    stored = stored or {"items": [], "written_ms": 0}
+    items = update_history(stored["items"], rec)
+    if items == stored["items"]:
+        return None
+    return {"items": items, "written_ms": max(int(items[-1][0]), int(stored["written_ms"]) + 1)}
 
 
 def update_history(history: list[list[Any]] | None, rec: dict[str, Any]) -> list[list[Any]]:

@@ -42,6 +42,14 @@ CODEBOOKS, RANKER = "codebooks", "ranker"
 
 class JobError(RuntimeError):
     """A job cannot run with what it was given (the user can fix it); not a bug."""
+
+
+class GateRefused(JobError):
+    """A refitted codebook version was registered but the promotion gate refused it."""
+
+    def __init__(self, version: str, reasons: list[str]) -> None:
+        super().__init__(f"codebooks {version} registered but refused by the promotion gate: {'; '.join(reasons)}")
+        self.version, self.reasons = version, reasons
 OnProgress = Callable[[str, int, int], None]  # (task, done, total)
 
 
@@ -59,10 +67,20 @@ class JobConfig:
     promote: bool = True
     fail_after_steps: int | None = None  # crash drill: raise after this many steps
     force: bool = False  # register a new codebook version even if the newest one has the same inputs
+    dataset: Dataset | None = None  # in-memory inputs (the system's own: kept embeddings + interaction log)
+    encoder_model_ids: dict[str, str] = field(default_factory=dict)  # the encoders the embeddings came from
+    force_gate: bool = False  # promote even if the gate refuses (loudly)
+    # how a gated version goes live: None flips LIVE at once; the streaming system passes a
+    # backfill that re-codes the catalogue first (streams.backfill.run_backfill)
+    on_promote: Callable[[ArtifactVersion], None] | None = None
+    codebook_version: str | None = None  # ranker: train on this codebook version (default: the live one)
 
 
 def load_source(config: JobConfig) -> Dataset:
-    """The job's data: a dataset folder, Parquet logs, or both (logs replace the folder's csv)."""
+    """The job's data: in-memory inputs, a dataset folder, Parquet logs, or both (logs replace
+    the folder's csv)."""
+    if config.dataset is not None:
+        return config.dataset
     if config.data is not None:
         ds = load_dataset(config.data)
         if config.interactions is not None:
@@ -158,7 +176,7 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
         # nothing changed since the newest version: a rerun (e.g. after a crash) reuses it
         log.info("codebooks %s already fitted on these inputs; reusing it", existing.version)
         if config.promote:
-            registry.promote(CODEBOOKS, existing.version)
+            _gate_and_promote(registry, existing, config, embeddings)
         return existing
     work = config.work_dir / f"codebooks-{_key(fit_fp, config.codebook.model_dump())}"
     work.mkdir(parents=True, exist_ok=True)
@@ -188,16 +206,46 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
     parent = live.version if live else None
     record = {"config": config.codebook.model_dump(), "data_fingerprint": ds.fingerprint(),
               "fit_data_fingerprint": fit_fp, "metrics": metrics, "parent_version": parent,
-              "modalities": modalities, "items": len(catalog)}
+              "modalities": modalities, "items": len(catalog), "encoder_model_ids": config.encoder_model_ids}
 
     version = register_codebook_set(
-        registry, codebooks, record, config.promote, manifests_extra={"trainer": record},
+        registry, codebooks, record, False,
+        manifests_extra={"trainer": record, "encoder_model_ids": config.encoder_model_ids},
         fit_data={m: embeddings[m][present_rows(embeddings[m])] for m in codebooks}, metrics=metrics,
         parent=(live.path if live else None),
     )
     shutil.rmtree(work, ignore_errors=True)
-    log.info("codebooks %s registered%s (parent %s)", version.version, " and live" if config.promote else "", parent)
+    log.info("codebooks %s registered (parent %s)", version.version, parent)
+    if config.promote:
+        _gate_and_promote(registry, version, config, embeddings)
     return version
+
+
+def _gate_and_promote(registry: Registry, version: ArtifactVersion, config: JobConfig, embeddings: dict[str, np.ndarray]) -> None:
+    """Gate the version against the live set; promote it (through `on_promote`) or refuse it."""
+    from psrq import load_codebook_set
+    from trainer.gate import check
+
+    live = registry.live(CODEBOOKS)
+    if live is not None and live.version == version.version:
+        return
+    candidate = load_codebook_set(version.path)
+    live_set = _load_parent_set(live)
+    if live_set is not None:
+        live_set.manifest.setdefault("version", live.version if live else "")
+    result = check(candidate.codebooks, candidate.manifest.get("encoder_model_ids") or {}, live_set, embeddings,
+                   config.codebook)
+    event = {"version": version.version, "previous": live.version if live else None, "gate": result.to_dict()}
+    if not result.passed and not config.force_gate:
+        registry.log_event(CODEBOOKS, {"event": "refused", **event})
+        raise GateRefused(version.version, result.reasons)
+    if not result.passed:
+        log.warning("codebooks %s: gate overridden with --force: %s", version.version, "; ".join(result.reasons))
+    registry.log_event(CODEBOOKS, {"event": "promoting", "forced": not result.passed, **event})
+    if config.on_promote is not None:
+        config.on_promote(version)
+    else:
+        registry.promote(CODEBOOKS, version.version)
 
 
 def register_codebook_set(
@@ -272,7 +320,7 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     ds = load_source(config)
     prep = prepare(ds, config.test_fraction)
     needs_codes = config.model.kind == "mcca" or config.model.sid_codebook is not None
-    live = registry.live(CODEBOOKS)
+    live = registry.get(CODEBOOKS, config.codebook_version) if config.codebook_version else registry.live(CODEBOOKS)
     if needs_codes and live is None:
         raise JobError(f"no live codebook version in {config.registry}; run `sidstream train codebooks` first")
     codes, sizes = item_codes(live, ds, prep.catalog.tolist()) if (needs_codes and live) else ({}, {})
@@ -308,8 +356,17 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
         return record
 
     version = registry.register(RANKER, write)
-    if config.promote:
+    serving = registry.live(CODEBOOKS)
+    if config.promote and codebook_version is not None and (serving is None or serving.version != codebook_version):
+        # a ranker is only served with the codebook version it was trained on
+        registry.log_event(RANKER, {"event": "refused", "version": version.version,
+                                    "reason": f"trained on codebooks {codebook_version}, live is "
+                                              f"{serving.version if serving else None}"})
+        log.warning("ranker %s registered, not promoted: its codebooks %s are not live", version.version, codebook_version)
+    elif config.promote:
         registry.promote(RANKER, version.version)
+        registry.log_event(RANKER, {"event": "promoted", "version": version.version, "codebook_version": codebook_version,
+                                    "metrics": {k: metrics[k] for k in ("all_auc", "cold_auc")}})
     shutil.rmtree(work, ignore_errors=True)
     ddp.barrier()
     log.info("ranker %s registered: all AUC %.4f, cold AUC %.4f (resumed from step %d)", version.version,
@@ -333,6 +390,6 @@ def train_all(config: JobConfig, on_progress: OnProgress | None = None) -> tuple
     """Codebooks then ranker (the ranker uses the codebooks just registered; they must be promoted)."""
     codebooks = train_codebooks(replace(config, promote=True), on_progress) if ddp.is_main() else None
     ddp.barrier()
-    ranker = train_ranker(config, on_progress)
+    ranker = train_ranker(replace(config, codebook_version=codebooks.version if codebooks else None), on_progress)
     assert codebooks is not None or not ddp.is_main()
     return codebooks, ranker  # type: ignore[return-value]

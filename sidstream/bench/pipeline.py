@@ -47,7 +47,7 @@ def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
     encoder_s = time.perf_counter() - t0
 
     local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
-    ensure_codebooks(s, [], on_status=console.print)
+    version = ensure_codebooks(s, [], on_status=console.print)
     run_dir = s.home / "bench" / time.strftime("%Y%m%dT%H%M%S")
     s2 = s.model_copy(update={"feast_root": run_dir / "feast", "registry_root": s.registry_dir})
     run = PipelineRun(s2, run_dir)
@@ -72,12 +72,12 @@ def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
 
             thread = threading.Thread(target=pace)
             thread.start()
-            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, timeout_s=600)
+            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, 600, version)
             thread.join()
         else:
             produced = producer.send_metadata(tracks)
             producer.flush()
-            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, timeout_s=600)
+            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, 600, version)
         pipeline_s = time.perf_counter() - t1
     finally:
         run.stop_workers()

@@ -54,7 +54,7 @@ def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
     console = Console(stderr=True)
     s = get_settings()
     local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
-    ensure_codebooks(s, [], on_status=console.print)
+    version = ensure_codebooks(s, [], on_status=console.print)
     base = lastfm_tracks(s.lastfm_source)
     tracks = [Track(f"soak:{i}", None, b.artist, None, b.tags, preset_text=f"{b.preset_text} (take {i // len(base)})")
               for i, b in ((i, base[i % len(base)]) for i in range(n))]
@@ -97,7 +97,7 @@ def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
             produced_at.update(producer.send_metadata([t]))
         producer.flush(120)
         produce_s = time.monotonic() - start
-        latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced_at, timeout_s=600)
+        latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced_at, 600, version)
     finally:
         stop.set()
         sampler.join(timeout=5)

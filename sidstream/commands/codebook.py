@@ -213,26 +213,49 @@ def main() -> None:  # pragma: no cover - `python -m sidstream.commands.codebook
 
 @codebook.command()
 @click.argument("version")
-@click.option("--publish/--no-publish", default=True, show_default=True,
-              help="also publish the version on the codebooks.control topic (assigners reload at once)")
-def promote(version: str, publish: bool) -> None:
-    """Make a registered codebook VERSION the live one (assigners switch to it)."""
+@click.option("--backfill/--no-backfill", default=True, show_default=True,
+              help="re-code the catalogue under VERSION in Feast before it goes live (readers switch at the end)")
+@click.option("--force", is_flag=True, help="promote even if VERSION does not cover what the live version serves")
+def promote(version: str, backfill: bool, force: bool) -> None:
+    """Make a registered codebook VERSION live (a rollback is the promotion of an older one).
+
+    The structural gate runs first (modalities, encoders, dims vs the live version); then the
+    catalogue is backfilled under VERSION from the kept embeddings, and readers and assigners
+    switch to it at one point. With --no-backfill the pointer flips at once and is published.
+    """
+    from psrq import load_codebook_set
     from sidcore.config import get_settings
-    from sidcore.registry import Registry
+    from sidcore.registry import Registry, RegistryError
     from sidstream.cli import UserError
     from streams.admin.topics import TopicNames
     from streams.control import PublishError, publish_codebook_version
+    from trainer.gate import check
 
     s = get_settings()
+    registry = Registry(s.registry_dir)
     try:
-        av = Registry(s.registry_dir).promote("codebooks", version)
-    except (KeyError, FileNotFoundError, ValueError) as exc:
-        raise UserError(f"cannot promote {version}: {exc}") from exc
-    click.echo(f"codebook version {version} is live")
-    if publish:
-        topic = TopicNames(s.kafka.topic_prefix).control
-        try:
-            publish_codebook_version(s.kafka.bootstrap, topic, version, str(av.path))
-        except PublishError as exc:
-            raise UserError(f"{exc} (the version is live; assigners pick it up at their next registry poll)") from exc
-        click.echo(f"published on {topic}")
+        target = registry.get("codebooks", version)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from exc
+    live = registry.live("codebooks")
+    candidate = load_codebook_set(target.path)
+    live_set = load_codebook_set(live.path) if live is not None else None
+    result = check(candidate.codebooks, candidate.manifest.get("encoder_model_ids") or {}, live_set, None, s.codebook)
+    event = {"version": version, "previous": live.version if live else None, "manual": True, "gate": result.to_dict()}
+    if not result.passed and not force:
+        registry.log_event("codebooks", {"event": "refused", **event})
+        raise UserError(f"refused by the promotion gate: {'; '.join(result.reasons)} (--force overrides)")
+    registry.log_event("codebooks", {"event": "promoting", "forced": not result.passed, **event})
+    names = TopicNames(s.kafka.topic_prefix)
+    if backfill:
+        from streams.backfill import run_backfill
+
+        report = run_backfill(s, version, names.kept, names.control)
+        click.echo(json.dumps({"promoted": version, "previous": event["previous"], "backfill": report}))
+        return
+    registry.promote("codebooks", version)
+    try:
+        publish_codebook_version(s.kafka.bootstrap, names.control, version, str(target.path))
+    except PublishError as exc:
+        click.echo(f"warning: {exc} (assigners pick the version up at their next registry poll)", err=True)
+    click.echo(json.dumps({"promoted": version, "previous": event["previous"], "backfill": None}))

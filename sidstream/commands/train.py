@@ -218,6 +218,8 @@ _codebook_options = _options(
     click.option("--layers", type=click.IntRange(min=1), default=None, help="[settings.codebook.layers]"),
     click.option("--alpha", type=float, default=None, help="PSRQ prefix weight [settings.codebook.alpha]"),
     click.option("--force", is_flag=True, help="new codebook version even if the inputs did not change"),
+    click.option("--force-gate", is_flag=True, help="promote even if the promotion gate refuses (logged loudly)"),
+    click.option("--fail-after-tracks", type=int, default=None, hidden=True, help="backfill crash drill"),
 )
 _ranker_options = _options(
     click.option("--model", "model_kind", type=click.Choice(["mcca", "din", "din+sid"]), default="mcca",
@@ -248,6 +250,7 @@ def _job_config(kw: dict[str, Any]) -> Any:
         registry=kw["registry"] or s.registry_dir, work_dir=kw["work_dir"] or s.home / "work", data=kw["data_dir"],
         interactions=kw["interactions"], items=kw["items"], codebook=codebook, model=model, train=train_config,
         promote=kw["promote"], fail_after_steps=kw["fail_after_steps"], force=kw.get("force", False),
+        force_gate=kw.get("force_gate", False),
     )
 
 
@@ -272,9 +275,29 @@ def _run_job(fn: Any, kw: dict[str, Any]) -> Any:
     config = _job_config(kw)
     with ddp.process_group(), _progress(ddp.is_main() and sys.stderr.isatty()) as on_progress:
         try:
+            if kw["data_dir"] is None and kw["interactions"] is None:
+                config = _system_inputs(config, on_progress, kw.get("fail_after_tracks"))
             return fn(config, on_progress)
         except (DatasetContractError, JobError) as exc:
             raise UserError(str(exc)) from exc
+
+
+def _system_inputs(config: Any, on_progress: Any, fail_after_tracks: int | None) -> Any:
+    """Without --data/--interactions a job trains on the running system: the kept embeddings
+    and the streaming logger's interaction log; a promoted codebook version goes live through
+    a backfill of the catalogue."""
+    from dataclasses import replace
+
+    from sidstream.retrain import backfill_promoter, system_dataset
+
+    s = _settings()
+    ds, model_ids = system_dataset(s, s.home / "work" / "catalog-kept.sqlite")
+    promoter = backfill_promoter(s, on_progress, fail_after_tracks)
+    _BACKFILLS.append(promoter)
+    return replace(config, dataset=ds, encoder_model_ids=model_ids, on_promote=promoter)
+
+
+_BACKFILLS: list[Any] = []
 
 
 @train.command("codebooks")
@@ -285,6 +308,7 @@ def train_codebooks_cmd(**kw: Any) -> None:
     from trainer.jobs import train_codebooks
 
     _report("codebooks", _run_job(train_codebooks, kw), kw["as_json"])
+    _report_backfills(kw["as_json"])
 
 
 @train.command("ranker")
@@ -307,4 +331,15 @@ def train_all_cmd(**kw: Any) -> None:
 
     codebooks, ranker = _run_job(train_all, kw)
     _report("codebooks", codebooks, kw["as_json"])
+    _report_backfills(kw["as_json"])
     _report("ranker", ranker, kw["as_json"])
+
+
+def _report_backfills(as_json: bool) -> None:
+    for promoter in _BACKFILLS:
+        for report in promoter.reports:
+            if as_json:
+                _echo_json({"kind": "backfill", **report})
+            else:
+                click.echo(f"backfill of {report['version']}: {report['tracks']} tracks, "
+                           f"{report['tracks_per_s']} tracks/s; now live")

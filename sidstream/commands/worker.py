@@ -32,7 +32,7 @@ def build_deps(roles: list[str]) -> WorkerDeps:
 
         deps.kept = KeptEmbeddings(s.home / "state" / f"{s.kafka.topic_prefix}assigner" / "kept.sqlite", s.stream.audio_wait_s)
         deps.codebook_loader = registry_codebook_loader(s.registry_dir)
-        deps.codebooks = deps.codebook_loader()
+        deps.codebooks, deps.pending = deps.codebook_loader()
         if deps.codebooks is None:
             raise click.ClickException(f"no live codebook version in {s.registry_dir}; run `sidstream train codebooks` or `sidstream demo`")
     if "writer" in roles or "logger" in roles:

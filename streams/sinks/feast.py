@@ -44,7 +44,7 @@ _STAMP = ".applied"
 SID_VIEW = "track_sids"
 HISTORY_VIEW = "user_history"
 SID_FEATURES = (
-    "codebook_version", "text_sid", "audio_sid", "joint_sid",
+    "text_sid", "audio_sid", "joint_sid",
     "text_sid_str", "audio_sid_str", "joint_sid_str", "modalities", "text_model_id", "audio_model_id",
     "sid_event_time_ms",
 )  # fmt: skip
@@ -227,7 +227,7 @@ def _history_columns(rows: Sequence[UserHistoryRow]) -> dict[str, list[Any]]:
 @dataclass(frozen=True)
 class _View:
     name: str
-    join_key: str
+    join_keys: tuple[str, ...]
     features: tuple[str, ...]
     time_feature: str  # event time in ms, stored as a feature: the online stores' own may be coarser
     schema: pa.Schema
@@ -236,9 +236,9 @@ class _View:
 
 
 _VIEWS = {
-    SID_VIEW: _View(SID_VIEW, "track_id", SID_FEATURES, "sid_event_time_ms", SID_SCHEMA, _sid_columns,
+    SID_VIEW: _View(SID_VIEW, ("track_id", "codebook_version"), SID_FEATURES, "sid_event_time_ms", SID_SCHEMA, _sid_columns,
                     ("track_id", "sid_event_time_ms", "codebook_version")),
-    HISTORY_VIEW: _View(HISTORY_VIEW, "user_id", HISTORY_FEATURES, "history_event_time_ms", HISTORY_SCHEMA,
+    HISTORY_VIEW: _View(HISTORY_VIEW, ("user_id",), HISTORY_FEATURES, "history_event_time_ms", HISTORY_SCHEMA,
                         _history_columns, ("user_id", "history_event_time_ms")),
 }
 
@@ -339,8 +339,9 @@ class FeastSink:
         t0 = time.perf_counter()
         df = pd.DataFrame(view.columns(rows))
         # newest row per entity; on equal event times the row added last wins
-        df = df.sort_values("event_time_ms", kind="stable").drop_duplicates(view.join_key, keep="last")
-        stored_ms = stored_event_times_ms(self.store, view.name, df[view.join_key].tolist())
+        keys = list(view.join_keys)
+        df = df.sort_values("event_time_ms", kind="stable").drop_duplicates(keys, keep="last")
+        stored_ms = stored_event_times_ms(self.store, view.name, df[keys].to_dict("records"))
         df = df[df["event_time_ms"].to_numpy() > stored_ms].reset_index(drop=True)
         if df.empty:
             return 0, 0
@@ -348,20 +349,19 @@ class FeastSink:
         # offline first: a crash before the online write leaves the rows fresh, so the replay
         # writes them online and the offline log (keyed) does not take them twice
         offline = self._offline(view).append(df)
-        self.store.write_to_online_store(view.name, df[[view.join_key, "event_time", *view.features]])
+        self.store.write_to_online_store(view.name, df[[*keys, "event_time", *view.features]])
         log.debug("%s: %d of %d rows online, %d offline in %.1f ms", view.name, len(df), len(rows), offline,
                   1000 * (time.perf_counter() - t0))
         return len(df), offline
 
 
-def stored_event_times_ms(store: FeatureStore, view_name: str, entity_ids: Sequence[str]) -> np.ndarray:
+def stored_event_times_ms(store: FeatureStore, view_name: str, entity_rows: Sequence[dict[str, str]]) -> np.ndarray:
     """Event time (ms) of each entity's stored online row, 0 where there is none; one read."""
     view = _VIEWS[view_name]
-    if not entity_ids:
+    if not entity_rows:
         return np.zeros(0, dtype=np.int64)
     stored = store.get_online_features(
-        features=[f"{view.name}:{view.time_feature}"],
-        entity_rows=[{view.join_key: e} for e in entity_ids],
+        features=[f"{view.name}:{view.time_feature}"], entity_rows=list(entity_rows),
     ).to_dict()[view.time_feature]
     return pd.Series(stored, dtype="float64").fillna(0).to_numpy(dtype=np.int64)
 
@@ -369,22 +369,22 @@ def stored_event_times_ms(store: FeatureStore, view_name: str, entity_ids: Seque
 # ---------------------------------------------------------------------------- read
 
 
-def read_sids(store: FeatureStore, track_ids: Sequence[str]) -> pd.DataFrame:
-    """Online SIDs for these tracks, one row per requested id in order; None for unknown tracks."""
-    return _read(store, _VIEWS[SID_VIEW], track_ids)
+def read_sids(store: FeatureStore, track_ids: Sequence[str], codebook_version: str) -> pd.DataFrame:
+    """Online SIDs of these tracks under one codebook version (normally the live one), one row
+    per requested id in order; None for tracks that have no row under that version."""
+    return _read(store, _VIEWS[SID_VIEW], [{"track_id": t, "codebook_version": codebook_version} for t in track_ids])
 
 
 def read_history(store: FeatureStore, user_ids: Sequence[str]) -> pd.DataFrame:
     """Online user history for these users; None for unknown users."""
-    return _read(store, _VIEWS[HISTORY_VIEW], user_ids)
+    return _read(store, _VIEWS[HISTORY_VIEW], [{"user_id": u} for u in user_ids])
 
 
-def _read(store: FeatureStore, view: _View, entity_ids: Sequence[str]) -> pd.DataFrame:
-    columns = [view.join_key, *view.features]
-    if not entity_ids:
+def _read(store: FeatureStore, view: _View, entity_rows: list[dict[str, str]]) -> pd.DataFrame:
+    columns = [*view.join_keys, *view.features]
+    if not entity_rows:
         return pd.DataFrame({c: [] for c in columns})
     response = store.get_online_features(
-        features=[f"{view.name}:{f}" for f in view.features],
-        entity_rows=[{view.join_key: e} for e in entity_ids],
+        features=[f"{view.name}:{f}" for f in view.features], entity_rows=entity_rows,
     )
     return response.to_df()[columns]

@@ -69,5 +69,5 @@ def test_demo_counts_come_from_three_sources(test_settings, tmp_path):
     sink.write([SidRow("a", ts, "v1", (1, 2, 3), None, None), SidRow("c", ts, "v1", (7, 8, 9), None, None)])
     # b never reaches Feast; c reaches it without its joint SID
     expected = {"a": "text_sid", "b": "text_sid", "c": "joint_sid", "d": "text_sid"}
-    counts = outcome_counts(expected, run.assigned(), read_sids(store, list(expected)), run.dead_letters())
+    counts = outcome_counts(expected, run.assigned(), read_sids(store, list(expected), "v1"), run.dead_letters())
     assert counts == {"assigned": 3, "feast_read": 1, "dlq": 1}

@@ -12,7 +12,8 @@ import yaml
 pytestmark = pytest.mark.unit
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-SUBCOMMANDS = {"broker", "topics", "worker", "demo", "codebook", "encode", "train", "eval", "data", "bench"}
+SUBCOMMANDS = {"broker", "topics", "worker", "demo", "codebook", "encode", "train", "eval", "data", "bench",
+               "status", "dlq", "chaos"}
 METRICS = (
     "sidstream_records_total",
     "sidstream_dlq_total",

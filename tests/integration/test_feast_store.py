@@ -3,9 +3,6 @@ redis-server started on a free port for the Redis profile."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,50 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from streams.sinks.feast import FeastSink, SidRow, UserHistoryRow, open_store, read_history, read_sids
+from tests.conftest import redis_command as _redis_command
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _redis_command(port: int, command: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-        s.sendall(command)
-        return s.recv(64)
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    """A throwaway redis-server on a free port, no persistence; yields its host:port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server binary not on PATH (apt-get install redis-server)")
-    pytest.importorskip("redis", reason="the redis client is missing: pip install 'feast[redis]'")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if _redis_command(port, b"PING\r\n").startswith(b"+PONG"):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {port} (exit code {proc.poll()})")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
@@ -74,7 +30,7 @@ def _row(track_id: str, t_ms: int, text=(1, 2, 3), audio=None, joint=None, versi
 
 
 def _state(store, ids):
-    return read_sids(store, ids).to_dict("records")
+    return read_sids(store, ids, "cb-1").to_dict("records")
 
 
 def _offline_rows(store, view="track_sids") -> pd.DataFrame:
@@ -86,7 +42,7 @@ def _offline_rows(store, view="track_sids") -> pd.DataFrame:
 def test_rows_in_exact_values_out(store):
     sink = FeastSink(store)
     assert sink.write([_row("t1", 1_000), _row("t2", 1_000, (4, 5, 6), (7, 8, 9), (10, 11, 12))]).online == 2
-    df = read_sids(store, ["t2", "unknown", "t1"])
+    df = read_sids(store, ["t2", "unknown", "t1"], "cb-1")
     assert df["track_id"].tolist() == ["t2", "unknown", "t1"]
     t2, unknown, t1 = df.to_dict("records")
     assert t2 == {
@@ -104,9 +60,9 @@ def test_stale_event_time_does_not_overwrite(store):
     sink = FeastSink(store)
     sink.write([_row("t1", 5_000, (1, 1, 1))])
     assert sink.write([_row("t1", 4_999, (2, 2, 2)), _row("t1", 5_000, (3, 3, 3))]).online == 0  # older, same instant
-    assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [1, 1, 1]
+    assert read_sids(store, ["t1"], "cb-1")["text_sid"].iloc[0] == [1, 1, 1]
     assert sink.write([_row("t1", 5_001, (4, 4, 4))]).online == 1
-    assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [4, 4, 4]
+    assert read_sids(store, ["t1"], "cb-1")["text_sid"].iloc[0] == [4, 4, 4]
 
 
 def test_newest_row_per_track_within_one_batch(store):
@@ -119,7 +75,7 @@ def test_newest_row_per_track_within_one_batch(store):
             _row("t1", 2_000, (2, 2, 2)),
         ]
     ).online == 2
-    assert read_sids(store, ["t1"])["text_sid"].iloc[0] == [3, 3, 3]
+    assert read_sids(store, ["t1"], "cb-1")["text_sid"].iloc[0] == [3, 3, 3]
     assert len(_offline_rows(store)) == 2
 
 
@@ -137,7 +93,7 @@ def test_replaying_a_batch_gives_the_same_state(store):
 def test_text_only_row_is_upgraded_by_the_full_row(store):
     sink = FeastSink(store)
     sink.write([_row("t1", 1_000, (1, 2, 3))])
-    assert read_sids(store, ["t1"])["modalities"].iloc[0] == "text"
+    assert read_sids(store, ["t1"], "cb-1")["modalities"].iloc[0] == "text"
     assert sink.write([_row("t1", 2_000, (1, 2, 3), (4, 5, 6), (7, 8, 9))]).online == 1
     got = _state(store, ["t1"])[0]
     assert (got["text_sid"], got["audio_sid"], got["joint_sid"]) == ([1, 2, 3], [4, 5, 6], [7, 8, 9])
@@ -198,7 +154,7 @@ def test_reopening_keeps_data_and_skips_apply(tmp_path):
     t0 = time.perf_counter()
     again = open_store(tmp_path / "feast")
     assert time.perf_counter() - t0 < 1.0
-    assert read_sids(again, ["t1"])["text_sid"].iloc[0] == [1, 2, 3]
+    assert read_sids(again, ["t1"], "cb-1")["text_sid"].iloc[0] == [1, 2, 3]
     assert (tmp_path / "feast" / "feature_store.yaml").read_text().count(
         str((tmp_path / "feast").resolve())
     ) == 2
@@ -219,7 +175,7 @@ def test_a_row_the_store_rejects_is_returned_and_the_rest_is_written(store):
     assert [r.track_id for r, _ in result.rejected] == ["t5"] and result.online == 7
     assert "t5" not in set(_offline_rows(store)["track_id"])
     assert sink.write([_row("t9", 2_000, (9, 9, 9))]).online == 1  # the next batch is not blocked
-    assert read_sids(store, ["t4", "t9"])["text_sid"].tolist() == [[4, 4, 4], [9, 9, 9]]
+    assert read_sids(store, ["t4", "t9"], "cb-1")["text_sid"].tolist() == [[4, 4, 4], [9, 9, 9]]
 
 
 def test_a_locked_store_is_a_transient_error(tmp_path):

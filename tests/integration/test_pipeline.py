@@ -65,17 +65,17 @@ def test_tracks_in_rows_out_with_dlq_and_late_audio(pipeline):
     producer.flush()
     store = _open_store(run)
     # text SIDs first, audio not sent yet
-    lat = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks + audio}, produced, timeout_s=120)
+    lat = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks + audio}, produced, 120, version.version)
     assert len(lat) == len(tracks) + len(audio)
-    before = read_sids(store, [t.track_id for t in audio])
+    before = read_sids(store, [t.track_id for t in audio], version.version)
     assert before["joint_sid"].isna().all() or all(v is None for v in before["joint_sid"])
     producer.send_audio(audio, produced)  # the late modality
     producer.flush()
-    lat2 = wait_until_readable(store, {t.track_id: "joint_sid" for t in audio}, produced, timeout_s=120)
+    lat2 = wait_until_readable(store, {t.track_id: "joint_sid" for t in audio}, produced, 120, version.version)
     assert len(lat2) == len(audio)
 
     cs = load_codebook_set(version.path)
-    df = read_sids(store, [t.track_id for t in tracks + audio]).set_index("track_id")
+    df = read_sids(store, [t.track_id for t in tracks + audio], version.version).set_index("track_id")
     for modality in ("text", "joint"):
         ids = [t.track_id for t in (tracks + audio if modality == "text" else audio)]
         codes = np.array([list(v) for v in df.loc[ids, f"{modality}_sid"]])
@@ -103,21 +103,21 @@ def test_restart_neither_loses_nor_duplicates(pipeline):
     SIDs equal a clean run's."""
     from streams.sinks.feast import read_sids
 
-    run, catalog, _, _ = pipeline
+    run, catalog, _, version = pipeline
     tracks = catalog[:120]
     run.start_workers()
     producer = run.producer()
     produced = producer.send_metadata(tracks[:60])
     producer.flush()
     store = _open_store(run)
-    wait_until_readable(store, {t.track_id: "text_sid" for t in tracks[:10]}, produced, timeout_s=120)
+    wait_until_readable(store, {t.track_id: "text_sid" for t in tracks[:10]}, produced, 120, version.version)
     run.kill_all()  # hard kill: no clean shutdown, no final commit
     produced |= producer.send_metadata(tracks[60:])
     producer.flush()
     run.start_workers()
-    lat = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, timeout_s=180)
+    lat = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, 180, version.version)
     assert len(lat) == len(tracks)
-    df = read_sids(store, [t.track_id for t in tracks])
+    df = read_sids(store, [t.track_id for t in tracks], version.version)
     assert df["track_id"].is_unique and df["text_sid"].notna().all()
     offline = sorted((run.settings.feast_dir).rglob("*.parquet"))
     assert offline, "offline store got no Parquet"

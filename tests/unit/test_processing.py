@@ -160,3 +160,19 @@ def test_embedding_from_another_model_than_the_codebook_is_rejected():
     cb.manifest = {"encoder_model_ids": {"text": "text-model", "audio": "other-audio-model"}}
     res = assign_batch([_emb("a", "text", [0.1, 0.2, 0.3]), _emb("b", "audio", [0.1, 0.2])], {}, ActiveCodebooks("v1", cb), _joint)
     assert [d.error_type for d in res.dead] == ["model_mismatch"] and list(_sids(res)) == ["a"]
+
+
+def test_a_late_older_positive_still_replaces_the_stored_history():
+    """Feast keeps only newer rows: the history row's time must grow with every change."""
+    from streams.processing import history_version
+
+    def pos(track, t):
+        return {"user_id": "u", "track_id": track, "event_time": t, "label": 1}
+
+    h1 = history_version(None, pos("a", 1_000))
+    h2 = history_version(h1, pos("b", 2_000))
+    late = history_version(h2, pos("c", 1_500))  # older than the newest positive, arriving last
+    assert [t for _, t in late["items"]] == ["a", "c", "b"]
+    assert late["written_ms"] > h2["written_ms"] >= 2_000
+    assert history_version(late, pos("c", 1_500)) is None  # a replay changes nothing
+    assert history_version(late, {**pos("d", 3_000), "label": 0}) is None  # negatives are not history

@@ -1,0 +1,170 @@
+"""Re-assign the whole catalogue under a new codebook version, then switch readers and the
+assigner to it at one point.
+
+1. PENDING := version (registry pointer) and a control record: assigners now code every new
+   embedding under the live version *and* the pending one;
+2. after a grace (> the assigners' reload interval + one batch), every embedding that reached
+   an assigner before it saw PENDING is in `embeddings.kept`; the backfill copies that topic
+   into a scratch store (disk), then codes every track under the new version with the
+   assigner's own function (`processing.code_tracks`) and writes the rows to Feast, in chunks,
+   checkpointing the last track written; a killed backfill resumes from the checkpoint;
+3. a second pass re-codes the tracks whose kept embeddings changed meanwhile;
+4. LIVE := version, PENDING cleared: readers (which ask for the live version's rows) and the
+   assigner switch together. Rows of the old version stay, so a rollback is one more backfill.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sidcore.config import Settings
+from sidcore.registry import Registry
+from streams import avro_codec, metrics
+from streams.kept import KeptEmbeddings
+from streams.processing import ActiveCodebooks, code_tracks
+from streams.records import BatchResult
+
+log = logging.getLogger(__name__)
+CODEBOOKS = "codebooks"
+
+
+class InjectedBackfillFailure(RuntimeError):
+    """Raised by `fail_after_tracks` to simulate a crash mid-backfill (tests, drills)."""
+
+
+def _rows(result: BatchResult) -> list[Any]:
+    from streams.sinks.feast import SidRow
+
+    rows = []
+    for _, value in result.outputs:
+        r = avro_codec.decode(value, expected="SidAssigned")[1]
+        rows.append(SidRow(r["track_id"], r["event_time"], r["codebook_version"], _t(r["text_sid"]), _t(r["audio_sid"]),
+                           _t(r["joint_sid"]), r["text_model_id"], r["audio_model_id"]))
+    return rows
+
+
+def _t(v: list[int] | None) -> tuple[int, ...] | None:
+    return None if v is None else tuple(v)
+
+
+def run_backfill(
+    settings: Settings, version: str, kept_topic: str, control_topic: str | None = None, chunk: int | None = None,
+    grace_s: float | None = None, on_progress: Callable[[str, int, int], None] | None = None,
+    fail_after_tracks: int | None = None,
+) -> dict[str, Any]:
+    """Backfill `version` and make it live; returns what was done (tracks, seconds, tracks/s)."""
+    from psrq import joint_embedding, load_codebook_set
+    from streams.sinks.feast import FeastSink, open_store
+
+    chunk = chunk or settings.stream.backfill_chunk
+    registry = Registry(settings.registry_dir)
+    target = registry.get(CODEBOOKS, version)
+    work = settings.home / "work" / f"backfill-{version}"
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"last_track": "", "done": 0, "graced": False}
+    resumed = state["done"] > 0
+    registry.set_pending(CODEBOOKS, version)
+    if control_topic is not None:
+        _publish(settings, control_topic, version, str(target.path))
+    if not state["graced"]:
+        time.sleep(settings.stream.codebook_reload_grace_s if grace_s is None else grace_s)
+        state["graced"] = True
+        _save(state_path, state)
+    started = time.perf_counter()
+    kept = KeptEmbeddings(work / "kept.sqlite", wait_s=0)
+    kept.restore_from(settings.kafka.bootstrap, kept_topic)
+    total = kept.track_count()
+    active = ActiveCodebooks(version, load_codebook_set(target.path))
+    sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url))
+    coded = 0
+
+    def write(ids: list[str], entries: dict[str, dict[str, Any]]) -> None:
+        result = BatchResult()
+        code_tracks(result, ids, entries, active, joint_embedding)
+        written = sink.write(_rows(result))
+        if written.rejected:
+            raise RuntimeError(f"the store rejected {len(written.rejected)} backfill rows: {written.rejected[0][1]}")
+
+    for ids, entries in kept.iter_tracks(after=state["last_track"], chunk=chunk):
+        write(ids, entries)
+        coded += len(ids)
+        state.update(last_track=ids[-1], done=state["done"] + len(ids))
+        _save(state_path, state)
+        metrics.BACKFILL_DONE.labels(version).set(state["done"])
+        if on_progress is not None:
+            on_progress("backfill", state["done"], total)
+        if fail_after_tracks is not None and state["done"] >= fail_after_tracks and state["done"] < total:
+            raise InjectedBackfillFailure(f"injected failure after {state['done']} of {total} tracks")
+    touched: set[str] = set()
+    kept.restore_from(settings.kafka.bootstrap, kept_topic, touched=touched)  # what changed meanwhile
+    tail = sorted(touched)
+    for i in range(0, len(tail), chunk):
+        write(tail[i : i + chunk], kept.entries(tail[i : i + chunk]))
+    seconds = time.perf_counter() - started
+    registry.promote(CODEBOOKS, version)
+    registry.set_pending(CODEBOOKS, None)
+    if control_topic is not None:
+        _publish(settings, control_topic, version, str(target.path))
+    report = {"version": version, "tracks": total, "coded": coded, "second_pass": len(tail), "resumed": resumed,
+              "seconds": round(seconds, 2), "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None}
+    registry.log_event(CODEBOOKS, {"event": "backfilled", **report})
+    kept.close()
+    state_path.unlink(missing_ok=True)
+    (work / "kept.sqlite").unlink(missing_ok=True)
+    return report
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+def _publish(settings: Settings, topic: str, version: str, path: str) -> None:
+    from streams.control import PublishError, publish_codebook_version
+
+    try:
+        publish_codebook_version(settings.kafka.bootstrap, topic, version, path)
+    except PublishError as exc:  # assigners still see the pointer at their next poll
+        log.warning("%s", exc)
+
+
+def catalog_embeddings(settings: Settings, kept_topic: str, scratch: Path) -> tuple[list[str], dict[str, Any], dict[str, str]]:
+    """The catalogue as the stream kept it: (track ids, {modality: float32 [n, d] with NaN rows
+    where a track lacks the modality}, {modality: encoder model id})."""
+    import numpy as np
+
+    kept = KeptEmbeddings(scratch, wait_s=0)
+    try:
+        kept.restore_from(settings.kafka.bootstrap, kept_topic)
+        ids: list[str] = []
+        vectors: dict[str, list[Any]] = {"text": [], "audio": []}
+        model_ids: dict[str, str] = {}
+        for chunk_ids, entries in kept.iter_tracks(chunk=5000):
+            for t in chunk_ids:
+                ids.append(t)
+                for m in ("text", "audio"):
+                    e = entries[t].get(m)
+                    vectors[m].append(None if e is None else np.frombuffer(bytes.fromhex(e["vector"]), dtype="<f4"))
+                    if e is not None:
+                        model_ids.setdefault(m, e["model_id"])
+        out = {}
+        for m, rows in vectors.items():
+            dims = {len(v) for v in rows if v is not None}
+            if not dims:
+                continue
+            (dim,) = dims
+            X = np.full((len(ids), dim), np.nan, dtype=np.float32)
+            for i, v in enumerate(rows):
+                if v is not None:
+                    X[i] = v
+            out[m] = X
+        return ids, out, model_ids
+    finally:
+        kept.close()
