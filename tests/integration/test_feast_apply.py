@@ -57,7 +57,7 @@ def test_materialised_repo_matches_the_definitions(tmp_path):
     store = open_store(tmp_path / "feast")
     names = {type(o).__name__ + ":" + o.name for o in load_definitions(FEATURE_REPO)}
     assert names == {
-        "Entity:track", "Entity:user", "PushSource:track_sids_push", "PushSource:user_history_push",
+        "Entity:track", "Entity:codebook", "Entity:user", "PushSource:track_sids_push", "PushSource:user_history_push",
         "FileSource:track_sids_file", "FileSource:user_history_file", "FeatureView:track_sids",
         "FeatureView:user_history", "FeatureService:ranker_features",
     }  # fmt: skip

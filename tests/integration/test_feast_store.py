@@ -53,7 +53,8 @@ def test_rows_in_exact_values_out(store):
     }  # fmt: skip
     assert t1["text_sid"] == [1, 2, 3] and t1["audio_sid"] is None and t1["joint_sid"] is None
     assert (t1["audio_sid_str"], t1["joint_sid_str"], t1["modalities"]) == ("", "", "text")
-    assert all(v is None or pd.isna(v) for k, v in unknown.items() if k != "track_id")
+    assert unknown["codebook_version"] == "cb-1"  # the key that was asked for
+    assert all(v is None or pd.isna(v) for k, v in unknown.items() if k not in ("track_id", "codebook_version"))
 
 
 def test_stale_event_time_does_not_overwrite(store):
@@ -114,7 +115,8 @@ def test_offline_parquet_is_appended_and_joinable(store):
     assert [list(v) if v is not None else None for v in offline["joint_sid"]] == [None, [7, 8, 9], None]
     # Feast's own point-in-time join reads the part files
     entity_df = pd.DataFrame(
-        {"track_id": ["t1", "t1"], "event_timestamp": pd.to_datetime([1_500, 2_500], unit="ms", utc=True)}
+        {"track_id": ["t1", "t1"], "codebook_version": ["cb-1", "cb-1"],
+         "event_timestamp": pd.to_datetime([1_500, 2_500], unit="ms", utc=True)}
     )
     hist = store.get_historical_features(entity_df=entity_df, features=["track_sids:joint_sid_str"]).to_df()
     assert sorted(
@@ -142,7 +144,7 @@ def test_ranker_feature_service_serves_both_views(store):
     assert sink.write_history([UserHistoryRow("u1", 1_000, ("t1",))]).online == 1
     service = store.get_feature_service("ranker_features")
     got = store.get_online_features(
-        features=service, entity_rows=[{"track_id": "t1", "user_id": "u1"}]
+        features=service, entity_rows=[{"track_id": "t1", "codebook_version": "cb-1", "user_id": "u1"}]
     ).to_dict()
     assert got["text_sid_str"] == ["1-2-3"] and got["history_item_ids"] == [["t1"]]
 
