@@ -195,11 +195,13 @@ def wait_until_readable(
     codebook_version: str,
     poll_s: float = 0.1,
     on_progress: Callable[[int], None] | None = None,
+    stop_after: int | None = None,
 ) -> dict[str, float]:
     """Poll Feast until every track has its expected SID column ("text_sid" or "joint_sid").
 
     Returns track_id -> latency in ms from produce to first seen readable. `produced_at` may
     still be filling (a paced producer in another thread): only produced tracks are polled.
+    `stop_after`: return as soon as that many tracks are readable.
     """
     from streams.sinks.feast import read_sids
 
@@ -229,6 +231,8 @@ def wait_until_readable(
                 del pending[t]
         if on_progress is not None:
             on_progress(len(latency))
+        if stop_after is not None and len(latency) >= stop_after:
+            break
         if pending:
             time.sleep(poll_s)
     return latency

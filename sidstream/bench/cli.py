@@ -12,6 +12,7 @@ _BENCHES = {
     "encoders": "sidstream.bench.encoders",
     "train": "sidstream.bench.train",
     "soak": "sidstream.bench.soak",
+    "backfill": "sidstream.bench.backfill",
 }
 
 
