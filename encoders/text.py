@@ -80,6 +80,7 @@ def build_track_text(meta: Mapping[str, Any]) -> str:
     return ". ".join(s.rstrip(".") for s in sentences if s) + ("." if sentences else "")
 
 
+PAD_MULTIPLE = 16
 MAX_TEXT_CHARS = 100_000  # far beyond any model's max_length; longer is a broken record, not a track
 
 
@@ -190,10 +191,13 @@ class TextEncoder:
         start = 0
         while start < len(order):
             longest = max(1, len(encoded[order[start]]))
-            size = max(1, min(self.max_batch_size, self.token_budget // longest))
+            # lengths rounded up to PAD_MULTIPLE (never past max_length): few distinct shapes, so
+            # the kernels' per-shape caches stay bounded and a long stream's memory stays flat
+            width = max(longest, min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_length))
+            size = max(1, min(self.max_batch_size, self.token_budget // width))
             chunk = order[start : start + size]
             padded = self.tokenizer.pad(
-                {"input_ids": [encoded[i] for i in chunk]}, padding=True, return_tensors="pt"
+                {"input_ids": [encoded[i] for i in chunk]}, padding="max_length", max_length=width, return_tensors="pt",
             )
             inputs = {
                 "input_ids": padded["input_ids"].to(self.device),

@@ -13,10 +13,12 @@ first un-acked one, so a crash re-reads every batch that was not fully done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,20 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
     policy = RetryPolicy(budget_s=s.stream.retry_budget_s)
     max_bytes = s.kafka.max_message_bytes
 
+    # Each agent's blocking work runs on one thread of its own (not asyncio's shared pool): a batch
+    # is processed at a time anyway, and one thread keeps glibc to one malloc arena per agent, so
+    # the encoders' varying tensor sizes do not grow a fresh arena in every pool thread.
+    executors: dict[str, ThreadPoolExecutor] = {}
+
+    calls: dict[str, int] = {}
+
+    async def blocking(worker: str, fn: Callable[..., Any], *args: Any) -> Any:
+        pool = executors.setdefault(worker, ThreadPoolExecutor(max_workers=1, thread_name_prefix=worker))
+        calls[worker] = calls.get(worker, 0) + 1
+        if calls[worker] % 50 == 0:
+            await asyncio.get_running_loop().run_in_executor(pool, _release_free_memory)
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
+
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, partitions=s.kafka.partitions, internal=False)
 
@@ -153,7 +169,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
 
         async def handle_text(events: Sequence[Any]) -> None:
             raws = [_raw(e) for e in events]
-            result = await asyncio.to_thread(encode_text_batch, raws, deps.text_encoder, build_track_text, classify_text)
+            result = await blocking("text", encode_text_batch, raws, deps.text_encoder, build_track_text, classify_text)
             await publish(result, names.emb_text, "text")
 
         app.agent(topic(names.metadata), name="text-encoder")(consume("text", handle_text))
@@ -163,8 +179,8 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
 
         async def handle_audio(events: Sequence[Any]) -> None:
             raws = [_raw(e) for e in events]
-            result = await asyncio.to_thread(
-                encode_audio_batch, raws, deps.audio_encoder, decode_audio,
+            result = await blocking(
+                "audio", encode_audio_batch, raws, deps.audio_encoder, decode_audio,
                 s.stream.inline_audio_max_bytes, s.encoders.audio_max_bytes,
             )  # fmt: skip
             await publish(result, names.emb_audio, "audio")
@@ -178,7 +194,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
             _maybe_reload_codebooks(deps)
             deps.kept.expire()
             also = () if deps.pending is None else (deps.pending,)
-            result = await asyncio.to_thread(assign_batch, [_raw(e) for e in events], deps.kept, deps.codebooks,
+            result = await blocking("assigner", assign_batch, [_raw(e) for e in events], deps.kept, deps.codebooks,
                                              joint_embedding, also)
             await publish(result, names.sids, "assigner")
             metrics.JOIN_WAITING.set(deps.kept.waiting)
@@ -191,7 +207,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         async def _restore_kept(sender: object, assigned: Any, **_: object) -> None:
             partitions = sorted({tp.partition for tp in assigned if tp.topic in (names.emb_text, names.emb_audio)})
             if partitions:
-                n = await asyncio.to_thread(deps.kept.restore_from, s.kafka.bootstrap, names.kept, partitions)
+                n = await blocking("assigner", deps.kept.restore_from, s.kafka.bootstrap, names.kept, partitions)
                 metrics.KEPT_ROWS.set(deps.kept.count())
                 log.info("kept embeddings: caught up partitions %s (+%d records)", partitions, n)
 
@@ -228,7 +244,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                 )
                 for _, r in rows
             ]  # fmt: skip
-            written = await asyncio.to_thread(deps.feast_sink.write, sid_rows)
+            written = await blocking("writer", deps.feast_sink.write, sid_rows)
             source = {id(row): raw for row, (raw, _) in zip(sid_rows, rows, strict=True)}
             for row, reason in written.rejected:
                 metrics.STORE_REJECTED.labels("track_sids").inc()
@@ -250,7 +266,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
 
             bind_event = _event_binder(events)
             ok, dead = decode_interactions([_raw(e) for e in events])
-            await asyncio.to_thread(write_interactions, s.feast_dir / "offline" / "interactions", [rec for _, rec in ok])
+            await blocking("logger", write_interactions, s.feast_dir / "offline" / "interactions", [rec for _, rec in ok])
             changed: dict[str, dict[str, Any]] = {}
             for raw, rec in ok:
                 key = rec["user_id"].encode()
@@ -263,12 +279,23 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                 changed[rec["user_id"]] = updated
             if changed and deps.history_sink is not None:
                 rows = [UserHistoryRow(u, h["written_ms"], tuple(t for _, t in h["items"])) for u, h in changed.items()]
-                await asyncio.to_thread(deps.history_sink.write_history, rows)
+                await blocking("logger", deps.history_sink.write_history, rows)
             await publish(BatchResult(dead=dead), None, "logger")
 
         app.agent(topic(names.interactions), name="interaction-logger")(consume("logger", handle_log))
 
     return app
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after the encoders' large,
+    differently sized tensors; without this a long stream's RSS creeps up)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _key_str(raw: RawRecord) -> str | None:

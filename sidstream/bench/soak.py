@@ -35,6 +35,34 @@ def _gauge(port: int, name: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def _record_times_s(bootstrap: str, topic: str) -> list[float]:
+    """Create timestamps (s) of every record in `topic`."""
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    times: list[float] = []
+    try:
+        for part in c.list_topics(topic, timeout=10).topics[topic].partitions:
+            tp = TopicPartition(topic, part, 0)
+            high = c.get_watermark_offsets(tp, timeout=10)[1]
+            if not high:
+                continue
+            c.assign([tp])
+            got = 0
+            deadline = time.monotonic() + 60
+            while got < high and time.monotonic() < deadline:
+                for msg in c.consume(1000, timeout=1.0):
+                    if not msg.error():
+                        times.append(msg.timestamp()[1] / 1000.0)
+                        got += 1
+            c.unassign()
+    finally:
+        c.close()
+    return times
+
+
 @click.command()
 @click.option("--tracks", "n", type=click.IntRange(min=100), default=20_000, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=1), default=80.0, show_default=True, help="tracks/s produced")
@@ -102,20 +130,22 @@ def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
         stop.set()
         sampler.join(timeout=5)
         run.stop_workers()
+    (run_dir / "samples.json").write_text(json.dumps(samples))  # the whole trace, for plotting
     quarter = max(1, len(samples) // 4)
     report: dict[str, object] = {"bench": "soak", "tracks": n, "rate": rate, "wait_s": wait_s,
-                                 "produce_s": round(produce_s, 1), "readable": len(latency), "samples": len(samples)}
+                                 "produce_s": round(produce_s, 1), "readable": len(latency), "samples": len(samples),
+                                 "trace": str(run_dir / "samples.json")}
     for name in ("text", "assigner", "writer"):
         first = max(r[name] for r in samples[:quarter])
         last = max(r[name] for r in samples[-quarter:])
         report[f"{name}_rss_mb"] = {"first_quarter_peak": round(first, 1), "last_quarter_peak": round(last, 1),
                                     "ratio": round(last / first, 3)}
     # the join table holds the tracks that reached the assigner in the last `wait_s`: bound it by
-    # the most tracks that reached it in any window of that length (measured by when each
-    # became readable, one write later), plus one batch; the producer's rate x wait is the nominal
+    # the most tracks the assigner emitted in any window of that length (the broker timestamps
+    # of its sids.assigned records), plus one batch; the producer's rate x wait is the nominal
     import numpy as np
 
-    seen = np.sort(np.array([produced_at[t] + ms for t, ms in latency.items()]) / 1000.0)
+    seen = np.sort(_record_times_s(s.kafka.bootstrap, run.names.sids))
     peak = int(np.max(np.searchsorted(seen, seen + wait_s) - np.arange(len(seen)))) if len(seen) else 0
     bound = peak + s.stream.batch_size
     join_max = max(r["join"] for r in samples)
