@@ -186,7 +186,10 @@ def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool
 # --------------------------------------------------------------------------------------- train
 @click.group()
 def train() -> None:
-    """Retraining jobs (cron / Kubernetes CronJob): codebooks, ranker, all."""
+    """Retraining jobs (cron / Kubernetes CronJob): codebooks, ranker, all.
+
+    Without --data / --interactions a job trains on the running system: the kept embeddings
+    (embeddings.kept) and the streaming logger's interaction log (last train.window_days)."""
 
 
 def _options(*options: Any) -> Any:
@@ -304,7 +307,9 @@ _BACKFILLS: list[Any] = []
 @_common_options
 @_codebook_options
 def train_codebooks_cmd(**kw: Any) -> None:
-    """Refit text / audio / joint codebooks, register a new version and promote it (LIVE)."""
+    """Refit text / audio / joint codebooks and register a new version; if the promotion gate
+    passes, make it live (without --data/--interactions: on the running system's kept
+    embeddings, through a backfill of the catalogue in Feast)."""
     from trainer.jobs import train_codebooks
 
     _report("codebooks", _run_job(train_codebooks, kw), kw["as_json"])
@@ -315,7 +320,8 @@ def train_codebooks_cmd(**kw: Any) -> None:
 @_common_options
 @_ranker_options
 def train_ranker_cmd(**kw: Any) -> None:
-    """Train the ranker on the live codebooks (works under torchrun: DDP), register it."""
+    """Train the ranker on the live codebooks (works under torchrun: DDP), register it; it is
+    promoted only while the codebook version it was trained on is live."""
     from trainer.jobs import train_ranker
 
     _report("ranker", _run_job(train_ranker, kw), kw["as_json"])
@@ -326,7 +332,7 @@ def train_ranker_cmd(**kw: Any) -> None:
 @_codebook_options
 @_ranker_options
 def train_all_cmd(**kw: Any) -> None:
-    """Codebooks, then the ranker on them."""
+    """Refit -> gate -> backfill -> switch, then the ranker on the new codes (the nightly CronJob)."""
     from trainer.jobs import train_all
 
     codebooks, ranker = _run_job(train_all, kw)
