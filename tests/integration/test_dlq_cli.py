@@ -32,8 +32,8 @@ def test_list_and_replay(test_settings, tmp_path, monkeypatch):
                        "undecodable", "small").encode("text")
     oversize = DeadLetter(RawRecord(run.names.metadata, src.partition(), src.offset(), b"big", big),
                           "track big: text of 300000 characters", "text_too_long", "big").encode("text", 100_000)
-    p.produce(f"{run.names.metadata}.dlq", value=whole)
-    p.produce(f"{run.names.metadata}.dlq", value=oversize)
+    p.produce(f"{run.names.metadata}.dlq", value=whole, partition=0)  # one partition: a known order
+    p.produce(f"{run.names.metadata}.dlq", value=oversize, partition=0)
     p.flush(30)
 
     monkeypatch.setenv("SIDSTREAM_KAFKA__PORT", str(test_settings.kafka.port))
