@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from typing import Any
 
 import click
 import numpy as np
@@ -20,8 +21,10 @@ import psutil
 @click.option("--tracks", "n", default=2000, show_default=True, help="catalog texts (Last.fm artists)")
 @click.option("--quick", is_flag=True, help="300 tracks")
 @click.option("--rate", default=0.0, show_default=True, help="tracks/s to produce at (0: one burst)")
+@click.option("--poll-ms", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="how often Feast is polled for readability (the latency's resolution)")
 @click.option("--json", "as_json", is_flag=True)
-def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
+def command(n: int, quick: bool, rate: float, poll_ms: float, as_json: bool) -> None:
     """Throughput of the text encoder alone and of the full pipeline, their ratio, and p50/p99."""
     from rich.console import Console
 
@@ -72,13 +75,16 @@ def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
 
             thread = threading.Thread(target=pace)
             thread.start()
-            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, 600, version)
+            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, 600, version,
+                                          poll_s=poll_ms / 1000)
             thread.join()
         else:
             produced = producer.send_metadata(tracks)
             producer.flush()
-            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, 600, version)
+            latency = wait_until_readable(store, {t.track_id: "text_sid" for t in tracks}, produced, 600, version,
+                                          poll_s=poll_ms / 1000)
         pipeline_s = time.perf_counter() - t1
+        stages = _stage_latencies(s.kafka.bootstrap, run.names, produced, latency)
     finally:
         run.stop_workers()
     lat = np.array(list(latency.values()))
@@ -90,7 +96,10 @@ def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
         "pipeline_tracks_per_s": round(len(latency) / pipeline_s, 1),
         "ratio_pipeline_to_encoder": round((len(latency) / pipeline_s) / (len(texts) / encoder_s), 3),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)},
+        "poll_ms": poll_ms,
+        "stages_ms": stages,
         "batch_size": bs,
+        "batch_timeout_s": s.stream.batch_timeout_s,
         "produce_rate": rate or "burst",
         "peak_rss_mb": {
             "bench_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -100,3 +109,47 @@ def command(n: int, quick: bool, rate: float, as_json: bool) -> None:
         "note": "pipeline wall time includes produce, 3 topic hops, the assigner and Feast writes, with encoder and writer processes sharing the cores",
     }
     click.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+def _stage_latencies(bootstrap: str, names: Any, produced: dict[str, int], latency: dict[str, float]) -> dict[str, Any]:
+    """Where the time goes, per track (p50/p99 ms): produce -> embeddings.text record (text
+    worker), -> sids.assigned record (assigner), -> first readable in Feast (writer + poll).
+    Times are the records' broker create timestamps, so all three hops are on one clock."""
+    emb = _create_times(bootstrap, names.emb_text)
+    sid = _create_times(bootstrap, names.sids)
+    rows = [(produced[t], emb[t], sid[t], produced[t] + latency[t]) for t in latency if t in emb and t in sid]
+    if not rows:
+        return {}
+    a = np.array(rows, dtype=np.float64)
+
+    def pct(x: np.ndarray) -> dict[str, float]:
+        return {"p50": round(float(np.percentile(x, 50)), 1), "p99": round(float(np.percentile(x, 99)), 1)}
+
+    return {"encode": pct(a[:, 1] - a[:, 0]), "assign": pct(a[:, 2] - a[:, 1]), "write_and_read": pct(a[:, 3] - a[:, 2])}
+
+
+def _create_times(bootstrap: str, topic: str) -> dict[str, float]:
+    """track id (record key) -> the record's create timestamp (ms); the first record per key."""
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    out: dict[str, float] = {}
+    try:
+        for part in c.list_topics(topic, timeout=10).topics[topic].partitions:
+            tp = TopicPartition(topic, part, 0)
+            high = c.get_watermark_offsets(tp, timeout=10)[1]
+            if not high:
+                continue
+            c.assign([tp])
+            got, deadline = 0, time.monotonic() + 60
+            while got < high and time.monotonic() < deadline:
+                for msg in c.consume(1000, timeout=1.0):
+                    if not msg.error():
+                        got += 1
+                        out.setdefault(msg.key().decode(), float(msg.timestamp()[1]))
+            c.unassign()
+    finally:
+        c.close()
+    return out
