@@ -160,31 +160,32 @@ class PipelineRun:
         return read_topics(self.settings.kafka.bootstrap, [self.names.sids], "SidAssigned", timeout_s)[self.names.sids]
 
 
+def topic_messages(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
+    """Every message now in `topic` (each partition up to its high watermark, in offset order),
+    as confluent-kafka messages (key, value, timestamp); gives up after `timeout_s`."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    out: list[Any] = []
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        parts = [TopicPartition(topic, p, 0) for p in md.partitions]
+        total = sum(consumer.get_watermark_offsets(p, timeout=timeout_s)[1] for p in parts)
+        if total:
+            consumer.assign(parts)
+            deadline = time.monotonic() + timeout_s
+            while len(out) < total and time.monotonic() < deadline:
+                out.extend(m for m in consumer.consume(1000, timeout=0.5) if not m.error())
+            consumer.unassign()
+    finally:
+        consumer.close()
+    return out
+
+
 def read_topics(bootstrap: str, topics: list[str], schema: str, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
     """All records now in `topics` (up to each partition's high watermark), decoded as `schema`."""
     from streams import avro_codec
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
-    out: dict[str, list[dict[str, Any]]] = {}
-    try:
-        for topic in topics:
-            md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-            parts = [TopicPartition(topic, p, 0) for p in md.partitions]
-            total = sum(consumer.get_watermark_offsets(p, timeout=timeout_s)[1] for p in parts)
-            records: list[dict[str, Any]] = []
-            if total:
-                consumer.assign(parts)
-                deadline = time.monotonic() + timeout_s
-                while len(records) < total and time.monotonic() < deadline:
-                    msg = consumer.poll(0.5)
-                    if msg is None or msg.error():
-                        continue
-                    records.append(avro_codec.decode(msg.value(), expected=schema)[1])
-                consumer.unassign()
-            out[topic] = records
-    finally:
-        consumer.close()
-    return out
+    return {t: [avro_codec.decode(m.value(), expected=schema)[1] for m in topic_messages(bootstrap, t, timeout_s)]
+            for t in topics}
 
 
 def wait_until_readable(

@@ -38,6 +38,7 @@ from streams.processing import (
     encode_audio_batch,
     encode_text_batch,
     history_version,
+    key_text,
 )
 from streams.records import BatchResult, DeadLetter, RawRecord, now_ms
 
@@ -150,7 +151,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         metrics.count_ok(worker, len(result.outputs))
 
     async def dead_letter_all(events: Sequence[Any], worker: str, reason: str) -> None:
-        result = BatchResult(dead=[DeadLetter(raw, reason, "retries_exhausted", _key_str(raw)) for raw in map(_raw, events)])
+        result = BatchResult(dead=[DeadLetter(raw, reason, "retries_exhausted", key_text(raw)) for raw in map(_raw, events)])
         await publish(result, None, worker)
 
     def consume(worker: str, handle: Callable[[Sequence[Any]], Awaitable[None]]) -> Callable[[faust.StreamT], Any]:
@@ -236,14 +237,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         async def handle_write(events: Sequence[Any]) -> None:
             raws = [_raw(e) for e in events]
             rows, dead = decode_sid_batch(raws)
-            sid_rows = [
-                SidRow(
-                    track_id=r["track_id"], event_time_ms=r["event_time"], codebook_version=r["codebook_version"],
-                    text_sid=_tuple(r["text_sid"]), audio_sid=_tuple(r["audio_sid"]), joint_sid=_tuple(r["joint_sid"]),
-                    text_model_id=r["text_model_id"], audio_model_id=r["audio_model_id"],
-                )
-                for _, r in rows
-            ]  # fmt: skip
+            sid_rows = [SidRow.from_record(r) for _, r in rows]
             written = await blocking("writer", deps.feast_sink.write, sid_rows)
             source = {id(row): raw for row, (raw, _) in zip(sid_rows, rows, strict=True)}
             for row, reason in written.rejected:
@@ -298,13 +292,6 @@ def _release_free_memory() -> None:
         pass
 
 
-def _key_str(raw: RawRecord) -> str | None:
-    try:
-        return None if raw.key is None else raw.key.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 def _record_lag(app: faust.App, worker: str, events: Sequence[Any]) -> None:
     last: dict[Any, int] = {}
     for e in events:
@@ -317,10 +304,6 @@ def _record_lag(app: faust.App, worker: str, events: Sequence[Any]) -> None:
             continue
         if high is not None:
             metrics.CONSUMER_LAG.labels(worker, tp.topic, str(tp.partition)).set(max(0, high - offset - 1))
-
-
-def _tuple(v: list[int] | None) -> tuple[int, ...] | None:
-    return None if v is None else tuple(int(x) for x in v)
 
 
 def _maybe_reload_codebooks(deps: WorkerDeps) -> None:

@@ -40,16 +40,7 @@ class InjectedBackfillFailure(RuntimeError):
 def _rows(result: BatchResult) -> list[Any]:
     from streams.sinks.feast import SidRow
 
-    rows = []
-    for _, value in result.outputs:
-        r = avro_codec.decode(value, expected="SidAssigned")[1]
-        rows.append(SidRow(r["track_id"], r["event_time"], r["codebook_version"], _t(r["text_sid"]), _t(r["audio_sid"]),
-                           _t(r["joint_sid"]), r["text_model_id"], r["audio_model_id"]))
-    return rows
-
-
-def _t(v: list[int] | None) -> tuple[int, ...] | None:
-    return None if v is None else tuple(v)
+    return [SidRow.from_record(avro_codec.decode(value, expected="SidAssigned")[1]) for _, value in result.outputs]
 
 
 def run_backfill(

@@ -312,11 +312,12 @@ def _decode_or_dead(raw: RawRecord, schema: str, what: str, dead: list[DeadLette
     try:
         return avro_codec.decode(raw.value, expected=schema)[1]
     except avro_codec.DecodeError as exc:
-        dead.append(DeadLetter(raw, f"{what}: {exc}", "undecodable", _key(raw)))
+        dead.append(DeadLetter(raw, f"{what}: {exc}", "undecodable", key_text(raw)))
         return None
 
 
-def _key(raw: RawRecord) -> str | None:
+def key_text(raw: RawRecord) -> str | None:
+    """The record's key as text (a track id), or None when it has none or it is not UTF-8."""
     if raw.key is None:
         return None
     try:

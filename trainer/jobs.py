@@ -222,28 +222,39 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
 
 
 def _gate_and_promote(registry: Registry, version: ArtifactVersion, config: JobConfig, embeddings: dict[str, np.ndarray]) -> None:
-    """Gate the version against the live set; promote it (through `on_promote`) or refuse it."""
+    live = registry.live(CODEBOOKS)
+    if live is not None and live.version == version.version:
+        return
+    gate_and_promote(registry, version, _load_parent_set(live), config.codebook, embeddings, config.force_gate,
+                     config.on_promote)
+
+
+def gate_and_promote(
+    registry: Registry, version: ArtifactVersion, live_set: Any, codebook: CodebookSettings,
+    fit_data: dict[str, np.ndarray] | None, force: bool, on_promote: Callable[[ArtifactVersion], None] | None,
+    **event_extra: Any,
+) -> None:
+    """Gate `version` against the live set (None: the first version; no fit data: structural
+    checks only), log the outcome in the registry's EVENTS.jsonl, and either raise GateRefused
+    or promote it through `on_promote` (None: flip LIVE at once). `force` overrides, loudly."""
     from psrq import load_codebook_set
     from trainer.gate import check
 
     live = registry.live(CODEBOOKS)
-    if live is not None and live.version == version.version:
-        return
     candidate = load_codebook_set(version.path)
-    live_set = _load_parent_set(live)
     if live_set is not None:
         live_set.manifest.setdefault("version", live.version if live else "")
-    result = check(candidate.codebooks, candidate.manifest.get("encoder_model_ids") or {}, live_set, embeddings,
-                   config.codebook)
-    event = {"version": version.version, "previous": live.version if live else None, "gate": result.to_dict()}
-    if not result.passed and not config.force_gate:
+    result = check(candidate.codebooks, candidate.manifest.get("encoder_model_ids") or {}, live_set, fit_data, codebook)
+    event = {"version": version.version, "previous": live.version if live else None, **event_extra,
+             "gate": result.to_dict()}
+    if not result.passed and not force:
         registry.log_event(CODEBOOKS, {"event": "refused", **event})
         raise GateRefused(version.version, result.reasons)
     if not result.passed:
         log.warning("codebooks %s: gate overridden with --force: %s", version.version, "; ".join(result.reasons))
     registry.log_event(CODEBOOKS, {"event": "promoting", "forced": not result.passed, **event})
-    if config.on_promote is not None:
-        config.on_promote(version)
+    if on_promote is not None:
+        on_promote(version)
     else:
         registry.promote(CODEBOOKS, version.version)
 

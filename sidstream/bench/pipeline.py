@@ -130,26 +130,9 @@ def _stage_latencies(bootstrap: str, names: Any, produced: dict[str, int], laten
 
 def _create_times(bootstrap: str, topic: str) -> dict[str, float]:
     """track id (record key) -> the record's create timestamp (ms); the first record per key."""
-    import uuid
+    from sidstream.harness import topic_messages
 
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     out: dict[str, float] = {}
-    try:
-        for part in c.list_topics(topic, timeout=10).topics[topic].partitions:
-            tp = TopicPartition(topic, part, 0)
-            high = c.get_watermark_offsets(tp, timeout=10)[1]
-            if not high:
-                continue
-            c.assign([tp])
-            got, deadline = 0, time.monotonic() + 60
-            while got < high and time.monotonic() < deadline:
-                for msg in c.consume(1000, timeout=1.0):
-                    if not msg.error():
-                        got += 1
-                        out.setdefault(msg.key().decode(), float(msg.timestamp()[1]))
-            c.unassign()
-    finally:
-        c.close()
+    for msg in topic_messages(bootstrap, topic, timeout_s=60):
+        out.setdefault(msg.key().decode(), float(msg.timestamp()[1]))
     return out

@@ -37,30 +37,9 @@ def _gauge(port: int, name: str) -> float | None:
 
 def _record_times_s(bootstrap: str, topic: str) -> list[float]:
     """Create timestamps (s) of every record in `topic`."""
-    import uuid
+    from sidstream.harness import topic_messages
 
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
-    times: list[float] = []
-    try:
-        for part in c.list_topics(topic, timeout=10).topics[topic].partitions:
-            tp = TopicPartition(topic, part, 0)
-            high = c.get_watermark_offsets(tp, timeout=10)[1]
-            if not high:
-                continue
-            c.assign([tp])
-            got = 0
-            deadline = time.monotonic() + 60
-            while got < high and time.monotonic() < deadline:
-                for msg in c.consume(1000, timeout=1.0):
-                    if not msg.error():
-                        times.append(msg.timestamp()[1] / 1000.0)
-                        got += 1
-            c.unassign()
-    finally:
-        c.close()
-    return times
+    return [m.timestamp()[1] / 1000.0 for m in topic_messages(bootstrap, topic, timeout_s=60)]
 
 
 @click.command()

@@ -229,7 +229,7 @@ def promote(version: str, backfill: bool, force: bool) -> None:
     from sidstream.cli import UserError
     from streams.admin.topics import TopicNames
     from streams.control import PublishError, publish_codebook_version
-    from trainer.gate import check
+    from trainer.jobs import GateRefused, gate_and_promote
 
     s = get_settings()
     registry = Registry(s.registry_dir)
@@ -238,24 +238,25 @@ def promote(version: str, backfill: bool, force: bool) -> None:
     except RegistryError as exc:
         raise UserError(str(exc)) from exc
     live = registry.live("codebooks")
-    candidate = load_codebook_set(target.path)
-    live_set = load_codebook_set(live.path) if live is not None else None
-    result = check(candidate.codebooks, candidate.manifest.get("encoder_model_ids") or {}, live_set, None, s.codebook)
-    event = {"version": version, "previous": live.version if live else None, "manual": True, "gate": result.to_dict()}
-    if not result.passed and not force:
-        registry.log_event("codebooks", {"event": "refused", **event})
-        raise UserError(f"refused by the promotion gate: {'; '.join(result.reasons)} (--force overrides)")
-    registry.log_event("codebooks", {"event": "promoting", "forced": not result.passed, **event})
+    previous = live.version if live else None
     names = TopicNames(s.kafka.topic_prefix)
-    if backfill:
-        from streams.backfill import run_backfill
+    reports: list[dict[str, Any]] = []
 
-        report = run_backfill(s, version, names.kept, names.control)
-        click.echo(json.dumps({"promoted": version, "previous": event["previous"], "backfill": report}))
-        return
-    registry.promote("codebooks", version)
+    def go_live(av: Any) -> None:
+        if backfill:
+            from streams.backfill import run_backfill
+
+            reports.append(run_backfill(s, version, names.kept, names.control))
+            return
+        registry.promote("codebooks", version)
+        try:
+            publish_codebook_version(s.kafka.bootstrap, names.control, version, str(av.path))
+        except PublishError as exc:
+            click.echo(f"warning: {exc} (assigners pick the version up at their next registry poll)", err=True)
+
     try:
-        publish_codebook_version(s.kafka.bootstrap, names.control, version, str(target.path))
-    except PublishError as exc:
-        click.echo(f"warning: {exc} (assigners pick the version up at their next registry poll)", err=True)
-    click.echo(json.dumps({"promoted": version, "previous": event["previous"], "backfill": None}))
+        gate_and_promote(registry, target, load_codebook_set(live.path) if live is not None else None, s.codebook, None,
+                         force, go_live, manual=True)
+    except GateRefused as exc:
+        raise UserError(f"{exc} (--force overrides)") from exc
+    click.echo(json.dumps({"promoted": version, "previous": previous, "backfill": reports[0] if reports else None}))

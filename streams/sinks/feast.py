@@ -161,6 +161,16 @@ class SidRow:
     text_model_id: str = ""
     audio_model_id: str = ""
 
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> SidRow:
+        """The row of a decoded SidAssigned record (what the writer and the backfill store)."""
+
+        def sid(v: list[int] | None) -> tuple[int, ...] | None:
+            return None if v is None else tuple(int(x) for x in v)
+
+        return cls(rec["track_id"], rec["event_time"], rec["codebook_version"], sid(rec["text_sid"]),
+                   sid(rec["audio_sid"]), sid(rec["joint_sid"]), rec["text_model_id"], rec["audio_model_id"])
+
 
 @dataclass(frozen=True)
 class UserHistoryRow:

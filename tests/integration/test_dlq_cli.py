@@ -7,10 +7,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from sidcore.config import use_settings
-from sidstream.harness import PipelineRun
+from sidstream.harness import PipelineRun, topic_messages
 from streams.records import DeadLetter, RawRecord
 
 pytestmark = pytest.mark.integration
@@ -51,18 +51,5 @@ def test_list_and_replay(test_settings, tmp_path, monkeypatch):
         assert (summary["replayed"], summary["from_source"], summary["gone_from_source"]) == (2, 1, 0)
     finally:
         use_settings(None)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "check", "enable.auto.commit": False})
-    values = []
-    for part in c.list_topics(run.names.metadata, timeout=10).topics[run.names.metadata].partitions:
-        tp = TopicPartition(run.names.metadata, part, 0)
-        high = c.get_watermark_offsets(tp, timeout=10)[1]
-        if not high:
-            continue
-        c.assign([tp])
-        while len([v for v in values if v[0] == part]) < high:
-            msg = c.poll(2)
-            if msg is not None and not msg.error():
-                values.append((part, msg.value()))
-    c.close()
-    got = sorted(v for _, v in values)
+    got = sorted(m.value() for m in topic_messages(bootstrap, run.names.metadata))
     assert got == sorted([big, big, b"\x00small bad record"])  # the original, and both replays
