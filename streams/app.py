@@ -245,6 +245,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                 dead.append(DeadLetter(source[id(row)], f"track {row.track_id}: the online store rejected the row: {reason}",
                                        "store_rejected", row.track_id))
             await publish(BatchResult(dead=dead), None, "writer")
+            metrics.count_ok("writer", len(rows) - len(written.rejected))
             written_at = now_ms()
             for _, r in rows:
                 metrics.PRODUCE_TO_FEAST.observe(max(0, written_at - r["ingest_time"]) / 1000)
@@ -275,6 +276,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                 rows = [UserHistoryRow(u, h["written_ms"], tuple(t for _, t in h["items"])) for u, h in changed.items()]
                 await blocking("logger", deps.history_sink.write_history, rows)
             await publish(BatchResult(dead=dead), None, "logger")
+            metrics.count_ok("logger", len(ok))
 
         app.agent(topic(names.interactions), name="interaction-logger")(consume("logger", handle_log))
 
