@@ -196,7 +196,8 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
             deps.kept.expire()
             also = () if deps.pending is None else (deps.pending,)
             result = await blocking("assigner", assign_batch, [_raw(e) for e in events], deps.kept, deps.codebooks,
-                                             joint_embedding, also)
+                                    joint_embedding, also)
+            await blocking("assigner", deps.kept.commit)  # the batch's kept rows in one transaction
             await publish(result, names.sids, "assigner")
             metrics.JOIN_WAITING.set(deps.kept.waiting)
 

@@ -91,7 +91,9 @@ class KeptEmbeddings:
         return entry  # type: ignore[no-any-return]
 
     def __setitem__(self, track_id: str, entry: dict[str, Any]) -> None:
-        self.put_many([(track_id, m, e) for m, e in entry.items()])
+        # not committed here: the assigner commits once per batch (`commit`); this connection
+        # reads its own pending rows, and a crash before the commit replays the un-acked batch
+        self.put_many([(track_id, m, e) for m, e in entry.items()], commit=False)
         if {"text", "audio"} <= entry.keys():
             self._waiting.pop(track_id, None)  # joined: nothing left to wait for
         else:
@@ -99,7 +101,7 @@ class KeptEmbeddings:
             self._waiting.move_to_end(track_id)
 
     # -- the disk tier --------------------------------------------------------------------
-    def put_many(self, items: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+    def put_many(self, items: Iterable[tuple[str, str, dict[str, Any]]], commit: bool = True) -> None:
         """Upsert entries; an entry older than the stored one of its (track, modality) is ignored."""
         self._conn.executemany(
             "INSERT INTO kept(track_id, modality, event_time, entry) VALUES (?, ?, ?, ?) "
@@ -107,6 +109,10 @@ class KeptEmbeddings:
             "WHERE excluded.event_time >= kept.event_time",
             [(t, m, int(e["event_time"]), json.dumps(e, separators=(",", ":"))) for t, m, e in items],
         )
+        if commit:
+            self._conn.commit()
+
+    def commit(self) -> None:
         self._conn.commit()
 
     def count(self) -> int:
