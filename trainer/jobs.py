@@ -217,16 +217,17 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
     shutil.rmtree(work, ignore_errors=True)
     log.info("codebooks %s registered (parent %s)", version.version, parent)
     if config.promote:
-        _gate_and_promote(registry, version, config, embeddings)
+        _gate_and_promote(registry, version, config, embeddings, parent_set)  # the live set loaded for alignment
     return version
 
 
-def _gate_and_promote(registry: Registry, version: ArtifactVersion, config: JobConfig, embeddings: dict[str, np.ndarray]) -> None:
+def _gate_and_promote(registry: Registry, version: ArtifactVersion, config: JobConfig, embeddings: dict[str, np.ndarray],
+                      live_set: Any = None) -> None:
     live = registry.live(CODEBOOKS)
     if live is not None and live.version == version.version:
         return
-    gate_and_promote(registry, version, _load_parent_set(live), config.codebook, embeddings, config.force_gate,
-                     config.on_promote)
+    live_set = live_set if live_set is not None else _load_parent_set(live)
+    gate_and_promote(registry, version, live_set, config.codebook, embeddings, config.force_gate, config.on_promote)
 
 
 def gate_and_promote(
