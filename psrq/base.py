@@ -125,6 +125,11 @@ class Quantizer(abc.ABC):
         return len(self.codebook_sizes)
 
     @property
+    def semantic_layers(self) -> int:
+        """Leading layers that carry meaning (all, except psrq_id's trailing identity codes)."""
+        return len(self.codebook_sizes)
+
+    @property
     def dim(self) -> int:
         if self._dim is None:
             raise RuntimeError(f"{self.method} quantizer is not fitted")

@@ -6,13 +6,14 @@ import inspect
 from typing import Any
 
 from psrq.base import Quantizer
+from psrq.identity import IdentityPSRQ
 from psrq.pq import PQ
 from psrq.progressive import PSRQ
 from psrq.rq import RQ
 from psrq.rqvae import RQVAE
 from psrq.vq import VQ
 
-QUANTIZERS: dict[str, type[Quantizer]] = {"psrq": PSRQ, "rq": RQ, "vq": VQ, "pq": PQ, "rqvae": RQVAE}
+QUANTIZERS: dict[str, type[Quantizer]] = {"psrq_id": IdentityPSRQ, "psrq": PSRQ, "rq": RQ, "vq": VQ, "pq": PQ, "rqvae": RQVAE}
 METHODS = tuple(QUANTIZERS)
 
 

@@ -74,13 +74,14 @@ class EncoderSettings(_Frozen):
     audio_max_bytes: int = 50_000_000
 
 
-QuantizerMethod = Literal["psrq", "rq", "vq", "pq", "rqvae"]
+QuantizerMethod = Literal["psrq_id", "psrq", "rq", "vq", "pq", "rqvae"]
 
 
 class CodebookSettings(_Frozen):
     """Everything a codebook fit honours (psrq.fitting.fit_codebook is the one place that reads it)."""
 
-    method: QuantizerMethod = "psrq"
+    # psrq_id: PSRQ's semantic layers + identity codes, unique per track (psrq.identity)
+    method: QuantizerMethod = "psrq_id"
     layers: int = Field(3, ge=1)
     codebook_size: int = Field(64, ge=2)
     alpha: float = 1.0  # prefix weight (PSRQ); 1 is the paper
@@ -88,6 +89,8 @@ class CodebookSettings(_Frozen):
     prefix_scale: Literal["none", "residual_norm", "residual_spread"] = "none"  # PSRQ: scaling of the prefix half
     seed: int = 0
     min_points_per_code: int = Field(4, ge=1, description="K is capped at fit points // this")
+    identity_layers: int = Field(2, ge=1, le=2, description="psrq_id: identity codes after the semantic layers")
+    identity_size: int | None = Field(None, ge=2, description="psrq_id: K of each identity layer (None: the semantic K)")
     # promotion gate (trainer.gate): a refit below these is registered but not promoted
     gate_min_utilisation: float = Field(0.02, ge=0, le=1, description="least share of codes used, per layer")
     gate_max_collision_rate: float = Field(1.0, ge=0, le=1, description="most share of items sharing their SID")
@@ -95,7 +98,12 @@ class CodebookSettings(_Frozen):
 
     def options(self) -> dict[str, object]:
         """Method-specific constructor options for psrq.make_quantizer."""
-        return {"anchor": self.anchor, "prefix_scale": self.prefix_scale} if self.method == "psrq" else {}
+        if self.method == "psrq":
+            return {"anchor": self.anchor, "prefix_scale": self.prefix_scale}
+        if self.method == "psrq_id":
+            return {"anchor": self.anchor, "prefix_scale": self.prefix_scale,
+                    "identity_layers": self.identity_layers, "identity_size": self.identity_size}
+        return {}
 
 
 class TrainSettings(_Frozen):

@@ -51,7 +51,7 @@ def backfill_promoter(settings: Settings, on_progress: Any = None, fail_after_tr
     reports: list[dict[str, Any]] = []
 
     def promote(version: Any) -> None:
-        reports.append(run_backfill(settings, version.version, names.kept, names.control, on_progress=on_progress,
+        reports.append(run_backfill(settings, version.version, names.kept, names.control, identity_topic=names.identity, on_progress=on_progress,
                                     fail_after_tracks=fail_after_tracks))
 
     promote.reports = reports  # type: ignore[attr-defined]

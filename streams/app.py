@@ -60,6 +60,7 @@ class WorkerDeps:
     feast_sink: Any = None
     history_sink: Any = None  # its own sink: the writer and logger write from different threads
     kept: Any = None  # streams.kept.KeptEmbeddings (assigner)
+    identities: Any = None  # streams.identity.KafkaIdentities (assigner, psrq_id codebooks)
 
 
 def _event_binder(events: Sequence[Any]) -> Callable[[RawRecord], None]:
@@ -196,7 +197,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
             deps.kept.expire()
             also = () if deps.pending is None else (deps.pending,)
             result = await blocking("assigner", assign_batch, [_raw(e) for e in events], deps.kept, deps.codebooks,
-                                    joint_embedding, also)
+                                    joint_embedding, also, deps.identities)
             await blocking("assigner", deps.kept.commit)  # the batch's kept rows in one transaction
             await publish(result, names.sids, "assigner")
             metrics.JOIN_WAITING.set(deps.kept.waiting)
@@ -212,6 +213,9 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
                 n = await blocking("assigner", deps.kept.restore_from, s.kafka.bootstrap, names.kept, partitions)
                 metrics.KEPT_ROWS.set(deps.kept.count())
                 log.info("kept embeddings: caught up partitions %s (+%d records)", partitions, n)
+            if deps.identities is not None:
+                claims = await blocking("assigner", deps.identities.catch_up)
+                log.info("identity claims: caught up (+%d claims)", claims)
 
         @app.timer(interval=5.0)
         async def watch_codebooks() -> None:

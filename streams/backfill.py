@@ -46,7 +46,7 @@ def _rows(result: BatchResult) -> list[Any]:
 def run_backfill(
     settings: Settings, version: str, kept_topic: str, control_topic: str | None = None, chunk: int | None = None,
     grace_s: float | None = None, on_progress: Callable[[str, int, int], None] | None = None,
-    fail_after_tracks: int | None = None,
+    fail_after_tracks: int | None = None, identity_topic: str | None = None,
 ) -> dict[str, Any]:
     """Backfill `version` and make it live; returns what was done (tracks, seconds, tracks/s)."""
     from psrq import joint_embedding, load_codebook_set
@@ -73,11 +73,19 @@ def run_backfill(
     total = kept.track_count()
     active = ActiveCodebooks(version, load_codebook_set(target.path))
     sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url))
+    live = registry.live(CODEBOOKS)
+    hint_version = live.version if live is not None and live.version != version else None
+    identities = None
+    if identity_topic is not None:
+        from streams.identity import KafkaIdentities
+
+        identities = KafkaIdentities(settings.kafka.bootstrap, identity_topic)  # the assigners' registry: one arbiter
+        identities.catch_up()
     coded = 0
 
     def write(ids: list[str], entries: dict[str, dict[str, Any]]) -> None:
         result = BatchResult()
-        code_tracks(result, ids, entries, active, joint_embedding)
+        code_tracks(result, ids, entries, active, joint_embedding, identities, hint_version)
         written = sink.write(_rows(result))
         if written.rejected:
             raise RuntimeError(f"the store rejected {len(written.rejected)} backfill rows: {written.rejected[0][1]}")
@@ -106,6 +114,8 @@ def run_backfill(
               "seconds": round(seconds, 2), "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None}
     registry.log_event(CODEBOOKS, {"event": "backfilled", **report})
     kept.close()
+    if identities is not None:
+        identities.close()
     state_path.unlink(missing_ok=True)
     (work / "kept.sqlite").unlink(missing_ok=True)
     return report

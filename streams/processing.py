@@ -187,12 +187,22 @@ class ActiveCodebooks:
         return ids.get(modality) or None
 
 
+class IdentityResolver(Protocol):
+    """Hands out identity codes per semantic bucket (streams.identity: TableIdentities, KafkaIdentities)."""
+
+    def resolve(
+        self, version: str, modality: str, capacity: int, track_ids: Sequence[str], prefixes: np.ndarray,
+        distances: np.ndarray, hint_version: str | None = None,
+    ) -> tuple[np.ndarray, dict[int, str]]: ...
+
+
 def assign_batch(
     records: Sequence[RawRecord],
     state: MutableMapping[str, Any],
     active: ActiveCodebooks,
     joint_embedding: Any,
     also: Sequence[ActiveCodebooks] = (),
+    identities: IdentityResolver | None = None,
 ) -> BatchResult:
     """embeddings.{text,audio} records -> sids.assigned records.
 
@@ -204,6 +214,8 @@ def assign_batch(
     its text embedding arrives; audio and joint SIDs when its audio arrives (in any order).
     SID event time = max(event times of the modalities used) + (number of modalities - 1) ms,
     so a fuller record is always newer than a partial one and a replay yields the same record.
+    A ``psrq_id`` codebook's identity codes come from `identities` (the pending version's with
+    the live version's codes as hints, so IDs survive an aligned refit).
     """
     result = BatchResult()
     touched: dict[str, RawRecord] = {}
@@ -245,30 +257,61 @@ def assign_batch(
         touched[track_id] = raw
     if touched:
         for version in (active, *also):
-            code_tracks(result, list(touched), state, version, joint_embedding)
+            code_tracks(result, list(touched), state, version, joint_embedding, identities,
+                        hint_version=None if version is active else active.version, raws=touched)
     return result
 
 
+def full_ids(
+    active: ActiveCodebooks, modality: str, X: np.ndarray, track_ids: Sequence[str],
+    identities: IdentityResolver | None, hint_version: str | None = None,
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Codes of X's rows under the modality's codebook: the SID, or for a ``psrq_id`` codebook
+    the semantic layers followed by the identity codes that `identities` hands out.
+    Returns (codes [n, L(+m)], {row: reason} for rows that got no ID)."""
+    q = active.codebooks.codebooks[modality]
+    if not hasattr(q, "identity_distances"):
+        return active.codebooks.encode(modality, X), {}
+    if identities is None:
+        raise ValueError(f"the {modality} codebook of {active.version} hands out identity codes: the assigner needs an identity registry")
+    semantic = q.semantic_encode(X)
+    composite, failed = identities.resolve(active.version, modality, q.capacity, list(track_ids), semantic,
+                                           q.identity_distances(np.asarray(X, dtype=np.float32), semantic), hint_version)
+    return np.concatenate([semantic, q.split(np.maximum(composite, 0))], axis=1), failed
+
+
 def code_tracks(
-    result: BatchResult, track_ids: list[str], state: MutableMapping[str, Any], active: ActiveCodebooks, joint_embedding: Any
+    result: BatchResult, track_ids: list[str], state: MutableMapping[str, Any], active: ActiveCodebooks, joint_embedding: Any,
+    identities: IdentityResolver | None = None, hint_version: str | None = None, raws: dict[str, RawRecord] | None = None,
 ) -> None:
+    """SidAssigned records of `track_ids` under `active`. A track that gets no ID for a modality
+    (its identity bucket is full) is dead-lettered with the reason (when `raws` names its record)
+    and keeps its other modalities' IDs; without `raws` (the backfill) that is an error."""
     entries = [state[t] for t in track_ids]
     codes: dict[str, dict[str, list[int]]] = {t: {} for t in track_ids}
+
+    def put(modality: str, rows: list[int], X: np.ndarray) -> None:
+        C, failed = full_ids(active, modality, X, [track_ids[i] for i in rows], identities, hint_version)
+        for row, i in enumerate(rows):
+            if row in failed:
+                track = track_ids[i]
+                if raws is None or track not in raws:
+                    raise RuntimeError(f"track {track}: no {modality} ID under {active.version}: {failed[row]}")
+                result.dead.append(DeadLetter(raws[track], f"track {track}: no {modality} ID under {active.version}: {failed[row]}",
+                                              "identity_full", track))
+                continue
+            codes[track_ids[i]][modality] = C[row].tolist()
+
     for modality in ("text", "audio"):
         idx = [i for i, e in enumerate(entries) if modality in e]
         if not idx or active.dim(modality) is None:
             continue
-        X = np.stack([np.frombuffer(bytes.fromhex(entries[i][modality]["vector"]), dtype="<f4") for i in idx])
-        C = active.codebooks.encode(modality, X)
-        for row, i in enumerate(idx):
-            codes[track_ids[i]][modality] = C[row].tolist()
+        put(modality, idx, np.stack([np.frombuffer(bytes.fromhex(entries[i][modality]["vector"]), dtype="<f4") for i in idx]))
     both = [i for i, e in enumerate(entries) if "text" in e and "audio" in e]
     if both and active.dim("joint") is not None:
         T = np.stack([np.frombuffer(bytes.fromhex(entries[i]["text"]["vector"]), dtype="<f4") for i in both])
         A = np.stack([np.frombuffer(bytes.fromhex(entries[i]["audio"]["vector"]), dtype="<f4") for i in both])
-        J = active.codebooks.encode("joint", joint_embedding(T, A))
-        for row, i in enumerate(both):
-            codes[track_ids[i]]["joint"] = J[row].tolist()
+        put("joint", both, joint_embedding(T, A))
     for track_id, entry in zip(track_ids, entries, strict=True):
         c = codes[track_id]
         present = [m for m in ("text", "audio") if m in entry]

@@ -36,16 +36,20 @@ def with_joint(embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def encode_codes(codebooks: dict[str, Any], embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{modality: int64 [n, L]} SIDs of every row; rows without the modality get -1."""
+    """{modality: int64 [n, L]} semantic codes of every row; rows without the modality get -1.
+
+    Only the semantic layers: the ranker embeds SID prefixes, never psrq_id's identity codes
+    (a per-item code is an item ID again, which is what cold items lack)."""
     out = {}
     for modality, q in codebooks.items():
         if modality not in embeddings:
             continue
         X = embeddings[modality]
         have = present_rows(X)
-        codes = np.full((X.shape[0], len(q.codebook_sizes)), -1, dtype=np.int64)
+        L = q.semantic_layers
+        codes = np.full((X.shape[0], L), -1, dtype=np.int64)
         if have.any():
-            codes[have] = q.encode(X[have])
+            codes[have] = q.encode(X[have])[:, :L]
         out[modality] = codes
     return out
 
@@ -65,7 +69,7 @@ def cached_codes(
         return codes, json.loads(path.with_suffix(".json").read_text())
     codebooks = fit_codebook_set(embeddings, config)
     codes = encode_codes(codebooks, embeddings)
-    sizes = {m: list(q.codebook_sizes) for m, q in codebooks.items()}
+    sizes = {m: list(q.codebook_sizes[: q.semantic_layers]) for m, q in codebooks.items()}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **codes)

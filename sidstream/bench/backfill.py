@@ -71,18 +71,20 @@ def command(n: int, as_json: bool) -> None:
     version = register_codebook_set(Registry(s.registry_dir), quantizers, {"bench": "backfill"}, False,
                                     manifests_extra={"encoder_model_ids": {"text": "text-model", "audio": "audio-model"}})
     console.print(f"backfilling {n} tracks under {version.version}...")
-    report = run_backfill(s, version.version, run.names.kept, None, grace_s=0.0)
+    report = run_backfill(s, version.version, run.names.kept, None, grace_s=0.0, identity_topic=run.names.identity)
     # the stages alone, same data, same process
     kept = KeptEmbeddings(run_dir / "stage-kept.sqlite", wait_s=0)
     t0 = time.perf_counter()
     kept.restore_from(s.kafka.bootstrap, run.names.kept)
     restore_s = time.perf_counter() - t0
     active = ActiveCodebooks(version.version, load_codebook_set(version.path))
-    code_s, rows = 0.0, []
+    from streams.identity import TableIdentities
+
+    code_s, rows, identities = 0.0, [], TableIdentities()  # in memory: this stage alone, no claim round trips
     for chunk_ids, entries in kept.iter_tracks(chunk=s.stream.backfill_chunk):
         t1 = time.perf_counter()
         result = BatchResult()
-        code_tracks(result, chunk_ids, entries, active, joint_embedding)
+        code_tracks(result, chunk_ids, entries, active, joint_embedding, identities)
         rows.append(_rows(result))
         code_s += time.perf_counter() - t1
     sink = FeastSink(open_store(run_dir / "feast-stage", profile=s.feast_profile, redis_url=s.redis_url))

@@ -246,7 +246,7 @@ def promote(version: str, backfill: bool, force: bool) -> None:
         if backfill:
             from streams.backfill import run_backfill
 
-            reports.append(run_backfill(s, version, names.kept, names.control))
+            reports.append(run_backfill(s, version, names.kept, names.control, identity_topic=names.identity))
             return
         registry.promote("codebooks", version)
         try:

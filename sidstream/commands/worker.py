@@ -35,6 +35,10 @@ def build_deps(roles: list[str]) -> WorkerDeps:
         deps.codebooks, deps.pending = deps.codebook_loader()
         if deps.codebooks is None:
             raise click.ClickException(f"no live codebook version in {s.registry_dir}; run `sidstream train codebooks` or `sidstream demo`")
+        from streams.identity import KafkaIdentities
+
+        deps.identities = KafkaIdentities(s.kafka.bootstrap, TopicNames(s.kafka.topic_prefix).identity)
+        deps.identities.catch_up()
     if "writer" in roles or "logger" in roles:
         from streams.sinks.feast import FeastSink, open_store
 

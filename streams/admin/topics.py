@@ -17,6 +17,7 @@ SIDS_ASSIGNED = "sids.assigned"
 INTERACTIONS = "interactions"
 CODEBOOKS_CONTROL = "codebooks.control"
 EMBEDDINGS_KEPT = "embeddings.kept"  # compacted: each track's latest embedding per modality
+SIDS_IDENTITY = "sids.identity"  # compacted: identity-code claims, partitioned by semantic bucket (streams.identity)
 
 DATA_TOPICS = (TRACKS_METADATA, TRACKS_AUDIO, EMBEDDINGS_TEXT, EMBEDDINGS_AUDIO, SIDS_ASSIGNED, INTERACTIONS)
 
@@ -66,12 +67,16 @@ class TopicNames:
     def kept(self) -> str:
         return self.name(EMBEDDINGS_KEPT)
 
+    @property
+    def identity(self) -> str:
+        return self.name(SIDS_IDENTITY)
+
     def dlqs(self) -> list[str]:
         return [dlq(self.name(t)) for t in DATA_TOPICS]
 
     def all(self) -> list[str]:
         names = [self.name(t) for t in DATA_TOPICS]
-        return names + [dlq(t) for t in names] + [self.control, self.kept]
+        return names + [dlq(t) for t in names] + [self.control, self.kept, self.identity]
 
 
 def create_topics(
@@ -88,8 +93,9 @@ def create_topics(
         n = 1 if topic == names.control else partitions
         # records carry inline audio, and dead letters carry the original bytes: allow large ones
         config = {"max.message.bytes": str(max_message_bytes)}
-        if topic == names.kept:
-            config["cleanup.policy"] = "compact"  # the latest embedding per (track, modality) is kept forever
+        if topic in (names.kept, names.identity):
+            # kept: the latest embedding per (track, modality); identity: every claim (keys hold the track)
+            config["cleanup.policy"] = "compact"
         wanted.append(NewTopic(topic, num_partitions=n, replication_factor=1, config=config))
     if not wanted:
         return []

@@ -1,0 +1,205 @@
+"""Identity codes handed out in the stream, safe with any number of assigners.
+
+The log is the arbiter. Every identity code is *claimed* by producing an IdentityClaim to
+the compacted topic ``sids.identity``, keyed ``version|modality|prefix|code|track`` and
+partitioned by the bucket ``version|modality|prefix``, so all claims of one bucket are
+totally ordered in one partition. Every assigner reads the whole topic into a
+``psrq.identity.IdentityTable`` in that order, so every assigner agrees:
+
+- a code belongs to the track of its **first claim in partition order** (later claims on it
+  lose and their track claims its next-nearest free code);
+- a track's code in a bucket is its **first winning claim** there (a replayed or concurrent
+  second claim of the same track only burns a code, it never changes the ID);
+- codes are never freed: a track whose content moved it to another bucket gets a new ID
+  there, and its old code stays retired.
+
+An assigner claims, waits for the broker's ack (acks=all), then reads its claims' partitions
+up to its own offsets: every earlier claim is then visible, so the decision is final before
+the SID record is produced. Replays, restarts and rebalances re-read the same log and reach
+the same IDs. Compaction keeps one record per key; keys hold the track, so compaction only
+drops exact duplicates (replayed claims) and never changes who came first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from psrq.identity import BucketFull, IdentityTable, bucket_keys
+from streams import avro_codec
+
+log = logging.getLogger(__name__)
+
+
+def bucket_text(version: str, modality: str, prefix: Sequence[int]) -> str:
+    return f"{version}|{modality}|{'-'.join(str(int(c)) for c in prefix)}"
+
+
+class TableIdentities:
+    """The decision rules on an in-memory table, claims applied at once (one process owns the
+    table: unit tests, offline tools). `KafkaIdentities` applies the same rules through the log."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[str, str], IdentityTable] = {}
+
+    def table(self, version: str, modality: str, capacity: int) -> IdentityTable:
+        t = self.tables.get((version, modality))
+        if t is None:
+            t = self.tables[(version, modality)] = IdentityTable(capacity)
+        return t
+
+    def _submit(self, claims: list[dict[str, Any]]) -> None:
+        for c in claims:
+            self.table(c["codebook_version"], c["modality"], c["capacity"]).claim(tuple(c["prefix"]), c["track_id"], c["code"])
+
+    def refresh(self) -> None:
+        """Read claims made elsewhere (nothing to read for an in-memory table)."""
+
+    def resolve(
+        self, version: str, modality: str, capacity: int, track_ids: Sequence[str], prefixes: np.ndarray,
+        distances: np.ndarray, hint_version: str | None = None,
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """Composite identity code per track (int64 [n], -1 where it failed) and {row: reason}.
+
+        Each track keeps the code it holds in its bucket; otherwise it takes the code it holds
+        under `hint_version` in the same-numbered bucket (a refit aligned to its parent) if that
+        is free, else its nearest free code."""
+        self.refresh()
+        table = self.table(version, modality, capacity)
+        hint_table = self.tables.get((hint_version, modality)) if hint_version else None
+        keys = bucket_keys(prefixes)
+        out = np.full(len(track_ids), -1, dtype=np.int64)
+        failed: dict[int, str] = {}
+        todo = list(range(len(track_ids)))
+        rounds = 0
+        while todo:
+            rounds += 1
+            reserved: dict[tuple[int, ...], list[int]] = {}
+            claims: list[dict[str, Any]] = []
+            rows: list[int] = []
+            for i in todo:
+                key, track = keys[i], track_ids[i]
+                held = table.held(key, track)
+                if held is not None:
+                    out[i] = held
+                    continue
+                taken = reserved.setdefault(key, [])
+                hint = hint_table.held(key, track) if hint_table is not None else None
+                if hint is not None and hint < capacity and table.owner(key, hint) is None and hint not in taken:
+                    code = hint
+                else:
+                    try:
+                        code = table.nearest_free(key, distances[i], taken)
+                    except BucketFull as exc:
+                        failed[i] = str(exc)
+                        continue
+                taken.append(code)
+                rows.append(i)
+                claims.append({"codebook_version": version, "modality": modality, "prefix": list(key), "code": int(code),
+                               "capacity": int(capacity), "track_id": track, "event_time": int(time.time() * 1000)})
+            if not claims:
+                break
+            self._submit(claims)
+            todo = []
+            for i in rows:
+                held = table.held(keys[i], track_ids[i])
+                if held is None:
+                    todo.append(i)  # lost the code to an earlier claim: try the next-nearest
+                else:
+                    out[i] = held
+        if rounds > 2:
+            log.info("identity %s/%s: %d claim rounds for %d tracks", version, modality, rounds, len(track_ids))
+        return out, failed
+
+
+class KafkaIdentities(TableIdentities):
+    """Claims through the compacted ``sids.identity`` topic; the table is every claim read back in log order."""
+
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
+        from confluent_kafka import Consumer, Producer, TopicPartition
+
+        super().__init__()
+        self.topic = topic
+        self.timeout_s = float(timeout_s)
+        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 0})
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}.reader", "enable.auto.commit": False,
+                                   "auto.offset.reset": "earliest", "enable.partition.eof": False})
+        meta = self._consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise RuntimeError(f"identity topic {topic!r} does not exist (run `sidstream topics create`)")
+        self.partitions = sorted(meta.partitions)
+        self._consumer.assign([TopicPartition(topic, p, 0) for p in self.partitions])  # the whole log, from the start
+        self._next: dict[int, int] = {p: 0 for p in self.partitions}
+        self.claims_read = 0
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._producer.flush(self.timeout_s)
+
+    def partition_of(self, version: str, modality: str, prefix: Sequence[int]) -> int:
+        return self.partitions[zlib.crc32(bucket_text(version, modality, prefix).encode()) % len(self.partitions)]
+
+    # -- reading ----------------------------------------------------------------------------
+    def _apply(self, msgs: list[Any]) -> None:
+        for msg in msgs:
+            if msg.error() is not None:
+                raise RuntimeError(f"reading {self.topic}: {msg.error()}")
+            self._next[msg.partition()] = msg.offset() + 1
+            try:
+                _, rec = avro_codec.decode(msg.value(), expected="IdentityClaim")
+            except avro_codec.DecodeError as exc:
+                log.warning("%s[%d]@%d: skipping an undecodable claim: %s", self.topic, msg.partition(), msg.offset(), exc)
+                continue
+            self.table(rec["codebook_version"], rec["modality"], rec["capacity"]).claim(tuple(rec["prefix"]), rec["track_id"], rec["code"])
+            self.claims_read += 1
+
+    def catch_up(self, targets: dict[int, int] | None = None) -> int:
+        """Read until every partition's next offset reaches `targets` (default: its high
+        watermark now); returns the claims read."""
+        if targets is None:
+            from confluent_kafka import TopicPartition
+
+            targets = {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s, cached=False)[1]
+                       for p in self.partitions}
+        before = self.claims_read
+        deadline = time.monotonic() + self.timeout_s
+        while any(self._next[p] < off for p, off in targets.items()):
+            if time.monotonic() > deadline:
+                behind = {p: (self._next[p], off) for p, off in targets.items() if self._next[p] < off}
+                raise TimeoutError(f"{self.topic}: claims not readable within {self.timeout_s:.0f} s (next, target): {behind}")
+            self._apply(self._consumer.consume(num_messages=5000, timeout=0.05))
+        return self.claims_read - before
+
+    def refresh(self) -> None:
+        """Apply whatever claims have already arrived, without waiting."""
+        while True:
+            msgs = self._consumer.consume(num_messages=5000, timeout=0)
+            if not msgs:
+                return
+            self._apply(msgs)
+
+    # -- claiming ---------------------------------------------------------------------------
+    def _submit(self, claims: list[dict[str, Any]]) -> None:
+        """Produce the claims, await the broker's acks, then read their partitions up to them."""
+        delivered: dict[int, int] = {}
+        errors: list[str] = []
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                delivered[msg.partition()] = max(delivered.get(msg.partition(), -1), msg.offset())
+
+        for c in claims:
+            key = f"{bucket_text(c['codebook_version'], c['modality'], c['prefix'])}|{c['code']}|{c['track_id']}".encode()
+            self._producer.produce(self.topic, avro_codec.encode("IdentityClaim", c), key,
+                                   partition=self.partition_of(c["codebook_version"], c["modality"], c["prefix"]), on_delivery=on_delivery)
+        left = self._producer.flush(self.timeout_s)
+        if errors or left:
+            raise ConnectionError(f"identity claims not delivered ({left} pending): {errors[:3]}")
+        self.catch_up({p: off + 1 for p, off in delivered.items()})
