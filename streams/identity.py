@@ -23,6 +23,8 @@ drops exact duplicates (replayed claims) and never changes who came first.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import zlib
 from collections.abc import Sequence
@@ -34,6 +36,9 @@ from psrq.identity import BucketFull, IdentityTable, bucket_keys
 from streams import avro_codec
 
 log = logging.getLogger(__name__)
+
+
+CLAIMER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def bucket_text(version: str, modality: str, prefix: Sequence[int]) -> str:
@@ -101,7 +106,8 @@ class TableIdentities:
                 taken.append(code)
                 rows.append(i)
                 claims.append({"codebook_version": version, "modality": modality, "prefix": list(key), "code": int(code),
-                               "capacity": int(capacity), "track_id": track, "event_time": int(time.time() * 1000)})
+                               "capacity": int(capacity), "track_id": track, "event_time": int(time.time() * 1000),
+                               "claimer": CLAIMER})
             if not claims:
                 break
             self._submit(claims)
