@@ -10,7 +10,10 @@ Definitions (each number is measured, none is derived from another):
   dlq_messages: dead-letter messages (a replayed batch may dead-letter a record twice);
 - duplicated_final: good tracks whose final row (latest event time) is in the offline log more
   than once; duplicate_offline_rows: offline SID rows beyond the first of their key, in total;
-- mismatched: good tracks whose final text SID differs from a clean run of the same tracks;
+- mismatched: good tracks whose final text SID differs from a clean run of the same tracks, on
+  the semantic layers (psrq_id's identity codes depend on the order tracks reached their bucket,
+  which a fault may change: they are checked by shared_ids instead);
+- shared_ids: good tracks whose final full text ID another track also holds (must be 0);
 - recovery_s: end of the fault -> last good track readable;
 - in_flight_at_fault: produced minus readable at the moment the fault lands.
 """
@@ -223,6 +226,12 @@ def run_chaos(
         poller.stop_event.set()
         run.stop_workers()
     codes = {t: list(v) for t, v in zip(final["track_id"], final["text_sid"], strict=True) if v is not None and len(v)}
+    from psrq import load_codebook_set
+
+    L = load_codebook_set(live.path).codebooks["text"].semantic_layers
+    holders: dict[tuple[int, ...], int] = {}
+    for c in codes.values():
+        holders[tuple(c)] = holders.get(tuple(c), 0) + 1
     dead_all = [r for v in dead.values() for r in v]
     offline = _offline_sid_rows(s.feast_dir)
     result.update({
@@ -232,8 +241,9 @@ def run_chaos(
         "dlq_messages": len(dead_all),
         "duplicated_final": _duplicated_final(offline),
         "duplicate_offline_rows": _duplicate_rows(offline),
-        "mismatched": (sum(1 for t, c in clean_codes.items() if t in codes and codes[t] != c)
+        "mismatched": (sum(1 for t, c in clean_codes.items() if t in codes and codes[t][:L] != c[:L])
                        if clean_codes is not None else None),
+        "shared_ids": sum(n for n in holders.values() if n > 1),
         "recovery_s": round(max(poller.readable_at.values(), default=fault_end) - fault_end, 2),
         "wall_s": round(time.time() - t_start, 1),
     })
@@ -316,5 +326,5 @@ def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, t
         click.echo(line)
     else:
         console.print_json(line)
-    if result["lost"] or result["mismatched"] or result["duplicated_final"] or result["dlq"] != result["bad_injected"]:
+    if result["lost"] or result["mismatched"] or result["shared_ids"] or result["duplicated_final"] or result["dlq"] != result["bad_injected"]:
         raise SystemExit(1)

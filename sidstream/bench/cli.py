@@ -13,6 +13,7 @@ _BENCHES = {
     "train": "sidstream.bench.train",
     "soak": "sidstream.bench.soak",
     "backfill": "sidstream.bench.backfill",
+    "ids": "sidstream.bench.ids",
 }
 
 

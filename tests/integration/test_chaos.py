@@ -43,4 +43,5 @@ def test_fault_loses_and_duplicates_nothing(chaos_env, fault):
     assert r["lost"] == 0, summary
     assert r["duplicated_final"] == 0 and r["duplicate_offline_rows"] == 0, summary
     assert r["mismatched"] == 0, summary
+    assert r["shared_ids"] == 0, summary
     assert r["dlq"] == r["bad_injected"] == N_BAD, summary
