@@ -100,6 +100,10 @@ def health_report(
         "hourglass_ratio": hourglass,
         "sids": sid_collisions(codes),
     }
+    # uniqueness: the full ID, the semantic buckets (psrq_id's identity codes make the first unique)
+    semantic = int(getattr(q, "semantic_layers", len(q.codebook_sizes)))
+    report["ids"] = id_report(codes, semantic, q.codebook_sizes, label_ids, X,
+                              lambda c, layers: q.decode_prefix(c, layers))
     if label_ids is not None:
         report["labels"] = {"distinct": int(label_ids.max()) + 1, "majority_share": float(np.bincount(label_ids).max() / len(label_ids))}
     return report

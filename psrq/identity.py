@@ -29,7 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from psrq.base import F32, I64, SEARCH_BLOCK, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
+from psrq.base import (
+    F32,
+    I64,
+    SEARCH_BLOCK,
+    Quantizer,
+    check_codes,
+    check_encode_input,
+    check_fit_input,
+    nearest,
+)
 from psrq.kmeans import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, faiss_kmeans, subsample
 from psrq.progressive import PSRQ
 

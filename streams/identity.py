@@ -65,6 +65,17 @@ class TableIdentities:
     def refresh(self) -> None:
         """Read claims made elsewhere (nothing to read for an in-memory table)."""
 
+    def full_ids(self, q: Any, version: str, modality: str, track_ids: Sequence[str], X: np.ndarray) -> np.ndarray:
+        """The IDs the registry holds for these tracks under a psrq_id codebook `q`: the semantic
+        layers of X followed by each track's claimed identity codes (-1 where it holds none)."""
+        self.refresh()
+        semantic = q.semantic_encode(X)
+        table = self.tables.get((version, modality))
+        held = [None if table is None else table.held(key, t) for key, t in zip(bucket_keys(semantic), track_ids, strict=True)]
+        ident = q.split(np.array([-1 if h is None else h for h in held], dtype=np.int64))
+        ident[np.array([h is None for h in held])] = -1
+        return np.concatenate([semantic, ident], axis=1)
+
     def resolve(
         self, version: str, modality: str, capacity: int, track_ids: Sequence[str], prefixes: np.ndarray,
         distances: np.ndarray, hint_version: str | None = None,

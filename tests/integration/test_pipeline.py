@@ -83,12 +83,15 @@ def test_tracks_in_rows_out_with_dlq_and_late_audio(pipeline):
         sizes = np.array(cs.codebooks[modality].codebook_sizes)
         assert codes.shape == (len(ids), len(sizes))
         assert (codes >= 0).all() and (codes < sizes).all()
-    # the SIDs in Feast are exactly what the frozen codebook gives for these texts
+    # the IDs in Feast are the frozen codebook's semantic layers for these texts followed by the
+    # identity codes the claims log gave each track; no two tracks share one
     from encoders import load_text_encoder
 
-    expected = cs.encode("text", load_text_encoder().encode([track_text(t) for t in tracks]))
-    got = np.array([list(v) for v in df.loc[[t.track_id for t in tracks], "text_sid"]])
+    ids_text = [t.track_id for t in tracks]
+    expected = _registry_ids(run, cs, version.version, ids_text, load_text_encoder().encode([track_text(t) for t in tracks]))
+    got = np.array([list(v) for v in df.loc[ids_text, "text_sid"]])
     np.testing.assert_array_equal(got, expected)
+    assert len({tuple(v) for v in df["text_sid"]}) == len(df)
     assert set(df.loc[[t.track_id for t in audio], "codebook_version"]) == {version.version}
 
     dead = run.dead_letters()
@@ -125,8 +128,25 @@ def test_restart_neither_loses_nor_duplicates(pipeline):
     assert len(lat) == len(tracks)
     assert in_flight > 0, "the kill landed after every track was written: it proved nothing"
     df = read_sids(store, [t.track_id for t in tracks], version.version)
-    expected = load_codebook_set(version.path).encode("text", load_text_encoder().encode([track_text(t) for t in tracks]))
+    expected = _registry_ids(run, load_codebook_set(version.path), version.version, [t.track_id for t in tracks],
+                             load_text_encoder().encode([track_text(t) for t in tracks]))
     np.testing.assert_array_equal(np.array([list(v) for v in df["text_sid"]]), expected)
+    assert len({tuple(v) for v in df["text_sid"]}) == len(tracks)
     offline = pd.concat([pd.read_parquet(p) for p in (run.settings.feast_dir / "data" / "offline" / "track_sids").glob("part-*.parquet")])
     assert not offline.duplicated(["track_id", "sid_event_time_ms", "codebook_version"]).any()
     assert set(offline["track_id"]) == {t.track_id for t in tracks}
+
+
+def _registry_ids(run, cs, version, track_ids, X):
+    """What the frozen codebook and the claims log say these tracks' text IDs are."""
+    from streams.identity import KafkaIdentities
+
+    q = cs.codebooks["text"]
+    if not hasattr(q, "semantic_encode"):
+        return cs.encode("text", X)
+    reg = KafkaIdentities(run.settings.kafka.bootstrap, run.names.identity)
+    try:
+        reg.catch_up()
+        return reg.full_ids(q, version, "text", track_ids, X)
+    finally:
+        reg.close()

@@ -48,11 +48,24 @@ def _offline_codes(settings, version, track_ids):
     def vec(e):
         return np.frombuffer(bytes.fromhex(e["vector"]), dtype="<f4")
 
-    text = cs.encode("text", np.stack([vec(entries[t]["text"]) for t in track_ids]))
+    from streams.identity import KafkaIdentities
+
+    # psrq_id: semantic layers from the frozen codebook, identity codes as the claims log decided
+    reg = KafkaIdentities(settings.kafka.bootstrap, TopicNames(settings.kafka.topic_prefix).identity)
+    reg.catch_up()
+
+    def ids(modality, tracks, X):
+        q = cs.codebooks[modality]
+        return reg.full_ids(q, version, modality, tracks, X) if hasattr(q, "semantic_encode") else cs.encode(modality, X)
+
+    text = ids("text", track_ids, np.stack([vec(entries[t]["text"]) for t in track_ids]))
     with_audio = [t for t in track_ids if "audio" in entries[t]]
     T = np.stack([vec(entries[t]["text"]) for t in with_audio])
     A = np.stack([vec(entries[t]["audio"]) for t in with_audio])
-    joint = cs.encode("joint", joint_embedding(T, A))
+    joint = ids("joint", with_audio, joint_embedding(T, A))
+    reg.close()
+    assert len({tuple(r) for r in text.tolist()}) == len(track_ids), "two tracks share a text ID"
+    assert len({tuple(r) for r in joint.tolist()}) == len(with_audio), "two tracks share a joint ID"
     return dict(zip(track_ids, text.tolist(), strict=True)), dict(zip(with_audio, joint.tolist(), strict=True))
 
 

@@ -59,6 +59,7 @@ def test_health_report_on_known_codes() -> None:
     assert l1["recon_cos"] == pytest.approx(cos1, rel=1e-5)
     assert rep["sids"]["distinct_sids"] == 3 and rep["sids"]["collision_rate"] == pytest.approx(0.5)
     assert rep["hourglass_ratio"] is None  # needs >= 3 layers
+    assert rep["ids"]["distinct_ratio"] == 0.75 and rep["ids"]["largest_bucket"] == 2
 
 
 def test_collapse_shows_in_health() -> None:
