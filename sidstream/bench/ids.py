@@ -132,6 +132,7 @@ def run_ids(src: Path | None, k: int, layers: int, seed: int, probes: int, auc_s
     out: dict[str, Any] = {"bench": "ids", "items": int(len(X)), "K": k, "semantic_layers": layers, "seed": seed,
                            "identity_size": fitted["psrq_id"].identity_size, "rows": rows,
                            "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}}
+    out["refit"] = _refit_survival(fitted["psrq_id"], X, k, layers, seed)
     if auc_seeds > 0:
         out["cold_auc"] = _cold_auc(ds, k, layers, auc_seeds, epochs)
         for row in rows:
@@ -141,6 +142,34 @@ def run_ids(src: Path | None, k: int, layers: int, seed: int, probes: int, auc_s
                 row["cold_auc_std"] = out["cold_auc"][model]["cold_auc_std"]
                 row["cold_auc_from"] = model
     return out
+
+
+def _refit_survival(old: Any, X: np.ndarray, k: int, layers: int, seed: int) -> dict[str, float]:
+    """Share of IDs kept by a refit with another seed, aligned to its parent (psrq.align), when
+    the new version's identity codes are claimed with the old version's as hints, and without."""
+    from psrq.align import align_to_parent
+    from psrq.fitting import fit_codebook
+    from sidcore.config import CodebookSettings
+    from streams.identity import TableIdentities
+
+    new = align_to_parent(fit_codebook(X, CodebookSettings(layers=layers, codebook_size=k, seed=seed + 1)), old, X)
+    items = [f"a{i}" for i in range(len(X))]
+
+    def claim(reg: Any, q: Any, version: str, hint: str | None) -> np.ndarray:
+        sem = q.semantic_encode(X)
+        composite, failed = reg.resolve(version, "text", q.capacity, items, sem, q.identity_distances(X, sem), hint)
+        assert not failed, failed
+        return np.concatenate([sem, q.split(composite)], axis=1)
+
+    reg = TableIdentities()
+    before = claim(reg, old, "v0", None)
+    hinted = claim(reg, new, "v1", "v0")
+    plain = claim(TableIdentities(), new, "v1", None)
+    prefix_kept = (before[:, :layers] == hinted[:, :layers]).all(axis=1)
+    return {"semantic_prefix_kept": round(float(prefix_kept.mean()), 4),
+            "full_id_kept_with_hints": round(float((before == hinted).all(axis=1).mean()), 4),
+            "full_id_kept_without_hints": round(float((before == plain).all(axis=1).mean()), 4),
+            "unique_after_refit": bool(len(np.unique(hinted, axis=0)) == len(X))}
 
 
 def _cold_auc(ds: Any, k: int, layers: int, seeds: int, epochs: int) -> dict[str, Any]:
@@ -173,6 +202,10 @@ def _table(out: dict[str, Any]) -> str:
             f"{' / '.join(f'{v:.3f}' for v in r['cond_entropy'])} | {r['recon_cos_full_id']:.4f} | {r['fit_s']} | "
             f"{r['online_ms']['p50']:.3f} / {r['online_ms']['p99']:.3f} | {auc} |"
         )
+    r = out["refit"]
+    lines.append(f"\nrefit (seed {out['seed'] + 1}, aligned): semantic prefix kept {r['semantic_prefix_kept']:.3f}, full ID kept "
+                 f"{r['full_id_kept_with_hints']:.3f} with hints / {r['full_id_kept_without_hints']:.3f} without; "
+                 f"unique after the refit: {r['unique_after_refit']}")
     return "\n".join(lines)
 
 
