@@ -106,6 +106,16 @@ class CodebookSettings(_Frozen):
         return {}
 
 
+class ServeSettings(_Frozen):
+    """`sidstream serve` (the port is stream.web_port)."""
+
+    host: str = "127.0.0.1"
+    max_candidates: int = Field(1000, ge=1, description="/rank: most candidates in one request")
+    max_ids: int = Field(1000, ge=1, description="/features: most track + user ids in one request")
+    reload_s: float = Field(2.0, gt=0, description="how often the registry's LIVE pointers are checked")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per scoring call (requests run in parallel threads)")
+
+
 class TrainSettings(_Frozen):
     window_days: float = Field(30.0, gt=0, description="the ranker trains on logged interactions this recent")
 
@@ -126,6 +136,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     encoders: EncoderSettings = EncoderSettings()
     codebook: CodebookSettings = CodebookSettings()
+    serve: ServeSettings = ServeSettings()
     train: TrainSettings = TrainSettings()
 
     def __init__(self, **values: Any) -> None:

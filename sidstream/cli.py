@@ -26,6 +26,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sidstream.commands.train:train", "Retraining jobs: codebooks, ranker, all."),
     "eval": ("sidstream.commands.train:eval_cmd", "Evaluate DIN / DIN+SID / MCCA on a data set."),
     "data": ("sidstream.commands.train:data", "Data sets: convert, fetch, verify."),
+    "serve": ("sidstream.commands.serve:serve", "HTTP service: /features, /rank (live ranker), /health, /metrics."),
     "bench": ("sidstream.bench.cli:bench", "Benchmarks: pipeline, quantize, encoders, train."),
 }
 

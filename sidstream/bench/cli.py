@@ -14,6 +14,7 @@ _BENCHES = {
     "soak": "sidstream.bench.soak",
     "backfill": "sidstream.bench.backfill",
     "ids": "sidstream.bench.ids",
+    "online": "sidstream.bench.online",
 }
 
 
