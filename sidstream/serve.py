@@ -98,7 +98,6 @@ class ServingState:
             model, vocab, manifest = load_ranker(rk)
             model.eval()
             torch.set_num_threads(self.settings.serve.torch_threads)
-            torch.set_grad_enabled(False)
             sizes = manifest.get("codebook_sizes") or {}
             new = Snapshot(live_cb, rk.version, manifest.get("codebook_version"), model,
                            {item: i + 1 for i, item in enumerate(vocab)}, {m: len(k) for m, k in sizes.items()}, HISTORY_LEN)
