@@ -114,6 +114,7 @@ class ServeSettings(_Frozen):
     max_ids: int = Field(1000, ge=1, description="/features: most track + user ids in one request")
     reload_s: float = Field(2.0, gt=0, description="how often the registry's LIVE pointers are checked")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per scoring call (requests run in parallel threads)")
+    rank_threads: int = Field(1, ge=1, description="/rank calls scored at once per process; the rest queue (scale with replicas)")
 
 
 class TrainSettings(_Frozen):

@@ -206,6 +206,11 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
     switches = Counter("sidstream_serve_version_switches", "snapshot swaps", registry=metrics)
     app = FastAPI(title="sidstream", version="1")
+    import anyio
+
+    # scoring holds the GIL for most of its ~10 ms: more threads than cores only thrash, so
+    # /rank requests beyond `serve.rank_threads` wait their turn (queueing, not failing)
+    rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
     app.state.serving = state
     limit = settings.serve
 
@@ -297,7 +302,7 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     @app.post("/rank")
     async def rank_endpoint(request: Request) -> Response:
         req = parse(RankRequest, await request.body())
-        return await run_in_threadpool(rank, req)
+        return await anyio.to_thread.run_sync(rank, req, limiter=rank_slots)
 
     def rank(req: RankRequest) -> Response:
         if len(req.candidate_track_ids) > limit.max_candidates:

@@ -2,14 +2,15 @@
 
 One run on loopback: a synthetic catalogue (text + audio embeddings, users' histories) gets a
 codebook version and an MCCA ranker trained by the real jobs (trainer.jobs), its SIDs and
-histories are written to the chosen online store, and the service runs in-process under
-uvicorn. Measured with a bounded load loop (`--requests` per point):
+histories are written to the chosen online store, and `sidstream serve` runs in its own
+process (as deployed) while this process is the client. Measured with a bounded load loop (`--requests` per point):
   raw_ms        store.get_online_features for 1 and 100 track entities (the reference)
   features_ms   the same lookups through POST /features
   empty_http_ms POST /ping with a one-track body (the HTTP hop alone: request body, thread
                 pool, response; empty_http_get_ms is a bodiless GET)
   rank_ms       POST /rank with 100 candidates, concurrency 1
-  rank_rps      /rank requests per second at concurrency 1, 8, 32 (threads, keep-alive clients)
+  rank_rps      /rank requests per second at concurrency 1, 8, 32 (client threads here, one
+                keep-alive connection each; the server's one process shares the machine's cores)
 The goal for /features is <= 1.3 x raw + the empty hop; the JSON line carries the ratio.
 """
 
@@ -126,10 +127,75 @@ def _timed(fn: Any, n: int) -> list[float]:
     return out
 
 
+class ServerProcess:
+    """`sidstream serve` in its own process (as deployed), on a free loopback port."""
+
+    def __init__(self, settings: Settings, work: Path) -> None:
+        from sidcore.config import dump_settings
+
+        self.port = _free_port()
+        self.settings_file = dump_settings(settings, work / "serve-settings.json")
+        self.log = work / "serve.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerProcess:
+        import subprocess
+        import sys
+
+        import httpx
+
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "sidstream.cli", "--settings", str(self.settings_file), "serve",
+                                          "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sidstream serve did not come up: {self.log.read_text()[-2000:]}")
+            time.sleep(0.3)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _timed_calls(fn: Any, args: list[Any]) -> dict[str, float]:
+    times = []
+    for a in args:
+        t0 = time.perf_counter()
+        fn(a)
+        times.append(time.perf_counter() - t0)
+    return _pct(times)
+
+
+def _rps(url: str, bodies: list[dict[str, Any]], concurrency: int) -> tuple[float, int]:
+    """Requests/s of POST /rank from `concurrency` keep-alive clients sending `bodies` each."""
+    import httpx
+
+    failures = [0]
+
+    def work(_: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for b in bodies:
+                if c.post("/rank", json=b).status_code != 200:
+                    failures[0] += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(work, range(concurrency)))
+    return round(len(bodies) * concurrency / (time.perf_counter() - t0), 1), failures[0]
+
+
 def run_online(settings: Settings, work: Path, requests: int) -> dict[str, Any]:
     import httpx
 
-    from sidstream.serve import create_app
     from streams.sinks.feast import open_store
 
     ids = prepare_online(settings, work)
@@ -140,50 +206,27 @@ def run_online(settings: Settings, work: Path, requests: int) -> dict[str, Any]:
     features = [f"track_sids:{f}" for f in ("text_sid", "audio_sid", "joint_sid")]
     out: dict[str, Any] = {"bench": "online", "store": "sqlite" if settings.feast_profile == "local" else "redis",
                            "requests_per_point": requests, "raw_ms": {}, "features_ms": {}}
+    picks = {n: [list(rng.choice(tracks, n, replace=False)) for _ in range(requests)] for n in (1, 100)}
     for n in (1, 100):
-        picks = [list(rng.choice(tracks, n, replace=False)) for _ in range(requests)]
-        it = iter(picks)
-        out["raw_ms"][str(n)] = _pct(_timed(lambda: store.get_online_features(
-            features=features, entity_rows=[{"track_id": t, "codebook_version": version} for t in next(it)]).to_dict(), requests))
-    app = create_app(settings, store=store)
-    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        out["raw_ms"][str(n)] = _timed_calls(lambda p: store.get_online_features(
+            features=features, entity_rows=[{"track_id": t, "codebook_version": version} for t in p]).to_dict(), picks[n])
+    bodies = [{"user_id": str(rng.choice(ids["users"])), "candidate_track_ids": list(rng.choice(tracks, 100, replace=False))}
+              for _ in range(requests)]
+    with ServerProcess(settings, work) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         client.get("/ping")
-        out["empty_http_get_ms"] = _pct(_timed(lambda: client.get("/ping"), requests))
+        out["empty_http_get_ms"] = _timed_calls(lambda _: client.get("/ping"), list(range(requests)))
         one = {"track_ids": [tracks[0]]}
-        out["empty_http_ms"] = _pct(_timed(lambda: client.post("/ping", json=one), requests))  # same hop as a 1-track POST
+        out["empty_http_ms"] = _timed_calls(lambda _: client.post("/ping", json=one), list(range(requests)))
         for n in (1, 100):
-            picks = [list(rng.choice(tracks, n, replace=False)) for _ in range(requests)]
-            it = iter(picks)
-            out["features_ms"][str(n)] = _pct(_timed(lambda: client.post("/features", json={"track_ids": next(it)}).raise_for_status(), requests))
-        users = ids["users"]
-
-        def rank_body() -> dict[str, Any]:
-            return {"user_id": str(rng.choice(users)), "candidate_track_ids": list(rng.choice(tracks, 100, replace=False))}
-
-        bodies = [rank_body() for _ in range(requests)]
-        it = iter(bodies)
-        out["rank_ms"] = _pct(_timed(lambda: client.post("/rank", json=next(it)).raise_for_status(), requests))
+            out["features_ms"][str(n)] = _timed_calls(
+                lambda p: client.post("/features", json={"track_ids": p}).raise_for_status(), picks[n])
+        out["rank_ms"] = _timed_calls(lambda b: client.post("/rank", json=b).raise_for_status(), bodies)
         out["rank_rps"] = {}
         for conc in (1, 8, 32):
-            clients = [httpx.Client(base_url=server.url, timeout=60) for _ in range(conc)]
-            per = max(1, requests // conc)
-            failures = []
-
-            def work_one(c: Any) -> None:
-                for b in bodies[:per]:
-                    r = c.post("/rank", json=b)
-                    if r.status_code != 200:
-                        failures.append(r.status_code)
-
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(conc) as pool:
-                list(pool.map(work_one, clients))
-            wall = time.perf_counter() - t0
-            for c in clients:
-                c.close()
-            out["rank_rps"][str(conc)] = round(per * conc / wall, 1)
-            if failures:
-                out.setdefault("rank_failures", {})[str(conc)] = len(failures)
+            rps, failed = _rps(server.url, bodies[: max(1, requests // conc)], conc)
+            out["rank_rps"][str(conc)] = rps
+            if failed:
+                out.setdefault("rank_failures", {})[str(conc)] = failed
     hop = out["empty_http_ms"]["p50"]
     # goal: /features <= 1.3 x raw + the empty hop (p50); <= 1 meets it
     out["features_goal_ratio_p50"] = {n: round(out["features_ms"][n]["p50"] / (1.3 * out["raw_ms"][n]["p50"] + hop), 3) for n in ("1", "100")}
