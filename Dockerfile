@@ -1,30 +1,26 @@
 # sidstream image: workers, `sidstream serve`, the trainer CronJob (deploy/k8s/*.yaml use it).
-#   podman build -t sidstream .                          # CPU
-#   podman build --build-arg TORCH_INDEX=cu124 -t sidstream:cuda .   # CUDA wheels of torch
-# TORCH_INDEX=cpu installs torch from PyTorch's CPU wheel index (no CUDA libraries: about 1.5 GB
-# less than PyPI's default torch, which bundles CUDA); cu124 the CUDA 12.4 build.
-ARG PYTHON=3.11
-FROM python:${PYTHON}-slim-bookworm
-ARG TORCH_INDEX=cpu
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
-RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 \
-    && rm -rf /var/lib/apt/lists/*
+#   podman build -t sidstream .                                             # CPU torch
+#   podman build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 -t sidstream:cuda .
+# TORCH_INDEX is where torch comes from: PyTorch's CPU index by default (no CUDA libraries), a CUDA
+# index for GPU nodes, or "pypi" for PyPI's default wheel (which bundles the CUDA libraries: the
+# only choice where PyTorch's index is unreachable). BASE: any Debian/Ubuntu with python3 >= 3.10,
+# python3-venv and libsndfile1 (a local debootstrap base works where no registry is reachable).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+RUN (command -v apt-get >/dev/null && dpkg -s libsndfile1 >/dev/null 2>&1) || \
+    (apt-get update && apt-get install -y --no-install-recommends libsndfile1 python3-venv && rm -rf /var/lib/apt/lists/*)
+RUN python3 -m venv /opt/venv && pip install --upgrade pip
+RUN if [ "$TORCH_INDEX" = "pypi" ]; then pip install torch; else pip install torch --index-url "$TORCH_INDEX"; fi
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY sidcore sidcore
-COPY psrq psrq
-COPY encoders encoders
-COPY streams streams
-COPY trainer trainer
-COPY sidstream sidstream
-# the Feast definitions: open_store() materialises them into SIDSTREAM_FEAST_ROOT
-COPY feature_repo feature_repo
-RUN pip install --upgrade pip \
-    && pip install torch --index-url https://download.pytorch.org/whl/${TORCH_INDEX} \
-    && pip install -e .   # editable: the package finds feature_repo/ next to it (streams.sinks.feast.DEFINITIONS_DIR)
-RUN useradd --uid 10001 --create-home sidstream && mkdir -p /var/lib/sidstream /var/cache/sidstream \
+# the packages, pyproject.toml and feature_repo/ (the Feast definitions, which open_store()
+# materialises into SIDSTREAM_FEAST_ROOT); .dockerignore leaves out tests, docs, deploy, .venv
+COPY . /app
+# editable: the installed package finds feature_repo/ next to it (streams.sinks.feast.DEFINITIONS_DIR)
+RUN pip install -e . && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+    && useradd --uid 10001 --create-home sidstream && mkdir -p /var/lib/sidstream /var/cache/sidstream \
     && chown sidstream /var/lib/sidstream /var/cache/sidstream
 USER sidstream
 EXPOSE 16066
-ENTRYPOINT []
 CMD ["sidstream", "serve", "--host", "0.0.0.0"]

@@ -53,4 +53,4 @@ def test_serve_deployment_uses_the_image_and_the_web_port() -> None:
     assert container["ports"][0]["containerPort"] == Settings().stream.web_port
     assert docs[("HorizontalPodAutoscaler", "serve")]["spec"]["scaleTargetRef"]["name"] == "serve"
     dockerfile = (K8S.parents[1] / "Dockerfile").read_text()
-    assert "COPY feature_repo feature_repo" in dockerfile and 'CMD ["sidstream", "serve"' in dockerfile
+    assert "COPY . /app" in dockerfile and "feature_repo" not in (K8S.parents[1] / ".dockerignore").read_text() and "CMD [\"sidstream\", \"serve\"" in dockerfile
