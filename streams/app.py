@@ -1,8 +1,9 @@
 """The Faust application: five agents (text encoder, audio encoder, PSRQ assigner, Feast
 writer, interaction logger), each a thin loop around a function of ``streams.processing``.
 
-Every agent takes up to ``stream.batch_size`` events or waits at most
-``stream.batch_timeout_s`` with ``noack_take`` (Faust's manual-ack batching; ``take_events``
+Every agent takes adaptive batches (``streams.take.adaptive_take``: what arrived until no new
+event came for ``stream.batch_linger_s``, at most ``stream.batch_size`` events or
+``stream.batch_timeout_s`` after the first; never acked there, unlike ``take_events``, which
 acks its batch in a ``finally`` even when the body raised), runs the batch through
 ``streams.batching.process_batch`` (outputs, kept records and dead letters produced and their
 delivery awaited, sinks written; transient faults retried; a batch that exhausts its retries
@@ -16,6 +17,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +43,12 @@ from streams.processing import (
     key_text,
 )
 from streams.records import BatchResult, DeadLetter, RawRecord, now_ms
+from streams.take import adaptive_take
 
 log = logging.getLogger(__name__)
 
 ROLES = ("text", "audio", "assigner", "writer", "logger")
+TRIM_EVERY_S = 30.0  # malloc_trim of an agent's heap: a few ms to 100s of ms, so not on every batch
 
 
 @dataclass
@@ -104,7 +108,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         stream_wait_empty=False,
         datadir=str(datadir),
     )
-    batch, within = s.stream.batch_size, s.stream.batch_timeout_s
+    batch, within, linger = s.stream.batch_size, s.stream.batch_timeout_s, s.stream.batch_linger_s
     policy = RetryPolicy(budget_s=s.stream.retry_budget_s)
     max_bytes = s.kafka.max_message_bytes
 
@@ -113,12 +117,13 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
     # the encoders' varying tensor sizes do not grow a fresh arena in every pool thread.
     executors: dict[str, ThreadPoolExecutor] = {}
 
-    calls: dict[str, int] = {}
+    trimmed: dict[str, float] = {}
 
     async def blocking(worker: str, fn: Callable[..., Any], *args: Any) -> Any:
         pool = executors.setdefault(worker, ThreadPoolExecutor(max_workers=1, thread_name_prefix=worker))
-        calls[worker] = calls.get(worker, 0) + 1
-        if calls[worker] % 50 == 0:
+        now = time.monotonic()
+        if now - trimmed.setdefault(worker, now) > TRIM_EVERY_S:  # by time, not by call: small batches come often
+            trimmed[worker] = now
             await asyncio.get_running_loop().run_in_executor(pool, _release_free_memory)
         return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
@@ -157,7 +162,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
 
     def consume(worker: str, handle: Callable[[Sequence[Any]], Awaitable[None]]) -> Callable[[faust.StreamT], Any]:
         async def agent(stream: faust.StreamT) -> None:
-            async for events in stream.noack_take(batch, within=within):
+            async for events in adaptive_take(stream, batch, within, linger):
                 with metrics.BATCH_SECONDS.labels(worker).time():
                     await process_batch(events, worker, handle, lambda evs, why: dead_letter_all(evs, worker, why), policy)
                 for event in events:

@@ -23,6 +23,10 @@ def build_deps(roles: list[str]) -> WorkerDeps:
     s = get_settings()
     deps = WorkerDeps(settings=s)
     e = s.encoders
+    if e.threads is not None:
+        import torch
+
+        torch.set_num_threads(e.threads)
     if "text" in roles:
         deps.text_encoder = _drill(configured_text_encoder(e), s.stream.slowdown_file)
     if "audio" in roles:
