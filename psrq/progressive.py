@@ -30,7 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from psrq.base import F32, I64, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
+from psrq.base import (
+    F32,
+    I64,
+    Quantizer,
+    check_codes,
+    check_encode_input,
+    check_fit_input,
+    encode_in_blocks,
+    nearest,
+)
 from psrq.kmeans import (
     DEFAULT_MAX_POINTS_PER_CENTROID,
     DEFAULT_NITER,
@@ -151,7 +160,9 @@ class PSRQ(Quantizer):
         return nearest(R, C_r, table, path_idx)
 
     def encode(self, X: Any) -> I64:
-        X = check_encode_input(X, self.dim)
+        return encode_in_blocks(check_encode_input(X, self.dim), self.num_layers, self._encode_block)
+
+    def _encode_block(self, X: F32) -> I64:
         R = X.copy()
         P = np.zeros_like(R)
         codes = np.empty((R.shape[0], self.num_layers), dtype=np.int64)

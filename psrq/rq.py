@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from psrq.base import F32, I64, check_codes, check_encode_input, check_fit_input, nearest
+from psrq.base import F32, I64, check_codes, check_encode_input, check_fit_input, encode_in_blocks, nearest
 from psrq.kmeans import LayeredKMeans, faiss_kmeans, subsample
 
 
@@ -29,7 +29,10 @@ class RQ(LayeredKMeans):
         return self
 
     def encode(self, X: Any) -> I64:
-        R = check_encode_input(X, self.dim).copy()
+        return encode_in_blocks(check_encode_input(X, self.dim), self.num_layers, self._encode_block)
+
+    def _encode_block(self, X: F32) -> I64:
+        R = X.copy()
         codes = np.empty((R.shape[0], self.num_layers), dtype=np.int64)
         for layer, C in enumerate(self.centroids):
             codes[:, layer] = nearest(R, C)

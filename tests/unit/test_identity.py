@@ -164,3 +164,16 @@ def test_id_report_against_a_random_partition() -> None:
     rep = id_report(codes, 2, [5, 2, 2000], labels)
     assert rep["distinct_ratio"] == 1.0 and rep["layers"][0]["purity_lift"] > 0.5
     assert 0.95 < rep["layers"][1]["cond_entropy"] <= 1.0  # layer 2 independent of layer 1
+
+
+def test_blocked_encode_equals_one_block(monkeypatch) -> None:
+    """A whole-catalogue encode runs in ENCODE_BLOCK-row slices (flat memory); codes are the same."""
+    import psrq.base as base
+    from psrq.rq import RQ
+
+    X = _clustered(n=2500)
+    for q in (PSRQ([8, 8, 8], seed=0).fit(X), RQ([8, 8], seed=0).fit(X)):
+        whole = q.encode(X)
+        monkeypatch.setattr(base, "ENCODE_BLOCK", 300)
+        assert np.array_equal(q.encode(X), whole)
+        monkeypatch.setattr(base, "ENCODE_BLOCK", 65536)
