@@ -87,17 +87,20 @@ def check_sizes(codebook_sizes: Any) -> tuple[int, ...]:
 def nearest(X: F32, C: F32, table: F32 | None = None, table_rows: I64 | None = None) -> I64:
     """argmin_j ||X[i] - C[j]||^2 (+ table[table_rows[i], j]) for every row, in BLAS blocks.
 
-    ||x||^2 is constant per row and dropped. The optional table adds a per-row-group term,
-    which is how PSRQ's prefix half enters (see psrq.progressive). Ties go to the lowest j.
+    ||x||^2 is constant per row and dropped; the -2 is folded into the centroid matrix, so each
+    block is one sgemm into a reused buffer, one add and one argmin. The optional table adds a
+    per-row-group term, which is how PSRQ's prefix half enters (see psrq.progressive). Ties go
+    to the lowest j.
     """
     n = X.shape[0]
     out = np.empty(n, dtype=np.int64)
     c_norms = np.einsum("ij,ij->i", C, C)
-    Ct = np.ascontiguousarray(C.T)
+    Ct2 = np.ascontiguousarray(C.T * np.float32(-2.0))
+    buf = np.empty((min(n, SEARCH_BLOCK), C.shape[0]), dtype=np.float32)
     for start in range(0, n, SEARCH_BLOCK):
         stop = min(n, start + SEARCH_BLOCK)
-        d = X[start:stop] @ Ct
-        d *= np.float32(-2.0)
+        d = buf[: stop - start]
+        np.matmul(X[start:stop], Ct2, out=d)
         d += c_norms
         if table is not None and table_rows is not None:
             d += table[table_rows[start:stop]]
