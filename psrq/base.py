@@ -147,6 +147,11 @@ class Quantizer(abc.ABC):
         return len(self.codebook_sizes)
 
     @property
+    def semantic_sizes(self) -> list[int]:
+        """K of each semantic layer (what a ranker embeds)."""
+        return list(self.codebook_sizes[: self.semantic_layers])
+
+    @property
     def dim(self) -> int:
         if self._dim is None:
             raise RuntimeError(f"{self.method} quantizer is not fitted")

@@ -177,11 +177,11 @@ class IdentityPSRQ(Quantizer):
             raise ValueError(f"identity_layers must be 1..{MAX_IDENTITY_LAYERS}, got {identity_layers}")
         if identity_size is not None and identity_size < 2:
             raise ValueError(f"identity_size must be >= 2, got {identity_size}")
-        semantic = sizes  # the semantic layers' K (from_state strips the identity layers)
+        # `sizes` are the semantic layers' K (from_state strips the identity layers)
         self.requested_identity_size = identity_size  # None: chosen at fit from the largest bucket
         self.identity_size = int(identity_size or max(sizes))
-        super().__init__(semantic + [self.identity_size] * identity_layers, seed)
-        self.semantic = PSRQ(semantic, seed, alpha, prefix_scale, niter, max_points_per_centroid, prefix_weights, anchor)
+        super().__init__(sizes + [self.identity_size] * identity_layers, seed)
+        self.semantic = PSRQ(sizes, seed, alpha, prefix_scale, niter, max_points_per_centroid, prefix_weights, anchor)
         self.identity_layers = int(identity_layers)
         self.fit_largest_bucket = fit_largest_bucket
         self.id_centroids: list[F32] = []
@@ -251,13 +251,6 @@ class IdentityPSRQ(Quantizer):
             return composite[:, None]
         return np.stack([composite // self.identity_size, composite % self.identity_size], axis=1)
 
-    def join(self, identity: I64) -> I64:
-        """Identity codes [n, m] -> composite index [n]."""
-        identity = np.asarray(identity, dtype=np.int64)
-        if self.identity_layers == 1:
-            return identity[:, 0].copy()
-        return identity[:, 0] * self.identity_size + identity[:, 1]
-
     def assign(self, X: Any, table: IdentityTable, items: Sequence[str], hints: Sequence[int | None] | None = None) -> I64:
         """Full IDs [n, L + m] of the rows of X for `items`, in order, against `table` (mutated)."""
         X = check_encode_input(X, self.dim)
@@ -305,12 +298,9 @@ class IdentityPSRQ(Quantizer):
     def from_state(
         cls, tensors: dict[str, F32], options: dict[str, Any], dim: int, codebook_sizes: tuple[int, ...]
     ) -> IdentityPSRQ:
-        opts = dict(options)
-        m = int(opts.get("identity_layers", 2))
+        m = int(options.get("identity_layers", 2))
         semantic_sizes = tuple(codebook_sizes[:-m])
-        opts.pop("fit_largest_bucket", None)
-        q = cls(semantic_sizes, **opts)
-        q.fit_largest_bucket = options.get("fit_largest_bucket")
+        q = cls(semantic_sizes, **options)
         q.semantic = PSRQ.from_state(tensors, q.semantic.options(), dim, semantic_sizes)
         q.id_centroids = [np.ascontiguousarray(tensors[f"layer{len(semantic_sizes) + j}"], dtype=np.float32) for j in range(m)]
         q._dim = dim

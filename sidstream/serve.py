@@ -72,6 +72,7 @@ class ServingState:
         self.registry = Registry(settings.registry_dir)
         self.snapshot = Snapshot(None, None, None, None, {}, {}, 20)
         self.switches = 0
+        self.on_switch: Any = None  # called on every swap after start-up (the app's Prometheus counter)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh()
@@ -103,6 +104,8 @@ class ServingState:
                            {item: i + 1 for i, item in enumerate(vocab)}, {m: len(k) for m, k in sizes.items()}, HISTORY_LEN)
         self.snapshot = new  # one reference: a request holds the old or the new snapshot
         self.switches += 1
+        if self.on_switch is not None:
+            self.on_switch()
         log.info("serving ranker %s (codebooks %s); live codebooks %s", new.ranker_version, new.ranker_codebooks, live_cb)
         return True
 
@@ -318,18 +321,8 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
                         "user_id": req.user_id, **out})
 
     if watch:
-        before = state.switches
-
-        def count_switches() -> None:
-            nonlocal before
-            while True:
-                time.sleep(max(0.5, limit.reload_s))
-                if state.switches != before:
-                    switches.inc(state.switches - before)
-                    before = state.switches
-
+        state.on_switch = switches.inc
         state.start()
-        threading.Thread(target=count_switches, daemon=True, name="serve-switch-metric").start()
     return app
 
 

@@ -69,7 +69,7 @@ def cached_codes(
         return codes, json.loads(path.with_suffix(".json").read_text())
     codebooks = fit_codebook_set(embeddings, config)
     codes = encode_codes(codebooks, embeddings)
-    sizes = {m: list(q.codebook_sizes[: q.semantic_layers]) for m, q in codebooks.items()}
+    sizes = {m: q.semantic_sizes for m, q in codebooks.items()}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **codes)

@@ -320,7 +320,7 @@ def item_codes(codebook_version: ArtifactVersion, ds: Dataset, catalog: list[str
     cs = load_codebook_set(codebook_version.path)
     embeddings = with_joint(item_embeddings(ds, catalog, [m for m in cs.modalities if m != "joint"]))
     codes = encode_codes(cs.codebooks, embeddings)
-    return codes, {m: list(cs.codebooks[m].codebook_sizes[: cs.codebooks[m].semantic_layers]) for m in codes}
+    return codes, {m: cs.codebooks[m].semantic_sizes for m in codes}
 
 
 def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> ArtifactVersion | None:

@@ -26,6 +26,8 @@ from typing import Any
 import click
 import numpy as np
 
+from sidstream.bench import p50_p99
+
 
 def _lastfm(src: Path | None) -> tuple[Any, np.ndarray, list[str]]:
     from sidcore.config import get_settings
@@ -40,11 +42,6 @@ def _lastfm(src: Path | None) -> tuple[Any, np.ndarray, list[str]]:
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     labels = [list(t)[0] for t in ds.items["tags"]]
     return ds, X, labels
-
-
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    a = np.asarray(samples) * 1000
-    return {"p50": round(float(np.percentile(a, 50)), 4), "p99": round(float(np.percentile(a, 99)), 4)}
 
 
 def _online(method: str, q: Any, X: np.ndarray, probes: int) -> dict[str, float]:
@@ -75,7 +72,7 @@ def _online(method: str, q: Any, X: np.ndarray, probes: int) -> dict[str, float]
             t0 = time.perf_counter()
             q.encode(tail[i : i + 1])
             times.append(time.perf_counter() - t0)
-    return _percentiles(times)
+    return p50_p99(times, digits=4, scale=1000)
 
 
 def _tiger_codes(sem: np.ndarray, k: int, digits: int) -> np.ndarray:

@@ -28,6 +28,7 @@ import click
 import numpy as np
 
 from sidcore.config import Settings
+from sidstream.bench import p50_p99
 
 
 def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: int = 400, n_new: int = 50,
@@ -113,20 +114,6 @@ class ServerThread:
         self.thread.join(timeout=10)
 
 
-def _pct(samples: list[float]) -> dict[str, float]:
-    a = np.asarray(samples) * 1000
-    return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
-
-
-def _timed(fn: Any, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 class ServerProcess:
     """`sidstream serve` in its own process (as deployed), on a free loopback port."""
 
@@ -172,7 +159,7 @@ def _timed_calls(fn: Any, args: list[Any]) -> dict[str, float]:
         t0 = time.perf_counter()
         fn(a)
         times.append(time.perf_counter() - t0)
-    return _pct(times)
+    return p50_p99(times, digits=3, scale=1000)
 
 
 def _rps(url: str, bodies: list[dict[str, Any]], concurrency: int) -> tuple[float, int]:

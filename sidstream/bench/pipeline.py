@@ -16,6 +16,8 @@ import click
 import numpy as np
 import psutil
 
+from sidstream.bench import p50_p99
+
 
 @click.command()
 @click.option("--tracks", "n", default=2000, show_default=True, help="catalog texts (Last.fm artists)")
@@ -95,7 +97,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, as_json: bool) -> 
         "encoder_texts_per_s": round(len(texts) / encoder_s, 1),
         "pipeline_tracks_per_s": round(len(latency) / pipeline_s, 1),
         "ratio_pipeline_to_encoder": round((len(latency) / pipeline_s) / (len(texts) / encoder_s), 3),
-        "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)},
+        "latency_ms": p50_p99(lat),
         "poll_ms": poll_ms,
         "stages_ms": stages,
         "batch_size": bs,
@@ -121,11 +123,7 @@ def _stage_latencies(bootstrap: str, names: Any, produced: dict[str, int], laten
     if not rows:
         return {}
     a = np.array(rows, dtype=np.float64)
-
-    def pct(x: np.ndarray) -> dict[str, float]:
-        return {"p50": round(float(np.percentile(x, 50)), 1), "p99": round(float(np.percentile(x, 99)), 1)}
-
-    return {"encode": pct(a[:, 1] - a[:, 0]), "assign": pct(a[:, 2] - a[:, 1]), "write_and_read": pct(a[:, 3] - a[:, 2])}
+    return {"encode": p50_p99(a[:, 1] - a[:, 0]), "assign": p50_p99(a[:, 2] - a[:, 1]), "write_and_read": p50_p99(a[:, 3] - a[:, 2])}
 
 
 def _create_times(bootstrap: str, topic: str) -> dict[str, float]:
