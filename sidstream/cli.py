@@ -27,6 +27,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("sidstream.commands.train:eval_cmd", "Evaluate DIN / DIN+SID / MCCA on a data set."),
     "data": ("sidstream.commands.train:data", "Data sets: convert, fetch, verify."),
     "serve": ("sidstream.commands.serve:serve", "HTTP service: /features, /rank (live ranker), /health, /metrics."),
+    "results": ("sidstream.commands.results:results", "Results tables: regenerate, check for staleness, list."),
     "bench": ("sidstream.bench.cli:bench", "Benchmarks: pipeline, quantize, encoders, train."),
 }
 

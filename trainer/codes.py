@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,12 @@ def cached_codes(
     codebooks = fit_codebook_set(embeddings, config)
     codes = encode_codes(codebooks, embeddings)
     sizes = {m: q.semantic_sizes for m, q in codebooks.items()}
-    if path is not None:
+    if path is not None:  # sizes first, codes last, each by rename: a reader sees both or neither
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **codes)
-        path.with_suffix(".json").write_text(json.dumps(sizes))
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}")
+        tmp.with_suffix(".json").write_text(json.dumps(sizes))
+        tmp.with_suffix(".json").replace(path.with_suffix(".json"))
+        with open(tmp.with_suffix(".npz"), "wb") as f:
+            np.savez(f, **codes)
+        tmp.with_suffix(".npz").replace(path)
     return codes, sizes

@@ -6,12 +6,17 @@ results are mean ± std of All AUC, Cold AUC, Logloss and GAUC.
 
 Model names: ``din``; ``din+<method>`` (method in psrq, rq, vq, pq, rqvae; SIDs of the text
 codebook, or the first modality there is); ``mcca`` (PSRQ codebooks), ``mcca+<method>``,
-``mcca-no-msc``, ``mcca-no-mjc``. ``@<alpha>`` after a name sets PSRQ's prefix weight
-(``din+psrq@0.5``).
+``mcca-no-msc``, ``mcca-no-mjc``. Options after ``@``, comma-separated: a bare number sets
+PSRQ's prefix weight (``din+psrq@0.5``), ``k=<K>`` the codebook size per layer and
+``layers=<L>`` the layer count (``din+vq@k=120``, ``din+rq@k=5``).
+
+Two seeds drive a run: the codebook seed (the k-means fits) and the ranker seed (initialisation
+and batch order). ``run_one`` takes both, so the two sources of variance can be varied apart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -45,11 +50,20 @@ class ModelSpec:
 
 def parse_spec(name: str, model_base: ModelConfig, codebook_base: CodebookSettings, modalities: list[str]) -> ModelSpec:
     """A model name (see the module docstring) -> what to build and which codebooks it needs."""
-    base, _, alpha = name.partition("@")
+    base, _, options = name.partition("@")
     head, _, method = base.partition("+")
     update: dict[str, Any] = {"method": method or codebook_base.method}
-    if alpha:
-        update["alpha"] = float(alpha)
+    for option in filter(None, (o.strip() for o in options.split(","))):
+        key, eq, value = option.partition("=")
+        try:
+            if not eq:
+                update["alpha"] = float(key)
+            elif key in ("k", "layers"):
+                update["codebook_size" if key == "k" else "layers"] = int(value)
+            else:
+                raise ValueError(f"unknown option {key!r}")
+        except ValueError as exc:
+            raise ValueError(f"model {name!r}: bad option {option!r} ({exc}); expected <alpha>, k=<K> or layers=<L>") from exc
     cb = CodebookSettings.model_validate({**codebook_base.model_dump(), **update})
     if head == "din":
         if not method:
@@ -104,16 +118,18 @@ def prepare(ds: Dataset, test_fraction: float = 0.2, history_len: int = HISTORY_
 
 def run_one(
     prep: Prepared, spec: ModelSpec, seed: int, train_config: TrainConfig, cache_dir: Path | None,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None, codebook_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Train one model with one seed; returns its test metrics and training stats."""
+    """Train one model: `seed` drives the ranker (initialisation, batch order), `codebook_seed`
+    the codebook fit (default: `seed`, both move together); returns test metrics and stats."""
+    codebook_seed = seed if codebook_seed is None else codebook_seed
     codes: dict[str, np.ndarray] = {}
     sizes: dict[str, list[int]] = {}
     if spec.codebook is not None:
         wanted = prep.embeddings
         if spec.model.kind == "din":
             wanted = {spec.model.sid_codebook: prep.embeddings[spec.model.sid_codebook]}
-        codes, sizes = cached_codes(wanted, spec.codebook.model_copy(update={"seed": seed}), cache_dir)
+        codes, sizes = cached_codes(wanted, spec.codebook.model_copy(update={"seed": codebook_seed}), cache_dir)
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     import torch
 
@@ -123,8 +139,22 @@ def run_one(
     probs = predict(model, prep.test, lookup, device=train_config.device)
     metrics = ranking_metrics(prep.test.users, prep.catalog[prep.test.items], prep.test.labels, probs,
                               prep.catalog[prep.train.items], COLD_THRESHOLD)
-    return {**metrics, "seed": seed, "codebook_sizes": sizes, "train_seconds": stats["seconds"], "train_samples_per_s": stats["samples_per_s"],
-            "distinct_sids": {m: int(len(np.unique(c[c[:, 0] >= 0], axis=0))) for m, c in codes.items()}}
+    return {**metrics, "seed": seed, "codebook_seed": codebook_seed if spec.codebook is not None else None,
+            "codebook_sizes": sizes, "train_seconds": stats["seconds"], "train_samples_per_s": stats["samples_per_s"],
+            "distinct_sids": {m: int(len(np.unique(c[c[:, 0] >= 0], axis=0))) for m, c in codes.items()},
+            "codes_digest": codes_digest(codes)}
+
+
+def codes_digest(codes: dict[str, np.ndarray]) -> str | None:
+    """A short hash of the SID features a ranker saw (None for IDs only): two runs with the same
+    digest, model and ranker seed train the same network on the same inputs."""
+    if not codes:
+        return None
+    h = hashlib.sha256()
+    for modality in sorted(codes):
+        h.update(modality.encode())
+        h.update(np.ascontiguousarray(codes[modality], dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:

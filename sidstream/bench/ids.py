@@ -29,7 +29,7 @@ import numpy as np
 from sidstream.bench import p50_p99
 
 
-def _lastfm(src: Path | None) -> tuple[Any, np.ndarray, list[str]]:
+def lastfm_items(src: Path | None) -> tuple[Any, np.ndarray, list[str]]:
     from sidcore.config import get_settings
     from trainer.lastfm_convert import convert_lastfm, embed_items
 
@@ -104,11 +104,13 @@ def _row(name: str, codes: np.ndarray, semantic_layers: int, sizes: list[int], l
     }
 
 
-def run_ids(src: Path | None, k: int, layers: int, seed: int, probes: int, auc_seeds: int, epochs: int) -> dict[str, Any]:
+def run_ids(src: Path | None, k: int, layers: int, seed: int, probes: int, auc_seeds: int, epochs: int,
+            items: tuple[Any, np.ndarray, list[str]] | None = None) -> dict[str, Any]:
+    """The table's rows; `items` = (data set, embeddings, labels) instead of Last.fm from `src`."""
     from psrq.fitting import fit_codebook
     from sidcore.config import CodebookSettings
 
-    ds, X, labels = _lastfm(src)
+    ds, X, labels = items if items is not None else lastfm_items(src)
     rows: list[dict[str, Any]] = []
     fitted: dict[str, Any] = {}
     for name, method, n_layers in (("rq", "rq", layers), ("rq5", "rq", layers + 2), ("psrq", "psrq", layers), ("psrq_id", "psrq_id", layers)):
@@ -185,7 +187,7 @@ def _cold_auc(ds: Any, k: int, layers: int, seeds: int, epochs: int) -> dict[str
             | {"cold_auc_per_seed": [round(x["cold_auc"], 4) for x in r["per_seed"]]} for r in results}
 
 
-def _table(out: dict[str, Any]) -> str:
+def table(out: dict[str, Any]) -> str:
     head = ("| quantizer | codes (bits) | distinct ratio | largest ID group / bucket | purity L1/L2/L3 | lift over random | "
             "H(c_l given c_<l)/logK | recon cos (full ID) | fit s | online p50 / p99 ms | Cold AUC |")
     lines = [head, "|" + "---|" * 11]
@@ -219,5 +221,5 @@ def command(src: Path | None, k: int, layers: int, seed: int, probes: int, auc_s
     """Unique-ID quality on Last.fm: RQ, PSRQ, TIGER's counter and psrq_id side by side."""
     out = run_ids(src, k, layers, seed, probes, auc_seeds, epochs)
     if not as_json:
-        click.echo(_table(out))
+        click.echo(table(out))
     click.echo(json.dumps(out))

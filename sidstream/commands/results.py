@@ -1,0 +1,112 @@
+"""`sidstream results`: regenerate the tables of docs/results, check them for staleness, list them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+def _root() -> Path:
+    """The checkout whose docs/results and sources are meant: the working directory when it is
+    one (CI, a clone), else the one this package was installed from (editable install)."""
+    cwd = Path.cwd()
+    if (cwd / "docs" / "results").is_dir() and (cwd / "sidstream").is_dir():
+        return cwd
+    return Path(__file__).resolve().parents[2]
+
+
+@click.group()
+def results() -> None:
+    """Results tables (docs/results): regenerate, check, list.
+
+    Each table lives in a generated block of its Markdown file, with the commit, command,
+    machine and the fingerprints of the code and data it depends on; the reading around the
+    blocks is hand-written, and its comparison claims name verdicts the generator computes."""
+
+
+@results.command("list")
+def list_cmd() -> None:
+    """The tables, their files, and whether they are machine-bound."""
+    from sidstream.results.specs import TABLES
+
+    for t in TABLES.values():
+        kind = "machine-bound" if t.machine_bound else "checked"
+        click.echo(f"{t.name:22s} docs/results/{t.doc:16s} {kind:14s} {'' if t.in_quick else '(not in --quick)'}")
+
+
+@results.command("regenerate")
+@click.option("--quick", is_flag=True, help="synthetic data, small models, 3 seeds; skips the machine tables; needs --out")
+@click.option("--only", multiple=True, help="table name (repeatable; see `sidstream results list`) [all]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder for the Markdown files [docs/results of the checkout]")
+@click.option("--lastfm", "lastfm_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Last.fm-2k folder [settings.lastfm_dir, else ../shared/data/lastfm-2k when present]")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="evaluation processes, one thread each [cores]")
+@click.option("--fresh", is_flag=True, help="do not reuse evaluation runs kept from an earlier regeneration on the same code")
+@click.option("--json", "as_json", is_flag=True, help="end with one JSON line: tables and seconds")
+def regenerate_cmd(quick: bool, only: tuple[str, ...], out: Path | None, lastfm_dir: Path | None, jobs: int | None,
+                   fresh: bool, as_json: bool) -> None:
+    """Re-run what each table needs and rewrite its generated block (the reading is kept)."""
+    from sidcore.config import get_settings
+    from sidstream.cli import UserError
+    from sidstream.results.specs import Context, regenerate, select
+
+    root = _root()
+    docs = root / "docs" / "results"
+    target = out or docs
+    if quick and target.resolve() == docs.resolve():
+        raise UserError("--quick writes synthetic-data tables: give --out another folder than docs/results")
+    try:
+        tables = select(only, quick)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from exc
+    s = get_settings()
+    lastfm_dir = lastfm_dir or s.lastfm_source
+    needs_lastfm = not quick and any(not t.machine_bound for t in tables)
+    if needs_lastfm and lastfm_dir is None:
+        raise UserError("the Last.fm tables need the Last.fm-2k folder: --lastfm DIR or SIDSTREAM_LASTFM_DIR")
+    argv = ["sidstream", "results", "regenerate", *sys.argv[sys.argv.index("regenerate") + 1:]] if "regenerate" in sys.argv else \
+        ["sidstream", "results", "regenerate"]
+    cache = s.cache_dir / ("results-quick" if quick else "results")
+    if fresh and cache.is_dir():
+        import shutil
+
+        shutil.rmtree(cache / "results-runs", ignore_errors=True)
+    ctx = Context(root=root, out=target, quick=quick, jobs=jobs or os.cpu_count() or 1, cache_dir=cache,
+                  lastfm_dir=lastfm_dir, command=shlex.join(argv))
+    started = time.perf_counter()
+    timings = regenerate(ctx, tables, progress=lambda m: click.echo(m, err=True))
+    total = round(time.perf_counter() - started, 1)
+    for name, secs in timings.items():
+        click.echo(f"{name:22s} {secs:8.1f} s", err=True)
+    click.echo(f"wrote {len(tables)} table(s) under {target} in {total} s", err=True)
+    if as_json:
+        click.echo(json.dumps({"tables": [t.name for t in tables], "seconds": timings, "total_s": total, "quick": quick,
+                               "out": str(target)}))
+
+
+@results.command("check")
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path), default=None, help="[docs/results of the checkout]")
+@click.option("--lastfm", "lastfm_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Last.fm-2k folder for the data fingerprints [settings; skipped when absent]")
+def check_cmd(folder: Path | None, lastfm_dir: Path | None) -> None:
+    """Exit 1 when a table is missing, stale (its code or data changed since it was generated), or
+    when the reading claims a verdict the table no longer gives; name each one."""
+    from sidcore.config import get_settings
+    from sidstream.results.specs import check
+
+    root = _root()
+    problems, notes = check(root, folder or root / "docs" / "results", lastfm_dir or get_settings().lastfm_source)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    for p in problems:
+        click.echo(f"{p.doc}: {p.table}: {p.problem}")
+    if problems:
+        raise SystemExit(1)
+    click.echo("results: every table is current and every claim matches its verdict")

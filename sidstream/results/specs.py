@@ -1,0 +1,370 @@
+"""Every generated table: what it depends on, what produces it, and the engine that writes and checks.
+
+Three kinds of table:
+
+- **Last.fm evaluation tables** (`sidstream.results.lastfm`): rankers trained over seeds; the
+  runs of every selected table go to one pool (`sidstream.results.runs`).
+- **In-process studies**: the quantizer study and the unique-ID table, on the same embeddings.
+- **Machine tables** (pipeline, reliability, training throughput): `sidstream` commands run as
+  subprocesses, their JSON lines kept verbatim. They measure this machine, record it, and are
+  exempt from the code-staleness check (``machine_bound``).
+
+``--quick`` runs the same generators on the trainer's synthetic data set (planted content groups),
+smaller models, 3 seeds and 1 epoch, and skips the machine tables (they need a broker and minutes;
+the integration tests cover them); it must write to another folder than docs/results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sidstream.results import lastfm
+from sidstream.results.blocks import read_blocks, read_claims, write_block
+from sidstream.results.fingerprint import commit, machine, source_fingerprint, tree_fingerprint
+from sidstream.results.runs import DataSource, Run, execute
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+
+
+@dataclass
+class Context:
+    root: Path  # the checkout (sources are fingerprinted here)
+    out: Path  # where the Markdown files go (docs/results, or a scratch folder with --quick)
+    quick: bool
+    jobs: int
+    cache_dir: Path
+    lastfm_dir: Path | None
+    command: str
+    runs: dict[Run, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def source(self) -> DataSource:
+        if self.quick:
+            return DataSource("synthetic")
+        return DataSource("lastfm", str(self.lastfm_dir) if self.lastfm_dir else None)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    markdown: str
+    verdicts: dict[str, str]
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    doc: str  # file name under docs/results
+    title: str
+    sources: tuple[str, ...]
+    produce: Callable[[Context], Rendered]
+    plan: Callable[[Context], list[Run]] | None = None  # evaluation runs it needs (pooled)
+    machine_bound: bool = False
+    in_quick: bool = True
+    settings: Callable[[], str] = lambda: ""  # settings it depends on, as text
+
+    def code_fingerprint(self, root: Path) -> str:
+        return source_fingerprint(root, self.sources, self.settings())[0]
+
+
+def _codebook_defaults() -> str:
+    from sidcore.config import CodebookSettings
+
+    return json.dumps(CodebookSettings().model_dump(mode="json"), sort_keys=True)
+
+
+def _lastfm_data(ctx: Context) -> dict[str, Any]:
+    if ctx.quick:
+        return {"data": "trainer.synthetic (quick)"}
+    if ctx.lastfm_dir is None:
+        raise FileNotFoundError("the Last.fm tables need the Last.fm-2k folder (--lastfm or SIDSTREAM_LASTFM_DIR)")
+    return {"data": "lastfm-2k", "data_fingerprint": tree_fingerprint(ctx.lastfm_dir)}
+
+
+# ------------------------------------------------------------------------------ Last.fm eval
+def _eval_table(name: str) -> TableSpec:
+    plan_fn, render_fn, title = lastfm.TABLES[name]
+
+    def plan(ctx: Context) -> list[Run]:
+        return plan_fn(lastfm.QUICK if ctx.quick else lastfm.FULL)
+
+    def produce(ctx: Context) -> Rendered:
+        p = lastfm.QUICK if ctx.quick else lastfm.FULL
+        markdown, verdicts = render_fn({r: ctx.runs[r] for r in plan_fn(p)}, p)
+        data = _lastfm_data(ctx)
+        fp = {ctx.runs[r]["data_fingerprint"] for r in plan_fn(p)}
+        data["dataset_fingerprint"] = ",".join(sorted(fp))
+        return Rendered(markdown, verdicts, data)
+
+    return TableSpec(name, "lastfm.md", title, lastfm.SOURCES, produce, plan, settings=_codebook_defaults)
+
+
+# -------------------------------------------------------------------------------- quantizers
+def _quantizers(ctx: Context) -> Rendered:
+    from sidstream.results import quantizers
+
+    if ctx.quick:
+        X, labels = quantizers.synthetic_items()
+        k, line, data = 8, "Data: planted Gaussian groups (label = group), `--quick`.", {"data": "synthetic groups (quick)"}
+    else:
+        from sidstream.bench.ids import lastfm_items
+
+        _, X, labels = lastfm_items(ctx.lastfm_dir)
+        k, data = 64, _lastfm_data(ctx)
+        line = ('Data: the 12,133 tagged Last.fm-2k artists, text `"<name>. Tags: <top 5 tags>"` through the shipped '
+                "MiniLM-L6 (384-d, L2); label = the artist's top tag.")
+    res = quantizers.run(X, labels, ctx.out / "img", k, 3)
+    runs = res["runs"]
+
+    def purity(name: str, layer: int) -> float:
+        return float(runs[name]["layers"][layer]["purity"])
+
+    def distinct(name: str) -> int:
+        return int(runs[name]["sids"]["distinct_sids"])
+
+    def cmp(a: float, b: float) -> str:  # deterministic single-seed measurements: a plain order
+        return "higher" if a > b else "lower" if a < b else "equal"
+
+    psrq, rq, anchor = "PSRQ alpha=1 (paper)", "RQ-KMeans", "PSRQ anchor=input alpha=1"
+    verdicts = {
+        "psrq_deep_purity_vs_rq": cmp(purity(psrq, 1) + purity(psrq, 2), purity(rq, 1) + purity(rq, 2)),
+        "psrq_distinct_vs_rq": cmp(distinct(psrq), distinct(rq)),
+        "psrq_recon_vs_rq": cmp(runs[psrq]["layers"][-1]["recon_cos"], runs[rq]["layers"][-1]["recon_cos"]),
+        "anchor_distinct_vs_psrq": cmp(distinct(anchor), distinct(psrq)),
+        "anchor_deep_purity_vs_psrq": cmp(purity(anchor, 1) + purity(anchor, 2), purity(psrq, 1) + purity(psrq, 2)),
+        "alpha0_equals_rq": "equal" if distinct("PSRQ alpha=0") == distinct(rq) and purity("PSRQ alpha=0", 2) == purity(rq, 2) else "different",
+    }
+    md = quantizers.markdown(res, line) + "\n\nVerdicts (single seed, deterministic order of two measurements): " + ", ".join(
+        f"`{k}` {v}" for k, v in verdicts.items())
+    return Rendered(md, verdicts, data)
+
+
+# ---------------------------------------------------------------------------------------- ids
+def _ids(ctx: Context) -> Rendered:
+    from sidstream.bench.ids import run_ids, table
+
+    if ctx.quick:
+        from sidstream.results import quantizers
+
+        X, labels = quantizers.synthetic_items()
+        out, data = run_ids(None, 8, 3, 0, 200, 0, 1, items=(None, X, labels)), {"data": "synthetic groups (quick)"}
+    else:
+        out, data = run_ids(ctx.lastfm_dir, 64, 3, 0, 1000, 0, 3), _lastfm_data(ctx)
+    rows = {r["quantizer"]: r for r in out["rows"]}
+    verdicts = {
+        "psrq_id_unique": "yes" if rows["psrq_id"]["distinct_ratio"] == 1.0 else "no",
+        "psrq_id_purity_equals_psrq": "equal" if rows["psrq_id"]["purity"] == rows["psrq"]["purity"] else "different",
+        "psrq_id_recon_vs_tiger": "higher" if rows["psrq_id"]["recon_cos_full_id"] > rows["tiger"]["recon_cos_full_id"] else "not higher",
+        "psrq_id_unique_after_refit": "yes" if out["refit"]["unique_after_refit"] else "no",
+    }
+    md = (f"{out['items']:,} items, K = {out['K']}, {out['semantic_layers']} semantic layers, seed {out['seed']}, identity "
+          f"codebook {out['identity_size']}. Timing columns are this machine's; Cold AUC per quantizer is in lastfm.md "
+          "(`din+psrq_id` there).\n\n" + table(out) + "\n\nVerdicts: " + ", ".join(f"`{k}` {v}" for k, v in verdicts.items()))
+    return Rendered(md, verdicts, data)
+
+
+# ---------------------------------------------------------------------------- machine tables
+def _run_commands(ctx: Context, commands: list[str], env: dict[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Each `sidstream ...` command line with the running interpreter; its last JSON line."""
+    out = []
+    for line in commands:
+        argv = [sys.executable, "-m", "sidstream.cli", *shlex.split(line)[1:]]
+        log.info("running %s", line)
+        started = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ctx.root, env={**os.environ, **(env or {})})
+        if proc.returncode != 0:
+            raise RuntimeError(f"{line} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        last = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+        if last is None:
+            raise RuntimeError(f"{line} printed no JSON line; stdout ends: {proc.stdout[-500:]}")
+        result = json.loads(last)
+        result.setdefault("wall_s", round(time.perf_counter() - started, 1))
+        out.append((line, result))
+    return out
+
+
+def _verbatim(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines: list[str] = []
+    for cmd, res in results:
+        lines += [f"`{cmd}`", "", "```", json.dumps(res), "```", ""]
+    return lines
+
+
+def _fmt_stages(stages: dict[str, Any]) -> str:
+    parts = [f"{k} {v['p50']:.0f} / {v['p99']:.0f}" for k, v in stages.items() if isinstance(v, dict) and "p50" in v]
+    return "; ".join(parts) or "—"
+
+
+PIPELINE_COMMANDS = ["sidstream demo --json", "sidstream bench pipeline --tracks 2000 --poll-ms 10 --json",
+                     "sidstream bench pipeline --rate 50 --tracks 1500 --poll-ms 10 --json"]
+
+
+def _pipeline(ctx: Context) -> Rendered:
+    results = _run_commands(ctx, PIPELINE_COMMANDS)
+    demo = results[0][1]
+    lines = [f"Demo: {demo.get('tracks')} tracks, {demo.get('assigned')} assigned, {demo.get('dlq')} dead-lettered, "
+             f"{demo.get('feast_read')} read back from Feast; latency p50 / p99 {demo['latency_ms']['p50']:.0f} / "
+             f"{demo['latency_ms']['p99']:.0f} ms (one burst: mostly queueing).", "",
+             "| run | encoder alone texts/s | pipeline tracks/s | ratio | produce → readable p50 / p99 ms | stages p50 / p99 ms | largest worker RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for cmd, r in results[1:]:
+        lines.append(f"| `{cmd.removeprefix('sidstream ')}` | {r['encoder_texts_per_s']} | {r['pipeline_tracks_per_s']} | "
+                     f"{r['ratio_pipeline_to_encoder']} | {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} | "
+                     f"{_fmt_stages(r.get('stages_ms', {}))} | {r['peak_rss_mb']['largest_worker']} |")
+    return Rendered("\n".join([*lines, "", "JSON lines:", "", *_verbatim(results)]), {}, {"data": "Last.fm-2k artists + shipped audio"})
+
+
+RELIABILITY_COMMANDS = [*(f"sidstream chaos --fault {f} --json" for f in
+                          ("kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down")),
+                        "sidstream chaos --fault slow-encoder --tracks 1500 --rate 60 --fault-at 0 --json",
+                        "sidstream bench soak --tracks 20000 --rate 80 --wait 30 --json",
+                        "sidstream bench backfill --tracks 20000 --json"]
+
+
+def _reliability(ctx: Context) -> Rendered:
+    results = _run_commands(ctx, RELIABILITY_COMMANDS)
+    lines = ["| drill | produced | in Feast | lost | DLQ | duplicated final | mismatched | shared IDs | recovery s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _cmd, r in results:
+        if "fault" in r:
+            lines.append(f"| {r['fault']} | {r['produced']} | {r['in_feast']} | {r['lost']} | {r['dlq']} | {r['duplicated_final']} | "
+                         f"{r['mismatched']} | {r.get('shared_ids', '—')} | {r['recovery_s']} |")
+    verdicts = {"nothing_lost": "yes" if all(r.get("lost", 0) == 0 and r.get("duplicated_final", 0) == 0
+                                              for _c, r in results) else "no"}
+    return Rendered("\n".join([*lines, "", f"Verdict `nothing_lost`: {verdicts['nothing_lost']}.", "", "JSON lines:", "",
+                               *_verbatim(results)]), verdicts, {"data": "Last.fm-2k artists (chaos), generated tracks (soak, backfill)"})
+
+
+def _throughput(ctx: Context) -> Rendered:
+    results = _run_commands(ctx, ["sidstream bench train --json"])
+    r = results[0][1]
+    cpu = r["cpu"]
+    lines = ["| model | samples/s | parameters |", "|---|---|---|"]
+    lines += [f"| {m} | {v['samples_per_s']:,.0f} | {v['parameters']:,} |" for m, v in cpu.items()]
+    lines += ["", f"MCCA / DIN: {r['cpu_ratio_mcca_over_din']}; peak RSS {r['peak_rss_mb']} MB; CUDA half: "
+              f"{r.get('cuda_amp_bf16', {}).get('skipped', 'measured (JSON below)')}.", "", *_verbatim(results)]
+    return Rendered("\n".join(lines), {}, {"data": "synthetic Last.fm-sized batches"})
+
+
+MACHINE_SOURCES = ("sidstream/results/specs.py",)
+
+TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
+    *(_eval_table(name) for name in lastfm.TABLES),
+    TableSpec("lastfm-throughput", "lastfm.md", "Training throughput", MACHINE_SOURCES, _throughput,
+              machine_bound=True, in_quick=False),
+    TableSpec("quantizers", "quantizers.md", "Quantizers on Last.fm-2k", ("sidstream/results/quantizers.py", "psrq/*.py",
+              "trainer/lastfm_convert.py", "trainer/embeddings.py", "sidcore/datasets/*.py", "encoders/text.py"), _quantizers,
+              settings=_codebook_defaults),
+    TableSpec("ids", "ids.md", "Unique IDs", ("sidstream/bench/ids.py", "psrq/*.py", "streams/identity.py",
+              "trainer/lastfm_convert.py", "trainer/embeddings.py", "sidcore/datasets/*.py", "encoders/text.py"), _ids,
+              settings=_codebook_defaults),
+    TableSpec("pipeline", "pipeline.md", "Pipeline", MACHINE_SOURCES, _pipeline, machine_bound=True, in_quick=False),
+    TableSpec("reliability", "reliability.md", "Reliability", MACHINE_SOURCES, _reliability, machine_bound=True, in_quick=False),
+)}
+
+
+# ----------------------------------------------------------------------------------- engine
+def select(only: tuple[str, ...], quick: bool) -> list[TableSpec]:
+    unknown = [n for n in only if n not in TABLES]
+    if unknown:
+        raise KeyError(f"unknown table(s) {unknown}; known: {', '.join(TABLES)}")
+    chosen = [TABLES[n] for n in only] if only else list(TABLES.values())
+    return [t for t in chosen if t.in_quick or not quick]
+
+
+def regenerate(ctx: Context, tables: list[TableSpec], progress: Callable[[str], None] = log.info) -> dict[str, float]:
+    """Run what the tables need (evaluation runs pooled first), then write each block; seconds per table."""
+    eval_tables = [t for t in tables if t.plan is not None]
+    timings: dict[str, float] = {}
+    if eval_tables:
+        started = time.perf_counter()
+        runs = [r for t in eval_tables for r in t.plan(ctx)]  # type: ignore[misc]
+        fp = "|".join(sorted({t.code_fingerprint(ctx.root) for t in eval_tables}))
+        ctx.runs = execute(runs, ctx.source, ctx.jobs, ctx.cache_dir, fp)
+        timings["evaluation runs"] = round(time.perf_counter() - started, 1)
+    for t in tables:
+        started = time.perf_counter()
+        progress(f"generating {t.name}")
+        rendered = t.produce(ctx)
+        meta = {"schema": SCHEMA, "table": t.name, "code_fingerprint": t.code_fingerprint(ctx.root),
+                "machine_bound": t.machine_bound, "commit": commit(ctx.root), "command": ctx.command,
+                "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+                "quick": ctx.quick, "verdicts": rendered.verdicts, **rendered.data}
+        header = (f"*Generated by `{ctx.command}` (table `{t.name}`) on {meta['generated']}, commit {meta['commit']}; "
+                  f"machine: {meta['machine']}; code fingerprint `{meta['code_fingerprint']}`"
+                  + (f"; data fingerprint `{meta['data_fingerprint']}`" if "data_fingerprint" in meta else "")
+                  + ". Do not edit inside this block: `sidstream results regenerate` rewrites it.*\n\n")
+        write_block(ctx.out / t.doc, t.name, meta, header + rendered.markdown, t.title)
+        timings[t.name] = round(time.perf_counter() - started, 1)
+    return timings
+
+
+@dataclass(frozen=True)
+class Finding:
+    table: str
+    doc: str
+    problem: str
+
+
+def check(root: Path, folder: Path, lastfm_dir: Path | None, only: tuple[str, ...] = (),
+          allow_quick: bool = False) -> tuple[list[Finding], list[str]]:
+    """(problems, notes): missing or stale blocks, claims that disagree with their verdicts.
+
+    `only` limits the check to some tables; `allow_quick` accepts blocks made with --quick
+    (for checking a quick regeneration's own output)."""
+    problems: list[Finding] = []
+    notes: list[str] = []
+    data_fp: str | None = None
+    if lastfm_dir is not None and lastfm_dir.is_dir():
+        data_fp = tree_fingerprint(lastfm_dir)
+    else:
+        notes.append("Last.fm-2k folder not available: data fingerprints not re-checked (code fingerprints are)")
+    blocks_by_doc: dict[str, dict[str, Any]] = {}
+    for t in select(only, quick=False):
+        path = folder / t.doc
+        if t.doc not in blocks_by_doc:
+            blocks_by_doc[t.doc] = read_blocks(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        block = blocks_by_doc[t.doc].get(t.name)
+        if block is None:
+            problems.append(Finding(t.name, t.doc, "no generated block (run `sidstream results regenerate --only " + t.name + "`)"))
+            continue
+        meta = block.meta
+        if meta.get("quick") and not allow_quick:
+            problems.append(Finding(t.name, t.doc, "generated with --quick (synthetic data), not the real run"))
+        if t.machine_bound:
+            notes.append(f"{t.name}: measured on {meta.get('machine')} (machine-bound, exempt from the code check)")
+        else:
+            now = t.code_fingerprint(root)
+            if meta.get("code_fingerprint") != now:
+                problems.append(Finding(t.name, t.doc, f"stale: code fingerprint {meta.get('code_fingerprint')} recorded, {now} now"))
+            if data_fp is not None and meta.get("data") == "lastfm-2k" and meta.get("data_fingerprint") != data_fp:
+                problems.append(Finding(t.name, t.doc, f"stale: data fingerprint {meta.get('data_fingerprint')} recorded, {data_fp} now"))
+    for doc, blocks in blocks_by_doc.items():
+        path = folder / doc
+        if not path.is_file():
+            continue
+        for claim in read_claims(path.read_text(encoding="utf-8")):
+            block = blocks.get(claim.table)
+            actual = None if block is None else block.meta.get("verdicts", {}).get(claim.verdict)
+            if actual is None:
+                problems.append(Finding(claim.table, doc, f"line {claim.line}: claim on unknown verdict {claim.table}:{claim.verdict}"))
+            elif actual != claim.value:
+                problems.append(Finding(claim.table, doc, f"line {claim.line}: the reading claims {claim.verdict} = {claim.value}, "
+                                                          f"the generated verdict is {actual}"))
+    known_docs = {t.doc for t in TABLES.values()}
+    unknown_docs = sorted(p.name for p in folder.glob("*.md") if p.name not in known_docs)
+    problems += [Finding("-", d, "a results file no table generates") for d in unknown_docs]
+    return problems, notes
