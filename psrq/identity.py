@@ -187,6 +187,7 @@ class IdentityPSRQ(Quantizer):
             sizes, seed, alpha, prefix_scale, niter, max_points_per_centroid, prefix_weights, anchor,
             device=device, kmeans_backend=kmeans_backend,
         )
+        self.device, self.kmeans_backend = device, kmeans_backend  # where the fit runs; not in options()
         self.identity_layers = int(identity_layers)
         self.fit_largest_bucket = fit_largest_bucket
         self.id_centroids: list[F32] = []
@@ -217,9 +218,9 @@ class IdentityPSRQ(Quantizer):
         R_fit = R if rows is None else R[rows]
         self.id_centroids = []
         for j in range(self.identity_layers):
-            C = kmeans(  # on the semantic layers' device and backend
+            C = kmeans(
                 np.ascontiguousarray(R_fit), self.identity_size, self.seed + self.semantic_layers + j,
-                self.semantic.niter, self.semantic.device, self.semantic.kmeans_backend,
+                self.semantic.niter, self.device, self.kmeans_backend,
             )
             self.id_centroids.append(np.ascontiguousarray(C, dtype=np.float32))
             R_fit = R_fit - C[nearest(np.ascontiguousarray(R_fit), C)]
