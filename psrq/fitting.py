@@ -32,6 +32,10 @@ class CodebookSpec(Protocol):
     def seed(self) -> int: ...
     @property
     def min_points_per_code(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def kmeans_backend(self) -> str: ...
 
     def options(self) -> dict[str, object]: ...
 
@@ -60,7 +64,10 @@ def present_rows(X: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
 def fit_codebook(X: npt.NDArray[Any], spec: CodebookSpec) -> Quantizer:
     """One quantizer of `spec.method` fitted on the rows of X."""
     X = np.ascontiguousarray(X, dtype=np.float32)
-    q = make_quantizer(spec.method, fitted_sizes(spec, X.shape[0]), seed=spec.seed, alpha=spec.alpha, **spec.options())
+    q = make_quantizer(
+        spec.method, fitted_sizes(spec, X.shape[0]), seed=spec.seed, alpha=spec.alpha,
+        device=spec.device, kmeans_backend=spec.kmeans_backend, **spec.options(),
+    )
     q.fit(X)
     return q
 

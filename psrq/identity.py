@@ -39,7 +39,7 @@ from psrq.base import (
     check_fit_input,
     nearest,
 )
-from psrq.kmeans import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, faiss_kmeans, subsample
+from psrq.kmeans import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, kmeans, subsample
 from psrq.progressive import PSRQ
 
 MAX_IDENTITY_LAYERS = 2
@@ -171,6 +171,8 @@ class IdentityPSRQ(Quantizer):
         identity_layers: int = 2,
         identity_size: int | None = None,
         fit_largest_bucket: int | None = None,
+        device: str = "cpu",
+        kmeans_backend: str = "auto",
     ) -> None:
         sizes = [int(k) for k in codebook_sizes]
         if not 1 <= identity_layers <= MAX_IDENTITY_LAYERS:
@@ -181,7 +183,11 @@ class IdentityPSRQ(Quantizer):
         self.requested_identity_size = identity_size  # None: chosen at fit from the largest bucket
         self.identity_size = int(identity_size or max(sizes))
         super().__init__(sizes + [self.identity_size] * identity_layers, seed)
-        self.semantic = PSRQ(sizes, seed, alpha, prefix_scale, niter, max_points_per_centroid, prefix_weights, anchor)
+        self.semantic = PSRQ(
+            sizes, seed, alpha, prefix_scale, niter, max_points_per_centroid, prefix_weights, anchor,
+            device=device, kmeans_backend=kmeans_backend,
+        )
+        self.device, self.kmeans_backend = device, kmeans_backend  # where the fit runs; not in options()
         self.identity_layers = int(identity_layers)
         self.fit_largest_bucket = fit_largest_bucket
         self.id_centroids: list[F32] = []
@@ -212,7 +218,10 @@ class IdentityPSRQ(Quantizer):
         R_fit = R if rows is None else R[rows]
         self.id_centroids = []
         for j in range(self.identity_layers):
-            C = faiss_kmeans(np.ascontiguousarray(R_fit), self.identity_size, seed=self.seed + self.semantic_layers + j, niter=self.semantic.niter)
+            C = kmeans(
+                np.ascontiguousarray(R_fit), self.identity_size, self.seed + self.semantic_layers + j,
+                self.semantic.niter, self.device, self.kmeans_backend,
+            )
             self.id_centroids.append(np.ascontiguousarray(C, dtype=np.float32))
             R_fit = R_fit - C[nearest(np.ascontiguousarray(R_fit), C)]
         self._dim = X.shape[1]

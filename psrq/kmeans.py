@@ -4,14 +4,19 @@ The decomposed k-means never builds the 2d-dim points z = [r ⊕ w·p]. Because
 ||z - c||² = ||r - c_r||² + ||w·p - c_p||² and p takes one value per distinct code path,
 the prefix half of every distance comes from a small [paths, K] table, and the prefix half
 of every centroid update from a [K, paths] count matrix.
+
+Backends: `kmeans` / `layer_prefix_kmeans` dispatch on (device, backend) resolved by
+`resolve_backend`: faiss and numpy on the CPU (the default; bit-identical to the code before
+the torch backend existed), or psrq.torch_kmeans on a torch device. faiss and torch are
+imported only where a backend needs them, so a GPU host without faiss fits with torch.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
 
@@ -21,13 +26,46 @@ DEFAULT_NITER = 20
 DEFAULT_MAX_POINTS_PER_CENTROID = 256
 # relative perturbation used when an empty cluster takes half of the largest one (as faiss does)
 _SPLIT_EPS = 1.0 / 1024.0
+DEVICES = re.compile(r"cpu|auto|cuda(:\d+)?")
+BACKENDS = ("auto", "faiss", "torch")
+
+
+def resolve_backend(device: str = "cpu", backend: str = "auto") -> tuple[str, str]:
+    """(backend, device) a fit runs on: device "auto" is cuda when torch sees one, else cpu;
+    backend "auto" is faiss on the CPU and torch on cuda. faiss runs on the CPU only."""
+    if not DEVICES.fullmatch(device):
+        raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown k-means backend {backend!r}; expected one of {BACKENDS}")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if backend == "auto":
+        backend = "faiss" if device == "cpu" else "torch"
+    if backend == "faiss" and device != "cpu":
+        raise ValueError(f"the faiss k-means backend runs on the CPU only, not on {device!r}")
+    return backend, device
+
+
+def check_kmeans_backend(device: str, backend: str) -> None:
+    """Raise ValueError for a device / backend a fit could not run on (no torch import for "auto")."""
+    resolve_backend("cpu" if device == "auto" else device, backend)
 
 
 def set_threads(n: int | None = None) -> int:
     """Use n OpenMP threads in faiss (default: all cores); returns the count in use."""
+    import faiss
+
     count = n if n is not None else (os.cpu_count() or 1)
     faiss.omp_set_num_threads(count)
     return count
+
+
+def initial_rows(n: int, k: int, seed: int) -> I64:
+    """k distinct seeded row indices (sorted): the initial centroids of a Lloyd k-means."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
 
 
 def subsample(n: int, k: int, seed: int, max_points_per_centroid: int) -> I64 | None:
@@ -41,6 +79,8 @@ def subsample(n: int, k: int, seed: int, max_points_per_centroid: int) -> I64 | 
 
 def faiss_kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER) -> F32:
     """Seeded faiss k-means; returns float32 centroids [k, d]."""
+    import faiss
+
     n, d = X.shape
     if k == 1:
         mean: F32 = X.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
@@ -52,6 +92,29 @@ def faiss_kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER) -> F32:
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
+def kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER, device: str = "cpu", backend: str = "auto") -> F32:
+    """Seeded k-means, float32 centroids [k, d]: faiss on the CPU, torch on `device` otherwise."""
+    backend, device = resolve_backend(device, backend)
+    if backend == "faiss":
+        return faiss_kmeans(X, k, seed, niter)
+    from psrq.torch_kmeans import torch_kmeans
+
+    return torch_kmeans(X, k, seed, niter, device)
+
+
+def layer_prefix_kmeans(
+    R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER,
+    device: str = "cpu", backend: str = "auto",
+) -> F32:
+    """prefix_kmeans on the backend `kmeans` would use (numpy with faiss, else torch)."""
+    backend, device = resolve_backend(device, backend)
+    if backend == "faiss":
+        return prefix_kmeans(R, prefixes, path_idx, k, seed, niter)
+    from psrq.torch_kmeans import torch_prefix_kmeans
+
+    return torch_prefix_kmeans(R, prefixes, path_idx, k, seed, niter, device)
+
+
 def prefix_table(prefixes: F32, centroids_p: F32) -> F32:
     """T[u, j] = ||prefixes[u] - centroids_p[j]||² for every distinct (weighted) prefix u."""
     t = prefixes @ centroids_p.T
@@ -61,7 +124,7 @@ def prefix_table(prefixes: F32, centroids_p: F32) -> F32:
     return t
 
 
-def _split_empty(C: F32, counts: np.ndarray) -> None:
+def split_empty(C: F32, counts: np.ndarray) -> None:
     """Give every empty cluster half of the currently largest one (in place, deterministic)."""
     for j in np.flatnonzero(counts == 0):
         big = int(counts.argmax())
@@ -81,8 +144,7 @@ def prefix_kmeans(
     """
     n, d = R.shape
     u = prefixes.shape[0]
-    rng = np.random.default_rng(seed)
-    init = np.sort(rng.choice(n, size=k, replace=False))
+    init = initial_rows(n, k, seed)
     C_r = np.ascontiguousarray(R[init])
     C_p = np.ascontiguousarray(prefixes[path_idx[init]])
     rows = np.arange(n)
@@ -103,15 +165,18 @@ def prefix_kmeans(
         new_r[keep] = C_r[keep]
         new_p[keep] = C_p[keep]
         C = np.ascontiguousarray(np.concatenate([new_r, new_p], axis=1))
-        _split_empty(C, counts.copy())
+        split_empty(C, counts.copy())
         C_r = np.ascontiguousarray(C[:, :d])
         C_p = np.ascontiguousarray(C[:, d:])
     return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1))
 
 
 class LayeredKMeans(Quantizer):
-    """Shared state of quantizers with one faiss k-means codebook per layer (RQ, PQ):
-    hyper-parameters, the per-layer centroid list, and its artifact form."""
+    """Shared state of quantizers with one k-means codebook per layer (RQ, PQ):
+    hyper-parameters, the per-layer centroid list, and its artifact form.
+
+    `device` / `kmeans_backend` choose where the fit's k-means runs (resolve_backend); they
+    are not in options(): an artifact is the same whichever backend fitted it."""
 
     def __init__(
         self,
@@ -119,11 +184,18 @@ class LayeredKMeans(Quantizer):
         seed: int = 0,
         niter: int = DEFAULT_NITER,
         max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
+        device: str = "cpu",
+        kmeans_backend: str = "auto",
     ) -> None:
         super().__init__(codebook_sizes, seed)
+        check_kmeans_backend(device, kmeans_backend)
         self.niter = int(niter)
         self.max_points_per_centroid = int(max_points_per_centroid)
+        self.device, self.kmeans_backend = device, kmeans_backend
         self.centroids: list[F32] = []
+
+    def _kmeans(self, X: F32, k: int, seed: int) -> F32:
+        return kmeans(X, k, seed, self.niter, self.device, self.kmeans_backend)
 
     def options(self) -> dict[str, Any]:
         return {"seed": self.seed, "niter": self.niter, "max_points_per_centroid": self.max_points_per_centroid}

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from psrq.base import F32, I64, check_codes, check_encode_input, check_fit_input, nearest
-from psrq.kmeans import LayeredKMeans, faiss_kmeans, subsample
+from psrq.kmeans import LayeredKMeans, subsample
 
 
 def split_bounds(dim: int, parts: int) -> list[tuple[int, int]]:
@@ -29,7 +29,7 @@ class PQ(LayeredKMeans):
         S = X if rows is None else X[rows]
         self._dim = X.shape[1]
         self.centroids = [
-            faiss_kmeans(np.ascontiguousarray(S[:, a:b]), k, seed=self.seed + layer, niter=self.niter)
+            self._kmeans(np.ascontiguousarray(S[:, a:b]), k, seed=self.seed + layer)
             for layer, ((a, b), k) in enumerate(zip(split_bounds(self.dim, self.num_layers), self.codebook_sizes, strict=True))
         ]
         return self

@@ -43,8 +43,9 @@ from psrq.base import (
 from psrq.kmeans import (
     DEFAULT_MAX_POINTS_PER_CENTROID,
     DEFAULT_NITER,
-    faiss_kmeans,
-    prefix_kmeans,
+    check_kmeans_backend,
+    kmeans,
+    layer_prefix_kmeans,
     prefix_table,
     subsample,
 )
@@ -95,8 +96,14 @@ class PSRQ(Quantizer):
         max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
         prefix_weights: list[float] | None = None,
         anchor: str = "prefix",
+        device: str = "cpu",
+        kmeans_backend: str = "auto",
     ) -> None:
         super().__init__(codebook_sizes, seed)
+        check_kmeans_backend(device, kmeans_backend)
+        # where the fit's k-means runs (psrq.kmeans.resolve_backend); not in options(): an
+        # artifact is the same whichever backend fitted it
+        self.device, self.kmeans_backend = device, kmeans_backend
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
         if prefix_scale not in PREFIX_SCALES:
@@ -124,20 +131,22 @@ class PSRQ(Quantizer):
         for layer, k in enumerate(self.codebook_sizes):
             seed = self.seed + layer
             if layer == 0:
-                C = faiss_kmeans(R, k, seed=seed, niter=self.niter)
+                C = self._kmeans(R, k, seed)
                 codes[:, 0] = nearest(R, C)
             else:
                 w = prefix_weight(R, X_fit if self.anchor == "input" else P, self.alpha, self.prefix_scale)
                 self.prefix_weights.append(w)
                 if w != 0.0 and self.anchor == "input":
-                    C = faiss_kmeans(np.concatenate([R, np.float32(w) * X_fit], axis=1), k, seed=seed, niter=self.niter)
+                    C = self._kmeans(np.concatenate([R, np.float32(w) * X_fit], axis=1), k, seed)
                 elif w == 0.0:
                     # the prefix half is identically zero: k-means on [r ⊕ 0] is k-means on r
-                    C = np.concatenate([faiss_kmeans(R, k, seed=seed, niter=self.niter), np.zeros((k, d), np.float32)], axis=1)
+                    C = np.concatenate([self._kmeans(R, k, seed), np.zeros((k, d), np.float32)], axis=1)
                 else:
                     path_idx, first = path_index(codes[:, :layer], self.codebook_sizes[:layer])
                     prefixes = np.ascontiguousarray(np.float32(w) * P[first])
-                    C = prefix_kmeans(R, prefixes, path_idx, k, seed=seed, niter=self.niter)
+                    C = layer_prefix_kmeans(
+                        R, prefixes, path_idx, k, seed, self.niter, self.device, self.kmeans_backend
+                    )
                 codes[:, layer] = self._assign_layer(layer, R, X_fit if self.anchor == "input" else P, codes, C, w)
             self.centroids.append(np.ascontiguousarray(C, dtype=np.float32))
             step = C[codes[:, layer], :d]
@@ -145,6 +154,9 @@ class PSRQ(Quantizer):
             P += step
         self._dim = d
         return self
+
+    def _kmeans(self, X: F32, k: int, seed: int) -> F32:
+        return kmeans(X, k, seed, self.niter, self.device, self.kmeans_backend)
 
     def _assign_layer(self, layer: int, R: F32, P: F32, codes: I64, C: F32, w: float) -> I64:
         """Layer codes; P is the prefix (anchor "prefix") or the input itself (anchor "input")."""

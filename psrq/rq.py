@@ -1,4 +1,4 @@
-"""RQ-KMeans: layer l clusters the residual left by layers 1..l-1 (faiss k-means per layer)."""
+"""RQ-KMeans: layer l clusters the residual left by layers 1..l-1 (one k-means per layer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from psrq.base import F32, I64, check_codes, check_encode_input, check_fit_input, encode_in_blocks, nearest
-from psrq.kmeans import LayeredKMeans, faiss_kmeans, subsample
+from psrq.kmeans import LayeredKMeans, subsample
 
 
 class RQ(LayeredKMeans):
@@ -21,7 +21,7 @@ class RQ(LayeredKMeans):
         R = (X if rows is None else X[rows]).copy()
         self.centroids = []
         for layer, k in enumerate(self.codebook_sizes):
-            C = faiss_kmeans(R, k, seed=self.seed + layer, niter=self.niter)
+            C = self._kmeans(R, k, seed=self.seed + layer)
             self.centroids.append(C)
             if layer + 1 < self.num_layers:
                 R -= C[nearest(R, C)]

@@ -1,7 +1,7 @@
 """RQ-VAE (torch): MLP encoder -> residual VQ in a latent space -> MLP decoder.
 
 Training: a few reconstruction-only warm-up epochs, k-means initialisation of each residual
-codebook on the latents (faiss), then joint training with the straight-through estimator,
+codebook on the latents (psrq.kmeans.kmeans: faiss, or torch on `device`), then joint training with the straight-through estimator,
 the codebook loss ||sg(r) - e||² and the commitment loss beta·||r - sg(e)||². Seeded and
 deterministic on CPU; defaults keep a fit to seconds on ~10k items.
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from psrq.base import F32, I64, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
-from psrq.kmeans import faiss_kmeans
+from psrq.kmeans import check_kmeans_backend, kmeans
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -60,8 +60,13 @@ class RQVAE(Quantizer):
         lr: float = 1e-3,
         beta: float = 0.25,
         threads: int = 1,
+        device: str = "cpu",
+        kmeans_backend: str = "auto",
     ) -> None:
         super().__init__(codebook_sizes, seed)
+        check_kmeans_backend(device, kmeans_backend)
+        # where the k-means initialisation runs (the networks train on the CPU); not in options()
+        self.device, self.kmeans_backend = device, kmeans_backend
         self.hidden, self.latent_dim = int(hidden), int(latent_dim)
         self.epochs, self.warmup_epochs = int(epochs), int(warmup_epochs)
         self.batch_size, self.lr, self.beta = int(batch_size), float(lr), float(beta)
@@ -102,7 +107,7 @@ class RQVAE(Quantizer):
             R = enc(data).numpy().copy()
         self.codebooks = []
         for layer, k in enumerate(self.codebook_sizes):
-            C = faiss_kmeans(np.ascontiguousarray(R), k, seed=self.seed + layer)
+            C = kmeans(np.ascontiguousarray(R), k, self.seed + layer, device=self.device, backend=self.kmeans_backend)
             self.codebooks.append(C)
             R -= C[nearest(R, C)]
         books = [nn.Parameter(torch.from_numpy(C.copy())) for C in self.codebooks]

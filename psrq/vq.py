@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from psrq.base import F32, I64, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
-from psrq.kmeans import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, faiss_kmeans, subsample
+from psrq.kmeans import (
+    DEFAULT_MAX_POINTS_PER_CENTROID,
+    DEFAULT_NITER,
+    check_kmeans_backend,
+    kmeans,
+    subsample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +30,15 @@ class VQ(Quantizer):
         seed: int = 0,
         niter: int = DEFAULT_NITER,
         max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
+        device: str = "cpu",
+        kmeans_backend: str = "auto",
     ) -> None:
         sizes = tuple(int(k) for k in codebook_sizes)
         if len(sizes) > 1:
             log.info("VQ has one codebook: using K=%d of %s", sizes[0], list(sizes))
         super().__init__(sizes[:1], seed)
+        check_kmeans_backend(device, kmeans_backend)
+        self.device, self.kmeans_backend = device, kmeans_backend  # where the fit runs; not in options()
         self.niter = int(niter)
         self.max_points_per_centroid = int(max_points_per_centroid)
         self.centroids: F32 = np.zeros((0, 0), dtype=np.float32)
@@ -36,7 +46,9 @@ class VQ(Quantizer):
     def fit(self, X: Any) -> VQ:
         X = check_fit_input(X, self.codebook_sizes)
         rows = subsample(len(X), self.codebook_sizes[0], self.seed, self.max_points_per_centroid)
-        self.centroids = faiss_kmeans(X if rows is None else X[rows], self.codebook_sizes[0], seed=self.seed, niter=self.niter)
+        self.centroids = kmeans(
+            X if rows is None else X[rows], self.codebook_sizes[0], self.seed, self.niter, self.device, self.kmeans_backend
+        )
         self._dim = X.shape[1]
         return self
 

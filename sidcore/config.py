@@ -97,6 +97,11 @@ class CodebookSettings(_Frozen):
     min_points_per_code: int = Field(4, ge=1, description="K is capped at fit points // this")
     identity_layers: int = Field(2, ge=1, le=2, description="psrq_id: identity codes after the semantic layers")
     identity_size: int | None = Field(None, ge=2, description="psrq_id: K of each identity layer (None: the semantic K)")
+    # where the fit's k-means runs (psrq.kmeans.resolve_backend); the artifact does not depend on it
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
+                        description="k-means device: cpu, cuda, cuda:N, or auto (cuda when torch sees one, else cpu)")
+    kmeans_backend: Literal["auto", "faiss", "torch"] = Field(
+        "auto", description="auto: faiss on cpu, torch on cuda; torch on cpu runs the torch k-means on the CPU (no faiss)")
     # promotion gate (trainer.gate): a refit below these is registered but not promoted
     gate_min_utilisation: float = Field(0.02, ge=0, le=1, description="least share of codes used, per layer")
     gate_max_collision_rate: float = Field(1.0, ge=0, le=1, description="most share of items sharing their SID")

@@ -3,6 +3,8 @@
 Reference (same run, same data): one faiss k-means (faiss.Kmeans, K, 20 iterations, seed 0)
 for fitting; for encoding, the same layer-by-layer greedy search done with faiss IndexFlatL2
 over the same centroids (PSRQ's deeper layers on the explicit [r ⊕ w·p] vectors).
+Also timed: one torch k-means (psrq.torch_kmeans, the codebook fit's GPU backend) on cuda when
+torch sees one, else on the CPU, as a ratio to the faiss k-means of the same run.
 Goals: RQ fit <= 3.1x and PSRQ fit <= 3.5x one k-means; encode >= 0.8x faiss; single-item
 encode p99 < 1 ms. Data: a seeded Gaussian mixture, L2-normalised (like text embeddings).
 """
@@ -65,8 +67,11 @@ def command(n: int, dim: int, k: int, layers: int, quick: bool, repeats: int, as
     """Fit-time ratios of RQ / PSRQ to one faiss k-means, encode throughput vs faiss, p50/p99."""
     import faiss
     import psutil
+    import torch
 
     from psrq.fitting import fit_codebook
+    from psrq.kmeans import subsample
+    from psrq.torch_kmeans import torch_kmeans
     from sidcore.config import CodebookSettings
 
     def spec(method: str, n_layers: int = layers) -> CodebookSettings:
@@ -96,6 +101,11 @@ def command(n: int, dim: int, k: int, layers: int, quick: bool, repeats: int, as
     R1 = X - rq.decode_prefix(rq.encode(X), 1)
     R1 = np.ascontiguousarray(R1, dtype=np.float32)
     residual_kmeans_s, _ = _timed(lambda: faiss.Kmeans(dim, k, niter=20, seed=0, verbose=False).train(R1))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_kmeans(X[: min(n, 40 * k)], k, seed=0, niter=5, device=device)  # warm-up (CUDA context, kernels)
+    rows = subsample(n, k, 0, 256)  # faiss.Kmeans trains on at most 256 points per centroid: as many here
+    X_km = X if rows is None else X[rows]
+    torch_kmeans_s, _ = _timed(lambda: torch_kmeans(X_km, k, seed=0, niter=20, device=device))
 
     psrq.encode(X[:1000])  # warm-up
     psrq_enc_s, codes = _timed(lambda: psrq.encode(X))
@@ -129,6 +139,9 @@ def command(n: int, dim: int, k: int, layers: int, quick: bool, repeats: int, as
             "psrq_ratio_vs_residual_kmeans": round(psrq_s / residual_kmeans_s, 3),
             "goal_rq_ratio": 3.1,
             "goal_psrq_ratio": 3.5,
+            "torch_kmeans_device": device,
+            "torch_kmeans_s": round(torch_kmeans_s, 3),
+            "torch_kmeans_vs_faiss_kmeans": round(torch_kmeans_s / faiss_kmeans_s, 3),
         },
         "encode": {
             "psrq_items_per_s": round(n / psrq_enc_s),

@@ -96,6 +96,9 @@ def codebook() -> None:
               help="PSRQ semantic half: quantized prefix (paper) or the input embedding (variant) [settings.codebook.anchor]")
 @click.option("--seed", type=int, default=None, help="[settings.codebook.seed]")
 @click.option("--min-points-per-code", type=int, default=None, help="K is capped at rows // this [settings.codebook]")
+@click.option("--device", default=None, help="k-means device: cpu, cuda, cuda:N, auto [settings.codebook.device]")
+@click.option("--kmeans-backend", type=click.Choice(["auto", "faiss", "torch"]), default=None,
+              help="auto: faiss on cpu, torch on cuda [settings.codebook.kmeans_backend]")
 @click.option("--normalisation", default="none", show_default=True, help="recorded in the manifest")
 @click.option("--parent", type=click.Path(path_type=Path), default=None, help="parent version to align codes to")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
