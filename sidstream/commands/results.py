@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -71,8 +70,8 @@ def regenerate_cmd(quick: bool, only: tuple[str, ...], out: Path | None, lastfm_
     needs_lastfm = not quick and any(not t.machine_bound for t in tables)
     if needs_lastfm and lastfm_dir is None:
         raise UserError("the Last.fm tables need the Last.fm-2k folder: --lastfm DIR or SIDSTREAM_LASTFM_DIR")
-    argv = ["sidstream", "results", "regenerate", *sys.argv[sys.argv.index("regenerate") + 1:]] if "regenerate" in sys.argv else \
-        ["sidstream", "results", "regenerate"]
+    argv = ["sidstream", "results", "regenerate", *(["--quick"] if quick else []), *(a for n in only for a in ("--only", n)),
+            *(["--out", str(out)] if out else []), *(["--lastfm", str(lastfm_dir)] if lastfm_dir != s.lastfm_source else [])]
     cache = s.cache_dir / ("results-quick" if quick else "results")
     if fresh and cache.is_dir():
         import shutil

@@ -292,7 +292,7 @@ def regenerate(ctx: Context, tables: list[TableSpec], progress: Callable[[str], 
     if eval_tables:
         started = time.perf_counter()
         runs = [r for t in eval_tables for r in t.plan(ctx)]  # type: ignore[misc]
-        fp = "|".join(sorted({t.code_fingerprint(ctx.root) for t in eval_tables}))
+        fp = source_fingerprint(ctx.root, lastfm.RUN_SOURCES, _codebook_defaults())[0]
         ctx.runs = execute(runs, ctx.source, ctx.jobs, ctx.cache_dir, fp)
         timings["evaluation runs"] = round(time.perf_counter() - started, 1)
     for t in tables:
