@@ -40,7 +40,7 @@ def list_cmd() -> None:
 
 
 @results.command("regenerate")
-@click.option("--quick", is_flag=True, help="synthetic data, small models, 3 seeds; skips the machine tables; needs --out")
+@click.option("--quick", is_flag=True, help="synthetic data, small models, 3 seeds; skips the pipeline and reliability drills; needs --out")
 @click.option("--only", multiple=True, help="table name (repeatable; see `sidstream results list`) [all]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder for the Markdown files [docs/results of the checkout]")
