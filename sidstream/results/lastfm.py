@@ -229,3 +229,29 @@ TABLES: dict[str, tuple[Callable[[Plan], list[Run]], Callable[[dict[Run, dict[st
     "lastfm-seed-axes": (seed_axes_runs, seed_axes, "Where the spread comes from: codebook seed vs ranker seed"),
     "lastfm-training": (training_runs, training, "Training choices"),
 }
+
+
+def plot_headline(results: dict[Run, dict[str, Any]], plan: Plan, path: Any) -> None:
+    """Cold and All AUC per headline model: mean with its 95 % interval, and every seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = np.arange(len(HEADLINE))
+    for offset, metric, label in ((-0.15, "all_auc", "All AUC"), (0.15, "cold_auc", "Cold AUC")):
+        stats = [interval(_vec(results, m, plan.seeds, metric)) for m in HEADLINE]
+        means = np.array([s[0] for s in stats])
+        err = np.array([[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]])
+        ax.errorbar(x + offset, means, yerr=err, fmt="o", capsize=4, label=f"{label} (mean, 95 % CI)")
+        for i, m in enumerate(HEADLINE):
+            ax.scatter(np.full(plan.seeds, x[i] + offset + 0.06), _vec(results, m, plan.seeds, metric), s=6, alpha=0.5, color="grey")
+    ax.set_xticks(x, list(HEADLINE), rotation=25, ha="right")
+    ax.set_ylabel("AUC")
+    ax.set_title(f"Last.fm-2k, {plan.seeds} paired seeds (grey: one seed)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -105,6 +105,9 @@ def _eval_table(name: str) -> TableSpec:
     def produce(ctx: Context) -> Rendered:
         p = lastfm.QUICK if ctx.quick else lastfm.FULL
         markdown, verdicts = render_fn({r: ctx.runs[r] for r in plan_fn(p)}, p)
+        if name == "lastfm-headline":
+            lastfm.plot_headline(ctx.runs, p, ctx.out / "img" / "lastfm_headline.png")
+            markdown += "\n\n![Cold and All AUC per model, 95 % intervals and seeds](img/lastfm_headline.png)"
         data = _lastfm_data(ctx)
         fp = {ctx.runs[r]["data_fingerprint"] for r in plan_fn(p)}
         data["dataset_fingerprint"] = ",".join(sorted(fp))
