@@ -15,6 +15,8 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -138,6 +140,9 @@ def execute(runs: Iterable[Run], source: DataSource, jobs: int, cache_dir: Path,
     codes_cache = str(cache_dir / "codes")
     started = time.perf_counter()
     tasks = [(r, source, codes_cache) for r in todo]
+    # a SIGTERM (a CI timeout, kill) must not orphan the pool: turn it into SystemExit so that
+    # the `finally` below terminates the workers
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if threading.current_thread() is threading.main_thread() else None
     if jobs <= 1:
         _init_worker()
         results: Iterable[tuple[Run, dict[str, Any]]] = map(_execute, tasks)
@@ -158,4 +163,10 @@ def execute(runs: Iterable[Run], source: DataSource, jobs: int, cache_dir: Path,
         if pool is not None:
             pool.terminate()
             pool.join()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return done
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
