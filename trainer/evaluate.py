@@ -136,7 +136,7 @@ def run_one(
     torch.manual_seed(seed)
     model = build_model(spec.model, prep.vocab.n_rows, sizes)
     stats = train_model(model, prep.train, lookup, replace(train_config, seed=seed, checkpoint_every=0), on_step=on_step)
-    probs = predict(model, prep.test, lookup, device=train_config.device)
+    probs = predict(model, prep.test, lookup, device=train_config.device, data_path=train_config.data_path)
     metrics = ranking_metrics(prep.test.users, prep.catalog[prep.test.items], prep.test.labels, probs,
                               prep.catalog[prep.train.items], COLD_THRESHOLD)
     return {**metrics, "seed": seed, "codebook_seed": codebook_seed if spec.codebook is not None else None,

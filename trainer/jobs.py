@@ -350,7 +350,7 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     if not ddp.is_main():
         ddp.barrier()
         return None
-    probs = predict(model, prep.test, lookup, device=config.train.device)
+    probs = predict(model, prep.test, lookup, device=config.train.device, data_path=config.train.data_path)
     metrics = ranking_metrics(prep.test.users, prep.catalog[prep.test.items], prep.test.labels, probs,
                               prep.catalog[prep.train.items])
     previous = registry.live(RANKER)

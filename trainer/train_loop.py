@@ -4,6 +4,11 @@ A checkpoint carries the model and optimizer state, where training stopped (epoc
 and the configs, so that a killed run resumes from the last checkpoint with the same batches.
 Under `torchrun` (torch.distributed initialised) each rank trains on its shard of every
 global batch through DistributedDataParallel; only rank 0 writes checkpoints.
+
+Off the CPU the training data is device-resident (trainer.device_data): moved to the device
+once, each batch gathered there by index, the per-step losses read back once per epoch. The
+CPU default keeps the host path (numpy batches), whose results the evaluation tables record;
+`data_path="device"` forces the resident path on the CPU too, with bit-identical results.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainer.device_data import DeviceData, use_device_data
 from trainer.features import Lookup, Samples, batches, n_batches
 
 log = logging.getLogger(__name__)
@@ -41,9 +47,20 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on CUDA only
     checkpoint_every: int = 100  # steps between checkpoints (and at every epoch end)
     threads: int = 0  # torch intra-op threads; 0 = leave as is
+    data_path: str = "auto"  # "auto" (device-resident off the CPU) | "host" | "device" (trainer.device_data)
+    compile: bool = False  # torch.compile the model's forward (for the GPU path)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; those added after job keys were first derived from it are left out at their
+        defaults, so that existing job keys (trainer.jobs) stay the same."""
+        out = asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if out[name] == default:
+                del out[name]
+        return out
+
+
+_LATER_FIELDS: dict[str, Any] = {"data_path": "auto", "compile": False}
 
 
 class InjectedFailure(RuntimeError):
@@ -114,6 +131,8 @@ def train_model(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = nn.BCEWithLogitsLoss()
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] = torch.compile(net) if config.compile else net
+    data = DeviceData(samples, lookup, device) if use_device_data(config.data_path, device) else None
 
     def checkpoint_now(epoch: int, batch: int) -> None:
         if checkpoint is not None and rank == 0:
@@ -127,26 +146,36 @@ def train_model(
     net.train()
     for epoch in range(epoch0, config.epochs):
         losses = []
+        pending: list[torch.Tensor] = []  # device-resident path: losses read back at the epoch's end
         first = batch0 if epoch == epoch0 else 0
-        for b, batch in enumerate(
-            batches(samples, lookup, config.batch_size, config.seed * 1000 + epoch, first, rank, world), start=first
-        ):
-            batch = _to(batch, device)
+        shuffle_seed = config.seed * 1000 + epoch
+        source = (
+            batches(samples, lookup, config.batch_size, shuffle_seed, first, rank, world) if data is None
+            else data.batches(config.batch_size, shuffle_seed, first, rank, world)
+        )
+        for b, batch in enumerate(source, start=first):
+            if data is None:
+                batch = _to(batch, device)
             with _autocast(device, config.amp):
-                logits = net(batch)
+                logits = forward(batch)
             loss = loss_fn(logits.float(), batch["label"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             seen += int(batch["label"].shape[0])
-            losses.append(float(loss.detach()))
+            if data is None:
+                losses.append(float(loss.detach()))
+            else:
+                pending.append(loss.detach())
             if on_step is not None:
-                on_step(step, total, losses[-1])
+                on_step(step, total, losses[-1] if data is None else float(pending[-1]))
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 checkpoint_now(epoch, b + 1)
             if fail_after_steps is not None and step - resumed_from >= fail_after_steps:
                 raise InjectedFailure(f"injected failure after {step} steps")
+        if pending:
+            losses = [float(x) for x in torch.stack(pending).cpu().tolist()]
         checkpoint_now(epoch + 1, 0)
     seconds = time.perf_counter() - started
     return {
@@ -159,10 +188,15 @@ def train_model(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, samples: Samples, lookup: Lookup, batch_size: int = 4096, device: str = "auto") -> np.ndarray:
-    """Probabilities float64 [N] in row order."""
+def predict(model: nn.Module, samples: Samples, lookup: Lookup, batch_size: int = 4096, device: str = "auto",
+            data_path: str = "auto") -> np.ndarray:
+    """Probabilities float64 [N] in row order; `data_path` as in TrainConfig."""
     dev = resolve_device(device)
     model.to(dev).eval()
-    out = [torch.sigmoid(model(_to(b, dev)).float()).cpu().numpy() for b in batches(samples, lookup, batch_size)]
+    source = (
+        DeviceData(samples, lookup, dev).batches(batch_size) if use_device_data(data_path, dev)
+        else (_to(b, dev) for b in batches(samples, lookup, batch_size))
+    )
+    out = [torch.sigmoid(model(b).float()).cpu().numpy() for b in source]
     model.train()
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)

@@ -3,6 +3,13 @@
 Both models train on the same synthetic batches (history 20, Last.fm-sized catalog, paper
 sizes: embedding 64, MLP 200-80, batch 512) for a fixed number of steps after a warm-up. CPU
 always; CUDA with bf16 autocast (AMP) when a GPU is present, skipped otherwise.
+
+Where batches come from (`data`): "pool" = batches built before the clock starts, copied to the
+device each step (the model alone, the figures of earlier reports: `cpu`, `cuda_amp_bf16`);
+"host" = built each step in numpy and copied, as the trainer's host path does; "resident" =
+gathered on the device from device-resident tables (trainer.device_data), the trainer's path
+off the CPU. `cpu_data_paths` compares host and resident on the CPU in the same run;
+`cuda_amp_bf16_resident` is the GPU trainer's path, with GPU utilisation sampled while it runs.
 """
 
 from __future__ import annotations
@@ -22,11 +29,48 @@ def _rss_peak_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, device: str, amp: bool,
-             steps: int, warmup: int, batch_size: int) -> dict[str, Any]:
+def gpu_utilisation() -> tuple[float | None, str | None]:
+    """(torch.cuda.utilization() in percent, None) or (None, why it is not available)."""
     import torch
 
-    from trainer.features import Lookup, batches
+    if not torch.cuda.is_available():
+        return None, "no CUDA device"
+    try:
+        return float(torch.cuda.utilization()), None
+    except Exception as exc:  # pynvml missing, NVML not readable in this container, ...
+        return None, f"torch.cuda.utilization() failed: {type(exc).__name__}: {exc}"
+
+
+def _batch_source(data: str, prep: Any, lookup: Any, dev: Any, batch_size: int, n: int) -> Any:
+    """A function step -> batch dict on `dev` (see the module docstring for `data`)."""
+    import numpy as np
+    import torch
+
+    from trainer.device_data import DeviceData
+    from trainer.features import batches
+
+    if data == "pool":
+        pool = list(batches(prep.train, lookup, batch_size, shuffle_seed=0))[:n]
+        return lambda i: {k: v.to(dev, non_blocking=True) for k, v in pool[i % len(pool)].items()}
+    n_batches = (len(prep.train) + batch_size - 1) // batch_size
+    if data == "host":
+        order = np.random.default_rng(0).permutation(len(prep.train))
+        return lambda i: {k: v.to(dev, non_blocking=True) for k, v in lookup.batch(
+            prep.train, order[(i % n_batches) * batch_size : (i % n_batches + 1) * batch_size]).items()}
+    if data == "resident":
+        resident = DeviceData(prep.train, lookup, dev)
+        rows = resident.order(0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return lambda i: resident.batch(rows[(i % n_batches) * batch_size : (i % n_batches + 1) * batch_size])
+    raise ValueError(f"unknown data source {data!r}")
+
+
+def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, device: str, amp: bool,
+             steps: int, warmup: int, batch_size: int, data: str = "pool", compile_model: bool = False) -> dict[str, Any]:
+    import torch
+
+    from trainer.features import Lookup
     from trainer.models import build_model
     from trainer.train_loop import _autocast
 
@@ -34,20 +78,27 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     torch.manual_seed(0)
     model = build_model(model_config, prep.vocab.n_rows, sizes).to(dev)
+    forward = torch.compile(model) if compile_model else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    pool = list(batches(prep.train, lookup, batch_size, shuffle_seed=0))[: steps + warmup]
+    next_batch = _batch_source(data, prep, lookup, dev, batch_size, steps + warmup)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seen, started = 0, 0.0
+    utilisation: list[float] = []
+    sample_every = max(1, steps // 10)
     for i in range(steps + warmup):
         if i == warmup:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-        batch = {k: v.to(dev, non_blocking=True) for k, v in pool[i % len(pool)].items()}
+        if dev.type == "cuda" and i >= warmup and (i - warmup) % sample_every == sample_every - 1:
+            u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
+            if u is not None:
+                utilisation.append(u)
+        batch = next_batch(i)
         with _autocast(dev, amp):
-            logits = model(batch)
+            logits = forward(batch)
         loss = loss_fn(logits.float(), batch["label"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -59,8 +110,14 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
     seconds = time.perf_counter() - started
     out = {"model": name, "samples_per_s": round(seen / seconds, 1), "steps": steps, "seconds": round(seconds, 3),
            "parameters": int(sum(p.numel() for p in model.parameters())), "final_loss": round(float(loss.detach()), 4)}
+    if data != "pool" or compile_model:
+        out.update(data=data, compile=compile_model)
     if dev.type == "cuda":
         out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        why = gpu_utilisation()[1]
+        out["gpu_utilisation_pct"] = round(sum(utilisation) / len(utilisation), 1) if utilisation else None
+        if not utilisation:
+            out["gpu_utilisation_unavailable"] = why or "no sample taken"
     else:
         out["peak_rss_mb_after"] = round(_rss_peak_mb(), 1)
     return out
@@ -71,7 +128,8 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
 @click.option("--quick", is_flag=True, help="fewer steps, smaller synthetic data")
 @click.option("--steps", type=int, default=None, help="timed steps per model [60; 10 with --quick]")
 @click.option("--batch-size", default=512, show_default=True)
-def command(as_json: bool, quick: bool, steps: int | None, batch_size: int) -> None:
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the models of the resident CUDA runs")
+def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, compile_model: bool) -> None:
     """Training samples/s of MCCA vs DIN (ratio), peak memory; CUDA + AMP when available."""
     import torch
 
@@ -98,20 +156,41 @@ def command(as_json: bool, quick: bool, steps: int | None, batch_size: int) -> N
     report["cpu_ratio_mcca_over_din"] = round(cpu["mcca"]["samples_per_s"] / cpu["din"]["samples_per_s"], 3)
     report["peak_rss_mb"] = round(_rss_peak_mb(), 1)
     report["peak_rss_mb_before_training"] = round(rss_before, 1)
+    paths = {}
+    for n, c in models.items():  # host vs resident batches, same run, same machine state
+        host = _measure(n, c, prep, codes, sizes, "cpu", False, steps, warmup, batch_size, data="host")
+        resident = _measure(n, c, prep, codes, sizes, "cpu", False, steps, warmup, batch_size, data="resident")
+        paths[n] = {"host_samples_per_s": host["samples_per_s"], "resident_samples_per_s": resident["samples_per_s"],
+                    "ratio_resident_over_host": round(resident["samples_per_s"] / host["samples_per_s"], 3)}
+    report["cpu_data_paths"] = paths
+    report["gpu_utilisation"], why = gpu_utilisation()
+    if why:
+        report["gpu_utilisation_unavailable"] = why
     if torch.cuda.is_available():
         gpu = {n: _measure(n, c, prep, codes, sizes, "cuda", True, steps * 5, warmup, batch_size) for n, c in models.items()}
         report["cuda_amp_bf16"] = gpu
         report["cuda_ratio_mcca_over_din"] = round(gpu["mcca"]["samples_per_s"] / gpu["din"]["samples_per_s"], 3)
+        res = {n: _measure(n, c, prep, codes, sizes, "cuda", True, steps * 5, warmup, batch_size, data="resident",
+                           compile_model=compile_model) for n, c in models.items()}
+        report["cuda_amp_bf16_resident"] = res
+        report["cuda_resident_over_pool"] = {n: round(res[n]["samples_per_s"] / gpu[n]["samples_per_s"], 3) for n in gpu}
         report["cuda_device"] = torch.cuda.get_device_name()
     else:
         report["cuda_amp_bf16"] = {"skipped": "no CUDA device"}
+        report["cuda_amp_bf16_resident"] = {"skipped": "no CUDA device"}
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
         return
     for name, r in cpu.items():
         click.echo(f"cpu  {name:8s} {r['samples_per_s']:>10.0f} samples/s  ({r['parameters']:,} parameters)")
     click.echo(f"MCCA / DIN throughput ratio: {report['cpu_ratio_mcca_over_din']}; peak RSS {report['peak_rss_mb']} MB")
+    for name, r in paths.items():
+        click.echo(f"cpu  {name:8s} host batches {r['host_samples_per_s']:>10.0f}, resident {r['resident_samples_per_s']:>10.0f}"
+                   f" samples/s (resident / host {r['ratio_resident_over_host']})")
     if "skipped" in report["cuda_amp_bf16"]:
-        click.echo("cuda: skipped (no CUDA device)")
+        click.echo(f"cuda: skipped (no CUDA device); GPU utilisation: {report.get('gpu_utilisation_unavailable')}")
     else:
         click.echo(f"cuda MCCA / DIN ratio: {report['cuda_ratio_mcca_over_din']}")
+        for name, r in report["cuda_amp_bf16_resident"].items():
+            click.echo(f"cuda {name:8s} resident {r['samples_per_s']:>10.0f} samples/s, GPU utilisation "
+                       f"{r['gpu_utilisation_pct']}% (pool: {report['cuda_amp_bf16'][name]['samples_per_s']:.0f})")
