@@ -25,12 +25,13 @@ MIN_SAMPLES = 4000  # wav2vec2-style conv stacks need a few hundred samples at l
 class HFAudioEncoder(AudioEncoder):
     def __init__(self, model: torch.nn.Module, feature_extractor: object, model_id: str, *,
                  device: torch.device, dtype: torch.dtype, layer: int | str = "last", time_pooling: str = "mean",
-                 window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 8) -> None:
+                 window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 8,
+                 pipeline: str = "auto") -> None:
         if time_pooling not in TIME_POOLINGS:
             raise ValueError(f"time_pooling must be one of {TIME_POOLINGS}, got {time_pooling!r}")
         if isinstance(layer, str) and layer not in ("last", "mean"):
             layer = int(layer)
-        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch)
+        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch, pipeline=pipeline)
         self.model = model.eval()
         self.feature_extractor = feature_extractor
         self.device, self.dtype = device, dtype
