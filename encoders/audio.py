@@ -78,6 +78,16 @@ class AudioEncoder:
         """Equal-length windows [b, samples] (float32, CPU) -> embeddings [b, dim]."""
         raise NotImplementedError
 
+    # the pipelined path's two halves; their composition must equal embed_windows
+    def prepare_windows(self, windows: torch.Tensor) -> object:
+        """Host-side front-end of stacked windows, run in the background thread (default: the
+        windows themselves, pinned for CUDA; the device-side front-end stays in embed_prepared)."""
+        return pinned(windows, self.device)
+
+    def embed_prepared(self, prepared: object) -> torch.Tensor:
+        """Embeddings [b, dim] of what prepare_windows returned, left on the model's device."""
+        return self.embed_windows(prepared)  # type: ignore[arg-type]
+
     def windows_of(self, waveforms: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """All windows of a batch and, for each window, the index of its track."""
         windows: list[np.ndarray] = []
@@ -118,15 +128,15 @@ class AudioEncoder:
         return out, owners
 
     def _encode_windows_pipelined(self, windows: list[np.ndarray], out: np.ndarray) -> np.ndarray:
-        def stack(chunk: list[int]) -> tuple[list[int], torch.Tensor]:
-            return chunk, pinned(torch.from_numpy(np.stack([windows[i] for i in chunk])), self.device)
+        def prepare(chunk: list[int]) -> tuple[list[int], object]:
+            return chunk, self.prepare_windows(torch.from_numpy(np.stack([windows[i] for i in chunk])))
 
         rows: list[torch.Tensor] = []
         indices: list[int] = []
-        for chunk, stacked in prefetch(stack, self.window_groups(windows)):
-            # embed_windows moves the windows itself (musicnn: non-blocking from pinned memory; HF
-            # audio: its feature extractor reads them on the host); no .cpu() here, so no sync
-            rows.append(self.embed_windows(stacked).float())
+        for chunk, prepared in prefetch(prepare, self.window_groups(windows)):
+            # embed_prepared copies to the device itself (non-blocking from pinned memory); no
+            # .cpu() per batch, so the host queues the next batch while this one runs
+            rows.append(self.embed_prepared(prepared).float())
             indices.extend(chunk)
         if rows:
             out[indices] = torch.cat(rows).cpu().numpy()
