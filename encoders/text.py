@@ -249,7 +249,8 @@ class TextEncoder:
         code and cut into length-sorted batches by array slicing; host tensors pinned for CUDA."""
         encoded = self.tokenizer(
             [texts[i] for i in indices.tolist()], truncation=True, max_length=self.max_length,
-            padding="longest", return_attention_mask=True, return_token_type_ids=False, return_tensors="np",
+            padding="longest", padding_side="right",  # the slicing below keeps the left columns
+            return_attention_mask=True, return_token_type_ids=False, return_tensors="np",
         )
         ids = np.asarray(encoded["input_ids"], dtype=np.int64)
         mask = np.asarray(encoded["attention_mask"], dtype=np.int64)
