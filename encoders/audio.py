@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from encoders.base import EncoderInputError, l2_normalise, resolve_device, resolve_dtype
+from encoders.pipeline import pinned, prefetch, use_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,23 @@ def split_windows(waveform: np.ndarray, window_len: int, max_windows: int | None
 class AudioEncoder:
     """Base of every audio encoder: windowing, micro-batching of windows, mean pooling, L2.
 
-    Subclasses set model_id, dim and sample_rate and implement `embed_windows`.
+    Subclasses set model_id, dim and sample_rate and implement `embed_windows`; those running on
+    an accelerator set `device`. With the pipeline on (`pipeline`: 'auto' = on an accelerator),
+    the next micro-batch is stacked into pinned memory in a background thread while the current
+    one runs, and window embeddings stay on the device until one copy back.
     """
 
     model_id: str
     dim: int
     sample_rate: int
+    device: torch.device = torch.device("cpu")
 
-    def __init__(self, *, window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 16) -> None:
+    def __init__(self, *, window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 16,
+                 pipeline: str = "auto") -> None:
         self.window_s = window_s
         self.max_windows = max_windows
         self.window_batch = window_batch
+        self.pipeline = pipeline
 
     @property
     def window_len(self) -> int:
@@ -70,6 +77,16 @@ class AudioEncoder:
     def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
         """Equal-length windows [b, samples] (float32, CPU) -> embeddings [b, dim]."""
         raise NotImplementedError
+
+    # the pipelined path's two halves; their composition must equal embed_windows
+    def prepare_windows(self, windows: torch.Tensor) -> object:
+        """Host-side front-end of stacked windows, run in the background thread (default: the
+        windows themselves, pinned for CUDA; the device-side front-end stays in embed_prepared)."""
+        return pinned(windows, self.device)
+
+    def embed_prepared(self, prepared: object) -> torch.Tensor:
+        """Embeddings [b, dim] of what prepare_windows returned, left on the model's device."""
+        return self.embed_windows(prepared)  # type: ignore[arg-type]
 
     def windows_of(self, waveforms: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """All windows of a batch and, for each window, the index of its track."""
@@ -84,27 +101,46 @@ class AudioEncoder:
             owners.extend([index] * len(parts))
         return windows, np.asarray(owners, dtype=np.int64)
 
-    def micro_batches(self, windows: list[np.ndarray]) -> list[tuple[list[int], torch.Tensor]]:
-        """Group equal-length windows into stacked tensors of at most `window_batch` rows."""
+    def window_groups(self, windows: list[np.ndarray]) -> list[list[int]]:
+        """Indices of equal-length windows, longest first, at most `window_batch` per group."""
         by_length: dict[int, list[int]] = {}
         for i, window in enumerate(windows):
             by_length.setdefault(len(window), []).append(i)
-        batches = []
+        groups = []
         for length in sorted(by_length, reverse=True):
             members = by_length[length]
-            for start in range(0, len(members), self.window_batch):
-                chunk = members[start : start + self.window_batch]
-                batches.append((chunk, torch.from_numpy(np.stack([windows[i] for i in chunk]))))
-        return batches
+            groups.extend(members[start : start + self.window_batch] for start in range(0, len(members), self.window_batch))
+        return groups
+
+    def micro_batches(self, windows: list[np.ndarray]) -> list[tuple[list[int], torch.Tensor]]:
+        """Group equal-length windows into stacked tensors of at most `window_batch` rows."""
+        return [(chunk, torch.from_numpy(np.stack([windows[i] for i in chunk]))) for chunk in self.window_groups(windows)]
 
     @torch.inference_mode()
     def encode_windows(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Per-window embeddings [m, dim] (not normalised) and their track indices [m]."""
         windows, owners = self.windows_of(waveforms)
         out = np.zeros((len(windows), self.dim), dtype=np.float32)
+        if use_pipeline(self.pipeline, self.device):
+            return self._encode_windows_pipelined(windows, out), owners
         for chunk, stacked in self.micro_batches(windows):
             out[chunk] = self.embed_windows(stacked).float().cpu().numpy()
         return out, owners
+
+    def _encode_windows_pipelined(self, windows: list[np.ndarray], out: np.ndarray) -> np.ndarray:
+        def prepare(chunk: list[int]) -> tuple[list[int], object]:
+            return chunk, self.prepare_windows(torch.from_numpy(np.stack([windows[i] for i in chunk])))
+
+        rows: list[torch.Tensor] = []
+        indices: list[int] = []
+        for chunk, prepared in prefetch(prepare, self.window_groups(windows)):
+            # embed_prepared copies to the device itself (non-blocking from pinned memory); no
+            # .cpu() per batch, so the host queues the next batch while this one runs
+            rows.append(self.embed_prepared(prepared).float())
+            indices.extend(chunk)
+        if rows:
+            out[indices] = torch.cat(rows).cpu().numpy()
+        return out
 
     def encode(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """Embed mono waveforms at self.sample_rate; float32 [n, dim], L2-normalised."""
@@ -126,11 +162,11 @@ class LogMelEncoder(AudioEncoder):
 
     def __init__(
         self, *, sample_rate: int = 16000, n_mels: int = 96, n_fft: int = 512, hop_length: int = 256,
-        window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 16,
+        window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 16, pipeline: str = "auto",
     ) -> None:
         from encoders.melspec import MelSpectrogram
 
-        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch)
+        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch, pipeline=pipeline)
         self.sample_rate = sample_rate
         self.n_mels = n_mels
         self.dim = 2 * n_mels
@@ -158,6 +194,7 @@ def load_audio_encoder(
     layer: int | str = "last",
     time_pooling: str = "mean",
     trust_remote_code: bool = False,
+    pipeline: str = "auto",
 ) -> AudioEncoder:
     """Build an audio encoder from a spec: 'logmel', 'musicnn' / 'musicnn:<MSD_musicnn|MTT_musicnn>',
     or the path of a Hugging Face audio model directory (MERT style).
@@ -167,7 +204,8 @@ def load_audio_encoder(
     """
     if spec == "logmel":
         return LogMelEncoder(
-            sample_rate=sample_rate, window_s=window_s, max_windows=max_windows, window_batch=window_batch
+            sample_rate=sample_rate, window_s=window_s, max_windows=max_windows, window_batch=window_batch,
+            pipeline=pipeline,
         )
     if spec == "musicnn" or spec.startswith("musicnn:"):
         from encoders.musicnn import MusicnnEncoder
@@ -175,7 +213,8 @@ def load_audio_encoder(
         variant = spec.split(":", 1)[1] if ":" in spec else "MSD_musicnn"
         torch_device = resolve_device(device)
         return MusicnnEncoder(
-            variant, device=torch_device, window_s=window_s, max_windows=max_windows, window_batch=window_batch
+            variant, device=torch_device, window_s=window_s, max_windows=max_windows, window_batch=window_batch,
+            pipeline=pipeline,
         )
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -185,6 +224,6 @@ def load_audio_encoder(
         return HFAudioEncoder.from_dir(
             path, device=torch_device, dtype=resolve_dtype(dtype, torch_device), layer=layer,
             time_pooling=time_pooling, window_s=window_s, max_windows=max_windows,
-            window_batch=window_batch, trust_remote_code=trust_remote_code,
+            window_batch=window_batch, trust_remote_code=trust_remote_code, pipeline=pipeline,
         )
     raise ValueError(f"unknown audio encoder {spec!r}: use 'logmel', 'musicnn[:variant]' or a model directory")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from encoders.audio import AudioEncoder
+from encoders.pipeline import pinned
 from encoders.text import directory_fingerprint
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,13 @@ MIN_SAMPLES = 4000  # wav2vec2-style conv stacks need a few hundred samples at l
 class HFAudioEncoder(AudioEncoder):
     def __init__(self, model: torch.nn.Module, feature_extractor: object, model_id: str, *,
                  device: torch.device, dtype: torch.dtype, layer: int | str = "last", time_pooling: str = "mean",
-                 window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 8) -> None:
+                 window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 8,
+                 pipeline: str = "auto") -> None:
         if time_pooling not in TIME_POOLINGS:
             raise ValueError(f"time_pooling must be one of {TIME_POOLINGS}, got {time_pooling!r}")
         if isinstance(layer, str) and layer not in ("last", "mean"):
             layer = int(layer)
-        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch)
+        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch, pipeline=pipeline)
         self.model = model.eval()
         self.feature_extractor = feature_extractor
         self.device, self.dtype = device, dtype
@@ -53,14 +55,21 @@ class HFAudioEncoder(AudioEncoder):
         return cls(model.to(device), extractor, f"{path.name}@{directory_fingerprint(path)}", device=device,
                    dtype=dtype, **kwargs)  # type: ignore[arg-type]
 
-    def hidden(self, windows: torch.Tensor) -> torch.Tensor:
-        """The chosen layer's hidden states [b, frames, hidden] for equal-length windows."""
+    def input_values(self, windows: torch.Tensor) -> torch.Tensor:
+        """The feature extractor's output for equal-length windows (host, float32)."""
         if windows.shape[1] < MIN_SAMPLES:
             windows = windows.repeat(1, -(-MIN_SAMPLES // windows.shape[1]))
         features = self.feature_extractor(  # type: ignore[operator]
             list(windows.numpy().astype(np.float32)), sampling_rate=self.sample_rate, return_tensors="pt"
         )
-        inputs = {"input_values": features["input_values"].to(self.device, self.dtype)}
+        return features["input_values"]
+
+    def hidden(self, windows: torch.Tensor) -> torch.Tensor:
+        """The chosen layer's hidden states [b, frames, hidden] for equal-length windows."""
+        return self.hidden_of_inputs(self.input_values(windows))
+
+    def hidden_of_inputs(self, input_values: torch.Tensor) -> torch.Tensor:
+        inputs = {"input_values": input_values.to(self.device, self.dtype, non_blocking=True)}
         want_all = self.layer != "last"
         output = self.model(**inputs, output_hidden_states=want_all)
         if self.layer == "last":
@@ -70,8 +79,17 @@ class HFAudioEncoder(AudioEncoder):
             return torch.stack(states[1:], dim=0).mean(dim=0)
         return states[int(self.layer)]
 
+    def prepare_windows(self, windows: torch.Tensor) -> object:
+        return pinned(self.input_values(windows), self.device)  # the extractor runs in the background thread
+
+    def embed_prepared(self, prepared: object) -> torch.Tensor:
+        return self.pool_time(self.hidden_of_inputs(prepared))  # type: ignore[arg-type]
+
     def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden(windows).float()
+        return self.pool_time(self.hidden(windows))
+
+    def pool_time(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.float()
         if self.time_pooling == "mean":
             return hidden.mean(dim=1)
         if self.time_pooling == "max":

