@@ -134,6 +134,11 @@ class ServeSettings(_Frozen):
 
 class TrainSettings(_Frozen):
     window_days: float = Field(30.0, gt=0, description="the ranker trains on logged interactions this recent")
+    # A GPU is launch-bound at batch 512; larger batches are faster but can cost quality. The
+    # default is the largest batch whose Last.fm Cold AUC stays within one std of batch 512's
+    # (docs/results/lastfm.md, table lastfm-batch), with its square-root-scaled learning rate.
+    gpu_batch_size: int = Field(512, ge=1, description="ranker batch on a GPU when --batch-size is not given")
+    gpu_lr: float = Field(1e-3, gt=0, description="ranker learning rate on a GPU when --lr is not given")
 
 
 class Settings(BaseSettings):

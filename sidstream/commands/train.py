@@ -228,8 +228,9 @@ _ranker_options = _options(
     click.option("--model", "model_kind", type=click.Choice(["mcca", "din", "din+sid"]), default="mcca",
                  show_default=True),
     click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True),
-    click.option("--lr", type=float, default=1e-3, show_default=True),
-    click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True),
+    click.option("--lr", type=float, default=None, help="[1e-3; settings.train.gpu_lr on a GPU]"),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                 help="[512; settings.train.gpu_batch_size on a GPU]"),
     click.option("--checkpoint-every", type=click.IntRange(min=0), default=50, show_default=True,
                  help="steps between checkpoints"),
 )
@@ -247,7 +248,14 @@ def _job_config(kw: dict[str, Any]) -> Any:
     codebook = s.codebook.model_validate({**s.codebook.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
     kind = kw.get("model_kind", "mcca")
     model = ModelConfig(kind="din", sid_codebook="text") if kind == "din+sid" else ModelConfig(kind=kind)
-    train_config = TrainConfig(epochs=kw.get("epochs", 3), lr=kw.get("lr", 1e-3), batch_size=kw.get("batch_size", 512),
+    batch_size, lr = kw.get("batch_size"), kw.get("lr")
+    if batch_size is None or lr is None:
+        from trainer.train_loop import resolve_device
+
+        on_gpu = resolve_device(TrainConfig().device).type == "cuda"
+        batch_size = batch_size or (s.train.gpu_batch_size if on_gpu else 512)
+        lr = lr or (s.train.gpu_lr if on_gpu else 1e-3)
+    train_config = TrainConfig(epochs=kw.get("epochs", 3), lr=lr, batch_size=batch_size,
                                checkpoint_every=kw.get("checkpoint_every", 50))
     return JobConfig(
         registry=kw["registry"] or s.registry_dir, work_dir=kw["work_dir"] or s.home / "work", data=kw["data_dir"],

@@ -48,17 +48,19 @@ class Plan:
     axis_seeds: int
     equal_codes: tuple[str, ...]
     training_grid: tuple[tuple[int, float], ...]
+    batches: tuple[int, ...]
+    batch_seeds: int
 
 
 FULL = Plan(seeds=10, axis_seeds=5, equal_codes=("din+vq@k=120", "din+rq@k=5", "din+pq@k=5"),
-            training_grid=((1, 1e-4), (1, 1e-3), (3, 1e-3), (6, 1e-3)))
+            training_grid=((1, 1e-4), (1, 1e-3), (3, 1e-3), (6, 1e-3)), batches=(512, 2048, 8192, 16384), batch_seeds=5)
 QUICK = Plan(seeds=3, axis_seeds=3, equal_codes=("din+vq@k=16", "din+rq@k=3", "din+pq@k=3"),
-             training_grid=((1, 1e-3), (2, 1e-3)))
+             training_grid=((1, 1e-3), (2, 1e-3)), batches=(512, 2048), batch_seeds=3)
 
 
-def R(model: str, ranker_seed: int, codebook_seed: int, epochs: int = EPOCHS, lr: float = LR) -> Run:
+def R(model: str, ranker_seed: int, codebook_seed: int, epochs: int = EPOCHS, lr: float = LR, batch: int = 512) -> Run:
     """A run; models without a codebook (plain DIN) ignore the codebook seed, so it is 0."""
-    return Run(model, ranker_seed, 0 if model == "din" else codebook_seed, epochs, lr)
+    return Run(model, ranker_seed, 0 if model == "din" else codebook_seed, epochs, lr, batch)
 
 
 def _paired_runs(models: tuple[str, ...], seeds: int) -> list[Run]:
@@ -222,12 +224,60 @@ def training(results: dict[Run, dict[str, Any]], plan: Plan) -> tuple[str, dict[
     return "\n".join(lines), {}
 
 
+# ------------------------------------------------------------------------------ batch size
+BATCH_MODELS = ("din+psrq", "mcca")
+
+
+def batch_lr(batch: int) -> float:
+    """The learning rate that goes with a batch: square-root scaling from 1e-3 at 512."""
+    return round(LR * (batch / 512) ** 0.5, 6)
+
+
+def batch_runs(plan: Plan) -> list[Run]:
+    return [R(m, s, s, EPOCHS, batch_lr(b), b) for m in BATCH_MODELS for b in plan.batches for s in range(plan.batch_seeds)]
+
+
+def largest_batch_within_one_std(results: dict[Run, dict[str, Any]], plan: Plan, model: str) -> int:
+    """The largest batch whose mean Cold AUC is within one std (over seeds) of batch 512's."""
+    def cold(b: int) -> np.ndarray:
+        return np.array([results[R(model, s, s, EPOCHS, batch_lr(b), b)]["cold_auc"] for s in range(plan.batch_seeds)])
+    base = cold(plan.batches[0])
+    ok = [b for b in plan.batches if abs(cold(b).mean() - base.mean()) <= base.std(ddof=1)]
+    return max(ok)
+
+
+def batch(results: dict[Run, dict[str, Any]], plan: Plan) -> tuple[str, dict[str, str]]:
+    k = plan.batch_seeds
+    lines = [f"Cold AUC by batch size, lr scaled by sqrt(batch / 512) from 1e-3, {EPOCHS} epochs, {k} paired seeds. "
+             "A batch \"keeps quality\" when its mean Cold AUC is within one std (over seeds) of batch 512's: the rule "
+             "that picks the trainer's default batch on a GPU (`train.gpu_batch_size`).", "",
+             "| batch (lr) | " + " | ".join(f"`{m}` Cold AUC" for m in BATCH_MODELS) + " | " +
+             " | ".join(f"`{m}` − batch 512" for m in BATCH_MODELS) + " |", "|---|" + "---|" * (2 * len(BATCH_MODELS))]
+    verdicts: dict[str, str] = {}
+    for b in plan.batches:
+        cells, diffs = [], []
+        for m in BATCH_MODELS:
+            v = np.array([results[R(m, s, s, EPOCHS, batch_lr(b), b)]["cold_auc"] for s in range(k)])
+            base = np.array([results[R(m, s, s, EPOCHS, batch_lr(plan.batches[0]), plan.batches[0])]["cold_auc"] for s in range(k)])
+            cells.append(_ci(v))
+            within = abs(v.mean() - base.mean()) <= base.std(ddof=1)
+            diffs.append(f"{v.mean() - base.mean():+.4f} ({'within' if within else 'outside'} one std, {base.std(ddof=1):.4f})")
+            if b != plan.batches[0]:
+                verdicts[f"{m}_batch{b}"] = "within" if within else "outside"
+        lines.append(f"| {b} ({batch_lr(b):g}) | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+    chosen = min(largest_batch_within_one_std(results, plan, m) for m in BATCH_MODELS)
+    verdicts["largest_batch_keeping_quality"] = str(chosen)
+    lines += ["", f"Largest batch within one std for every model: **{chosen}** (verdict `largest_batch_keeping_quality`)."]
+    return "\n".join(lines), verdicts
+
+
 TABLES: dict[str, tuple[Callable[[Plan], list[Run]], Callable[[dict[Run, dict[str, Any]], Plan], tuple[str, dict[str, str]]], str]] = {
     "lastfm-headline": (headline_runs, headline, "Table 3 style: DIN, DIN + SIDs of each quantizer, MCCA"),
     "lastfm-alpha": (alpha_runs, alpha, "PSRQ's alpha and Cold AUC"),
     "lastfm-equal-codes": (equal_codes_runs, equal_codes, "Equal numbers of distinct codes across quantizers"),
     "lastfm-seed-axes": (seed_axes_runs, seed_axes, "Where the spread comes from: codebook seed vs ranker seed"),
     "lastfm-training": (training_runs, training, "Training choices"),
+    "lastfm-batch": (batch_runs, batch, "Batch size and Cold AUC (the GPU default)"),
 }
 
 

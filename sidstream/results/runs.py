@@ -1,6 +1,6 @@
 """Offline evaluation runs behind the Last.fm tables, executed in a pool of one-thread processes.
 
-A `Run` is one (model, ranker seed, codebook seed, epochs, lr) on one data set; its result is
+A `Run` is one (model, ranker seed, codebook seed, epochs, lr, batch) on one data set; its result is
 `trainer.evaluate.run_one`'s. Tables ask for runs, the runner executes the union once (tables
 share runs: the alpha table reuses the headline's DIN + PSRQ), each process with one torch and
 one faiss thread so that results do not depend on `--jobs`. Finished runs are kept on disk keyed
@@ -33,6 +33,7 @@ class Run:
     codebook_seed: int
     epochs: int
     lr: float
+    batch: int = 512
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _execute(args: tuple[Run, DataSource, str | None]) -> tuple[Run, dict[str, A
     model_base, codebook_base = bases(source)
     spec = parse_spec(run.model, model_base, codebook_base, prep.modalities)
     started = time.perf_counter()
-    out = run_one(prep, spec, run.ranker_seed, TrainConfig(epochs=run.epochs, lr=run.lr, batch_size=512),
+    out = run_one(prep, spec, run.ranker_seed, TrainConfig(epochs=run.epochs, lr=run.lr, batch_size=run.batch),
                   Path(cache) if cache else None, codebook_seed=run.codebook_seed)
     out["wall_s"] = round(time.perf_counter() - started, 2)
     out["data_fingerprint"] = prep.fingerprint
