@@ -14,6 +14,7 @@ _BENCHES = {
     "soak": "sidstream.bench.soak",
     "backfill": "sidstream.bench.backfill",
     "ids": "sidstream.bench.ids",
+    "catalog": "sidstream.bench.catalog",
     "online": "sidstream.bench.online",
 }
 
