@@ -97,18 +97,14 @@ def nearest(X: F32, C: F32, table: F32 | None = None, table_rows: I64 | None = N
     c_norms = np.einsum("ij,ij->i", C, C)
     Ct2 = np.ascontiguousarray(C.T * np.float32(-2.0))
     buf = np.empty((min(n, SEARCH_BLOCK), C.shape[0]), dtype=np.float32)
-    # the gathered table rows go to a second reused buffer (no [rows, K] temporary per block)
-    gathered = np.empty_like(buf) if table is not None and table_rows is not None else None
     for start in range(0, n, SEARCH_BLOCK):
         stop = min(n, start + SEARCH_BLOCK)
         d = buf[: stop - start]
         np.matmul(X[start:stop], Ct2, out=d)
         d += c_norms
-        if gathered is not None and table is not None and table_rows is not None:
-            g = gathered[: stop - start]
-            np.take(table, table_rows[start:stop], axis=0, out=g)
-            d += g
-        d.argmin(axis=1, out=out[start:stop])
+        if table is not None and table_rows is not None:
+            d += table[table_rows[start:stop]]
+        out[start:stop] = d.argmin(axis=1)
     return out
 
 

@@ -124,11 +124,12 @@ def layer_prefix_kmeans_fit(
     return torch_prefix_kmeans(R, prefixes, path_idx, k, seed, niter, device), None
 
 
-def prefix_table(prefixes: F32, centroids_p: F32) -> F32:
-    """T[u, j] = ||prefixes[u] - centroids_p[j]||² for every distinct (weighted) prefix u."""
+def prefix_table(prefixes: F32, centroids_p: F32, prefix_norms: F32 | None = None) -> F32:
+    """T[u, j] = ||prefixes[u] - centroids_p[j]||² for every distinct (weighted) prefix u
+    (`prefix_norms`: ||prefixes[u]||², when the caller already has them)."""
     t = prefixes @ centroids_p.T
     t *= np.float32(-2.0)
-    t += np.einsum("ij,ij->i", prefixes, prefixes)[:, None]
+    t += (np.einsum("ij,ij->i", prefixes, prefixes) if prefix_norms is None else prefix_norms)[:, None]
     t += np.einsum("ij,ij->i", centroids_p, centroids_p)[None, :]
     return t
 
@@ -162,17 +163,6 @@ def _cluster_sums(assign: I64, cols: I64, values: F32, k: int) -> F32:
     return np.asarray(m @ values, dtype=np.float32)
 
 
-def _member_sums(assign: I64, counts: np.ndarray, X: F32) -> F32:
-    """S[j] = sum of the rows X[i] with assign[i] == j, in increasing i: _cluster_sums(assign,
-    arange(n), X, k) with the CSR structure built directly (no COO sort, no duplicate pass)."""
-    k = counts.shape[0]
-    indptr = np.zeros(k + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    indices = np.argsort(assign, kind="stable")  # rows of each cluster, increasing
-    m = sp.csr_matrix((np.ones(len(assign), dtype=np.float32), indices, indptr), shape=(k, X.shape[0]))
-    return np.asarray(m @ X, dtype=np.float32)
-
-
 def prefix_kmeans_fit(
     R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER
 ) -> tuple[F32, I64 | None]:
@@ -183,9 +173,10 @@ def prefix_kmeans_fit(
     init = initial_rows(n, k, seed)
     C_r = np.ascontiguousarray(R[init])
     C_p = np.ascontiguousarray(prefixes[path_idx[init]])
+    prefix_norms = np.einsum("ij,ij->i", prefixes, prefixes)  # constant over the iterations
     previous: I64 | None = None
     for _ in range(niter):
-        table = prefix_table(prefixes, C_p)
+        table = prefix_table(prefixes, C_p, prefix_norms)
         assign = nearest(R, C_r, table, path_idx)
         if previous is not None and np.array_equal(assign, previous):
             # converged: the centroids are already the means of this assignment (as faiss stops)
@@ -195,7 +186,7 @@ def prefix_kmeans_fit(
         denom = np.maximum(counts, 1).astype(np.float32)[:, None]
         C = np.empty((k, 2 * d), dtype=np.float32)
         new_r, new_p = C[:, :d], C[:, d:]
-        np.divide(_member_sums(assign, counts, R), denom, out=new_r)
+        np.divide(_cluster_sums(assign, np.arange(n), R, k), denom, out=new_r)
         np.divide(_cluster_sums(assign, path_idx, prefixes, k), denom, out=new_p)
         keep = counts == 0
         new_r[keep] = C_r[keep]

@@ -127,7 +127,6 @@ class PSRQ(Quantizer):
         # X[rows] is already a copy, and anchor "prefix" never reads X_fit again: no second copy
         R = X_fit if rows is not None and self.anchor == "prefix" else X_fit.copy()
         P = np.zeros_like(R)
-        step = np.empty_like(R)  # C[codes, :d] per layer, into one reused buffer
         codes = np.empty((R.shape[0], self.num_layers), dtype=np.int64)
         self.centroids, self.prefix_weights = [], [0.0]
         for layer, k in enumerate(self.codebook_sizes):
@@ -159,7 +158,7 @@ class PSRQ(Quantizer):
                         layer, R, X_fit if self.anchor == "input" else P, codes, C, w
                     )
             self.centroids.append(np.ascontiguousarray(C, dtype=np.float32))
-            np.take(C[:, :d], codes[:, layer], axis=0, out=step)
+            step = C[codes[:, layer], :d]
             R -= step
             P += step
         self._dim = d
