@@ -133,7 +133,8 @@ class PSRQ(Quantizer):
             seed = self.seed + layer
             if layer == 0:
                 C = self._kmeans(R, k, seed)
-                codes[:, 0] = nearest(R, C)
+                if self.num_layers > 1:
+                    codes[:, 0] = nearest(R, C)
             else:
                 w = prefix_weight(R, X_fit if self.anchor == "input" else P, self.alpha, self.prefix_scale)
                 self.prefix_weights.append(w)
@@ -153,14 +154,15 @@ class PSRQ(Quantizer):
                     )
                 if assigned is not None:
                     codes[:, layer] = assigned
-                else:
+                elif layer + 1 < self.num_layers:  # the fit never reads the last layer's codes
                     codes[:, layer] = self._assign_layer(
                         layer, R, X_fit if self.anchor == "input" else P, codes, C, w
                     )
             self.centroids.append(np.ascontiguousarray(C, dtype=np.float32))
-            step = C[codes[:, layer], :d]
-            R -= step
-            P += step
+            if layer + 1 < self.num_layers:  # the last layer's residual / prefix are never read
+                step = C[codes[:, layer], :d]
+                R -= step
+                P += step
         self._dim = d
         return self
 
