@@ -107,19 +107,29 @@ def layer_prefix_kmeans(
     device: str = "cpu", backend: str = "auto",
 ) -> F32:
     """prefix_kmeans on the backend `kmeans` would use (numpy with faiss, else torch)."""
+    return layer_prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter, device, backend)[0]
+
+
+def layer_prefix_kmeans_fit(
+    R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER,
+    device: str = "cpu", backend: str = "auto",
+) -> tuple[F32, I64 | None]:
+    """layer_prefix_kmeans plus the final assignment when the fit already knows it (see
+    prefix_kmeans_fit; None on the torch backend or when it must be recomputed)."""
     backend, device = resolve_backend(device, backend)
     if backend == "faiss":
-        return prefix_kmeans(R, prefixes, path_idx, k, seed, niter)
+        return prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter)
     from psrq.torch_kmeans import torch_prefix_kmeans
 
-    return torch_prefix_kmeans(R, prefixes, path_idx, k, seed, niter, device)
+    return torch_prefix_kmeans(R, prefixes, path_idx, k, seed, niter, device), None
 
 
-def prefix_table(prefixes: F32, centroids_p: F32) -> F32:
-    """T[u, j] = ||prefixes[u] - centroids_p[j]||² for every distinct (weighted) prefix u."""
+def prefix_table(prefixes: F32, centroids_p: F32, prefix_norms: F32 | None = None) -> F32:
+    """T[u, j] = ||prefixes[u] - centroids_p[j]||² for every distinct (weighted) prefix u
+    (`prefix_norms`: ||prefixes[u]||², when the caller already has them)."""
     t = prefixes @ centroids_p.T
     t *= np.float32(-2.0)
-    t += np.einsum("ij,ij->i", prefixes, prefixes)[:, None]
+    t += (np.einsum("ij,ij->i", prefixes, prefixes) if prefix_norms is None else prefix_norms)[:, None]
     t += np.einsum("ij,ij->i", centroids_p, centroids_p)[None, :]
     return t
 
@@ -142,33 +152,49 @@ def prefix_kmeans(
 
     `prefixes` are already weighted (w·p). Initial centroids are k distinct seeded rows.
     """
+    return prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter)[0]
+
+
+def _cluster_sums(assign: I64, cols: I64, values: F32, k: int) -> F32:
+    """S[j] = sum over rows i with assign[i] == j of values[cols[i]], added in float32 in
+    increasing cols order (for equal cols: once, times their count) by scipy's CSR kernel."""
+    n = assign.shape[0]
+    m = sp.csr_matrix((np.ones(n, dtype=np.float32), (assign, cols)), shape=(k, values.shape[0]))
+    return np.asarray(m @ values, dtype=np.float32)
+
+
+def prefix_kmeans_fit(
+    R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER
+) -> tuple[F32, I64 | None]:
+    """prefix_kmeans' centroids [k, 2d], and the rows' nearest centroid among them when the
+    Lloyd loop stopped on a repeated assignment (that assignment is then exactly what a fresh
+    nearest-centroid pass would give; None when the last iteration moved the centroids)."""
     n, d = R.shape
-    u = prefixes.shape[0]
     init = initial_rows(n, k, seed)
     C_r = np.ascontiguousarray(R[init])
     C_p = np.ascontiguousarray(prefixes[path_idx[init]])
-    rows = np.arange(n)
+    prefix_norms = np.einsum("ij,ij->i", prefixes, prefixes)  # constant over the iterations
     previous: I64 | None = None
     for _ in range(niter):
-        table = prefix_table(prefixes, C_p)
+        table = prefix_table(prefixes, C_p, prefix_norms)
         assign = nearest(R, C_r, table, path_idx)
         if previous is not None and np.array_equal(assign, previous):
-            break  # converged: the centroids are already the means of this assignment (as faiss stops)
+            # converged: the centroids are already the means of this assignment (as faiss stops)
+            return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1)), assign
         previous = assign
         counts = np.bincount(assign, minlength=k)
-        members = sp.csr_matrix((np.ones(n, dtype=np.float32), (assign, rows)), shape=(k, n))
-        paths = sp.csr_matrix((np.ones(n, dtype=np.float32), (assign, path_idx)), shape=(k, u))
         denom = np.maximum(counts, 1).astype(np.float32)[:, None]
-        new_r = np.asarray(members @ R, dtype=np.float32) / denom
-        new_p = np.asarray(paths @ prefixes, dtype=np.float32) / denom
+        C = np.empty((k, 2 * d), dtype=np.float32)
+        new_r, new_p = C[:, :d], C[:, d:]
+        np.divide(_cluster_sums(assign, np.arange(n), R, k), denom, out=new_r)
+        np.divide(_cluster_sums(assign, path_idx, prefixes, k), denom, out=new_p)
         keep = counts == 0
         new_r[keep] = C_r[keep]
         new_p[keep] = C_p[keep]
-        C = np.ascontiguousarray(np.concatenate([new_r, new_p], axis=1))
         split_empty(C, counts.copy())
         C_r = np.ascontiguousarray(C[:, :d])
         C_p = np.ascontiguousarray(C[:, d:])
-    return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1))
+    return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1)), None
 
 
 class LayeredKMeans(Quantizer):

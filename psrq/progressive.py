@@ -45,7 +45,7 @@ from psrq.kmeans import (
     DEFAULT_NITER,
     check_kmeans_backend,
     kmeans,
-    layer_prefix_kmeans,
+    layer_prefix_kmeans_fit,
     prefix_table,
     subsample,
 )
@@ -124,7 +124,8 @@ class PSRQ(Quantizer):
         d = X.shape[1]
         rows = subsample(len(X), max(self.codebook_sizes), self.seed, self.max_points_per_centroid)
         X_fit = X if rows is None else X[rows]
-        R = X_fit.copy()
+        # X[rows] is already a copy, and anchor "prefix" never reads X_fit again: no second copy
+        R = X_fit if rows is not None and self.anchor == "prefix" else X_fit.copy()
         P = np.zeros_like(R)
         codes = np.empty((R.shape[0], self.num_layers), dtype=np.int64)
         self.centroids, self.prefix_weights = [], [0.0]
@@ -132,10 +133,12 @@ class PSRQ(Quantizer):
             seed = self.seed + layer
             if layer == 0:
                 C = self._kmeans(R, k, seed)
-                codes[:, 0] = nearest(R, C)
+                if self.num_layers > 1:
+                    codes[:, 0] = nearest(R, C)
             else:
                 w = prefix_weight(R, X_fit if self.anchor == "input" else P, self.alpha, self.prefix_scale)
                 self.prefix_weights.append(w)
+                assigned: I64 | None = None
                 if w != 0.0 and self.anchor == "input":
                     C = self._kmeans(np.concatenate([R, np.float32(w) * X_fit], axis=1), k, seed)
                 elif w == 0.0:
@@ -144,14 +147,22 @@ class PSRQ(Quantizer):
                 else:
                     path_idx, first = path_index(codes[:, :layer], self.codebook_sizes[:layer])
                     prefixes = np.ascontiguousarray(np.float32(w) * P[first])
-                    C = layer_prefix_kmeans(
+                    # `assigned`: the Lloyd loop stopped on a repeated assignment, which is then
+                    # exactly the nearest-centroid pass below (same inputs, same kernel): reuse it
+                    C, assigned = layer_prefix_kmeans_fit(
                         R, prefixes, path_idx, k, seed, self.niter, self.device, self.kmeans_backend
                     )
-                codes[:, layer] = self._assign_layer(layer, R, X_fit if self.anchor == "input" else P, codes, C, w)
+                if assigned is not None:
+                    codes[:, layer] = assigned
+                elif layer + 1 < self.num_layers:  # the fit never reads the last layer's codes
+                    codes[:, layer] = self._assign_layer(
+                        layer, R, X_fit if self.anchor == "input" else P, codes, C, w
+                    )
             self.centroids.append(np.ascontiguousarray(C, dtype=np.float32))
-            step = C[codes[:, layer], :d]
-            R -= step
-            P += step
+            if layer + 1 < self.num_layers:  # the last layer's residual / prefix are never read
+                step = C[codes[:, layer], :d]
+                R -= step
+                P += step
         self._dim = d
         return self
 
