@@ -54,7 +54,7 @@ def regenerate_cmd(quick: bool, only: tuple[str, ...], out: Path | None, lastfm_
     """Re-run what each table needs and rewrite its generated block (the reading is kept)."""
     from sidcore.config import get_settings
     from sidstream.cli import UserError
-    from sidstream.results.specs import Context, regenerate, select
+    from sidstream.results.specs import Context, RegenerationError, regenerate, select
 
     root = _root()
     docs = root / "docs" / "results"
@@ -80,7 +80,13 @@ def regenerate_cmd(quick: bool, only: tuple[str, ...], out: Path | None, lastfm_
     ctx = Context(root=root, out=target, quick=quick, jobs=jobs or os.cpu_count() or 1, cache_dir=cache,
                   lastfm_dir=lastfm_dir, command=shlex.join(argv))
     started = time.perf_counter()
-    timings = regenerate(ctx, tables, progress=lambda m: click.echo(m, err=True))
+    try:
+        timings = regenerate(ctx, tables, progress=lambda m: click.echo(m, err=True))
+    except RegenerationError as exc:
+        for name, why in exc.failed.items():
+            click.echo(f"FAILED {name}: {why}", err=True)
+        raise UserError(f"{len(exc.failed)} table(s) failed and kept their old blocks: {', '.join(exc.failed)}; "
+                        f"{len(exc.timings)} step(s) done") from exc
     total = round(time.perf_counter() - started, 1)
     for name, secs in timings.items():
         click.echo(f"{name:22s} {secs:8.1f} s", err=True)

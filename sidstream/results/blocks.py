@@ -12,7 +12,7 @@ _BLOCK = re.compile(
     r"<!-- results:begin (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- results:end (?P=name) -->", re.DOTALL
 )
 _META = re.compile(r"<!-- results:meta (?P<json>\{.*?\}) -->")
-_CLAIM = re.compile(r"<!-- claim (?P<table>[\w.-]+):(?P<verdict>[\w.+@=,-]+) = (?P<value>\w+) -->")
+_CLAIM = re.compile(r"<!-- claim (?P<table>[\w.-]+):(?P<verdict>[\w.+@=,-]+) = (?P<value>[\w.+-]+) -->")
 
 
 class BlockError(ValueError):

@@ -104,7 +104,7 @@ def compare(results: dict[Run, dict[str, Any]], claims: tuple[tuple[str, str, st
 def _describe(results: dict[Run, dict[str, Any]]) -> str:
     any_run = next(iter(results.values()))
     return (f"{any_run['n_test']:,} test rows, {any_run['n_cold']:,} of them cold (item with < 30 training rows); "
-            f"data fingerprint `{any_run['data_fingerprint']}`")
+            f"converted data set fingerprint `{any_run['data_fingerprint']}` (trainer.dataset)")
 
 
 # ----------------------------------------------------------------------------------- headline
@@ -221,7 +221,15 @@ def training(results: dict[Run, dict[str, Any]], plan: Plan) -> tuple[str, dict[
             cells.append(f"{r['all_auc']:.3f} / {r['cold_auc']:.3f} / {r['logloss']:.3f}".replace("0.", "."))
         used = " (used)" if (e, lr) == (EPOCHS, LR) else ""
         lines.append(f"| {e}, {lr:g}{used} | " + " | ".join(cells) + " |")
-    return "\n".join(lines), {}
+    verdicts = {}
+    for m in TRAINING_MODELS:
+        best = max(plan.training_grid, key=lambda g: results[R(m, 0, 0, g[0], g[1])]["cold_auc"])
+        verdicts[f"{m}_best"] = f"{best[0]}x{best[1]:g}"
+        longest = max(plan.training_grid)
+        verdicts[f"{m}_logloss_longest_vs_used"] = ("higher" if results[R(m, 0, 0, *longest)]["logloss"]
+                                                    > results[R(m, 0, 0, EPOCHS, LR)]["logloss"] else "not higher")
+    lines += ["", "Verdicts (seed 0, descriptive): " + ", ".join(f"`{k}` {v}" for k, v in verdicts.items()) + "."]
+    return "\n".join(lines), verdicts
 
 
 # ------------------------------------------------------------------------------ batch size

@@ -182,13 +182,20 @@ def _ids(ctx: Context) -> Rendered:
 
 # ---------------------------------------------------------------------------- machine tables
 def _run_commands(ctx: Context, commands: list[str], env: dict[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """Each `sidstream ...` command line with the running interpreter; its last JSON line."""
+    """Each `sidstream ...` command line with the running interpreter; its last JSON line.
+
+    The commands run with their own home (registry, Feast store, run folders) under the results
+    cache and their own broker (`RESULTS_KAFKA`), so that what a user has made LIVE in
+    ~/.sidstream (a text-only codebook, say) or a broker another home started does not change the
+    figures (the kill-broker drill needs a broker its home owns). On the first regeneration the
+    demo fits that home's first codebook."""
+    env = {**_results_env(ctx), **(env or {})}
     out = []
     for line in commands:
         argv = [sys.executable, "-m", "sidstream.cli", *shlex.split(line)[1:]]
         log.info("running %s", line)
         started = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ctx.root, env={**os.environ, **(env or {})})
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ctx.root, env={**os.environ, **env})
         if proc.returncode != 0:
             raise RuntimeError(f"{line} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
         last = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
@@ -198,6 +205,21 @@ def _run_commands(ctx: Context, commands: list[str], env: dict[str, str] | None 
         result.setdefault("wall_s", round(time.perf_counter() - started, 1))
         out.append((line, result))
     return out
+
+
+RESULTS_KAFKA = {"SIDSTREAM_KAFKA__PORT": "19192", "SIDSTREAM_KAFKA__CONTROLLER_PORT": "19193"}
+
+
+def _results_env(ctx: Context) -> dict[str, str]:
+    return {"SIDSTREAM_HOME": str(ctx.cache_dir / "home"), **RESULTS_KAFKA}
+
+
+def _stop_results_broker(ctx: Context) -> None:
+    """Stop the broker the machine tables' commands started (their home owns it)."""
+    proc = subprocess.run([sys.executable, "-m", "sidstream.cli", "broker", "stop"], capture_output=True, text=True,
+                          cwd=ctx.root, env={**os.environ, **_results_env(ctx)})
+    if proc.returncode != 0:
+        log.warning("could not stop the results broker: %s", proc.stderr.strip()[-500:])
 
 
 def _verbatim(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -256,7 +278,13 @@ def _reliability(ctx: Context) -> Rendered:
                          f"{r['mismatched']} | {r.get('shared_ids', '—')} | {r['recovery_s']} |")
     verdicts = {"nothing_lost": "yes" if all(r.get("lost", 0) == 0 and r.get("duplicated_final", 0) == 0
                                               for _c, r in results) else "no"}
-    return Rendered("\n".join([*lines, "", f"Verdict `nothing_lost`: {verdicts['nothing_lost']}.", "", "JSON lines:", "",
+    soak = next((r for _c, r in results if r.get("bench") == "soak"), None)
+    if soak is not None:  # the soak's goals: RSS last / first quarter <= 1.1, join table within its bound
+        verdicts["soak_rss_ratio_within_1.1"] = "yes" if all(
+            v["ratio"] <= 1.1 for k, v in soak.items() if k.endswith("_rss_mb") and isinstance(v, dict)) else "no"
+        verdicts["soak_join_table_within_bound"] = "yes" if soak.get("join_table", {}).get("within_bound") else "no"
+    return Rendered("\n".join([*lines, "", "Verdicts: " + ", ".join(f"`{k}` {v}" for k, v in verdicts.items()) + ".", "",
+                               "JSON lines:", "",
                                *_verbatim(results)]), verdicts, {"data": "Last.fm-2k artists (chaos), generated tracks (soak, backfill)"})
 
 
@@ -306,21 +334,39 @@ def regenerate(ctx: Context, tables: list[TableSpec], progress: Callable[[str], 
         fp = source_fingerprint(ctx.root, lastfm.RUN_SOURCES, _codebook_defaults())[0]
         ctx.runs = execute(runs, ctx.source, ctx.jobs, ctx.cache_dir, fp)
         timings["evaluation runs"] = round(time.perf_counter() - started, 1)
+    failed: dict[str, str] = {}
     for t in tables:
         started = time.perf_counter()
         progress(f"generating {t.name}")
-        rendered = t.produce(ctx)
+        try:
+            rendered = t.produce(ctx)
+        except Exception as exc:  # one table's failure must not cost the others: report all at the end
+            log.exception("table %s failed", t.name)
+            failed[t.name] = f"{type(exc).__name__}: {exc}"[:600]
+            continue
         meta = {"schema": SCHEMA, "table": t.name, "code_fingerprint": t.code_fingerprint(ctx.root),
                 "machine_bound": t.machine_bound, "commit": commit(ctx.root), "command": ctx.command,
                 "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                 "quick": ctx.quick, "verdicts": rendered.verdicts, **rendered.data}
         header = (f"*Generated by `{ctx.command}` (table `{t.name}`) on {meta['generated']}, commit {meta['commit']}; "
                   f"machine: {meta['machine']}; code fingerprint `{meta['code_fingerprint']}`"
-                  + (f"; data fingerprint `{meta['data_fingerprint']}`" if "data_fingerprint" in meta else "")
+                  + (f"; data fingerprint `{meta['data_fingerprint']}` (the Last.fm-2k folder's files)" if "data_fingerprint" in meta else "")
                   + ". Do not edit inside this block: `sidstream results regenerate` rewrites it.*\n\n")
         write_block(ctx.out / t.doc, t.name, meta, header + rendered.markdown, t.title)
         timings[t.name] = round(time.perf_counter() - started, 1)
+    if any(t.machine_bound and t.name in ("pipeline", "reliability") for t in tables):
+        _stop_results_broker(ctx)
+    if failed:
+        raise RegenerationError(failed, timings)
     return timings
+
+
+class RegenerationError(RuntimeError):
+    """Some tables failed (their old blocks are kept); the others were written."""
+
+    def __init__(self, failed: dict[str, str], timings: dict[str, float]) -> None:
+        super().__init__("; ".join(f"{name}: {why}" for name, why in failed.items()))
+        self.failed, self.timings = failed, timings
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,12 @@ def test_pipeline_table_states_its_goals_as_verdicts(monkeypatch: pytest.MonkeyP
 def test_reliability_table_counts_every_drill_and_flags_a_loss(monkeypatch: pytest.MonkeyPatch, ctx: specs.Context) -> None:
     _recorded(monkeypatch, "reliability")
     r = specs._reliability(ctx)
-    assert r.verdicts == {"nothing_lost": "yes"}
+    assert r.verdicts == {"nothing_lost": "yes", "soak_rss_ratio_within_1.1": "yes", "soak_join_table_within_bound": "yes"}
     for fault in ("kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down", "slow-encoder"):
         assert f"| {fault} | " in r.markdown
     LINES["reliability"][1] = {**LINES["reliability"][1], "lost": 3}
     try:
-        assert specs._reliability(ctx).verdicts == {"nothing_lost": "no"}
+        assert specs._reliability(ctx).verdicts["nothing_lost"] == "no"
     finally:
         LINES["reliability"][1] = {**LINES["reliability"][1], "lost": 0}
 
@@ -58,3 +58,19 @@ def test_throughput_table(monkeypatch: pytest.MonkeyPatch, ctx: specs.Context) -
     r = specs._throughput(ctx)
     assert "| din | 45,001 | 830,446 |" in r.markdown and "MCCA / DIN: 0.4" in r.markdown
     assert "no CUDA device" in r.markdown
+
+
+def test_a_failing_table_keeps_its_old_block_and_the_others_are_written(monkeypatch: pytest.MonkeyPatch,
+                                                                         ctx: specs.Context) -> None:
+    def fake(ctx: specs.Context, commands: list[str], env: dict[str, str] | None = None) -> list[tuple[str, dict]]:
+        if commands[0].startswith("sidstream demo"):
+            raise RuntimeError("sidstream demo --json failed (exit 1): no audio codebook")
+        return list(zip(commands, LINES["throughput"], strict=True))
+
+    monkeypatch.setattr(specs, "_run_commands", fake)
+    ctx.root = Path(__file__).resolve().parents[2]  # fingerprints of the real sources
+    with pytest.raises(specs.RegenerationError) as err:
+        specs.regenerate(ctx, [specs.TABLES["pipeline"], specs.TABLES["lastfm-throughput"]])
+    assert list(err.value.failed) == ["pipeline"] and "no audio codebook" in err.value.failed["pipeline"]
+    assert "lastfm-throughput" in err.value.timings
+    assert (ctx.out / "lastfm.md").is_file() and not (ctx.out / "pipeline.md").exists()
