@@ -55,7 +55,7 @@ class Plan:
 FULL = Plan(seeds=10, axis_seeds=5, equal_codes=("din+vq@k=120", "din+rq@k=5", "din+pq@k=5"),
             training_grid=((1, 1e-4), (1, 1e-3), (3, 1e-3), (6, 1e-3)), batches=(512, 2048, 8192, 16384), batch_seeds=5)
 QUICK = Plan(seeds=3, axis_seeds=3, equal_codes=("din+vq@k=16", "din+rq@k=3", "din+pq@k=3"),
-             training_grid=((1, 1e-3), (2, 1e-3)), batches=(512, 2048), batch_seeds=3)
+             training_grid=((1, 1e-3), (3, 1e-3), (4, 1e-3)), batches=(512, 2048), batch_seeds=3)
 
 
 def R(model: str, ranker_seed: int, codebook_seed: int, epochs: int = EPOCHS, lr: float = LR, batch: int = 512) -> Run:
@@ -207,6 +207,8 @@ TRAINING_MODELS = ("din", "din+psrq", "din+rq", "mcca")
 
 
 def training_runs(plan: Plan) -> list[Run]:
+    if (EPOCHS, LR) not in plan.training_grid:
+        raise ValueError(f"the training grid must contain the setting used everywhere ({EPOCHS}, {LR})")
     return [R(m, 0, 0, e, lr) for m in TRAINING_MODELS for e, lr in plan.training_grid]
 
 

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,19 @@ REPO = Path(__file__).resolve().parents[2]
 QUICK_TABLES = tuple(name for name, t in TABLES.items() if t.in_quick)
 
 
+@contextmanager
+def _logging_restored() -> Iterator[None]:
+    """`sidstream` configures the root logger (sidcore.logs.setup_logging, force=True); put it
+    back so that later tests' CliRunner output is not mixed with log lines."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("results")
@@ -25,7 +41,8 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp.setenv("SIDSTREAM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     mp.chdir(REPO)
     try:
-        res = CliRunner().invoke(cli, ["results", "regenerate", "--quick", "--out", str(out), "--jobs", "2", "--json"])
+        with _logging_restored():
+            res = CliRunner().invoke(cli, ["results", "regenerate", "--quick", "--out", str(out), "--jobs", "2", "--json"])
     finally:
         mp.undo()
     assert res.exit_code == 0, res.output
@@ -94,7 +111,8 @@ def test_check_names_the_tables_whose_sources_changed_and_only_those(quick_resul
 
 def test_quick_refuses_to_overwrite_docs_results(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    res = CliRunner().invoke(cli, ["results", "regenerate", "--quick"])
+    with _logging_restored():
+        res = CliRunner().invoke(cli, ["results", "regenerate", "--quick"])
     assert res.exit_code == 1 and "--out another folder" in res.output
 
 
