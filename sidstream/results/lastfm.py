@@ -247,13 +247,19 @@ def batch_runs(plan: Plan) -> list[Run]:
     return [R(m, s, s, EPOCHS, batch_lr(b), b) for m in BATCH_MODELS for b in plan.batches for s in range(plan.batch_seeds)]
 
 
+def _batch_cold(results: dict[Run, dict[str, Any]], plan: Plan, model: str, batch: int) -> np.ndarray:
+    return np.array([results[R(model, s, s, EPOCHS, batch_lr(batch), batch)]["cold_auc"] for s in range(plan.batch_seeds)])
+
+
+def _within_one_std(results: dict[Run, dict[str, Any]], plan: Plan, model: str, batch: int) -> bool:
+    """The rule: mean Cold AUC within one std (over seeds) of the first (smallest) batch's."""
+    base = _batch_cold(results, plan, model, plan.batches[0])
+    return bool(abs(_batch_cold(results, plan, model, batch).mean() - base.mean()) <= base.std(ddof=1))
+
+
 def largest_batch_within_one_std(results: dict[Run, dict[str, Any]], plan: Plan, model: str) -> int:
     """The largest batch whose mean Cold AUC is within one std (over seeds) of batch 512's."""
-    def cold(b: int) -> np.ndarray:
-        return np.array([results[R(model, s, s, EPOCHS, batch_lr(b), b)]["cold_auc"] for s in range(plan.batch_seeds)])
-    base = cold(plan.batches[0])
-    ok = [b for b in plan.batches if abs(cold(b).mean() - base.mean()) <= base.std(ddof=1)]
-    return max(ok)
+    return max(b for b in plan.batches if _within_one_std(results, plan, model, b))
 
 
 def batch(results: dict[Run, dict[str, Any]], plan: Plan) -> tuple[str, dict[str, str]]:
@@ -267,10 +273,9 @@ def batch(results: dict[Run, dict[str, Any]], plan: Plan) -> tuple[str, dict[str
     for b in plan.batches:
         cells, diffs = [], []
         for m in BATCH_MODELS:
-            v = np.array([results[R(m, s, s, EPOCHS, batch_lr(b), b)]["cold_auc"] for s in range(k)])
-            base = np.array([results[R(m, s, s, EPOCHS, batch_lr(plan.batches[0]), plan.batches[0])]["cold_auc"] for s in range(k)])
+            v, base = _batch_cold(results, plan, m, b), _batch_cold(results, plan, m, plan.batches[0])
             cells.append(_ci(v))
-            within = abs(v.mean() - base.mean()) <= base.std(ddof=1)
+            within = _within_one_std(results, plan, m, b)
             diffs.append(f"{v.mean() - base.mean():+.4f} ({'within' if within else 'outside'} one std, {base.std(ddof=1):.4f})")
             if b != plan.batches[0]:
                 verdicts[f"{m}_batch{b}"] = "within" if within else "outside"

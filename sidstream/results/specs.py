@@ -17,6 +17,7 @@ cover those paths). It must write to another folder than docs/results.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -50,6 +51,13 @@ class Context:
     lastfm_dir: Path | None
     command: str
     runs: dict[Run, dict[str, Any]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def lastfm_fingerprint(self) -> str:
+        """The Last.fm folder's files, hashed once per regeneration (every Last.fm table records it)."""
+        if self.lastfm_dir is None:
+            raise FileNotFoundError("the Last.fm tables need the Last.fm-2k folder (--lastfm or SIDSTREAM_LASTFM_DIR)")
+        return tree_fingerprint(self.lastfm_dir)
 
     @property
     def source(self) -> DataSource:
@@ -90,9 +98,7 @@ def _codebook_defaults() -> str:
 def _lastfm_data(ctx: Context) -> dict[str, Any]:
     if ctx.quick:
         return {"data": "trainer.synthetic (quick)"}
-    if ctx.lastfm_dir is None:
-        raise FileNotFoundError("the Last.fm tables need the Last.fm-2k folder (--lastfm or SIDSTREAM_LASTFM_DIR)")
-    return {"data": "lastfm-2k", "data_fingerprint": tree_fingerprint(ctx.lastfm_dir)}
+    return {"data": "lastfm-2k", "data_fingerprint": ctx.lastfm_fingerprint}
 
 
 # ------------------------------------------------------------------------------ Last.fm eval

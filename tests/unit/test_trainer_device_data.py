@@ -155,8 +155,6 @@ def test_predict_identical(prep, codes):
 @pytest.mark.slow  # a cold inductor compile took about 2 minutes on two busy cores
 def test_compile_one_step(prep, codes):
     """TrainConfig.compile runs (torch.compile of the forward) for a tiny step on the CPU."""
-    if not hasattr(torch, "compile"):
-        pytest.skip("torch.compile unavailable")
     from trainer.features import Samples
     from trainer.models import ModelConfig, build_model
     from trainer.train_loop import TrainConfig, train_model
@@ -171,10 +169,6 @@ def test_compile_one_step(prep, codes):
     try:
         stats = train_model(model, tiny, lookup, TrainConfig(epochs=1, batch_size=16, device="cpu", data_path="device",
                                                              compile=True, checkpoint_every=0))
-    except Exception as exc:  # no working compiler tool chain here: a property of the machine, not the code
-        if "Inductor" in type(exc).__name__ or "BackendCompilerFailed" in type(exc).__name__:
-            pytest.skip(f"torch.compile does not work here: {type(exc).__name__}")
-        raise
     finally:
         torch._dynamo.reset()
     assert stats["steps"] == 1 and np.isfinite(stats["mean_loss_last_epoch"])
