@@ -139,6 +139,10 @@ class TrainSettings(_Frozen):
     # (docs/results/lastfm.md, table lastfm-batch), with its square-root-scaled learning rate.
     gpu_batch_size: int = Field(512, ge=1, description="ranker batch on a GPU when --batch-size is not given")
     gpu_lr: float = Field(1e-3, gt=0, description="ranker learning rate on a GPU when --lr is not given")
+    # the retraining job on one CUDA device: the step as one CUDA graph (trainer.graphed), and
+    # whether the model is torch.compile'd inside it (docs/scaling.md has the measured figures)
+    gpu_cuda_graph: bool = Field(True, description="ranker training step as one CUDA graph on a single GPU")
+    gpu_compile: bool = Field(False, description="torch.compile the ranker on a GPU (inside the CUDA graph)")
 
 
 class Settings(BaseSettings):

@@ -31,6 +31,7 @@ from trainer.dataset import Dataset, DatasetContractError, load_dataset, read_in
 from trainer.embeddings import item_embeddings
 from trainer.evaluate import prepare
 from trainer.features import Lookup
+from trainer.graphed import train_model_graphed, use_cuda_graph
 from trainer.metrics import ranking_metrics
 from trainer.models import ModelConfig, build_model
 from trainer.train_loop import InjectedFailure, TrainConfig, predict, train_model
@@ -74,6 +75,8 @@ class JobConfig:
     # backfill that re-codes the catalogue first (streams.backfill.run_backfill)
     on_promote: Callable[[ArtifactVersion], None] | None = None
     codebook_version: str | None = None  # ranker: train on this codebook version (default: the live one)
+    # ranker on one CUDA device: the whole step as one CUDA graph (trainer.graphed); no effect elsewhere
+    cuda_graph: bool = True
 
 
 def load_source(config: JobConfig) -> Dataset:
@@ -342,7 +345,8 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     work = config.work_dir / f"ranker-{key}"
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, prep.vocab.n_rows, sizes)
-    stats = train_model(
+    train = train_model_graphed if use_cuda_graph(config.cuda_graph, config.train) else train_model
+    stats = train(
         model, prep.train, lookup, config.train, checkpoint=work / "checkpoint.pt",
         on_step=(lambda s, t, loss: on_progress("ranker", s, t)) if on_progress else None,
         fail_after_steps=config.fail_after_steps, extra_state={"model_config": config.model.to_dict()},

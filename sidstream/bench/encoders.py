@@ -159,18 +159,21 @@ def bench_audio(spec: str, device: str, waves: list[np.ndarray], batch: int, rep
 @click.command()
 @click.option("--quick", is_flag=True, help="fewer items and repeats (about a minute on 2 cores)")
 @click.option("--json", "as_json", is_flag=True, help="one-line JSON")
-def command(quick: bool, as_json: bool) -> None:
+@click.option("--cpu/--no-cpu", "with_cpu", default=True, show_default=True,
+              help="also time the CPU rows (--no-cpu: only the CUDA rows, e.g. on a GPU host)")
+def command(quick: bool, as_json: bool, with_cpu: bool) -> None:
     """Texts/s and audio-seconds/s per encoder, each as a ratio to the raw forward pass."""
     n_texts, repeats = (256, 2) if quick else (1024, 3)
     n_tracks, seconds = (3, 60.0) if quick else (8, 120.0)
     result: dict = {"host": {"cpus": torch.get_num_threads(), "torch": torch.__version__,
                              "machine": platform.machine()},
                     "quick": quick, "text": [], "audio": []}
-    result["text"].append(bench_text("cpu", "float32", n_texts, 64, repeats))
     waves = _waveforms(n_tracks, seconds)
     result["audio_source"] = str(AUDIO_DIR) if AUDIO_DIR.is_dir() else "synthetic noise"
-    for spec in ("logmel", "musicnn"):
-        result["audio"].append(bench_audio(spec, "cpu", waves, 4, repeats))
+    if with_cpu:
+        result["text"].append(bench_text("cpu", "float32", n_texts, 64, repeats))
+        for spec in ("logmel", "musicnn"):
+            result["audio"].append(bench_audio(spec, "cpu", waves, 4, repeats))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         cuda = {"device": torch.cuda.get_device_name(0)}

@@ -9,7 +9,10 @@ device each step (the model alone, the figures of earlier reports: `cpu`, `cuda_
 "host" = built each step in numpy and copied, as the trainer's host path does; "resident" =
 gathered on the device from device-resident tables (trainer.device_data), the trainer's path
 off the CPU. `cpu_data_paths` compares host and resident on the CPU in the same run;
-`cuda_amp_bf16_resident` is the GPU trainer's path, with GPU utilisation sampled while it runs.
+`cuda_amp_bf16_resident` is the eager resident path (`sidstream eval` on a GPU), with GPU
+utilisation sampled while it runs. "graphed" = the retraining job's GPU step (trainer.graphed):
+gather, forward, backward and fused Adam replayed as one CUDA graph per step, without
+(`cuda_amp_bf16_graphed`) and with torch.compile inside it (`cuda_amp_bf16_graphed_compiled`).
 """
 
 from __future__ import annotations
@@ -78,10 +81,21 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     torch.manual_seed(0)
     model = build_model(model_config, prep.vocab.n_rows, sizes).to(dev)
-    forward = torch.compile(model) if compile_model else model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    next_batch = _batch_source(data, prep, lookup, dev, batch_size, steps + warmup)
+    graphed = None
+    if data == "graphed":  # the retraining job's GPU step (trainer.graphed), capture included in warm-up
+        from trainer.device_data import DeviceData
+        from trainer.graphed import WARMUP_STEPS, GraphedStep
+        from trainer.train_loop import TrainConfig
+
+        resident = DeviceData(prep.train, lookup, dev)
+        graphed = GraphedStep(model, resident, batch_size, TrainConfig(lr=1e-3, amp=amp, compile=compile_model))
+        order, n_full = resident.order(0), len(prep.train) // batch_size
+        warmup = max(warmup, WARMUP_STEPS + 2)
+    else:
+        forward = torch.compile(model) if compile_model else model
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        next_batch = _batch_source(data, prep, lookup, dev, batch_size, steps + warmup)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seen, started = 0, 0.0
@@ -96,6 +110,12 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
             u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
             if u is not None:
                 utilisation.append(u)
+        if graphed is not None:
+            k = i % n_full
+            loss = graphed(order[k * batch_size : (k + 1) * batch_size])
+            if i >= warmup:
+                seen += batch_size
+            continue
         batch = next_batch(i)
         with _autocast(dev, amp):
             logits = forward(batch)
@@ -112,6 +132,8 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
            "parameters": int(sum(p.numel() for p in model.parameters())), "final_loss": round(float(loss.detach()), 4)}
     if data != "pool" or compile_model:
         out.update(data=data, compile=compile_model)
+    if graphed is not None:
+        out["cuda_graph"] = graphed.graph is not None
     if dev.type == "cuda":
         out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         why = gpu_utilisation()[1]
@@ -129,7 +151,10 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
 @click.option("--steps", type=int, default=None, help="timed steps per model [60; 10 with --quick]")
 @click.option("--batch-size", default=512, show_default=True)
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the models of the resident CUDA runs")
-def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, compile_model: bool) -> None:
+@click.option("--graph-compile/--no-graph-compile", default=True, show_default=True,
+              help="also time the CUDA-graph step with torch.compile inside it")
+def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, compile_model: bool,
+            graph_compile: bool) -> None:
     """Training samples/s of MCCA vs DIN (ratio), peak memory; CUDA + AMP when available."""
     import torch
 
@@ -174,6 +199,15 @@ def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, comp
                            compile_model=compile_model) for n, c in models.items()}
         report["cuda_amp_bf16_resident"] = res
         report["cuda_resident_over_pool"] = {n: round(res[n]["samples_per_s"] / gpu[n]["samples_per_s"], 3) for n in gpu}
+        # the retraining job's default GPU step: one CUDA graph per step (trainer.graphed), with and
+        # without torch.compile inside it; settings.train.gpu_compile picks one for the job
+        for key, comp in (("cuda_amp_bf16_graphed", False), ("cuda_amp_bf16_graphed_compiled", True)):
+            if comp and not graph_compile:
+                continue
+            report[key] = {n: _measure(n, c, prep, codes, sizes, "cuda", True, steps * 20, warmup, batch_size,
+                                       data="graphed", compile_model=comp) for n, c in models.items()}
+            report[key.replace("cuda_amp_bf16_", "cuda_") + "_over_resident"] = {
+                n: round(report[key][n]["samples_per_s"] / res[n]["samples_per_s"], 3) for n in res}
         report["cuda_device"] = torch.cuda.get_device_name()
     else:
         report["cuda_amp_bf16"] = {"skipped": "no CUDA device"}
@@ -194,3 +228,7 @@ def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, comp
         for name, r in report["cuda_amp_bf16_resident"].items():
             click.echo(f"cuda {name:8s} resident {r['samples_per_s']:>10.0f} samples/s, GPU utilisation "
                        f"{r['gpu_utilisation_pct']}% (pool: {report['cuda_amp_bf16'][name]['samples_per_s']:.0f})")
+        for key in ("cuda_amp_bf16_graphed", "cuda_amp_bf16_graphed_compiled"):
+            for name, r in report.get(key, {}).items():
+                click.echo(f"cuda {name:8s} {key[14:]:17s} {r['samples_per_s']:>10.0f} samples/s, GPU utilisation "
+                           f"{r['gpu_utilisation_pct']}%")

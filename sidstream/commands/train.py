@@ -241,27 +241,24 @@ def _job_config(kw: dict[str, Any]) -> Any:
     settings.codebook (anchor, prefix_scale, seed, min_points_per_code included)."""
     from trainer.jobs import JobConfig
     from trainer.models import ModelConfig
-    from trainer.train_loop import TrainConfig
+    from trainer.train_loop import TrainConfig, resolve_device
 
     s = _settings()
     overrides = {k: kw.get(k) for k in ("method", "codebook_size", "layers", "alpha")}
     codebook = s.codebook.model_validate({**s.codebook.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
     kind = kw.get("model_kind", "mcca")
     model = ModelConfig(kind="din", sid_codebook="text") if kind == "din+sid" else ModelConfig(kind=kind)
-    batch_size, lr = kw.get("batch_size"), kw.get("lr")
-    if batch_size is None or lr is None:
-        from trainer.train_loop import resolve_device
-
-        on_gpu = resolve_device(TrainConfig().device).type == "cuda"
-        batch_size = batch_size or (s.train.gpu_batch_size if on_gpu else 512)
-        lr = lr or (s.train.gpu_lr if on_gpu else 1e-3)
+    on_gpu = resolve_device(TrainConfig().device).type == "cuda"
+    batch_size = kw.get("batch_size") or (s.train.gpu_batch_size if on_gpu else 512)
+    lr = kw.get("lr") or (s.train.gpu_lr if on_gpu else 1e-3)
     train_config = TrainConfig(epochs=kw.get("epochs", 3), lr=lr, batch_size=batch_size,
-                               checkpoint_every=kw.get("checkpoint_every", 50))
+                               checkpoint_every=kw.get("checkpoint_every", 50),
+                               compile=on_gpu and s.train.gpu_compile)
     return JobConfig(
         registry=kw["registry"] or s.registry_dir, work_dir=kw["work_dir"] or s.home / "work", data=kw["data_dir"],
         interactions=kw["interactions"], items=kw["items"], codebook=codebook, model=model, train=train_config,
         promote=kw["promote"], fail_after_steps=kw["fail_after_steps"], force=kw.get("force", False),
-        force_gate=kw.get("force_gate", False),
+        force_gate=kw.get("force_gate", False), cuda_graph=s.train.gpu_cuda_graph,
     )
 
 
