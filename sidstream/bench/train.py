@@ -204,8 +204,12 @@ def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, comp
         for key, comp in (("cuda_amp_bf16_graphed", False), ("cuda_amp_bf16_graphed_compiled", True)):
             if comp and not graph_compile:
                 continue
-            report[key] = {n: _measure(n, c, prep, codes, sizes, "cuda", True, steps * 20, warmup, batch_size,
-                                       data="graphed", compile_model=comp) for n, c in models.items()}
+            try:
+                report[key] = {n: _measure(n, c, prep, codes, sizes, "cuda", True, steps * 20, warmup, batch_size,
+                                           data="graphed", compile_model=comp) for n, c in models.items()}
+            except Exception as exc:  # noqa: BLE001 - keep the rows measured so far; say why this one failed
+                report[key] = {"failed": f"{type(exc).__name__}: {exc}"[:2000]}
+                continue
             report[key.replace("cuda_amp_bf16_", "cuda_") + "_over_resident"] = {
                 n: round(report[key][n]["samples_per_s"] / res[n]["samples_per_s"], 3) for n in res}
         report["cuda_device"] = torch.cuda.get_device_name()
@@ -229,6 +233,9 @@ def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, comp
             click.echo(f"cuda {name:8s} resident {r['samples_per_s']:>10.0f} samples/s, GPU utilisation "
                        f"{r['gpu_utilisation_pct']}% (pool: {report['cuda_amp_bf16'][name]['samples_per_s']:.0f})")
         for key in ("cuda_amp_bf16_graphed", "cuda_amp_bf16_graphed_compiled"):
+            if "failed" in report.get(key, {}):
+                click.echo(f"cuda {key[14:]}: failed: {report[key]['failed']}")
+                continue
             for name, r in report.get(key, {}).items():
                 click.echo(f"cuda {name:8s} {key[14:]:17s} {r['samples_per_s']:>10.0f} samples/s, GPU utilisation "
                            f"{r['gpu_utilisation_pct']}%")
