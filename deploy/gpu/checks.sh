@@ -29,23 +29,23 @@ stamp "installed"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__)'; } >> "$OUT/steps.txt" 2>&1
 
 stamp "bench train (no compile)"
-timeout 110 /tmp/sid bench train --json --no-graph-compile > "$OUT/train.json" 2> >(sed "s/^/[train] /" >> "$ERR")
+timeout 100 /tmp/sid bench train --json --no-graph-compile > "$OUT/train.json" 2> >(sed "s/^/[train] /" >> "$ERR")
 stamp "bench train rc=$?"
 stamp "bench encoders (CUDA rows)"
-timeout 100 /tmp/sid bench encoders --json --no-cpu > "$OUT/encoders.json" 2> >(sed "s/^/[encoders] /" >> "$ERR")
+timeout 90 /tmp/sid bench encoders --json --no-cpu > "$OUT/encoders.json" 2> >(sed "s/^/[encoders] /" >> "$ERR")
 stamp "bench encoders rc=$?"
 stamp "bench catalog (10M-row PSRQ fit on the GPU)"
-timeout 130 /tmp/sid bench catalog --json --sizes 10000 --fit-n 10000000 --device cuda --tmp /tmp > "$OUT/catalog.json" 2> >(sed "s/^/[catalog] /" >> "$ERR")
+timeout 120 /tmp/sid bench catalog --json --sizes 10000 --fit-n 10000000 --device cuda --tmp /tmp > "$OUT/catalog.json" 2> >(sed "s/^/[catalog] /" >> "$ERR")
 stamp "bench catalog rc=$?"
 stamp "Last.fm parity"
-timeout 90 python3 deploy/gpu/eval_parity.py .gpu/lastfm-2k --seeds 5 > "$OUT/parity.jsonl" 2> >(sed "s/^/[parity] /" >> "$ERR")
+timeout 80 python3 deploy/gpu/eval_parity.py .gpu/lastfm-2k --seeds 5 > "$OUT/parity.jsonl" 2> >(sed "s/^/[parity] /" >> "$ERR")
 stamp "parity rc=$?"
 stamp "GPU tests"
-timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu -k "not faiss_fit" tests/unit/test_trainer_graphed.py \
+timeout 80 python3 -m pytest -q -p no:cacheprovider -m gpu -k "not faiss_fit" tests/unit/test_trainer_graphed.py \
   tests/unit/test_gpu.py tests/unit/test_encoders_pipeline.py tests/unit/test_torch_kmeans.py \
   tests/unit/test_trainer_device_data.py > "$OUT/pytest.txt" 2>&1
 stamp "pytest rc=$?"
 stamp "bench train (graph + torch.compile)"
-timeout 150 /tmp/sid bench train --json --steps 30 > "$OUT/train_compiled.json" 2> >(sed "s/^/[train_compiled] /" >> "$ERR")
+timeout 110 /tmp/sid bench train --json --steps 30 > "$OUT/train_compiled.json" 2> >(sed "s/^/[train_compiled] /" >> "$ERR")
 stamp "bench train compiled rc=$?"
 cat "$OUT"/*.json "$OUT"/parity.jsonl; tail -n 30 "$OUT/pytest.txt"; tail -c 4000 "$ERR"
