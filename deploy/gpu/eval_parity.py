@@ -13,7 +13,9 @@ Usage (GPU host): python3 deploy/gpu/eval_parity.py LASTFM_DIR [--seeds 5] [--de
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import pickle
 import time
 
 import numpy as np
@@ -21,14 +23,23 @@ import numpy as np
 MODELS = ("din+psrq", "mcca")
 
 
-def gpu(lastfm: str, seeds: int, device: str = "cuda") -> None:
+def gpu(lastfm: str, seeds: int, device: str = "cuda", prepared: str | None = None, save: str | None = None) -> None:
     from sidstream.results.runs import DataSource, bases, load
     from trainer.evaluate import parse_spec, run_one
     from trainer.train_loop import TrainConfig
 
     source = DataSource("synthetic") if lastfm == "synthetic" else DataSource("lastfm", lastfm)
     started = time.perf_counter()
-    prep = load(source)
+    if prepared:  # converted and embedded on the CPU host (the CPU runs' exact inputs)
+        with gzip.open(prepared, "rb") as f:
+            prep = pickle.load(f)
+    else:
+        prep = load(source)
+    if save:
+        with gzip.open(save, "wb", compresslevel=6) as f:
+            pickle.dump(prep, f, protocol=pickle.HIGHEST_PROTOCOL)
+        print(json.dumps({"saved": save}))
+        return
     print(json.dumps({"prepared_s": round(time.perf_counter() - started, 1), "train_rows": len(prep.train)}), flush=True)
     model_base, codebook_base = bases(source)
     codebook_base = codebook_base.model_copy(update={"device": device})
@@ -50,6 +61,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("lastfm", help="the Last.fm-2k folder, or 'synthetic' (a smoke run)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--prepared", help="a gzipped pickle of the prepared data set (from --save-prepared)")
+    parser.add_argument("--save-prepared", dest="save", help="write the prepared data set here and stop")
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
-    gpu(args.lastfm, args.seeds, args.device)
+    gpu(args.lastfm, args.seeds, args.device, args.prepared, args.save)

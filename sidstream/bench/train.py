@@ -169,7 +169,7 @@ def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, comp
     ds = make_synthetic(n_users=300 if quick else 2000, n_items=1200 if quick else 12000,
                         events_per_user=20 if quick else 40, dim=64, modalities=("text",), seed=0)
     prep = prepare(ds, test_fraction=0.2)
-    codes, sizes = cached_codes(prep.embeddings, CodebookSettings(method="rq", codebook_size=32 if quick else 64), None)
+    codes, sizes = cached_codes(prep.embeddings, CodebookSettings(method="rq", codebook_size=32 if quick else 64, device="auto"), None)
     models = {"din": ModelConfig(kind="din"), "din+sid": ModelConfig(kind="din", sid_codebook="text"),
               "mcca": ModelConfig(kind="mcca")}
     report: dict[str, Any] = {"bench": "train", "quick": quick, "batch_size": batch_size, "history_len": 20,

@@ -29,7 +29,7 @@ def lookup(prep):
     from trainer.codes import cached_codes
     from trainer.features import Lookup
 
-    codes, sizes = cached_codes(prep.embeddings, CodebookSettings(method="rq", codebook_size=8, layers=2), None)
+    codes, sizes = cached_codes(prep.embeddings, CodebookSettings(method="rq", codebook_size=8, layers=2, kmeans_backend="torch"), None)
     return Lookup(prep.vocab.rows(prep.catalog.tolist()), codes), sizes
 
 
