@@ -38,3 +38,15 @@ def test_gpu_takes_the_measured_default_unless_given(tmp_path: Path, monkeypatch
     assert (cfg.batch_size, cfg.lr) == (4096, 0.0028)
     cfg = _job_config(_kw(tmp_path, batch_size=1024, lr=0.002)).train
     assert (cfg.batch_size, cfg.lr) == (1024, 0.002)
+
+
+def test_the_graphed_compiled_step_is_the_gpu_default_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer.train_loop, "resolve_device", lambda name: torch.device("cpu"))
+    job = _job_config(_kw(tmp_path))
+    assert job.train.compile is False  # the CPU keeps the eager, uncompiled loop
+    monkeypatch.setattr(trainer.train_loop, "resolve_device", lambda name: torch.device("cuda"))
+    job = _job_config(_kw(tmp_path))
+    assert job.cuda_graph is True and job.train.compile is True
+    use_settings(Settings(home=tmp_path, train={"gpu_cuda_graph": False, "gpu_compile": False}))
+    job = _job_config(_kw(tmp_path))
+    assert job.cuda_graph is False and job.train.compile is False
