@@ -142,7 +142,7 @@ class TrainSettings(_Frozen):
     # the retraining job on one CUDA device: the step as one CUDA graph (trainer.graphed), and
     # whether the model is torch.compile'd inside it (docs/scaling.md has the measured figures)
     gpu_cuda_graph: bool = Field(True, description="ranker training step as one CUDA graph on a single GPU")
-    gpu_compile: bool = Field(False, description="torch.compile the ranker on a GPU (inside the CUDA graph)")
+    gpu_compile: bool = Field(True, description="torch.compile the ranker on a GPU (inside the CUDA graph)")
 
 
 class Settings(BaseSettings):
