@@ -47,6 +47,7 @@ from psrq.kmeans import (
     kmeans,
     layer_prefix_kmeans_fit,
     prefix_table,
+    resolve_backend,
     subsample,
 )
 
@@ -124,6 +125,11 @@ class PSRQ(Quantizer):
         d = X.shape[1]
         rows = subsample(len(X), max(self.codebook_sizes), self.seed, self.max_points_per_centroid)
         X_fit = X if rows is None else X[rows]
+        if resolve_backend(self.device, self.kmeans_backend)[0] == "torch":
+            from psrq.torch_fit import fit_psrq_on_device  # the rows stay on the device throughout
+
+            fit_psrq_on_device(self, X_fit)
+            return self
         # X[rows] is already a copy, and anchor "prefix" never reads X_fit again: no second copy
         R = X_fit if rows is not None and self.anchor == "prefix" else X_fit.copy()
         P = np.zeros_like(R)

@@ -71,23 +71,36 @@ def _lloyd(
     R: F32, k: int, seed: int, niter: int, device: str, prefixes: F32 | None = None, path_idx: I64 | None = None
 ) -> F32:
     """Lloyd k-means on R, or on [R ⊕ prefixes[path_idx]] when prefixes are given."""
-    n, d = R.shape
     dev = torch.device(device)
     X = torch.from_numpy(np.ascontiguousarray(R, dtype=np.float32)).to(dev)
-    init = torch.from_numpy(initial_rows(n, k, seed)).to(dev)
-    C_r = X[init].clone()
-    P = paths = C_p = None
+    P = paths = None
     if prefixes is not None and path_idx is not None:
         P = torch.from_numpy(np.ascontiguousarray(prefixes, dtype=np.float32)).to(dev)
         paths = torch.from_numpy(np.ascontiguousarray(path_idx, dtype=np.int64)).to(dev)
-        C_p = P[paths[init]].clone()
+    out = lloyd_tensors(X, k, seed, niter, P, paths)[0]
+    return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+
+
+def lloyd_tensors(
+    X: torch.Tensor, k: int, seed: int, niter: int, P: torch.Tensor | None = None, paths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_lloyd` on tensors already on the device: (centroids [k, d] or [k, 2d], the final
+    assignment when the loop stopped on a repeated one -- then it is exactly the nearest-centroid
+    pass of the returned centroids -- else None)."""
+    n, d = X.shape
+    dev = X.device
+    init = torch.from_numpy(initial_rows(n, k, seed)).to(dev)
+    C_r = X[init].clone()
+    C_p = P[paths[init]].clone() if P is not None and paths is not None else None
     previous: torch.Tensor | None = None
+    converged = False
     for _ in range(niter):
         table = None
         if P is not None and C_p is not None:
             table = _prefix_table(P, C_p)
         assign = _assign(X, C_r, table, paths)
         if previous is not None and torch.equal(assign, previous):
+            converged = True
             break  # converged: the centroids are already the means of this assignment (as faiss stops)
         previous = assign
         counts = torch.bincount(assign, minlength=k)
@@ -107,7 +120,7 @@ def _lloyd(
         if C_p is not None:
             C_p = C[:, d:].contiguous()
     out = C_r if C_p is None else torch.cat([C_r, C_p], dim=1)
-    return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+    return out, (previous if converged else None)
 
 
 def _prefix_table(P: torch.Tensor, C_p: torch.Tensor) -> torch.Tensor:
