@@ -56,6 +56,11 @@ class StreamSettings(_Frozen):
     backfill_chunk: int = Field(2000, ge=1, description="tracks re-coded and written per backfill step")
     codebook_reload_grace_s: float = Field(12.0, ge=0, description="backfill: wait for assigners to see a pending version")
     session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")
+    # The workers' consumers long-poll the broker for at most this long when nothing is there
+    # (Faust's own 1.5 s otherwise). The broker answers a long poll as soon as data arrives on a
+    # partition in it, but partitions that join (assigned or resumed after a rebalance) wait for
+    # the poll in flight: at start that delayed the first records by up to 1.5 s.
+    fetch_wait_ms: int = Field(100, ge=1, le=1500, description="longest broker long-poll of the workers' consumers")
     web_port: int = 16066
     # fault drills (`sidstream chaos --fault slow-encoder`): while this file exists, the encoder
     # workers run (the number in it)x slower

@@ -88,7 +88,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
     s = settings
     datadir = s.home / "faust" / (app_id or "sidstream")
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = _app_class(s.stream.fetch_wait_ms)(
         app_id or f"{s.kafka.topic_prefix}sidstream",
         broker=f"kafka://{s.kafka.bootstrap}",
         value_serializer="raw",
@@ -171,8 +171,24 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
 
         return agent
 
+    def warm_up(worker: str, fn: Callable[[], Any]) -> None:
+        """Run `fn` once on the agent's thread before the worker reports ready: first calls
+        (lazy imports, allocator and model warm-up, store connections) cost 100s of ms, which
+        the first batch would otherwise pay."""
+        started = time.perf_counter()
+        pool = executors.setdefault(worker, ThreadPoolExecutor(max_workers=1, thread_name_prefix=worker))
+        try:
+            pool.submit(fn).result()
+        except Exception as exc:  # noqa: BLE001 - a warm-up only saves time; the batch reports real faults
+            log.warning("%s: warm-up failed (the first batch pays the cold start): %s", worker, exc)
+            return
+        log.info("%s: warmed up in %.0f ms", worker, 1000 * (time.perf_counter() - started))
+
     if "text" in roles:
         from encoders import build_track_text, classify_text
+
+        if deps.text_encoder is not None:
+            warm_up("text", lambda: deps.text_encoder.encode(["warm-up"]))
 
         async def handle_text(events: Sequence[Any]) -> None:
             raws = [_raw(e) for e in events]
@@ -244,6 +260,9 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
     if "writer" in roles:
         from streams.sinks.feast import SidRow
 
+        if deps.feast_sink is not None and hasattr(deps.feast_sink, "warm_up"):
+            warm_up("writer", deps.feast_sink.warm_up)
+
         async def handle_write(events: Sequence[Any]) -> None:
             raws = [_raw(e) for e in events]
             rows, dead = decode_sid_batch(raws)
@@ -291,6 +310,31 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         app.agent(topic(names.interactions), name="interaction-logger")(consume("logger", handle_log))
 
     return app
+
+
+def _app_class(fetch_wait_ms: int) -> type[faust.App]:
+    """faust.App whose consumer long-polls the broker for at most `fetch_wait_ms`
+    (settings.stream.fetch_wait_ms; Faust builds its aiokafka consumer with 1.5 s)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    class ConsumerThread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = fetch_wait_ms  # noqa: SLF001 - read when the consumer starts its fetcher
+            return consumer
+
+    class FastConsumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(driver.Transport):
+        Consumer = FastConsumer
+
+    class App(faust.App):
+        def _new_transport(self) -> Any:
+            return Transport(self.conf.broker_consumer, self)
+
+    return App
 
 
 def _release_free_memory() -> None:

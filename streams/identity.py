@@ -28,6 +28,7 @@ import socket
 import time
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,25 @@ log = logging.getLogger(__name__)
 
 
 CLAIMER = f"{socket.gethostname()}:{os.getpid()}"
+POLL_S = 0.05  # the longest one wait for a claim to be readable lasts (it returns as soon as one is)
 
 
 def bucket_text(version: str, modality: str, prefix: Sequence[int]) -> str:
     return f"{version}|{modality}|{'-'.join(str(int(c)) for c in prefix)}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """Identity codes wanted for `track_ids` in one (version, modality): their semantic
+    `prefixes` [n, L], `distances` [n, capacity] to every composite code, the optional hint version."""
+
+    version: str
+    modality: str
+    capacity: int
+    track_ids: Sequence[str]
+    prefixes: np.ndarray
+    distances: np.ndarray
+    hint_version: str | None = None
 
 
 class TableIdentities:
@@ -85,53 +101,65 @@ class TableIdentities:
         Each track keeps the code it holds in its bucket; otherwise it takes the code it holds
         under `hint_version` in the same-numbered bucket (a refit aligned to its parent) if that
         is free, else its nearest free code."""
+        return self.resolve_many([Request(version, modality, capacity, track_ids, prefixes, distances, hint_version)])[0]
+
+    def resolve_many(self, requests: Sequence[Request]) -> list[tuple[np.ndarray, dict[int, str]]]:
+        """`resolve` for several (version, modality) requests at once: each round's claims of
+        every request go out in one claim round trip (produce, acks, read-back), not one per
+        request. Buckets of different requests are different keys, so the outcome per bucket is
+        the one `resolve` reaches alone."""
         self.refresh()
-        table = self.table(version, modality, capacity)
-        hint_table = self.tables.get((hint_version, modality)) if hint_version else None
-        keys = bucket_keys(prefixes)
-        out = np.full(len(track_ids), -1, dtype=np.int64)
-        failed: dict[int, str] = {}
-        todo = list(range(len(track_ids)))
+        states = []
+        for r in requests:
+            table = self.table(r.version, r.modality, r.capacity)
+            hint_table = self.tables.get((r.hint_version, r.modality)) if r.hint_version else None
+            states.append((r, table, hint_table, bucket_keys(r.prefixes), np.full(len(r.track_ids), -1, dtype=np.int64),
+                           {}, list(range(len(r.track_ids)))))
         rounds = 0
-        while todo:
+        while any(todo for *_, todo in states):
             rounds += 1
-            reserved: dict[tuple[int, ...], list[int]] = {}
             claims: list[dict[str, Any]] = []
-            rows: list[int] = []
-            for i in todo:
-                key, track = keys[i], track_ids[i]
-                held = table.held(key, track)
-                if held is not None:
-                    out[i] = held
-                    continue
-                taken = reserved.setdefault(key, [])
-                hint = hint_table.held(key, track) if hint_table is not None else None
-                if hint is not None and hint < capacity and table.owner(key, hint) is None and hint not in taken:
-                    code = hint
-                else:
-                    try:
-                        code = table.nearest_free(key, distances[i], taken)
-                    except BucketFull as exc:
-                        failed[i] = str(exc)
+            pending: list[list[int]] = []
+            for r, table, hint_table, keys, out, failed, todo in states:
+                reserved: dict[tuple[int, ...], list[int]] = {}
+                rows: list[int] = []
+                for i in todo:
+                    key, track = keys[i], r.track_ids[i]
+                    held = table.held(key, track)
+                    if held is not None:
+                        out[i] = held
                         continue
-                taken.append(code)
-                rows.append(i)
-                claims.append({"codebook_version": version, "modality": modality, "prefix": list(key), "code": int(code),
-                               "capacity": int(capacity), "track_id": track, "event_time": int(time.time() * 1000),
-                               "claimer": CLAIMER})
+                    taken = reserved.setdefault(key, [])
+                    hint = hint_table.held(key, track) if hint_table is not None else None
+                    if hint is not None and hint < r.capacity and table.owner(key, hint) is None and hint not in taken:
+                        code = hint
+                    else:
+                        try:
+                            code = table.nearest_free(key, r.distances[i], taken)
+                        except BucketFull as exc:
+                            failed[i] = str(exc)
+                            continue
+                    taken.append(code)
+                    rows.append(i)
+                    claims.append({"codebook_version": r.version, "modality": r.modality, "prefix": list(key), "code": int(code),
+                                   "capacity": int(r.capacity), "track_id": track, "event_time": int(time.time() * 1000),
+                                   "claimer": CLAIMER})
+                pending.append(rows)
             if not claims:
                 break
             self._submit(claims)
-            todo = []
-            for i in rows:
-                held = table.held(keys[i], track_ids[i])
-                if held is None:
-                    todo.append(i)  # lost the code to an earlier claim: try the next-nearest
-                else:
-                    out[i] = held
+            for (r, table, _, keys, out, _, todo), rows in zip(states, pending, strict=True):
+                todo.clear()
+                for i in rows:
+                    held = table.held(keys[i], r.track_ids[i])
+                    if held is None:
+                        todo.append(i)  # lost the code to an earlier claim: try the next-nearest
+                    else:
+                        out[i] = held
         if rounds > 2:
-            log.info("identity %s/%s: %d claim rounds for %d tracks", version, modality, rounds, len(track_ids))
-        return out, failed
+            log.info("identity %s: %d claim rounds for %d tracks", ", ".join(f"{r.version}/{r.modality}" for r in requests),
+                     rounds, sum(len(r.track_ids) for r in requests))
+        return [(out, failed) for _, _, _, _, out, failed, _ in states]
 
 
 class KafkaIdentities(TableIdentities):
@@ -144,8 +172,13 @@ class KafkaIdentities(TableIdentities):
         self.topic = topic
         self.timeout_s = float(timeout_s)
         self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 0})
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}.reader", "enable.auto.commit": False,
-                                   "auto.offset.reset": "earliest", "enable.partition.eof": False})
+        reader = {"bootstrap.servers": bootstrap, "group.id": f"{topic}.reader", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest", "enable.partition.eof": False}
+        self._consumer = Consumer(reader)
+        # Watermarks come from a second, never-assigned consumer: the reader always has a long-poll
+        # fetch in flight (up to fetch.wait.max.ms), and the broker answers a connection's requests
+        # in order, so a ListOffsets on the reader's connection waited that long per partition.
+        self._offsets = Consumer(reader)
         meta = self._consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             raise RuntimeError(f"identity topic {topic!r} does not exist (run `sidstream topics create`)")
@@ -156,6 +189,7 @@ class KafkaIdentities(TableIdentities):
 
     def close(self) -> None:
         self._consumer.close()
+        self._offsets.close()
         self._producer.flush(self.timeout_s)
 
     def partition_of(self, version: str, modality: str, prefix: Sequence[int]) -> int:
@@ -181,7 +215,7 @@ class KafkaIdentities(TableIdentities):
         if targets is None:
             from confluent_kafka import TopicPartition
 
-            targets = {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s, cached=False)[1]
+            targets = {p: self._offsets.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s, cached=False)[1]
                        for p in self.partitions}
         before = self.claims_read
         deadline = time.monotonic() + self.timeout_s
@@ -189,7 +223,13 @@ class KafkaIdentities(TableIdentities):
             if time.monotonic() > deadline:
                 behind = {p: (self._next[p], off) for p, off in targets.items() if self._next[p] < off}
                 raise TimeoutError(f"{self.topic}: claims not readable within {self.timeout_s:.0f} s (next, target): {behind}")
-            self._apply(self._consumer.consume(num_messages=5000, timeout=0.05))
+            # consume(n, timeout) waits out its whole timeout unless n messages came, so it only
+            # drains what is already here; poll() returns as soon as one claim arrives
+            msgs = self._consumer.consume(num_messages=5000, timeout=0)
+            if not msgs:
+                msg = self._consumer.poll(timeout=POLL_S)
+                msgs = [] if msg is None else [msg]
+            self._apply(msgs)
         return self.claims_read - before
 
     def refresh(self) -> None:

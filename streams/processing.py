@@ -269,15 +269,42 @@ def full_ids(
     """Codes of X's rows under the modality's codebook: the SID, or for a ``psrq_id`` codebook
     the semantic layers followed by the identity codes that `identities` hands out.
     Returns (codes [n, L(+m)], {row: reason} for rows that got no ID)."""
-    q = active.codebooks.codebooks[modality]
-    if not hasattr(q, "identity_distances"):
-        return active.codebooks.encode(modality, X), {}
-    if identities is None:
-        raise ValueError(f"the {modality} codebook of {active.version} hands out identity codes: the assigner needs an identity registry")
-    semantic = q.semantic_encode(X)
-    composite, failed = identities.resolve(active.version, modality, q.capacity, list(track_ids), semantic,
-                                           q.identity_distances(np.asarray(X, dtype=np.float32), semantic), hint_version)
-    return np.concatenate([semantic, q.split(np.maximum(composite, 0))], axis=1), failed
+    return full_ids_many(active, [(modality, X, track_ids)], identities, hint_version)[0]
+
+
+def full_ids_many(
+    active: ActiveCodebooks, wanted: Sequence[tuple[str, np.ndarray, Sequence[str]]],
+    identities: IdentityResolver | None, hint_version: str | None = None,
+) -> list[tuple[np.ndarray, dict[int, str]]]:
+    """`full_ids` for several (modality, X, track_ids) at once: the identity codes of every
+    ``psrq_id`` modality are claimed together (one claim round trip per round, not one per
+    modality, when `identities` has ``resolve_many``)."""
+    out: list[tuple[np.ndarray, dict[int, str]] | None] = [None] * len(wanted)
+    claiming: list[tuple[int, Any, np.ndarray, Any]] = []
+    for n, (modality, X, track_ids) in enumerate(wanted):
+        q = active.codebooks.codebooks[modality]
+        if not hasattr(q, "identity_distances"):
+            out[n] = (active.codebooks.encode(modality, X), {})
+            continue
+        if identities is None:
+            raise ValueError(f"the {modality} codebook of {active.version} hands out identity codes: the assigner needs an identity registry")
+        from streams.identity import Request
+
+        semantic = q.semantic_encode(X)
+        request = Request(active.version, modality, q.capacity, list(track_ids), semantic,
+                          q.identity_distances(np.asarray(X, dtype=np.float32), semantic), hint_version)
+        claiming.append((n, q, semantic, request))
+    if claiming:
+        requests = [r for *_, r in claiming]
+        many = getattr(identities, "resolve_many", None)
+        if many is not None:
+            resolved = many(requests)
+        else:
+            resolved = [identities.resolve(r.version, r.modality, r.capacity, r.track_ids, r.prefixes, r.distances, r.hint_version)
+                        for r in requests]
+        for (n, q, semantic, _), (composite, failed) in zip(claiming, resolved, strict=True):
+            out[n] = (np.concatenate([semantic, q.split(np.maximum(composite, 0))], axis=1), failed)
+    return [o for o in out if o is not None]
 
 
 def code_tracks(
@@ -286,12 +313,23 @@ def code_tracks(
 ) -> None:
     """SidAssigned records of `track_ids` under `active`. A track that gets no ID for a modality
     (its identity bucket is full) is dead-lettered with the reason (when `raws` names its record)
-    and keeps its other modalities' IDs; without `raws` (the backfill) that is an error."""
+    and keeps its other modalities' IDs; without `raws` (the backfill) that is an error. The
+    identity codes of all modalities are claimed together."""
     entries = [state[t] for t in track_ids]
     codes: dict[str, dict[str, list[int]]] = {t: {} for t in track_ids}
-
-    def put(modality: str, rows: list[int], X: np.ndarray) -> None:
-        C, failed = full_ids(active, modality, X, [track_ids[i] for i in rows], identities, hint_version)
+    wanted: list[tuple[str, list[int], np.ndarray]] = []
+    for modality in ("text", "audio"):
+        idx = [i for i, e in enumerate(entries) if modality in e]
+        if not idx or active.dim(modality) is None:
+            continue
+        wanted.append((modality, idx, np.stack([np.frombuffer(bytes.fromhex(entries[i][modality]["vector"]), dtype="<f4") for i in idx])))
+    both = [i for i, e in enumerate(entries) if "text" in e and "audio" in e]
+    if both and active.dim("joint") is not None:
+        T = np.stack([np.frombuffer(bytes.fromhex(entries[i]["text"]["vector"]), dtype="<f4") for i in both])
+        A = np.stack([np.frombuffer(bytes.fromhex(entries[i]["audio"]["vector"]), dtype="<f4") for i in both])
+        wanted.append(("joint", both, joint_embedding(T, A)))
+    found = full_ids_many(active, [(m, X, [track_ids[i] for i in rows]) for m, rows, X in wanted], identities, hint_version)
+    for (modality, rows, _), (C, failed) in zip(wanted, found, strict=True):
         for row, i in enumerate(rows):
             if row in failed:
                 track = track_ids[i]
@@ -301,17 +339,6 @@ def code_tracks(
                                               "identity_full", track))
                 continue
             codes[track_ids[i]][modality] = C[row].tolist()
-
-    for modality in ("text", "audio"):
-        idx = [i for i, e in enumerate(entries) if modality in e]
-        if not idx or active.dim(modality) is None:
-            continue
-        put(modality, idx, np.stack([np.frombuffer(bytes.fromhex(entries[i][modality]["vector"]), dtype="<f4") for i in idx]))
-    both = [i for i, e in enumerate(entries) if "text" in e and "audio" in e]
-    if both and active.dim("joint") is not None:
-        T = np.stack([np.frombuffer(bytes.fromhex(entries[i]["text"]["vector"]), dtype="<f4") for i in both])
-        A = np.stack([np.frombuffer(bytes.fromhex(entries[i]["audio"]["vector"]), dtype="<f4") for i in both])
-        put("joint", both, joint_embedding(T, A))
     for track_id, entry in zip(track_ids, entries, strict=True):
         c = codes[track_id]
         present = [m for m in ("text", "audio") if m in entry]

@@ -316,6 +316,14 @@ class FeastSink:
             self._logs[view.name] = OfflineLog(self.offline_dir / view.name, view.offline_key, view.schema)
         return self._logs[view.name]
 
+    def warm_up(self) -> None:
+        """Pay the first call's costs before the first batch: the registry and online-store
+        connection (a read of an id no track has) and the offline log's index. Writes nothing."""
+        view = _VIEWS[SID_VIEW]
+        with _store_lock(self.store):
+            stored_event_times_ms(self.store, view.name, [{k: "__warm_up__" for k in view.join_keys}])
+        self._offline(view)
+
     def write(self, rows: Sequence[SidRow]) -> WriteResult:
         return self._write_isolating(_VIEWS[SID_VIEW], list(rows))
 

@@ -153,6 +153,61 @@ def test_code_tracks_hands_out_unique_ids_and_keeps_them_on_resend() -> None:
         code_tracks(BatchResult(), ["t0"], state, active, None, None)
 
 
+class _CountingIdentities(TableIdentities):
+    def __init__(self) -> None:
+        super().__init__()
+        self.submits = 0
+
+    def _submit(self, claims: list) -> None:
+        self.submits += 1
+        super()._submit(claims)
+
+
+class _OneAtATime:
+    """A resolver with only `resolve`: one request (modality) at a time."""
+
+    def __init__(self) -> None:
+        self.inner = TableIdentities()
+
+    def resolve(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return self.inner.resolve(*args, **kwargs)
+
+
+def test_code_tracks_claims_every_modality_in_one_round_trip() -> None:
+    """Text, audio and joint codes of a batch are claimed together (one produce + read-back per
+    round, not one per modality), and the IDs are the ones a modality-at-a-time resolver gives."""
+    from streams.avro_codec import decode
+
+    X = _clustered(n=400)
+    q = IdentityPSRQ([8, 8], seed=0).fit(X)
+
+    class Three(_Set):
+        def __init__(self) -> None:
+            self.codebooks = {"text": q, "audio": q, "joint": q}
+            self.manifest = {}
+
+    active = ActiveCodebooks("v1", Three())
+
+    def entry(v: np.ndarray) -> dict:
+        return {"event_time": 1, "model_id": "m", "vector": v.astype("<f4").tobytes().hex(), "ingest_time": 1}
+
+    state = {f"t{i}": {"text": entry(X[i]), "audio": entry(X[-1 - i])} for i in range(200)}
+    tracks = list(state)
+
+    def sids(ids: object) -> dict[str, tuple]:
+        result = BatchResult()
+        code_tracks(result, tracks, state, active, lambda T, A: T, ids)  # joint = text: same buckets as text's
+        assert not result.dead
+        return {r["track_id"]: (tuple(r["text_sid"]), tuple(r["audio_sid"]), tuple(r["joint_sid"]))
+                for r in (decode(v)[1] for _, v in result.outputs)}
+
+    counting = _CountingIdentities()
+    together = sids(counting)
+    assert counting.submits == 1
+    assert together == sids(_OneAtATime())
+    assert len({s[0] for s in together.values()}) == len({s[1] for s in together.values()}) == 200
+
+
 def test_id_report_against_a_random_partition() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 2000)
