@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +16,9 @@ I64 = npt.NDArray[np.int64]
 
 # rows per block in nearest-centroid search: bounds the [rows, K] distance block in memory
 SEARCH_BLOCK = 16384
+# rows per finishing chunk of a search block (the adds and the argmin after its sgemm): small
+# enough to stay in cache, and the chunks of a block run on the worker threads
+FINISH_CHUNK = 2048
 # rows per block of a whole-catalogue encode: bounds the residual / prefix / code-path arrays,
 # so memory stays flat and items/s stays level from 10k to millions of rows
 ENCODE_BLOCK = 65536
@@ -84,27 +90,83 @@ def check_sizes(codebook_sizes: Any) -> tuple[int, ...]:
     return sizes
 
 
+_T = TypeVar("_T")
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def worker_count() -> int:
+    """Threads for the numpy / scipy work around BLAS calls: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def run_parallel(fn: Callable[[_T], None], items: Iterable[_T]) -> None:
+    """fn(item) for every item, on a process-wide thread pool (inline with one worker or item).
+
+    For numpy / scipy kernels that release the GIL; each item must write disjoint outputs, so the
+    results do not depend on the thread count or the order. The pool is rebuilt in a forked child
+    (a child inherits the pool object but not its threads)."""
+    global _pool
+    todo = list(items)
+    if len(todo) <= 1 or worker_count() == 1:
+        for item in todo:
+            fn(item)
+        return
+    pid = os.getpid()
+    if _pool is None or _pool[0] != pid:
+        _pool = (pid, ThreadPoolExecutor(max_workers=worker_count(), thread_name_prefix="psrq"))
+    for future in [_pool[1].submit(fn, item) for item in todo]:
+        future.result()
+
+
 def nearest(X: F32, C: F32, table: F32 | None = None, table_rows: I64 | None = None) -> I64:
     """argmin_j ||X[i] - C[j]||^2 (+ table[table_rows[i], j]) for every row, in BLAS blocks.
 
     ||x||^2 is constant per row and dropped; the -2 is folded into the centroid matrix, so each
     block is one sgemm into a reused buffer, one add and one argmin. The optional table adds a
     per-row-group term, which is how PSRQ's prefix half enters (see psrq.progressive). Ties go
-    to the lowest j.
+    to the lowest j. The adds and the argmin of a block run in FINISH_CHUNK-row chunks on worker
+    threads (element-wise, so the result is the same as one pass over the block).
     """
+    return _search(X, C, table, table_rows, None)
+
+
+def nearest_two(X: F32, C: F32, table: F32 | None = None, table_rows: I64 | None = None) -> tuple[I64, F32, F32]:
+    """nearest(), plus each row's smallest score and its smallest score over the other
+    centroids (inf when K = 1), where a score is the float32 value nearest's argmin reads:
+    ||x - c_j||^2 - ||x||^2 (+ the table term), computed by the very same operations."""
+    scores = (np.empty(X.shape[0], dtype=np.float32), np.empty(X.shape[0], dtype=np.float32))
+    return _search(X, C, table, table_rows, scores), scores[0], scores[1]
+
+
+def _search(X: F32, C: F32, table: F32 | None, table_rows: I64 | None, scores: tuple[F32, F32] | None) -> I64:
     n = X.shape[0]
     out = np.empty(n, dtype=np.int64)
     c_norms = np.einsum("ij,ij->i", C, C)
     Ct2 = np.ascontiguousarray(C.T * np.float32(-2.0))
     buf = np.empty((min(n, SEARCH_BLOCK), C.shape[0]), dtype=np.float32)
-    for start in range(0, n, SEARCH_BLOCK):
-        stop = min(n, start + SEARCH_BLOCK)
-        d = buf[: stop - start]
-        np.matmul(X[start:stop], Ct2, out=d)
+
+    def finish(rows: tuple[int, int]) -> None:  # rows [a, b) of X, inside the current block
+        a, b = rows
+        d = buf[a - start : b - start]
         d += c_norms
         if table is not None and table_rows is not None:
-            d += table[table_rows[start:stop]]
-        out[start:stop] = d.argmin(axis=1)
+            d += table[table_rows[a:b]]
+        best = d.argmin(axis=1)
+        out[a:b] = best
+        if scores is not None:
+            at = np.arange(b - a)
+            scores[0][a:b] = d[at, best]
+            d[at, best] = np.inf
+            scores[1][a:b] = d.min(axis=1)
+
+    for start in range(0, n, SEARCH_BLOCK):
+        stop = min(n, start + SEARCH_BLOCK)
+        np.matmul(X[start:stop], Ct2, out=buf[: stop - start])
+        run_parallel(finish, [(a, min(stop, a + FINISH_CHUNK)) for a in range(start, stop, FINISH_CHUNK)])
     return out
 
 

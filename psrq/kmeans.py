@@ -20,12 +20,18 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from psrq.base import F32, I64, Quantizer, nearest
+from psrq.base import F32, I64, SEARCH_BLOCK, Quantizer, nearest_two, run_parallel, worker_count
 
 DEFAULT_NITER = 20
 DEFAULT_MAX_POINTS_PER_CENTROID = 256
 # relative perturbation used when an empty cluster takes half of the largest one (as faiss does)
 _SPLIT_EPS = 1.0 / 1024.0
+# float32's unit roundoff (the scores' error bound: _score_error)
+_UNIT_ROUNDOFF = 2.0**-24
+# fewest rows re-scored in one pass (pads small sets, so that sgemm never runs on one row)
+_MIN_RESCORED = 64
+# above this share of rows to re-score, all are (gathering the rows would cost more than it saves)
+_RESCORE_ALL_SHARE = 0.75
 DEVICES = re.compile(r"cpu|auto|cuda(:\d+)?")
 BACKENDS = ("auto", "faiss", "torch")
 
@@ -155,12 +161,50 @@ def prefix_kmeans(
     return prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter)[0]
 
 
-def _cluster_sums(assign: I64, cols: I64, values: F32, k: int) -> F32:
-    """S[j] = sum over rows i with assign[i] == j of values[cols[i]], added in float32 in
-    increasing cols order (for equal cols: once, times their count) by scipy's CSR kernel."""
+def _membership(assign: I64, cols: I64, k: int, width: int) -> sp.csr_matrix:
+    """[k, width] CSR matrix with M[assign[i], cols[i]] += 1 (duplicates summed, columns sorted)."""
     n = assign.shape[0]
-    m = sp.csr_matrix((np.ones(n, dtype=np.float32), (assign, cols)), shape=(k, values.shape[0]))
-    return np.asarray(m @ values, dtype=np.float32)
+    return sp.csr_matrix((np.ones(n, dtype=np.float32), (assign, cols)), shape=(k, width))
+
+
+def _cluster_sums_into(assign: I64, path_idx: I64, R: F32, prefixes: F32, k: int, out: F32) -> None:
+    """out[j] = [sum of R[i] ⊕ sum of prefixes[path_idx[i]]] over the rows i with assign[i] == j,
+    added in float32 in increasing column order (equal paths: once, times their count) by scipy's
+    CSR kernel. The products run in cluster slices on the worker threads: a slice's rows are
+    summed by the same kernel in the same order as in one product, so the sums are the same bits."""
+    n, d = R.shape
+    jobs = [
+        (_membership(assign, np.arange(n), k, n), R, out[:, :d]),
+        (_membership(assign, path_idx, k, prefixes.shape[0]), prefixes, out[:, d:]),
+    ]
+    parts = min(k, worker_count())
+    slices = [(k * i // parts, k * (i + 1) // parts) for i in range(parts)]
+
+    def part(item: tuple[int, int, int]) -> None:
+        job, a, b = item
+        m, values, dest = jobs[job]
+        dest[a:b] = m[a:b] @ values
+
+    run_parallel(part, [(job, a, b) for job in range(2) for a, b in slices])
+
+
+def _score_error(d: int) -> float:
+    """Factor f with |nearest()'s float32 score - its exact value| <= f * (||x||² + ||c_r||² +
+    ||p||² + ||c_p||²), for any summation order of the length-d dot products and norms (Higham's
+    γ_d = d·u / (1 - d·u) per dot product or norm: sgemm and norms of both halves, then four
+    roundings of sums of magnitude <= 2 or 4 times that total), with a 2.5x margin."""
+    gamma = d * _UNIT_ROUNDOFF / (1.0 - d * _UNIT_ROUNDOFF)
+    return 2.5 * (4.0 * gamma + 16.0 * _UNIT_ROUNDOFF)
+
+
+def _padded(rows: I64, n: int) -> I64:
+    """rows plus a few more (re-scoring extra rows is still exact): at least _MIN_RESCORED, and
+    never a one-row sgemm block (numpy runs those as gemv, whose bits may differ)."""
+    if rows.size < _MIN_RESCORED:
+        rows = np.union1d(rows, np.arange(min(n, _MIN_RESCORED)))
+    if rows.size % SEARCH_BLOCK == 1 and rows.size < n:
+        rows = np.union1d(rows, np.setdiff1d(np.arange(n), rows)[:1])
+    return rows
 
 
 def prefix_kmeans_fit(
@@ -168,16 +212,53 @@ def prefix_kmeans_fit(
 ) -> tuple[F32, I64 | None]:
     """prefix_kmeans' centroids [k, 2d], and the rows' nearest centroid among them when the
     Lloyd loop stopped on a repeated assignment (that assignment is then exactly what a fresh
-    nearest-centroid pass would give; None when the last iteration moved the centroids)."""
+    nearest-centroid pass would give; None when the last iteration moved the centroids).
+
+    Each iteration's assignment is exactly nearest()'s (same bits), but rows whose assignment
+    provably cannot change are not re-scored (Hamerly's bounds): per row an upper bound U on
+    the exact distance to its centroid and a lower bound L on the exact distance to any other
+    one, from its last scores widened by the float32 error bound (_score_error), then moved by
+    the centroid shifts (U += shift of its own centroid, L -= largest shift of the others).
+    While U² + 2·err < max(L, 0)², every other centroid's computed score is strictly above its
+    own centroid's, so argmin keeps it. The other rows are re-scored by the same kernel (sgemm on a row subset
+    gives each row the same bits as on the full matrix)."""
     n, d = R.shape
     init = initial_rows(n, k, seed)
     C_r = np.ascontiguousarray(R[init])
     C_p = np.ascontiguousarray(prefixes[path_idx[init]])
     prefix_norms = np.einsum("ij,ij->i", prefixes, prefixes)  # constant over the iterations
+    # ||z||² = ||r||² + ||p||² (float64), and the score error factor
+    z_norms = np.einsum("ij,ij->i", R, R, dtype=np.float64) + np.einsum(
+        "ij,ij->i", prefixes, prefixes, dtype=np.float64
+    )[path_idx]
+    err_factor = _score_error(d)
+    upper = np.zeros(n)
+    lower = np.zeros(n)
     previous: I64 | None = None
     for _ in range(niter):
         table = prefix_table(prefixes, C_p, prefix_norms)
-        assign = nearest(R, C_r, table, path_idx)
+        C64 = np.concatenate([C_r, C_p], axis=1).astype(np.float64)
+        err = err_factor * (z_norms + float(np.einsum("ij,ij->i", C64, C64).max()))
+        if previous is None:
+            rescore = np.arange(n)
+            assign = np.empty(n, dtype=np.int64)
+        else:
+            low = np.maximum(lower, 0.0)  # (a negative bound says nothing)
+            rescore = np.flatnonzero(upper * upper + 2.0 * err >= low * low)
+            if rescore.size > _RESCORE_ALL_SHARE * n:
+                rescore = np.arange(n)
+            assign = previous.copy()
+        if 0 < rescore.size < n:
+            rescore = _padded(rescore, n)
+        if rescore.size == n:
+            got, best, second = nearest_two(R, C_r, table, path_idx)
+        elif rescore.size:
+            got, best, second = nearest_two(np.ascontiguousarray(R[rescore]), C_r, table, path_idx[rescore])
+        if rescore.size:
+            assign[rescore] = got
+            e = err[rescore]
+            upper[rescore] = np.sqrt(np.maximum(best.astype(np.float64) + z_norms[rescore] + e, 0.0))
+            lower[rescore] = np.sqrt(np.maximum(second.astype(np.float64) + z_norms[rescore] - e, 0.0))
         if previous is not None and np.array_equal(assign, previous):
             # converged: the centroids are already the means of this assignment (as faiss stops)
             return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1)), assign
@@ -186,12 +267,19 @@ def prefix_kmeans_fit(
         denom = np.maximum(counts, 1).astype(np.float32)[:, None]
         C = np.empty((k, 2 * d), dtype=np.float32)
         new_r, new_p = C[:, :d], C[:, d:]
-        np.divide(_cluster_sums(assign, np.arange(n), R, k), denom, out=new_r)
-        np.divide(_cluster_sums(assign, path_idx, prefixes, k), denom, out=new_p)
+        _cluster_sums_into(assign, path_idx, R, prefixes, k, C)  # the sums, divided in place below
+        C /= denom
         keep = counts == 0
         new_r[keep] = C_r[keep]
         new_p[keep] = C_p[keep]
         split_empty(C, counts.copy())
+        # exact distances the centroids moved (float64; the 1e-9 slack covers its rounding)
+        shift = np.sqrt(((C.astype(np.float64) - C64) ** 2).sum(axis=1)) * (1.0 + 1e-9)
+        # every other centroid moved by at most the largest shift among the others
+        top = int(shift.argmax())
+        others_max = np.where(assign == top, float(np.delete(shift, top).max(initial=0.0)), float(shift[top]))
+        upper = (upper + shift[assign]) * (1.0 + 1e-12)
+        lower = (lower - others_max) * (1.0 - 1e-12)
         C_r = np.ascontiguousarray(C[:, :d])
         C_p = np.ascontiguousarray(C[:, d:])
     return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1)), None

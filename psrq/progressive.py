@@ -39,6 +39,7 @@ from psrq.base import (
     check_fit_input,
     encode_in_blocks,
     nearest,
+    run_parallel,
 )
 from psrq.kmeans import (
     DEFAULT_MAX_POINTS_PER_CENTROID,
@@ -80,6 +81,23 @@ def prefix_weight(R: F32, P: F32, alpha: float, prefix_scale: str) -> float:
     else:
         raise ValueError(f"unknown prefix_scale {prefix_scale!r}; expected one of {PREFIX_SCALES}")
     return float(alpha) * (num / den if den > 0 else 0.0)
+
+
+# rows per chunk of the fit's residual / prefix updates (run on the worker threads)
+STEP_CHUNK = 8192
+
+
+def _step(R: F32, P: F32 | None, C: F32, codes: I64) -> None:
+    """R -= C[codes, :d] and P += C[codes, :d] in place, in row chunks on the worker threads."""
+    d = R.shape[1]
+
+    def part(a: int) -> None:
+        step = C[codes[a : a + STEP_CHUNK], :d]
+        R[a : a + STEP_CHUNK] -= step
+        if P is not None:
+            P[a : a + STEP_CHUNK] += step
+
+    run_parallel(part, range(0, R.shape[0], STEP_CHUNK))
 
 
 class PSRQ(Quantizer):
@@ -132,7 +150,11 @@ class PSRQ(Quantizer):
             return self
         # X[rows] is already a copy, and anchor "prefix" never reads X_fit again: no second copy
         R = X_fit if rows is not None and self.anchor == "prefix" else X_fit.copy()
-        P = np.zeros_like(R)
+        # the prefix of every fit row is read only by prefix_weight's rescaling (anchor "prefix",
+        # alpha != 0); otherwise just the distinct paths' prefixes are built (_prefix_rows)
+        P: F32 | None = None
+        if self.anchor == "prefix" and self.prefix_scale != "none" and self.alpha != 0.0:
+            P = np.zeros_like(R)
         codes = np.empty((R.shape[0], self.num_layers), dtype=np.int64)
         self.centroids, self.prefix_weights = [], [0.0]
         for layer, k in enumerate(self.codebook_sizes):
@@ -142,7 +164,10 @@ class PSRQ(Quantizer):
                 if self.num_layers > 1:
                     codes[:, 0] = nearest(R, C)
             else:
-                w = prefix_weight(R, X_fit if self.anchor == "input" else P, self.alpha, self.prefix_scale)
+                if self.anchor == "input":
+                    w = prefix_weight(R, X_fit, self.alpha, self.prefix_scale)
+                else:  # without P, prefix_weight would return alpha without reading it
+                    w = prefix_weight(R, P, self.alpha, self.prefix_scale) if P is not None else self.alpha
                 self.prefix_weights.append(w)
                 assigned: I64 | None = None
                 if w != 0.0 and self.anchor == "input":
@@ -152,7 +177,8 @@ class PSRQ(Quantizer):
                     C = np.concatenate([self._kmeans(R, k, seed), np.zeros((k, d), np.float32)], axis=1)
                 else:
                     path_idx, first = path_index(codes[:, :layer], self.codebook_sizes[:layer])
-                    prefixes = np.ascontiguousarray(np.float32(w) * P[first])
+                    P_first = P[first] if P is not None else self._prefix_rows(codes[first], layer)
+                    prefixes = np.ascontiguousarray(np.float32(w) * P_first)
                     # `assigned`: the Lloyd loop stopped on a repeated assignment, which is then
                     # exactly the nearest-centroid pass below (same inputs, same kernel): reuse it
                     C, assigned = layer_prefix_kmeans_fit(
@@ -161,19 +187,27 @@ class PSRQ(Quantizer):
                 if assigned is not None:
                     codes[:, layer] = assigned
                 elif layer + 1 < self.num_layers:  # the fit never reads the last layer's codes
-                    codes[:, layer] = self._assign_layer(
-                        layer, R, X_fit if self.anchor == "input" else P, codes, C, w
-                    )
+                    anchor = X_fit if self.anchor == "input" else P
+                    if anchor is None:
+                        anchor = self._prefix_rows(codes, layer) if w != 0.0 else R  # (R: not read)
+                    codes[:, layer] = self._assign_layer(layer, R, anchor, codes, C, w)
             self.centroids.append(np.ascontiguousarray(C, dtype=np.float32))
             if layer + 1 < self.num_layers:  # the last layer's residual / prefix are never read
-                step = C[codes[:, layer], :d]
-                R -= step
-                P += step
+                _step(R, P, C, codes[:, layer])
         self._dim = d
         return self
 
     def _kmeans(self, X: F32, k: int, seed: int) -> F32:
         return kmeans(X, k, seed, self.niter, self.device, self.kmeans_backend)
+
+    def _prefix_rows(self, codes: I64, layer: int) -> F32:
+        """p_{layer-1} of rows with these codes, added as the fit's prefix array adds them:
+        (0 + C_1[c_1]) + C_2[c_2] + ... (the fitted layers < `layer`), so the same bits."""
+        d = self.centroids[0].shape[1]
+        P = np.zeros((codes.shape[0], d), dtype=np.float32)
+        for prev in range(layer):
+            P += self.centroids[prev][codes[:, prev], :d]
+        return P
 
     def _assign_layer(self, layer: int, R: F32, P: F32, codes: I64, C: F32, w: float) -> I64:
         """Layer codes; P is the prefix (anchor "prefix") or the input itself (anchor "input")."""

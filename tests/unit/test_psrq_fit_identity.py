@@ -1,6 +1,7 @@
 """The optimized CPU fit path gives bit-identical results to a straightforward implementation of
 the same algorithm, kept here (the code as it was before the fit speed work: COO-built CSR sums,
-a fresh gathered table block per search block, a final nearest pass after every layer's k-means).
+a fresh gathered table block per search block, a final nearest pass after every layer's k-means,
+every row re-scored in every Lloyd iteration, a full [n, d] prefix array, single-threaded).
 
 Published numbers depend on codes/centroids staying the same for a given seed, so the fast path
 may change how work is done, never the float32 operations or their order."""
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import psrq.kmeans as kmeans_module
 from psrq import make_quantizer
-from psrq.base import SEARCH_BLOCK, nearest
+from psrq.base import SEARCH_BLOCK, nearest, nearest_two, run_parallel
 from psrq.kmeans import initial_rows, prefix_kmeans, prefix_kmeans_fit, prefix_table, split_empty, subsample
 from psrq.progressive import PSRQ, path_index, prefix_weight
 
@@ -140,7 +142,13 @@ def test_prefix_kmeans_with_empty_clusters_is_bit_identical() -> None:
 
 @pytest.mark.parametrize(
     ("opts", "n"),
-    [({"alpha": 1.0}, 5000), ({"alpha": 0.5, "niter": 4}, 5000), ({"alpha": 1.0, "max_points_per_centroid": 40}, 5000)],
+    [
+        ({"alpha": 1.0}, 5000),
+        ({"alpha": 0.5, "niter": 4}, 5000),
+        ({"alpha": 1.0, "max_points_per_centroid": 40}, 5000),
+        ({"alpha": 1.0, "prefix_scale": "residual_norm"}, 5000),
+        ({"alpha": 0.7, "prefix_scale": "residual_spread"}, 5000),
+    ],
 )
 def test_psrq_fit_is_bit_identical_to_the_reference(opts: dict, n: int) -> None:
     X = clustered(n, 16, 3)
@@ -149,3 +157,57 @@ def test_psrq_fit_is_bit_identical_to_the_reference(opts: dict, n: int) -> None:
     ref = ref_psrq_fit(make_quantizer("psrq", [16, 16, 16], seed=4, **opts), X)
     assert all(same_bits(np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
                for a, b in zip(q.centroids, ref, strict=True))
+
+
+def test_nearest_two_scores_are_the_values_nearest_reads() -> None:
+    rng = np.random.default_rng(1)
+    n = SEARCH_BLOCK + 4097
+    X = rng.standard_normal((n, 24)).astype(np.float32)
+    C = rng.standard_normal((11, 24)).astype(np.float32)
+    table = rng.standard_normal((30, 11)).astype(np.float32)
+    rows = rng.integers(0, 30, n)
+    assign, best, second = nearest_two(X, C, table, rows)
+    assert np.array_equal(assign, ref_nearest(X, C, table, rows))
+    scores = X @ np.ascontiguousarray(C.T * np.float32(-2.0))
+    scores += np.einsum("ij,ij->i", C, C)
+    scores += table[rows]
+    assert same_bits(best, scores[np.arange(n), assign])
+    scores[np.arange(n), assign] = np.inf
+    assert same_bits(second, scores.min(axis=1))
+    _, _, only = nearest_two(X[:5], C[:1])
+    assert np.isinf(only).all()
+
+
+def test_pruned_lloyd_rescores_few_rows_and_stays_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough rows and slow enough convergence that the bounds skip rows, on data with exact
+    duplicates (rows with the same scores)."""
+    rng = np.random.default_rng(7)
+    R = rng.standard_normal((12000, 40)).astype(np.float32)
+    R[6000:9000] = R[:3000]  # exact duplicates
+    prefixes = (0.5 * rng.standard_normal((60, 40))).astype(np.float32)
+    path = rng.integers(0, 60, len(R))
+    rescored: list[int] = []
+
+    def counting(X: np.ndarray, *args: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rescored.append(X.shape[0])
+        return nearest_two(X, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kmeans_module, "nearest_two", counting)
+    C, assigned = prefix_kmeans_fit(R, prefixes, path, 16, 3, 40)
+    assert same_bits(C, ref_prefix_kmeans(R, prefixes, path, 16, 3, 40))
+    assert min(rescored) < 0.6 * len(R)  # the bounds did skip rows
+    assert all(r >= 2 for r in rescored)
+    if assigned is not None:
+        table = prefix_table(prefixes, np.ascontiguousarray(C[:, 40:]))
+        assert np.array_equal(assigned, ref_nearest(R, np.ascontiguousarray(C[:, :40]), table, path))
+
+
+def test_run_parallel_runs_every_item_once() -> None:
+    seen = np.zeros(100, dtype=np.int64)
+
+    def bump(i: int) -> None:
+        seen[i] += 1
+
+    run_parallel(bump, range(100))
+    run_parallel(bump, [])
+    assert (seen == 1).all()
