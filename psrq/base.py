@@ -36,7 +36,13 @@ def encode_in_blocks(X: F32, num_layers: int, encode_block: Any) -> I64:
 
 
 def _bad_rows(X: np.ndarray) -> list[int]:
-    return np.flatnonzero(~np.isfinite(X).all(axis=1)).tolist()
+    """Rows with NaN/inf, checked ENCODE_BLOCK rows at a time: the check's boolean temporaries
+    stay bounded whatever the size of X (a whole catalogue at once would allocate n x d bytes)."""
+    bad: list[int] = []
+    for start in range(0, X.shape[0], ENCODE_BLOCK):
+        rows = np.flatnonzero(~np.isfinite(X[start : start + ENCODE_BLOCK]).all(axis=1))
+        bad.extend((rows + start).tolist())
+    return bad
 
 
 def _row_list(rows: list[int], limit: int = 10) -> str:
