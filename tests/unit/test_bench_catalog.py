@@ -18,7 +18,9 @@ def test_catalog_bench_reports_every_size_and_a_full_torch_fit(tmp_path: Path) -
     assert [e["n"] for e in out["encode"]] == [3000, 9000]
     assert all(e["items_per_s"] > 0 and e["extra_anon_mb"] >= 0 for e in out["encode"])
     assert 0 < out["flatness_min_over_max"] <= 1
-    assert out["fit"] == {"n": 4000, "seconds": out["fit"]["seconds"], "device": "cpu", "kmeans_backend": "torch", "points": "all"}
+    assert out["fit"] == {"n": 4000, "seconds": out["fit"]["seconds"], "read_rows_s": out["fit"]["read_rows_s"],
+                          "device": "cpu", "kmeans_backend": "torch", "points": "all"}
+    assert out["fit"]["seconds"] > 0 and out["fit"]["read_rows_s"] >= 0
     assert list(tmp_path.iterdir()) == []  # the memory-mapped rows are removed
 
 
