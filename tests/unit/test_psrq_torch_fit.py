@@ -4,6 +4,7 @@ and the same centroids up to float32 rounding, for each anchor and prefix scalin
 
 import numpy as np
 import pytest
+import torch
 
 import psrq.progressive as progressive
 from psrq.progressive import PSRQ
@@ -33,7 +34,7 @@ def test_device_fit_matches_the_host_loop(monkeypatch, anchor, scale, sizes):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_fit_matches_the_host_loop_in_quality(monkeypatch):
     """On CUDA the distances are TF32 matmuls, so codes may differ in near-ties: same shapes,
     reconstruction within 1 % of the host loop's, and most codes equal."""

@@ -12,14 +12,6 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def prep():
-    from trainer.evaluate import prepare
-    from trainer.synthetic import make_synthetic
-
-    return prepare(make_synthetic(n_users=60, n_items=150, events_per_user=12, seed=1), test_fraction=0.2)
-
-
-@pytest.fixture(scope="module")
 def codes(prep):
     from sidcore.config import CodebookSettings
     from trainer.codes import cached_codes
