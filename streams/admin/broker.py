@@ -163,7 +163,7 @@ class LocalBroker:
         if not (self.data_dir / "meta.properties").is_file():
             cluster_id = _kraft_cluster_id()
             fmt = subprocess.run(
-                self._java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)),
+                self._java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.config_file)),
                 capture_output=True, text=True,
             )  # fmt: skip
             if fmt.returncode != 0:
@@ -252,11 +252,19 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _kraft_cluster_id() -> str:
-    """A KRaft cluster id: base64url of a random UUID, 22 chars, as kafka-storage random-uuid."""
+def _kraft_cluster_id(new_uuid=uuid.uuid4) -> str:
+    """A KRaft cluster id: base64url of a random UUID, 22 chars, as kafka-storage random-uuid.
+
+    Like Kafka's own `Uuid.randomUuid`, it never starts with '-': one id in 64 would, and
+    kafka-storage's argument parser then reads `-t -abc...` as a missing value plus an
+    unknown option, so formatting the storage would fail at random.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(new_uuid().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def local_broker(settings: KafkaSettings | None = None, home: Path | None = None, cache_dir: Path | None = None) -> LocalBroker:
