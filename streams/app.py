@@ -188,7 +188,7 @@ def build_app(settings: Settings, names: TopicNames, roles: Sequence[str], deps:
         from encoders import build_track_text, classify_text
 
         if deps.text_encoder is not None:
-            warm_up("text", lambda: deps.text_encoder.encode(["warm-up"]))
+            warm_up("text", lambda: warm_text_encoder(deps.text_encoder))
 
         async def handle_text(events: Sequence[Any]) -> None:
             raws = [_raw(e) for e in events]
@@ -335,6 +335,18 @@ def _app_class(fetch_wait_ms: int) -> type[faust.App]:
             return Transport(self.conf.broker_consumer, self)
 
     return App
+
+
+def warm_text_encoder(encoder: Any, sizes: Sequence[int] = (1, 2, 3, 5, 8, 13), words: Sequence[int] = (2, 12, 30)) -> int:
+    """Encode a few batches of the sizes and token widths a trickle brings, before the first
+    real one: each new (rows, width) shape and each thread of the encoder's pool pays its first
+    call once (kernel selection, per-thread buffers, allocator growth). Returns the texts encoded."""
+    done = 0
+    for n_words in words:
+        for n in sizes:
+            encoder.encode([f"warm-up track {i}. Tags: " + ", ".join(["tag"] * n_words) for i in range(n)])
+            done += n
+    return done
 
 
 def _release_free_memory() -> None:

@@ -71,23 +71,47 @@ class _SlowedEncoder:
 
 
 class _ThreadsBySize:
-    """Small batches (a trickle: latency) on `few` torch threads, backlogs on every core."""
+    """Small batches (a trickle: latency) on `few` threads, backlogs on every core.
+
+    A small batch is cut into `few` parts encoded at once, each on one torch thread, and the
+    parts are joined in order. torch's intra-op threads would meet at a barrier after every
+    operator (~60 per MiniLM forward): on a host whose other processes take a core now and
+    then, one preempted thread stalls them all, and the encoders' p99 jumped (docs/pipeline.md).
+    Parts meet once, at the join. Rows do not depend on the batch they are in (tested).
+    """
 
     def __init__(self, inner: Any, few: int, busy_batch: int) -> None:
         import os
+        from concurrent.futures import ThreadPoolExecutor
 
         self._inner, self._few, self._busy_batch, self._all = inner, few, busy_batch, os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=few, thread_name_prefix="encode-part") if few > 1 else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def encode(self, batch: Any) -> Any:
+        import numpy as np
         import torch
 
-        want = self._all if len(batch) >= self._busy_batch else self._few
+        if len(batch) >= self._busy_batch:
+            want = self._all
+        elif self._pool is None or len(batch) < 2:
+            want = 1 if self._pool is not None else self._few
+        else:
+            bounds = np.linspace(0, len(batch), min(self._few, len(batch)) + 1).astype(int)
+            parts = [self._pool.submit(self._encode_part, batch[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            return np.concatenate([p.result() for p in parts])
         if torch.get_num_threads() != want:
             torch.set_num_threads(want)
         return self._inner.encode(batch)
+
+    def _encode_part(self, part: Any) -> Any:
+        import torch
+
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)  # this pool thread's own OpenMP setting
+        return self._inner.encode(part)
 
 
 def _threads(encoder: Any, few: int | None, busy_batch: int) -> Any:
@@ -122,6 +146,10 @@ def run(roles: str, app_id: str | None, metrics_port: int, ready_file: str | Non
 
         start_http_server(metrics_port)
     deps = build_deps(role_list)
+    from sidcore.threads import limit_native_threads
+
+    for pool in limit_native_threads(s.stream.blas_threads):  # after build_deps: the libraries are loaded
+        log.info("%s threads of %s: %d -> %d", pool.user_api, pool.library, pool.before, pool.after)
     names = TopicNames(s.kafka.topic_prefix)
     app = build_app(s, names, role_list, deps, app_id=app_id or f"{s.kafka.topic_prefix}sidstream-{'-'.join(role_list)}")
     if ready_file:

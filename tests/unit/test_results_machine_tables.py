@@ -36,7 +36,8 @@ def test_pipeline_table_states_its_goals_as_verdicts(monkeypatch: pytest.MonkeyP
     assert seen == specs.PIPELINE_COMMANDS
     assert r.verdicts == {"paced_p50_under_100ms": "yes", "paced_p99_under_300ms": "yes", "demo_all_readable": "yes"}
     assert "| `bench pipeline --rate 50 --tracks 1500 --poll-ms 10 --json` | 186.8 | 49.4 | 0.264 | 95.9 / 180.0 |" in r.markdown
-    assert "encode 57 / 115; assign 9 / 18; write_and_read 29 / 69" in r.markdown
+    assert "encode 57 / 115; assign 9 / 18; write_and_read 29 / 69 | 100 tracks: 211 / 351 |" in r.markdown
+    assert "| none |" in r.markdown  # the burst line was recorded without a warm-up
     assert r.markdown.count("```") == 2 * len(specs.PIPELINE_COMMANDS)  # every JSON line kept verbatim
 
 
