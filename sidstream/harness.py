@@ -207,29 +207,41 @@ def wait_until_readable(
     poll_s: float = 0.1,
     on_progress: Callable[[int], None] | None = None,
     stop_after: int | None = None,
+    max_duty: float = 0.2,
+    polls: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Poll Feast until every track has its expected SID column ("text_sid" or "joint_sid").
 
     Returns track_id -> latency in ms from produce to first seen readable. `produced_at` may
     still be filling (a paced producer in another thread): only produced tracks are polled.
     `stop_after`: return as soon as that many tracks are readable.
+
+    A read of many pending tracks (a burst: thousands) costs tens of ms of CPU, which the
+    poller would take from the pipeline it measures on a small machine. So the wait between
+    reads is `poll_s` or, if longer, what keeps the poller busy at most `max_duty` of the time;
+    `polls` (if given) receives the count and the mean interval in ms: the latency's resolution.
     """
     from streams.sinks.feast import read_sids
 
     pending = dict(expected)
     latency: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
+    n_polls, first_poll, last_poll = 0, None, 0.0
     while pending and time.monotonic() < deadline:
         ids = [t for t in list(pending) if t in produced_at]
         if not ids:
             time.sleep(poll_s)
             continue
+        started = last_poll = time.monotonic()
+        first_poll = started if first_poll is None else first_poll
+        n_polls += 1
         try:
             df = read_sids(store, ids, codebook_version)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - SQLite may be busy while the writer commits
             log.debug("read retry: %s", exc)
             time.sleep(poll_s)
             continue
+        wait_s = max(poll_s, (time.monotonic() - started) * (1.0 / max_duty - 1.0))
         seen_at = time.time() * 1000
         by_column: dict[str, list[str]] = {}
         for t in ids:
@@ -245,5 +257,7 @@ def wait_until_readable(
         if stop_after is not None and len(latency) >= stop_after:
             break
         if pending:
-            time.sleep(poll_s)
+            time.sleep(wait_s)
+    if polls is not None and first_poll is not None:
+        polls.update(count=n_polls, mean_interval_ms=round(1000 * (last_poll - first_poll) / max(1, n_polls - 1), 1))
     return latency

@@ -1,0 +1,52 @@
+"""`wait_until_readable`'s poll: every `poll_s` while reads are short, and no more than
+`max_duty` of the time busy while reads are long (a burst's thousands of pending tracks), so
+the measuring process does not take the cores of the pipeline it measures. The Feast read is
+replaced by a fake at its typed boundary (`read_sids`: ids -> one row per id)."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def _fake_reads(monkeypatch: pytest.MonkeyPatch, read_s: float, ready_after_s: float) -> list[float]:
+    import streams.sinks.feast as feast
+
+    calls: list[float] = []
+    start = time.monotonic()
+
+    def read_sids(store, ids, version):
+        calls.append(time.monotonic())
+        time.sleep(read_s)
+        ready = time.monotonic() - start >= ready_after_s
+        return pd.DataFrame({"track_id": list(ids), "text_sid": [[1, 2, 3] if ready else None for _ in ids]})
+
+    monkeypatch.setattr(feast, "read_sids", read_sids)
+    return calls
+
+
+def test_short_reads_poll_at_poll_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidstream.harness import wait_until_readable
+
+    calls = _fake_reads(monkeypatch, read_s=0.0, ready_after_s=0.4)
+    polls: dict[str, float] = {}
+    lat = wait_until_readable(None, {"a": "text_sid", "b": "text_sid"}, {"a": 0, "b": 0}, 5, "v", poll_s=0.01, polls=polls)
+    assert set(lat) == {"a", "b"}
+    assert polls["count"] == len(calls) >= 10  # ~40 at 10 ms; 10 even on a loaded machine
+    assert polls["mean_interval_ms"] < 40
+
+
+def test_long_reads_keep_the_poller_under_its_duty(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidstream.harness import wait_until_readable
+
+    calls = _fake_reads(monkeypatch, read_s=0.03, ready_after_s=0.6)
+    polls: dict[str, float] = {}
+    lat = wait_until_readable(None, {"a": "text_sid"}, {"a": 0}, 5, "v", poll_s=0.01, max_duty=0.2, polls=polls)
+    assert set(lat) == {"a"}
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert gaps and min(gaps) >= 0.03 / 0.2 * 0.9  # read 30 ms + wait 120 ms: busy at most 20%
+    assert polls["mean_interval_ms"] >= 135
