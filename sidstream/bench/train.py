@@ -11,7 +11,8 @@ gathered on the device from device-resident tables (trainer.device_data), the tr
 off the CPU. `cpu_data_paths` compares host and resident on the CPU in the same run;
 `cuda_amp_bf16_resident` is the eager resident path (`sidstream eval` on a GPU), with GPU
 utilisation sampled while it runs. "graphed" = the retraining job's GPU step (trainer.graphed):
-gather, forward, backward and fused Adam replayed as one CUDA graph per step, without
+gather, forward, backward and fused Adam captured as CUDA graphs of `STEPS_PER_GRAPH` (8) steps
+that read their rows at a device-side counter (the host only launches replays), without
 (`cuda_amp_bf16_graphed`) and with torch.compile inside it (`cuda_amp_bf16_graphed_compiled`).
 """
 
@@ -89,8 +90,18 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
 
         resident = DeviceData(prep.train, lookup, dev)
         graphed = GraphedStep(model, resident, batch_size, TrainConfig(lr=1e-3, amp=amp, compile=compile_model))
-        order, n_full = resident.order(0), len(prep.train) // batch_size
-        warmup = max(warmup, WARMUP_STEPS + 2)
+        order = resident.order(0)
+        graphed.start_epoch(order, 0)
+        # past the eager warm-up steps and both captures (a group of steps_per_graph, and one step)
+        warmup = max(warmup, WARMUP_STEPS + graphed.steps_per_graph + 1)
+
+        def run_graphed(k: int) -> None:  # k full steps, the epoch's order starting again at its end
+            while k > 0:
+                if graphed.position == graphed.full_batches:
+                    graphed.start_epoch(order, 0)
+                take = min(k, graphed.full_batches - graphed.position)
+                graphed.steps(take)
+                k -= take
     else:
         forward = torch.compile(model) if compile_model else model
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -101,7 +112,23 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
     seen, started = 0, 0.0
     utilisation: list[float] = []
     sample_every = max(1, steps // 10)
-    for i in range(steps + warmup):
+    if graphed is not None:  # in chunks: the host only launches graphs, samples between chunks
+        run_graphed(warmup)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        chunk, done = max(graphed.steps_per_graph, sample_every // graphed.steps_per_graph * graphed.steps_per_graph), 0
+        while done < steps:
+            k = min(chunk, steps - done)
+            run_graphed(k)
+            done += k
+            if dev.type == "cuda":
+                u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
+                if u is not None:
+                    utilisation.append(u)
+        seen = steps * batch_size
+        loss = graphed.losses(0, graphed.full_batches)[max(0, graphed.position - 1)]
+    for i in range(0 if graphed is not None else steps + warmup):
         if i == warmup:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -110,12 +137,6 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
             u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
             if u is not None:
                 utilisation.append(u)
-        if graphed is not None:
-            k = i % n_full
-            loss = graphed(order[k * batch_size : (k + 1) * batch_size])
-            if i >= warmup:
-                seen += batch_size
-            continue
         batch = next_batch(i)
         with _autocast(dev, amp):
             logits = forward(batch)

@@ -72,6 +72,40 @@ def test_cpu_resume_after_crash_matches_uninterrupted(prep, lookup, tmp_path):
     assert all(torch.equal(pw[k], pa[k]) for k in pw)
 
 
+def test_cpu_on_step_sees_every_step_and_loss_of_train_model(prep, lookup):
+    """The loop steps in chunks (the host only launches graphs) and reads the losses once per
+    chunk: on_step still gets every step, in order, with train_model's loss for it."""
+    from trainer.graphed import PROGRESS_EVERY, train_model_graphed
+    from trainer.train_loop import TrainConfig, train_model
+
+    table, sizes = lookup
+    config = TrainConfig(epochs=2, batch_size=7, device="cpu", data_path="device", checkpoint_every=0, seed=5)
+    assert len(prep.train) // 7 > PROGRESS_EVERY  # several chunks per epoch
+    seen_a: list[tuple[int, int, float]] = []
+    seen_b: list[tuple[int, int, float]] = []
+    train_model(_model(prep, sizes, "din"), prep.train, table, config, on_step=lambda *a: seen_a.append(a))
+    train_model_graphed(_model(prep, sizes, "din"), prep.train, table, config, capture=False,
+                        on_step=lambda *a: seen_b.append(a))
+    assert seen_a == seen_b and [s for s, _, _ in seen_b] == list(range(1, len(seen_b) + 1))
+
+
+def test_steps_stay_inside_the_epoch(prep, lookup):
+    from trainer.device_data import DeviceData
+    from trainer.graphed import GraphedStep
+    from trainer.train_loop import TrainConfig
+
+    table, sizes = lookup
+    data = DeviceData(prep.train, table, "cpu")
+    step = GraphedStep(_model(prep, sizes), data, 64, TrainConfig(), capture=False)
+    step.start_epoch(data.order(0), step.full_batches - 2)
+    step.steps(2)
+    assert step.position == step.full_batches and int(step.static_step) == step.full_batches
+    with pytest.raises(ValueError, match="past the epoch"):
+        step.steps(1)
+    with pytest.raises(ValueError, match="steps_per_graph"):
+        GraphedStep(_model(prep, sizes), data, 64, TrainConfig(), capture=False, steps_per_graph=0)
+
+
 def test_selection(monkeypatch):
     from trainer import graphed
     from trainer.train_loop import TrainConfig
@@ -109,3 +143,17 @@ def test_cuda_graph_matches_eager(prep, lookup, kind):
     stats = train_model_graphed(bf16, prep.train, table, replace(config, amp=True), capture=True)
     assert stats["cuda_graph"] is True and math.isfinite(stats["mean_loss_last_epoch"])
     assert any(not torch.equal(v, _params(_model(prep, sizes, kind))[k]) for k, v in _params(bf16).items())
+
+
+def test_bench_graphed_row_runs_the_chunked_loop_on_cpu(prep, lookup):
+    """`bench train`'s graphed rows (CUDA only in the command) step through GraphedStep in
+    chunks; on the CPU the same code runs eagerly and reports what it ran."""
+    import math
+
+    from sidstream.bench.train import _measure
+    from trainer.models import ModelConfig
+
+    table, sizes = lookup
+    r = _measure("din", ModelConfig(kind="din"), prep, table.codes, sizes, "cpu", False, 21, 2, 16, data="graphed")
+    assert r["steps"] == 21 and r["cuda_graph"] is False and math.isfinite(r["final_loss"])
+    assert r["samples_per_s"] > 0
