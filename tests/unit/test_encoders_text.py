@@ -147,3 +147,46 @@ def test_missing_model_dir(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({}))
     with pytest.raises(FileNotFoundError):
         load_text_encoder(tmp_path)
+
+
+_TOKEN_TEXTS = ["Nebula by Max McCracken. Tags: ambient, electronic.", "rock", "a " * 600, "Ünïcödé ♪ 音楽",
+                "Moi dix Mois. Tags: j-rock, japanese, visual kei, gothic, metal", "x" * 3000, "  spaced   out  "]
+
+
+def _reference_ids(encoder, texts):
+    """The transformers wrapper's ids: what `token_ids` replaced."""
+    return encoder.tokenizer(list(texts), truncation=True, max_length=encoder.max_length, padding=False,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def test_rust_token_ids_equal_the_wrappers_minilm(minilm):
+    assert minilm._rust is not None  # the shipped MiniLM has a fast tokenizer
+    assert minilm.token_ids(_TOKEN_TEXTS) == _reference_ids(minilm, _TOKEN_TEXTS)
+    assert max(map(len, minilm.token_ids(_TOKEN_TEXTS))) == minilm.max_length  # truncated, specials counted
+
+
+def test_token_batches_equal_the_wrappers_padding_minilm(minilm):
+    """`tokenize_batches` pads with numpy what `tokenizer.pad(padding="max_length")` padded."""
+    for batch in minilm.tokenize_batches(_TOKEN_TEXTS):
+        width = batch.inputs["input_ids"].shape[1]
+        ref = minilm.tokenizer.pad({"input_ids": [_reference_ids(minilm, [_TOKEN_TEXTS[i]])[0] for i in batch.indices]},
+                                   padding="max_length", max_length=width, return_tensors="pt")
+        np.testing.assert_array_equal(batch.inputs["input_ids"].numpy(), ref["input_ids"].numpy())
+        np.testing.assert_array_equal(batch.inputs["attention_mask"].numpy(), ref["attention_mask"].numpy())
+    bucket = minilm.tokenize_bucket(_TOKEN_TEXTS, np.arange(len(_TOKEN_TEXTS)))
+    assert sorted(i for b in bucket for i in b.indices) == list(range(len(_TOKEN_TEXTS)))
+    for b in bucket:
+        for row, i in enumerate(b.indices):
+            n = int(b.inputs["attention_mask"][row].sum())
+            assert b.inputs["input_ids"][row, :n].tolist() == _reference_ids(minilm, [_TOKEN_TEXTS[i]])[0]
+            assert (b.inputs["input_ids"][row, n:] == minilm.tokenizer.pad_token_id).all()
+
+
+def test_rust_token_ids_equal_the_wrappers_tiny_llama(tmp_path):
+    _save_tiny_llama(tmp_path)
+    encoder = load_text_encoder(tmp_path, device="cpu", max_length=5, token_budget=64)
+    texts = ["rock song by the band", "jazz piano", "pop", "rock song by the band guitar piano jazz pop", "unknown words"]
+    assert encoder.token_ids(texts) == _reference_ids(encoder, texts)
+    ids, mask = encoder.padded(encoder.token_ids(texts), 6)
+    assert ids.shape == mask.shape == (5, 6) and mask.sum(axis=1).tolist() == [len(r) for r in encoder.token_ids(texts)]
+    assert (ids[mask == 0] == encoder.tokenizer.pad_token_id).all()
