@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -108,8 +110,32 @@ def create_topics(
         except Exception as exc:  # noqa: BLE001
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+    wait_until_ready(admin, created, timeout_s)
     log.info("created %d topics (%d partitions each)", len(created), partitions)
     return created
+
+
+def wait_until_ready(admin: Any, topics: list[str], timeout_s: float = 30.0) -> None:
+    """Return once every topic is in the broker's metadata with a leader for each partition.
+
+    A create request is acknowledged when the controller has the topic; a freshly started
+    broker can still answer a metadata request without it for a moment, and a worker that
+    looked then failed at start (the demo once did: "identity topic ... does not exist")."""
+    deadline = time.monotonic() + timeout_s
+    missing = list(topics)
+    while missing:
+        meta = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
+        missing = [t for t in missing if not _ready(meta.get(t))]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not ready after {timeout_s:.0f}s: {sorted(missing)}")
+        time.sleep(0.05)
+
+
+def _ready(meta: Any) -> bool:
+    return (meta is not None and meta.error is None and bool(meta.partitions)
+            and all(p.leader >= 0 and p.error is None for p in meta.partitions.values()))
 
 
 def delete_topics(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> None:

@@ -45,3 +45,27 @@ def test_missing_java_gives_clear_error(kafka_broker, monkeypatch, tmp_path):
     b = LocalBroker(kafka_broker.settings, tmp_path / "home", tmp_path / "emptycache")
     with pytest.raises(BrokerError, match="not found on PATH"):
         b.resolve_jars()
+
+
+def test_created_topics_are_ready_when_create_returns(kafka_broker):
+    """create_topics waits until each new topic has a leader per partition in the metadata, so a
+    worker started right after it finds them (the demo once failed: identity topic missing)."""
+    from confluent_kafka.admin import AdminClient
+
+    names = TopicNames(f"r{uuid.uuid4().hex[:6]}-")
+    created = create_topics(kafka_broker.settings.bootstrap, names, partitions=3)
+    meta = AdminClient({"bootstrap.servers": kafka_broker.settings.bootstrap}).list_topics(timeout=10).topics
+    for topic in created:
+        assert meta[topic].error is None and meta[topic].partitions
+        assert all(p.leader >= 0 for p in meta[topic].partitions.values())
+
+
+def test_identity_reader_waits_for_its_topic_then_names_it(kafka_broker):
+    import time
+
+    from streams.identity import KafkaIdentities
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="identity topic 'no-such-identity' does not exist"):
+        KafkaIdentities(kafka_broker.settings.bootstrap, "no-such-identity", timeout_s=1.0)
+    assert time.monotonic() - started >= 1.0  # it looked again until its timeout, then failed
