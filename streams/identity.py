@@ -179,14 +179,13 @@ class KafkaIdentities(TableIdentities):
         # fetch in flight (up to fetch.wait.max.ms), and the broker answers a connection's requests
         # in order, so a ListOffsets on the reader's connection waited that long per partition.
         self._offsets = Consumer(reader)
-        deadline = time.monotonic() + self.timeout_s
-        while True:  # a topic created a moment ago may not be in this broker's metadata yet
-            meta = self._consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
-            if meta is not None and meta.error is None and meta.partitions:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"identity topic {topic!r} does not exist (run `sidstream topics create`)")
-            time.sleep(0.1)
+        from streams.admin.topics import wait_until_ready
+
+        try:  # a topic created a moment ago may not be in this broker's metadata yet
+            wait_until_ready(self._consumer, [topic], self.timeout_s)
+        except TimeoutError:
+            raise RuntimeError(f"identity topic {topic!r} does not exist (run `sidstream topics create`)") from None
+        meta = self._consumer.list_topics(topic, timeout=self.timeout_s).topics[topic]
         self.partitions = sorted(meta.partitions)
         self._consumer.assign([TopicPartition(topic, p, 0) for p in self.partitions])  # the whole log, from the start
         self._next: dict[int, int] = {p: 0 for p in self.partitions}

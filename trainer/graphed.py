@@ -172,16 +172,16 @@ class GraphedStep:
     def _graph(self, size: int) -> torch.cuda.CUDAGraph:
         if size not in self.graphs:
             torch.cuda.synchronize(self.device)
-            step, position = self.static_step.clone(), self.position
+            step = self.static_step.clone()
             graph = torch.cuda.CUDAGraph()
             pool = self.graph.pool() if self.graph is not None else None
             with torch.cuda.graph(graph, pool=pool):
                 for _ in range(size):
                     self._step_in_graph()
-            # capture records the kernels without running them: the counter is where it was
+            # capture records the kernels without running them; the counter is put back all the
+            # same, since the replays that follow must start from it (the host position is untouched)
             torch.cuda.synchronize(self.device)
             self.static_step.copy_(step)
-            self.position = position
             self.graphs[size] = graph
         return self.graphs[size]
 

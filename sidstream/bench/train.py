@@ -112,6 +112,12 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
     seen, started = 0, 0.0
     utilisation: list[float] = []
     sample_every = max(1, steps // 10)
+    def sample_utilisation() -> None:
+        if dev.type == "cuda":
+            u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
+            if u is not None:
+                utilisation.append(u)
+
     if graphed is not None:  # in chunks: the host only launches graphs, samples between chunks
         run_graphed(warmup)
         if dev.type == "cuda":
@@ -122,30 +128,26 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
             k = min(chunk, steps - done)
             run_graphed(k)
             done += k
-            if dev.type == "cuda":
-                u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
-                if u is not None:
-                    utilisation.append(u)
+            sample_utilisation()
         seen = steps * batch_size
         loss = graphed.losses(0, graphed.full_batches)[max(0, graphed.position - 1)]
-    for i in range(0 if graphed is not None else steps + warmup):
-        if i == warmup:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-        if dev.type == "cuda" and i >= warmup and (i - warmup) % sample_every == sample_every - 1:
-            u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
-            if u is not None:
-                utilisation.append(u)
-        batch = next_batch(i)
-        with _autocast(dev, amp):
-            logits = forward(batch)
-        loss = loss_fn(logits.float(), batch["label"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= warmup:
-            seen += int(batch["label"].shape[0])
+    else:
+        for i in range(steps + warmup):
+            if i == warmup:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+            if i >= warmup and (i - warmup) % sample_every == sample_every - 1:
+                sample_utilisation()
+            batch = next_batch(i)
+            with _autocast(dev, amp):
+                logits = forward(batch)
+            loss = loss_fn(logits.float(), batch["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= warmup:
+                seen += int(batch["label"].shape[0])
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started

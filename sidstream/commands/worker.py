@@ -96,8 +96,8 @@ class _ThreadsBySize:
 
         if len(batch) >= self._busy_batch:
             want = self._all
-        elif self._pool is None or len(batch) < 2:
-            want = 1 if self._pool is not None else self._few
+        elif self._pool is None or len(batch) < 2:  # no pool: few is 1
+            want = 1
         else:
             bounds = np.linspace(0, len(batch), min(self._few, len(batch)) + 1).astype(int)
             parts = [self._pool.submit(self._encode_part, batch[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
