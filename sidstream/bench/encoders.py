@@ -11,7 +11,11 @@ ratio = raw seconds / encode seconds (1.0: no overhead; goal >= 0.9). Every row 
 dtype and whether the encode path was the pipelined one (encoders.pipeline: on by default off the
 CPU). On CUDA the text row adds `one_call_*`: the same texts in a single encode() call, where the
 pipeline can overlap tokenisation with the forward pass across buckets. Each timing is the best of
-`repeats` alternating runs. Peak memory: process max RSS after each model, and CUDA peak
+`repeats` alternating runs. `stages` times the same calls `repeats` more times step by step, each step
+closed by a device sync, each step's best pass kept (validate / tokenize / copy_in / forward / pool / copy_out_l2 for text;
+windows / stack / front_end / network / pool_copy_out for audio): their sum (`serial_ms`) set
+beside `encode_ms` shows how much the pipeline's overlap hides and which step a call waits on.
+Peak memory: process max RSS after each model, and CUDA peak
 allocation when on a GPU.
 """
 
@@ -23,11 +27,15 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import numpy as np
 import torch
 
+from encoders.base import l2_normalise
+
+T = TypeVar("T")
 AUDIO_DIR = Path("/usr/share/games/singularity/music")
 
 
@@ -42,6 +50,99 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+class _Stages:
+    """Serial stage timings: each stage is closed by a device sync, so the stages add up to the
+    path run without overlap; set beside the path's own time, they show what the overlap hides
+    and where a call's time goes (ms summed over every call of one pass)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self.best: dict[str, float] = {}
+        self.outputs: list[np.ndarray] = []  # each call's embeddings (last pass): tests hold them to encode()'s
+
+    def next_pass(self) -> None:
+        """Close one pass over the calls: each stage keeps its best pass (as the timings do)."""
+        for name, ms in self.ms.items():
+            self.best[name] = min(ms, self.best.get(name, float("inf")))
+        self.ms = {}
+
+    def __call__(self, name: str, fn: Callable[[], T]) -> T:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        value = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.ms[name] = self.ms.get(name, 0.0) + 1000 * (time.perf_counter() - start)
+        return value
+
+    def report(self, encode_s: float) -> dict:
+        self.next_pass()
+        return {"ms": {k: round(v, 1) for k, v in self.best.items()}, "serial_ms": round(sum(self.best.values()), 1),
+                "encode_ms": round(1000 * encode_s, 1)}
+
+
+def _text_stages(encoder: Any, chunks: list[list[str]], repeats: int) -> _Stages:
+    """The text path's steps, one call per chunk, as the pipelined (or plain) path runs them."""
+    from encoders.pipeline import use_pipeline
+    from encoders.text import validate_text
+
+    stages = _Stages()
+    pipelined = use_pipeline(encoder.pipeline, encoder.device)
+    with torch.inference_mode():
+        for chunk in [c for _ in range(repeats) for c in [*chunks, None]]:
+            if chunk is None:
+                stages.next_pass()
+                continue
+            if len(stages.outputs) == len(chunks):
+                stages.outputs.clear()
+            stages("validate", lambda c=chunk: [validate_text(t) for t in c])
+            if pipelined:
+                batches = stages("tokenize", lambda c=chunk: encoder.tokenize_bucket(c, np.arange(len(c))))
+                batches = stages("copy_in", lambda b=batches: [
+                    type(x)(x.indices, {k: v.to(encoder.device, non_blocking=True) for k, v in x.inputs.items()})
+                    for x in b])
+            else:
+                batches = stages("tokenize", lambda c=chunk: encoder.tokenize_batches(c))
+            hidden = stages("forward", lambda b=batches: [encoder.forward_batch(x) for x in b])
+            pooled = stages("pool", lambda b=batches, h=hidden: [
+                encoder.pool(y, x.inputs["attention_mask"]) for x, y in zip(b, h, strict=True)])
+            order = np.concatenate([np.asarray(x.indices, dtype=np.int64) for x in batches])
+            stages.outputs.append(stages("copy_out_l2", lambda p=pooled, o=order: l2_normalise(
+                torch.cat(p).cpu().numpy()[np.argsort(o)])))
+    return stages
+
+
+def _audio_stages(encoder: Any, chunks: list[list[np.ndarray]], repeats: int) -> _Stages:
+    """The audio path's steps, one call per chunk of tracks: windowing (with validation),
+    stacking into (pinned) micro-batches, the front-end (musicnn: log-mel patches), the network,
+    and the mean over patches, windows and L2 with the copy back."""
+    from encoders.audio import mean_by_owner
+
+    stages = _Stages()
+    with torch.inference_mode():
+        for chunk in [c for _ in range(repeats) for c in [*chunks, None]]:
+            if chunk is None:
+                stages.next_pass()
+                continue
+            if len(stages.outputs) == len(chunks):
+                stages.outputs.clear()
+            windows, owners = stages("windows", lambda c=chunk: encoder.windows_of(c))
+            batches = stages("stack", lambda w=windows: encoder.micro_batches(w))
+            rows = []
+            for _, stacked in batches:
+                if hasattr(encoder, "patches"):
+                    patches, per_window = stages("front_end", lambda x=stacked: encoder.patches(x))
+                    out = stages("network", lambda x=patches: encoder.model(x)[encoder.output])
+                    rows.append(out.reshape(stacked.shape[0], per_window, -1).mean(dim=1))
+                else:
+                    rows.append(stages("front_end", lambda x=stacked: encoder.embed_windows(x)))
+            order = np.concatenate([np.asarray(c, dtype=np.int64) for c, _ in batches])
+            stages.outputs.append(stages("pool_copy_out", lambda r=rows, o=order, w=owners, n=len(chunk): l2_normalise(
+                mean_by_owner(torch.cat(r).float().cpu().numpy()[np.argsort(o)], w, n))))
+    return stages
 
 
 def _max_rss_mb() -> float:
@@ -91,7 +192,8 @@ def bench_text(device: str, dtype: str, n: int, batch: int, repeats: int, one_ca
            "pipelined": use_pipeline(encoder.pipeline, encoder.device), "items": len(texts),
            "micro_batch": batch, "texts_per_s": round(len(texts) / encode_s, 1),
            "raw_texts_per_s": round(len(texts) / raw_s, 1), "ratio_vs_raw": round(raw_s / encode_s, 3),
-           "tokens": sum(b.tokens for b in prepared), "peak_rss_mb": round(_max_rss_mb(), 1)}
+           "tokens": sum(b.tokens for b in prepared), "peak_rss_mb": round(_max_rss_mb(), 1),
+           "stages": _text_stages(encoder, chunks, repeats).report(encode_s)}
     if one_call:
         one_s = min(_best(lambda: encoder.encode(texts), 1) for _ in range(repeats))
         row["one_call_texts_per_s"] = round(len(texts) / one_s, 1)
@@ -153,7 +255,7 @@ def bench_audio(spec: str, device: str, waves: list[np.ndarray], batch: int, rep
             "audio_s_per_s": round(window_seconds / encode_s, 1),
             "track_audio_s_per_s": round(track_seconds / encode_s, 1),
             "raw_audio_s_per_s": round(window_seconds / raw_s, 1), "ratio_vs_raw": round(raw_s / encode_s, 3),
-            "peak_rss_mb": round(_max_rss_mb(), 1)}
+            "peak_rss_mb": round(_max_rss_mb(), 1), "stages": _audio_stages(encoder, chunks, repeats).report(encode_s)}
 
 
 @click.command()

@@ -135,6 +135,38 @@ def test_audio_encode_rejects_bad_waveforms(logmel, bad, fragment):
         logmel.encode([_tone(1.0), bad])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_check_matches_isfinite(dtype):
+    """The sum-of-squares shortcut in validate_waveform gives np.isfinite(w).all() exactly: a NaN,
+    +inf or -inf anywhere fails; huge finite samples whose squares overflow still pass (the
+    shortcut falls back to the full check); integer waveforms pass."""
+    from encoders.audio import _all_finite, validate_waveform
+
+    rng = np.random.default_rng(0)
+    wave = rng.standard_normal(50_000).astype(dtype)
+    assert _all_finite(wave) and validate_waveform(wave) is None
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, 12_345, -1):
+            broken = wave.copy()
+            broken[where] = bad
+            assert not _all_finite(broken)
+            assert validate_waveform(broken) == "waveform contains NaN or infinite samples"
+    huge = np.full(1000, np.finfo(dtype).max / 2, dtype=dtype)
+    assert not np.isfinite(np.dot(huge, huge)) and _all_finite(huge)
+    assert _all_finite(wave[::3])  # strided views too
+    assert _all_finite(np.arange(10, dtype=np.int16))
+
+
+def test_stacked_windows_equal_numpy_stack(logmel):
+    waves = [_tone(25.0), _tone(12.0, freq=220), _tone(3.0)]
+    windows, owners = logmel.windows_of(waves)
+    groups = logmel.window_groups(windows)
+    assert sorted(i for g in groups for i in g) == list(range(len(windows)))
+    for chunk, stacked in logmel.micro_batches(windows):
+        np.testing.assert_array_equal(stacked.numpy(), np.stack([windows[i] for i in chunk]))
+        assert stacked.dtype.is_floating_point and not stacked.is_pinned()  # pinned only for CUDA
+
+
 def test_unknown_spec():
     with pytest.raises(ValueError, match="unknown audio encoder"):
         load_audio_encoder("nonexistent-model")

@@ -212,5 +212,9 @@ def test_musicnn_cuda_pipelined_close_to_cpu():
 
     waves = _waves()
     cpu = MusicnnEncoder(window_batch=2).encode(waves)
-    gpu = MusicnnEncoder(window_batch=2, device=torch.device("cuda")).encode(waves)
+    encoder = MusicnnEncoder(window_batch=2, device=torch.device("cuda"))
+    gpu = encoder.encode(waves)
     np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+    # windows bound for the GPU are stacked straight into page-locked memory (one host copy)
+    batches = encoder.micro_batches(encoder.windows_of(waves)[0])
+    assert batches and all(stacked.is_pinned() for _, stacked in batches)
