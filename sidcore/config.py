@@ -76,9 +76,10 @@ class EncoderSettings(_Frozen):
     # intra-op). With N > 1 a small batch is cut into N parts encoded at once, one torch thread
     # each (no per-operator barrier for a preempted thread to stall); N = 1: one thread.
     # Encoder processes sharing a host should split its cores (the harness does). Batches of
-    # `busy_batch` items or more (a backlog) use all cores, intra-op.
+    # `busy_batch` items or more (a backlog) are cut into one part per core (>= 8 items each).
+    # Encoders on an accelerator are never split.
     threads: int | None = Field(None, ge=1)
-    busy_batch: int = Field(16, ge=1, description="batches this large use every core (throughput over latency)")
+    busy_batch: int = Field(16, ge=1, description="batches this large use every core, one part per core (throughput over latency)")
     audio_model: str = "musicnn"  # "musicnn" (shipped weights) | "logmel" | path to a Hugging Face audio model dir
     device: str = "cpu"
     dtype: str = "float32"  # float32 | float16 | bfloat16 (encoders.base.resolve_dtype)

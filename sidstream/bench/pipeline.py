@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import resource
 import time
 from typing import Any
@@ -45,6 +46,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, warmup_tracks: int
     from encoders.configured import configured_text_encoder
     from sidcore.catalog import lastfm_tracks
     from sidcore.config import get_settings
+    from sidstream.commands.worker import threads_by_size
     from sidstream.harness import PipelineRun, ensure_codebooks
     from streams.admin.broker import local_broker
     from streams.sinks.feast import open_store
@@ -54,7 +56,8 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, warmup_tracks: int
     console = Console(stderr=True)
     tracks = lastfm_tracks(s.lastfm_source, n)
     texts = [track_text(t) for t in tracks]
-    te = configured_text_encoder(s.encoders)
+    # the encoder alone, run as a worker runs it (ThreadsBySize: a batch this size is one part per core)
+    te = threads_by_size(configured_text_encoder(s.encoders), os.cpu_count() or 1, s.encoders.busy_batch)
     te.encode(texts[:32])  # warm-up
     bs = s.stream.batch_size
     t0 = time.perf_counter()

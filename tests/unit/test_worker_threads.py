@@ -74,10 +74,10 @@ class _Recorder:
 
 
 def test_small_batches_are_split_into_parts_on_one_torch_thread_each():
-    from sidstream.commands.worker import _ThreadsBySize
+    from sidstream.commands.worker import ThreadsBySize
 
     inner = _Recorder()
-    enc = _ThreadsBySize(inner, few=2, busy_batch=16)
+    enc = ThreadsBySize(inner, few=2, busy_batch=16)
     batch = [f"t-{i}" for i in range(5)]
     out = enc.encode(batch)
     np.testing.assert_array_equal(out[:, 0], np.arange(5))  # parts joined in order
@@ -86,38 +86,57 @@ def test_small_batches_are_split_into_parts_on_one_torch_thread_each():
     assert all(name.startswith("encode-part") and threads == 1 for _, name, threads in parts)
 
 
-def test_one_item_and_backlogs_are_not_split():
-    import os
-
-    from sidstream.commands.worker import _ThreadsBySize
+def test_one_item_is_not_split_and_backlogs_are_cut_one_part_per_core():
+    from sidstream.commands.worker import MIN_PART, ThreadsBySize
 
     inner = _Recorder()
-    enc = _ThreadsBySize(inner, few=2, busy_batch=4)
+    enc = ThreadsBySize(inner, few=2, busy_batch=4, cores=3)
     enc.encode(["t-0"])
-    enc.encode([f"t-{i}" for i in range(4)])
-    (one, _, one_threads), (backlog, _, all_threads) = inner.calls
-    assert one == ["t-0"] and one_threads == 1
-    assert len(backlog) == 4 and all_threads == (os.cpu_count() or 1)
+    assert inner.calls == [(["t-0"], inner.calls[0][1], 1)]
+    inner.calls.clear()
+    small_backlog = [f"t-{i}" for i in range(MIN_PART + 1)]  # too few items for two parts of MIN_PART
+    np.testing.assert_array_equal(enc.encode(small_backlog)[:, 0], np.arange(MIN_PART + 1))
+    assert [(len(b), n) for b, _, n in inner.calls] == [(MIN_PART + 1, 1)]
+    inner.calls.clear()
+    backlog = [f"t-{i}" for i in range(64)]
+    out = enc.encode(backlog)
+    np.testing.assert_array_equal(out[:, 0], np.arange(64))  # parts joined in order
+    parts = sorted(inner.calls, key=lambda c: int(c[0][0].split("-")[1]))
+    assert [len(b) for b, _, _ in parts] == [21, 21, 22]  # one part per core
+    assert all(name.startswith("encode-part") and threads == 1 for _, name, threads in parts)
+    assert [enc.parts(n) for n in (1, 2, 3, 4, 15, 16, 24, 1000)] == [1, 2, 2, 1, 1, 2, 3, 3]
+
+
+def test_encoders_off_the_cpu_and_unset_threads_are_passed_through():
+    import torch
+
+    from sidstream.commands.worker import ThreadsBySize, threads_by_size
+
+    inner = _Recorder()
+    assert isinstance(threads_by_size(inner, 2, 16), ThreadsBySize)  # no device attribute: a CPU encoder
+    assert threads_by_size(inner, None, 16) is inner
+    inner.device = torch.device("cuda")
+    assert threads_by_size(inner, 2, 16) is inner
 
 
 def test_few_one_keeps_one_torch_thread_for_small_batches():
-    from sidstream.commands.worker import _ThreadsBySize
+    from sidstream.commands.worker import ThreadsBySize
 
     inner = _Recorder()
-    _ThreadsBySize(inner, few=1, busy_batch=16).encode(["t-0", "t-1", "t-2"])
+    ThreadsBySize(inner, few=1, busy_batch=16).encode(["t-0", "t-1", "t-2"])
     assert [(len(b), n) for b, _, n in inner.calls] == [(3, 1)]
 
 
 def test_split_parts_give_the_rows_of_one_whole_batch_minilm():
     """The shipped MiniLM: a batch encoded as parts on two threads equals the batch encoded whole."""
     from encoders import load_text_encoder
-    from sidstream.commands.worker import _ThreadsBySize
+    from sidstream.commands.worker import ThreadsBySize
 
     minilm = load_text_encoder(None, device="cpu", dtype="float32")
     texts = ["Nebula by Max McCracken. Tags: ambient, electronic.", "rock", "Moi dix Mois. Tags: j-rock, visual kei",
              "a much longer sentence " * 12, "Ünïcödé ♪ 音楽"]
     whole = minilm.encode(texts)
-    parts = _ThreadsBySize(minilm, few=2, busy_batch=16).encode(texts)
+    parts = ThreadsBySize(minilm, few=2, busy_batch=16).encode(texts)
     np.testing.assert_allclose(parts, whole, atol=1e-6)
 
 
