@@ -25,7 +25,7 @@ import json
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +62,14 @@ class _Stages:
         self.best: dict[str, float] = {}
         self.outputs: list[np.ndarray] = []  # each call's embeddings (last pass): tests hold them to encode()'s
 
+    def passes(self, chunks: list[T], repeats: int) -> Iterator[T]:
+        """The chunks, `repeats` times over, each pass closed by next_pass; `outputs` holds the
+        last pass's embeddings."""
+        for _ in range(repeats):
+            self.outputs = []
+            yield from chunks
+            self.next_pass()
+
     def next_pass(self) -> None:
         """Close one pass over the calls: each stage keeps its best pass (as the timings do)."""
         for name, ms in self.ms.items():
@@ -92,12 +100,7 @@ def _text_stages(encoder: Any, chunks: list[list[str]], repeats: int) -> _Stages
     stages = _Stages()
     pipelined = use_pipeline(encoder.pipeline, encoder.device)
     with torch.inference_mode():
-        for chunk in [c for _ in range(repeats) for c in [*chunks, None]]:
-            if chunk is None:
-                stages.next_pass()
-                continue
-            if len(stages.outputs) == len(chunks):
-                stages.outputs.clear()
+        for chunk in stages.passes(chunks, repeats):
             stages("validate", lambda c=chunk: [validate_text(t) for t in c])
             if pipelined:
                 batches = stages("tokenize", lambda c=chunk: encoder.tokenize_bucket(c, np.arange(len(c))))
@@ -123,12 +126,7 @@ def _audio_stages(encoder: Any, chunks: list[list[np.ndarray]], repeats: int) ->
 
     stages = _Stages()
     with torch.inference_mode():
-        for chunk in [c for _ in range(repeats) for c in [*chunks, None]]:
-            if chunk is None:
-                stages.next_pass()
-                continue
-            if len(stages.outputs) == len(chunks):
-                stages.outputs.clear()
+        for chunk in stages.passes(chunks, repeats):
             windows, owners = stages("windows", lambda c=chunk: encoder.windows_of(c))
             batches = stages("stack", lambda w=windows: encoder.micro_batches(w))
             rows = []

@@ -23,7 +23,7 @@ def test_text_stages_give_encode_output(pipeline):
     report = stages.report(0.5)
     expected = ["validate", "tokenize", *(["copy_in"] if pipeline == "on" else []), "forward", "pool", "copy_out_l2"]
     assert list(report["ms"]) == expected and report["encode_ms"] == 500.0
-    assert report["serial_ms"] == pytest.approx(sum(report["ms"].values()), abs=0.2)
+    assert report["serial_ms"] == pytest.approx(sum(report["ms"].values()), abs=0.06 * len(expected))  # rounding
     assert len(stages.outputs) == len(chunks)
     for chunk, got in zip(chunks, stages.outputs, strict=True):
         np.testing.assert_allclose(got, encoder.encode(chunk), atol=1e-5)
