@@ -264,8 +264,9 @@ class TextEncoder:
 
     # -- the pipelined path (accelerators): tokenise ahead in a thread, copy without blocking --
     def tokenize_bucket(self, texts: Sequence[str], indices: np.ndarray) -> list[TokenBatch]:
-        """Token batches of texts[indices] (already validated), padded in the tokenizer's Rust
-        code and cut into length-sorted batches by array slicing; host tensors pinned for CUDA."""
+        """Token batches of texts[indices] (already validated): tokenised by the Rust tokenizer,
+        padded once with numpy to the bucket's longest row, and cut into length-sorted batches by
+        array slicing; host tensors pinned for CUDA."""
         rows = self.token_ids([texts[i] for i in indices.tolist()])
         ids, mask = self.padded(rows, max(map(len, rows), default=1))  # right-padded: slicing keeps the left columns
         lengths = mask.sum(axis=1)

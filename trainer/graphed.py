@@ -29,18 +29,16 @@ The offline evaluation (`sidstream eval`, docs/results) keeps train_model's eage
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from trainer.device_data import DeviceData
 from trainer.features import Lookup, Samples, n_batches
-from trainer.train_loop import InjectedFailure, TrainConfig, distributed, resolve_device, save_checkpoint
+from trainer.train_loop import RunState, TrainConfig, distributed, prepare_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -206,86 +204,48 @@ def train_model_graphed(
     capture: bool | None = None,
 ) -> dict[str, Any]:
     """`train_model` with the step as a CUDA graph (single process); same return dict plus `cuda_graph`."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    model.to(device)
+    device = prepare_model(model, config)
     data = DeviceData(samples, lookup, device)
     step_fn = GraphedStep(model, data, config.batch_size, config, capture=capture)
-    optimizer = step_fn.optimizer
     per_epoch = n_batches(len(samples), config.batch_size, 1)
     total = per_epoch * config.epochs
-    epoch0, batch0, step = 0, 0, 0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch0, batch0, step = state["epoch"], state["batch"], state["step"]
-        log.info("resuming from %s at step %d (epoch %d, batch %d)", checkpoint, step, epoch0, batch0)
-    resumed_from = step
+    run = RunState(model, step_fn.optimizer, config, device, checkpoint, extra_state, fail_after_steps)
 
-    def checkpoint_now(epoch: int, batch: int) -> None:
-        if checkpoint is not None:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "batch": batch, "step": step, "train_config": config.to_dict(), **(extra_state or {})}
-            save_checkpoint(checkpoint, state)
-
-    started = time.perf_counter()
-    seen = 0
+    run.start()
     losses: list[float] = []
     model.train()
     full = step_fn.full_batches
-    for epoch in range(epoch0, config.epochs):
-        first = batch0 if epoch == epoch0 else 0
+    for epoch in range(run.epoch0, config.epochs):
+        first = run.first_batch(epoch)
         order = data.order(config.seed * 1000 + epoch)
         step_fn.start_epoch(order, min(first, full))
         b = first
         while b < full:  # full batches, in chunks that end where a checkpoint, the drill or on_step is due
-            k = full - b
-            if config.checkpoint_every:
-                k = min(k, config.checkpoint_every - step % config.checkpoint_every)
-            if fail_after_steps is not None:
-                k = min(k, max(1, resumed_from + fail_after_steps - step))
+            k = min(full - b, run.steps_until_due() or full)
             if on_step is not None:
                 k = min(k, PROGRESS_EVERY)
             step_fn.steps(k)
             if on_step is not None:
                 for i, value in enumerate(step_fn.losses(b, b + k).tolist()):
-                    on_step(step + i + 1, total, float(value))
+                    on_step(run.step + i + 1, total, float(value))
             b += k
-            step += k
-            seen += k * config.batch_size
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoint_now(epoch, b)
-            if fail_after_steps is not None and step - resumed_from >= fail_after_steps:
-                raise InjectedFailure(f"injected failure after {step} steps")
+            run.count(k, k * config.batch_size)
+            run.due(epoch, b)
         pending = [step_fn.losses(first, full)] if first < full else []
         if b < per_epoch:  # the short last batch
             rows = order[full * config.batch_size :]
             loss = step_fn.tail(rows)
-            step += 1
-            seen += int(rows.numel())
+            run.count(1, int(rows.numel()))
             pending.append(loss.float().view(1))
             if on_step is not None:
-                on_step(step, total, float(loss))
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoint_now(epoch, per_epoch)
-            if fail_after_steps is not None and step - resumed_from >= fail_after_steps:
-                raise InjectedFailure(f"injected failure after {step} steps")
+                on_step(run.step, total, float(loss))
+            run.due(epoch, per_epoch)
         losses = [float(x) for x in torch.cat(pending).cpu().tolist()] if pending else []
-        checkpoint_now(epoch + 1, 0)
+        run.save(epoch + 1, 0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
     return {
-        "steps": step,
-        "resumed_from_step": resumed_from,
-        "mean_loss_last_epoch": float(np.mean(losses)) if losses else float("nan"),
-        "seconds": seconds,
-        "samples_per_s": seen / seconds if seconds > 0 else float("nan"),
+        **run.result(losses),
         "cuda_graph": step_fn.graph is not None,
         "steps_per_graph": step_fn.steps_per_graph if step_fn.graph is not None else None,
     }

@@ -97,6 +97,86 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
 
 
+def prepare_model(model: nn.Module, config: TrainConfig) -> torch.device:
+    """A training run's threads, seed and device (a CUDA device with its index); the model is
+    moved there."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    model.to(device)
+    return device
+
+
+class RunState:
+    """Where a training run stands and what it owes: resumed from its checkpoint (if one is
+    there), the step and sample counters, checkpoints every `checkpoint_every` steps (rank 0
+    writes), the crash drill, and the result dict. Shared by train_model and the CUDA-graph loop
+    (trainer.graphed)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, device: torch.device,
+                 checkpoint: Path | None, extra_state: dict[str, Any] | None, fail_after_steps: int | None,
+                 rank: int = 0) -> None:
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.checkpoint, self.extra_state, self.fail_after_steps, self.rank = checkpoint, extra_state, fail_after_steps, rank
+        self.epoch0 = self.batch0 = self.step = 0
+        if checkpoint is not None and checkpoint.is_file():
+            state = torch.load(checkpoint, map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            self.epoch0, self.batch0, self.step = state["epoch"], state["batch"], state["step"]
+            log.info("resuming from %s at step %d (epoch %d, batch %d)", checkpoint, self.step, self.epoch0, self.batch0)
+        self.resumed_from = self.step
+        self.seen = 0
+        self.started = time.perf_counter()
+
+    def start(self) -> None:
+        """The clock starts here (after compiling, capturing, moving data)."""
+        self.started = time.perf_counter()
+
+    def first_batch(self, epoch: int) -> int:
+        return self.batch0 if epoch == self.epoch0 else 0
+
+    def save(self, epoch: int, batch: int) -> None:
+        if self.checkpoint is not None and self.rank == 0:
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                     "batch": batch, "step": self.step, "train_config": self.config.to_dict(), **(self.extra_state or {})}
+            save_checkpoint(self.checkpoint, state)
+
+    def count(self, steps: int, rows: int) -> None:
+        self.step += steps
+        self.seen += rows
+
+    def due(self, epoch: int, next_batch: int) -> None:
+        """After counted steps: a checkpoint when its step has come, the drill's crash when its has."""
+        every = self.config.checkpoint_every
+        if every and self.step % every == 0:
+            self.save(epoch, next_batch)
+        if self.fail_after_steps is not None and self.step - self.resumed_from >= self.fail_after_steps:
+            raise InjectedFailure(f"injected failure after {self.step} steps")
+
+    def steps_until_due(self) -> int | None:
+        """Steps left before the next checkpoint or the drill's crash (None: neither is set)."""
+        left = []
+        if self.config.checkpoint_every:
+            left.append(self.config.checkpoint_every - self.step % self.config.checkpoint_every)
+        if self.fail_after_steps is not None:
+            left.append(max(1, self.resumed_from + self.fail_after_steps - self.step))
+        return min(left) if left else None
+
+    def result(self, losses: list[float]) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.started
+        return {
+            "steps": self.step,
+            "resumed_from_step": self.resumed_from,
+            "mean_loss_last_epoch": float(np.mean(losses)) if losses else float("nan"),
+            "seconds": seconds,
+            "samples_per_s": self.seen / seconds if seconds > 0 else float("nan"),
+        }
+
+
 def train_model(
     model: nn.Module,
     samples: Samples,
@@ -108,25 +188,12 @@ def train_model(
     extra_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train in place; returns {steps, resumed_from_step, mean_loss_last_epoch, seconds, samples_per_s}."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    device = prepare_model(model, config)
     rank, world = distributed()
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     per_epoch = n_batches(len(samples), config.batch_size, world)
     total = per_epoch * config.epochs
-    epoch0, batch0, step = 0, 0, 0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch0, batch0, step = state["epoch"], state["batch"], state["step"]
-        log.info("resuming from %s at step %d (epoch %d, batch %d)", checkpoint, step, epoch0, batch0)
-    resumed_from = step
+    run = RunState(model, optimizer, config, device, checkpoint, extra_state, fail_after_steps, rank)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -134,20 +201,13 @@ def train_model(
     forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] = torch.compile(net) if config.compile else net
     data = DeviceData(samples, lookup, device) if use_device_data(config.data_path, device) else None
 
-    def checkpoint_now(epoch: int, batch: int) -> None:
-        if checkpoint is not None and rank == 0:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "batch": batch, "step": step, "train_config": config.to_dict(), **(extra_state or {})}
-            save_checkpoint(checkpoint, state)
-
-    started = time.perf_counter()
-    seen = 0
+    run.start()
     losses: list[float] = []
     net.train()
-    for epoch in range(epoch0, config.epochs):
+    for epoch in range(run.epoch0, config.epochs):
         losses = []
         pending: list[torch.Tensor] = []  # device-resident path: losses read back at the epoch's end
-        first = batch0 if epoch == epoch0 else 0
+        first = run.first_batch(epoch)
         shuffle_seed = config.seed * 1000 + epoch
         source = (
             batches(samples, lookup, config.batch_size, shuffle_seed, first, rank, world) if data is None
@@ -162,29 +222,18 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step += 1
-            seen += int(batch["label"].shape[0])
+            run.count(1, int(batch["label"].shape[0]))
             if data is None:
                 losses.append(float(loss.detach()))
             else:
                 pending.append(loss.detach())
             if on_step is not None:
-                on_step(step, total, losses[-1] if data is None else float(pending[-1]))
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoint_now(epoch, b + 1)
-            if fail_after_steps is not None and step - resumed_from >= fail_after_steps:
-                raise InjectedFailure(f"injected failure after {step} steps")
+                on_step(run.step, total, losses[-1] if data is None else float(pending[-1]))
+            run.due(epoch, b + 1)
         if pending:
             losses = [float(x) for x in torch.stack(pending).cpu().tolist()]
-        checkpoint_now(epoch + 1, 0)
-    seconds = time.perf_counter() - started
-    return {
-        "steps": step,
-        "resumed_from_step": resumed_from,
-        "mean_loss_last_epoch": float(np.mean(losses)) if losses else float("nan"),
-        "seconds": seconds,
-        "samples_per_s": seen / seconds if seconds > 0 else float("nan"),
-    }
+        run.save(epoch + 1, 0)
+    return run.result(losses)
 
 
 @torch.no_grad()
