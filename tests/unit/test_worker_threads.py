@@ -177,3 +177,19 @@ def test_harness_splits_cores_among_encoder_processes_only(tmp_path, groups, enc
     pinned = PipelineRun(Settings().model_copy(update={"encoders": Settings().encoders.model_copy(update={"threads": 3})}),
                          tmp_path)
     assert pinned.worker_settings.encoders.threads == 3
+
+
+def test_audio_parts_share_the_window_batch():
+    """Parts run at once: each part's window micro-batches shrink by the number of parts, so
+    the peak activation memory stays one micro-batch's; unsplit encoders keep theirs."""
+    from encoders import load_audio_encoder
+    from sidstream.commands.worker import ThreadsBySize, share_window_batch
+
+    audio = load_audio_encoder("logmel", window_batch=16)
+    wrapped = share_window_batch(audio, ThreadsBySize(audio, few=2, busy_batch=16, cores=4))
+    assert wrapped.workers == 4 and audio.window_batch == 4
+    alone = load_audio_encoder("logmel", window_batch=16)
+    assert share_window_batch(alone, alone) is alone and alone.window_batch == 16
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (25, 3, 40, 12)]
+    np.testing.assert_allclose(wrapped.encode(waves), alone.encode(waves), atol=1e-5)
