@@ -4,7 +4,7 @@ numpy's OpenBLAS (and the copy bundled with faiss) starts one worker thread per 
 each call, keeps them busy-waiting for more work for a while before they sleep. A streaming
 worker calls BLAS with a handful of rows every few tens of milliseconds, so those threads never
 get to sleep: on a 2-core host the PSRQ assigner's idle OpenBLAS thread burned ~0.8 of a core at
-50 tracks/s, taken from the text encoder next to it (docs/pipeline.md). Small matrix products
+50 tracks/s, taken from the text encoder next to it (docs/results/pipeline.md). Small matrix products
 gain nothing from a second thread, so the workers run BLAS (and faiss's OpenMP) on
 `stream.blas_threads` threads, 1 by default. torch's own intra-op pool is left alone: the
 encoders size it per batch (settings.encoders.threads / busy_batch).

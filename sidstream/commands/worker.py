@@ -82,7 +82,7 @@ class ThreadsBySize:
     more (a backlog: throughput) into one part per core, at least MIN_PART items each. torch's
     intra-op threads would meet at a barrier after every operator (~60 per MiniLM forward): on a
     host whose other processes take a core now and then, one preempted thread stalls them all
-    (spinning), and the encoders' p99 jumped (docs/pipeline.md). Parts meet once, at the join.
+    (spinning), and the encoders' p99 jumped (docs/results/pipeline.md). Parts meet once, at the join.
     64 Last.fm texts per batch on 2 cores, MiniLM: 222 texts/s intra-op, 244 as 2 parts; with a
     process busy 30 % of a core beside them 174 vs 212, 60 %: 152 vs 198. Rows do not depend on
     the batch they are in (tested). An encoder on an accelerator is passed through unchanged.
