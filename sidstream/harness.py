@@ -216,11 +216,14 @@ def wait_until_readable(
     still be filling (a paced producer in another thread): only produced tracks are polled.
     `stop_after`: return as soon as that many tracks are readable.
 
+    Reads start every `poll_s` (the read's own time included: a period, not a pause after it).
     A read of many pending tracks (a burst: thousands) costs tens of ms of CPU, which the
-    poller would take from the pipeline it measures on a small machine. So the wait between
-    reads is `poll_s` or, if longer, what keeps the poller busy at most `max_duty` of the time;
+    poller would take from the pipeline it measures on a small machine, so the period stretches
+    to what keeps the poller busy at most `max_duty` of the time (1.0: never stretched);
     `polls` (if given) receives the count and the mean interval in ms: the latency's resolution.
     """
+    if not 0.0 < max_duty <= 1.0:
+        raise ValueError(f"max_duty must be in (0, 1], got {max_duty}")
     from streams.sinks.feast import read_sids
 
     pending = dict(expected)
@@ -241,7 +244,7 @@ def wait_until_readable(
             log.debug("read retry: %s", exc)
             time.sleep(poll_s)
             continue
-        wait_s = max(poll_s, (time.monotonic() - started) * (1.0 / max_duty - 1.0))
+        period_s = max(poll_s, (time.monotonic() - started) / max_duty)  # the read is at most max_duty of it
         seen_at = time.time() * 1000
         by_column: dict[str, list[str]] = {}
         for t in ids:
@@ -256,8 +259,8 @@ def wait_until_readable(
             on_progress(len(latency))
         if stop_after is not None and len(latency) >= stop_after:
             break
-        if pending:
-            time.sleep(wait_s)
+        if pending:  # the next read starts one period after this one started
+            time.sleep(max(0.0, started + period_s - time.monotonic()))
     if polls is not None and first_poll is not None:
         polls.update(count=n_polls, mean_interval_ms=round(1000 * (last_poll - first_poll) / max(1, n_polls - 1), 1))
     return latency

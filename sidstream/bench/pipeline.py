@@ -29,12 +29,17 @@ from sidstream.bench import p50_p99
 @click.option("--rate", default=0.0, show_default=True, help="tracks/s to produce at (0: one burst)")
 @click.option("--poll-ms", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="how often Feast is polled for readability (the latency's resolution); less often while a "
-                   "read of many pending tracks is long, so the poller stays under 20% busy (`polls` in the output)")
+                   "read of many pending tracks is long, so the poller stays under --poll-max-duty busy "
+                   "(`polls` in the output)")
+@click.option("--poll-max-duty", type=click.FloatRange(min=0.01, max=1.0), default=0.2, show_default=True,
+              help="the most of its time the readability poller may spend reading (1: poll every --poll-ms "
+                   "whatever a read costs)")
 @click.option("--warmup-tracks", type=click.IntRange(min=0), default=100, show_default=True,
               help="tracks sent first (copies of catalog tracks under other ids, same rate) and timed apart: a "
                    "fresh pipeline's first second is not its steady state")
 @click.option("--json", "as_json", is_flag=True)
-def command(n: int, quick: bool, rate: float, poll_ms: float, warmup_tracks: int, as_json: bool) -> None:
+def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: float, warmup_tracks: int,
+            as_json: bool) -> None:
     """Throughput of the text encoder alone and of the full pipeline, their ratio, and p50/p99.
 
     The pipeline's workers start fresh; `--warmup-tracks` tracks go through it first, at the
@@ -75,7 +80,8 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, warmup_tracks: int
     run.start_workers(groups=(("text",), ("assigner", "writer")))
     try:
         producer = run.producer()
-        readable = functools.partial(_stream, producer, store, version=version, poll_s=poll_ms / 1000, rate=rate)
+        readable = functools.partial(_stream, producer, store, version=version, poll_s=poll_ms / 1000, rate=rate,
+                                     max_duty=poll_max_duty)
         warm = [dataclasses.replace(t, track_id=f"warmup-{t.track_id}") for t in tracks[-warmup_tracks:]] if warmup_tracks else []
         warm_latency = readable(warm)[1] if warm else {}
         t1 = time.perf_counter()
@@ -95,6 +101,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, warmup_tracks: int
         "ratio_pipeline_to_encoder": round((len(latency) / pipeline_s) / (len(texts) / encoder_s), 3),
         "latency_ms": p50_p99(lat),
         "poll_ms": poll_ms,
+        "poll_max_duty": poll_max_duty,
         "polls": polls,  # the mean interval is longer than poll_ms when reads are long (a burst's backlog)
         "warmup": {"tracks": len(warm), "readable": len(warm_latency),
                    "latency_ms": p50_p99(np.array(list(warm_latency.values()))) if warm_latency else None},
@@ -113,7 +120,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, warmup_tracks: int
 
 
 def _stream(producer: Any, store: Any, tracks: list[Any], *, version: str, poll_s: float, rate: float,
-            polls: dict[str, float] | None = None) -> tuple[dict[str, int], dict[str, float]]:
+            max_duty: float = 0.2, polls: dict[str, float] | None = None) -> tuple[dict[str, int], dict[str, float]]:
     """Produce `tracks` (paced at `rate` tracks/s; 0: one burst) and wait until each is readable
     in Feast; returns (track id -> produce time ms, track id -> produce-to-readable ms)."""
     import threading
@@ -125,7 +132,8 @@ def _stream(producer: Any, store: Any, tracks: list[Any], *, version: str, poll_
     if rate <= 0:
         produced.update(producer.send_metadata(tracks))
         producer.flush()
-        return produced, wait_until_readable(store, expected, produced, 600, version, poll_s=poll_s, polls=polls)
+        return produced, wait_until_readable(store, expected, produced, 600, version, poll_s=poll_s, max_duty=max_duty,
+                                             polls=polls)
     # paced: the p50/p99 of a steady stream rather than of a burst's queue
     start = time.perf_counter()
 
@@ -139,7 +147,8 @@ def _stream(producer: Any, store: Any, tracks: list[Any], *, version: str, poll_
     thread = threading.Thread(target=pace)
     thread.start()
     try:
-        return produced, wait_until_readable(store, expected, produced, 600, version, poll_s=poll_s, polls=polls)
+        return produced, wait_until_readable(store, expected, produced, 600, version, poll_s=poll_s, max_duty=max_duty,
+                                             polls=polls)
     finally:
         thread.join()
 

@@ -249,7 +249,9 @@ def _fmt_warmup(warmup: dict[str, Any] | None) -> str:
 
 
 PIPELINE_COMMANDS = ["sidstream demo --json", "sidstream bench pipeline --tracks 2000 --poll-ms 10 --json",
-                     "sidstream bench pipeline --rate 50 --tracks 1500 --poll-ms 10 --json"]
+                     # the paced goals are read with a poll of <= 10 ms: a period of 8 ms, never stretched,
+                     # comes to ~10 ms on 2 busy cores (the poller wakes late); `polls` in the line says
+                     "sidstream bench pipeline --rate 50 --tracks 1500 --poll-ms 8 --poll-max-duty 1 --json"]
 
 
 def _pipeline(ctx: Context) -> Rendered:
@@ -269,6 +271,7 @@ def _pipeline(ctx: Context) -> Rendered:
     verdicts = {  # the speed issue's goals for the paced stream on this machine
         "paced_p50_under_100ms": "yes" if paced["latency_ms"]["p50"] < 100 else "no",
         "paced_p99_under_300ms": "yes" if paced["latency_ms"]["p99"] < 300 else "no",
+        "paced_poll_every_10ms_or_less": "yes" if paced.get("polls", {}).get("mean_interval_ms", 1e9) <= 10 else "no",
         "demo_all_readable": "yes" if demo.get("feast_read") == demo.get("tracks") else "no",
     }
     lines += ["", "Verdicts: " + ", ".join(f"`{k}` {v}" for k, v in verdicts.items()) + "."]

@@ -50,3 +50,24 @@ def test_long_reads_keep_the_poller_under_its_duty(monkeypatch: pytest.MonkeyPat
     gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
     assert gaps and min(gaps) >= 0.03 / 0.2 * 0.9  # read 30 ms + wait 120 ms: busy at most 20%
     assert polls["mean_interval_ms"] >= 135
+
+
+def test_the_poll_period_includes_the_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads start every poll_s (a period), not poll_s after the last read ended; with
+    max_duty 1 a read's cost never stretches the period."""
+    from sidstream.harness import wait_until_readable
+
+    calls = _fake_reads(monkeypatch, read_s=0.02, ready_after_s=0.5)
+    wait_until_readable(None, {"a": "text_sid"}, {"a": 0}, 5, "v", poll_s=0.05, max_duty=1.0)
+    gaps = sorted(b - a for a, b in zip(calls, calls[1:], strict=False))
+    assert len(gaps) >= 5
+    assert gaps[len(gaps) // 2] < 0.065  # ~50 ms; a pause after each read would make it >= 70 ms
+
+
+def test_max_duty_must_be_a_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidstream.harness import wait_until_readable
+
+    _fake_reads(monkeypatch, read_s=0.0, ready_after_s=0.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="max_duty"):
+            wait_until_readable(None, {"a": "text_sid"}, {"a": 0}, 1, "v", max_duty=bad)
