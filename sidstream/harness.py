@@ -216,7 +216,8 @@ def wait_until_readable(
     still be filling (a paced producer in another thread): only produced tracks are polled.
     `stop_after`: return as soon as that many tracks are readable.
 
-    Reads start every `poll_s` (the read's own time included: a period, not a pause after it).
+    Reads start every `poll_s`, at a fixed rate: the read's own time and a late wake-up on a busy
+    machine come out of the next wait, not on top of it.
     A read of many pending tracks (a burst: thousands) costs tens of ms of CPU, which the
     poller would take from the pipeline it measures on a small machine, so the period stretches
     to what keeps the poller busy at most `max_duty` of the time (1.0: never stretched);
@@ -230,12 +231,14 @@ def wait_until_readable(
     latency: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
     n_polls, first_poll, last_poll = 0, None, 0.0
+    due: float | None = None  # when this read was due: reads keep a fixed rate, a late wake-up is not carried
     while pending and time.monotonic() < deadline:
         ids = [t for t in list(pending) if t in produced_at]
         if not ids:
             time.sleep(poll_s)
             continue
         started = last_poll = time.monotonic()
+        due = started if due is None else due
         first_poll = started if first_poll is None else first_poll
         n_polls += 1
         try:
@@ -259,8 +262,9 @@ def wait_until_readable(
             on_progress(len(latency))
         if stop_after is not None and len(latency) >= stop_after:
             break
-        if pending:  # the next read starts one period after this one started
-            time.sleep(max(0.0, started + period_s - time.monotonic()))
+        if pending:  # the next read is due one period after this one was (now, if that has passed)
+            due = max(due + period_s, time.monotonic())
+            time.sleep(max(0.0, due - time.monotonic()))
     if polls is not None and first_poll is not None:
         polls.update(count=n_polls, mean_interval_ms=round(1000 * (last_poll - first_poll) / max(1, n_polls - 1), 1))
     return latency

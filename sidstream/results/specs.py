@@ -249,8 +249,8 @@ def _fmt_warmup(warmup: dict[str, Any] | None) -> str:
 
 
 PIPELINE_COMMANDS = ["sidstream demo --json", "sidstream bench pipeline --tracks 2000 --poll-ms 10 --json",
-                     # the paced goals are read with a poll of <= 10 ms: a period of 8 ms, never stretched,
-                     # comes to ~10 ms on 2 busy cores (the poller wakes late); `polls` in the line says
+                     # the paced goals are read with a poll of <= 10 ms: reads every 8 ms at a fixed rate,
+                     # never stretched by the duty cap; the line's `polls` gives the mean interval
                      "sidstream bench pipeline --rate 50 --tracks 1500 --poll-ms 8 --poll-max-duty 1 --json"]
 
 

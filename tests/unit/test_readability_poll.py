@@ -71,3 +71,21 @@ def test_max_duty_must_be_a_share(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="max_duty"):
             wait_until_readable(None, {"a": "text_sid"}, {"a": 0}, 1, "v", max_duty=bad)
+
+
+def test_late_wake_ups_do_not_stretch_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy machine the poller wakes late; the fixed-rate schedule takes that out of the
+    next wait, so the mean interval stays at poll_s (a pause of poll_s would give poll_s + 10 ms)."""
+    import sidstream.harness as harness
+
+    calls = _fake_reads(monkeypatch, read_s=0.0, ready_after_s=0.6)
+    real_sleep = time.sleep
+
+    def late_sleep(seconds: float) -> None:
+        real_sleep(seconds + 0.01 if seconds > 0 else 0)
+
+    monkeypatch.setattr(harness.time, "sleep", late_sleep)
+    polls: dict[str, float] = {}
+    harness.wait_until_readable(None, {"a": "text_sid"}, {"a": 0}, 5, "v", poll_s=0.03, max_duty=1.0, polls=polls)
+    assert len(calls) >= 10
+    assert polls["mean_interval_ms"] < 36  # ~30 ms; 40 if each late wake-up were carried
