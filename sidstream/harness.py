@@ -225,7 +225,7 @@ def wait_until_readable(
     """
     if not 0.0 < max_duty <= 1.0:
         raise ValueError(f"max_duty must be in (0, 1], got {max_duty}")
-    from streams.sinks.feast import read_sids
+    from streams.sinks.feast import read_sid_columns
 
     pending = dict(expected)
     latency: dict[str, float] = {}
@@ -241,23 +241,23 @@ def wait_until_readable(
         due = started if due is None else due
         first_poll = started if first_poll is None else first_poll
         n_polls += 1
+        by_column: dict[str, list[str]] = {}
+        for t in ids:
+            by_column.setdefault(pending[t], []).append(t)
         try:
-            df = read_sids(store, ids, codebook_version)  # type: ignore[arg-type]
+            # one read per SID column asked for, of that column only (no DataFrame: the poller's CPU is the pipeline's)
+            values = {c: read_sid_columns(store, want, codebook_version, [c])[c] for c, want in by_column.items()}  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - SQLite may be busy while the writer commits
             log.debug("read retry: %s", exc)
             time.sleep(poll_s)
             continue
         period_s = max(poll_s, (time.monotonic() - started) / max_duty)  # the read is at most max_duty of it
         seen_at = time.time() * 1000
-        by_column: dict[str, list[str]] = {}
-        for t in ids:
-            by_column.setdefault(pending[t], []).append(t)
         for column, want in by_column.items():
-            sub = df.set_index("track_id").loc[want, column]
-            ready = [t for t, v in zip(want, sub.to_numpy(), strict=True) if v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) > 0]
-            for t in ready:
-                latency[t] = seen_at - produced_at[t]
-                del pending[t]
+            for t, v in zip(want, values[column], strict=True):
+                if v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) > 0:
+                    latency[t] = seen_at - produced_at[t]
+                    del pending[t]
         if on_progress is not None:
             on_progress(len(latency))
         if stop_after is not None and len(latency) >= stop_after:

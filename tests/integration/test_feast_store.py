@@ -10,7 +10,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from streams.sinks.feast import FeastSink, SidRow, UserHistoryRow, open_store, read_history, read_sids
+from streams.sinks.feast import (
+    FeastSink,
+    SidRow,
+    UserHistoryRow,
+    open_store,
+    read_history,
+    read_sid_columns,
+    read_sids,
+)
 from tests.conftest import redis_command as _redis_command
 
 pytestmark = pytest.mark.integration
@@ -52,6 +60,10 @@ def test_rows_in_exact_values_out(store):
         "sid_event_time_ms": 1_000,
     }  # fmt: skip
     assert t1["text_sid"] == [1, 2, 3] and t1["audio_sid"] is None and t1["joint_sid"] is None
+    # the poller's read: only the asked features, the same values, in id order
+    cols = read_sid_columns(store, ["t2", "unknown", "t1"], "cb-1", ["text_sid", "joint_sid"])
+    assert cols == {"text_sid": [[4, 5, 6], None, [1, 2, 3]], "joint_sid": [[10, 11, 12], None, None]}
+    assert read_sid_columns(store, [], "cb-1", ["text_sid"]) == {"text_sid": []}
     assert (t1["audio_sid_str"], t1["joint_sid_str"], t1["modalities"]) == ("", "", "text")
     assert unknown["codebook_version"] == "cb-1"  # the key that was asked for
     assert all(v is None or pd.isna(v) for k, v in unknown.items() if k not in ("track_id", "codebook_version"))

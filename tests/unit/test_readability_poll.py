@@ -1,13 +1,12 @@
 """`wait_until_readable`'s poll: every `poll_s` while reads are short, and no more than
 `max_duty` of the time busy while reads are long (a burst's thousands of pending tracks), so
 the measuring process does not take the cores of the pipeline it measures. The Feast read is
-replaced by a fake at its typed boundary (`read_sids`: ids -> one row per id)."""
+replaced by a fake at its typed boundary (`read_sid_columns`: ids -> one value per id and feature)."""
 
 from __future__ import annotations
 
 import time
 
-import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.unit
@@ -19,13 +18,13 @@ def _fake_reads(monkeypatch: pytest.MonkeyPatch, read_s: float, ready_after_s: f
     calls: list[float] = []
     start = time.monotonic()
 
-    def read_sids(store, ids, version):
+    def read_sid_columns(store, ids, version, features):
         calls.append(time.monotonic())
         time.sleep(read_s)
         ready = time.monotonic() - start >= ready_after_s
-        return pd.DataFrame({"track_id": list(ids), "text_sid": [[1, 2, 3] if ready else None for _ in ids]})
+        return {f: [[1, 2, 3] if ready else None for _ in ids] for f in features}
 
-    monkeypatch.setattr(feast, "read_sids", read_sids)
+    monkeypatch.setattr(feast, "read_sid_columns", read_sid_columns)
     return calls
 
 
