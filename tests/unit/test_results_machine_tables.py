@@ -34,11 +34,21 @@ def test_pipeline_table_states_its_goals_as_verdicts(monkeypatch: pytest.MonkeyP
     seen = _recorded(monkeypatch, "pipeline")
     r = specs._pipeline(ctx)
     assert seen == specs.PIPELINE_COMMANDS
-    assert r.verdicts == {"paced_p50_under_100ms": "yes", "paced_p99_under_300ms": "yes", "demo_all_readable": "yes"}
-    assert "| `bench pipeline --rate 50 --tracks 1500 --poll-ms 10 --json` | 186.8 | 49.4 | 0.264 | 95.9 / 180.0 |" in r.markdown
+    # this recorded line predates `polls`: no measured interval, so the poll verdict cannot say yes
+    assert r.verdicts == {"paced_p50_under_100ms": "yes", "paced_p99_under_300ms": "yes",
+                          "paced_poll_every_10ms_or_less": "no", "demo_all_readable": "yes"}
+    assert ("| `bench pipeline --rate 50 --tracks 1500 --poll-ms 8 --poll-max-duty 1 --json` | 186.8 | 49.4 | 0.264 | "
+            "95.9 / 180.0 |") in r.markdown
     assert "encode 57 / 115; assign 9 / 18; write_and_read 29 / 69 | 100 tracks: 211 / 351 |" in r.markdown
     assert "| none |" in r.markdown  # the burst line was recorded without a warm-up
     assert r.markdown.count("```") == 2 * len(specs.PIPELINE_COMMANDS)  # every JSON line kept verbatim
+    paced = LINES["pipeline"][2]
+    try:
+        for interval, verdict in ((8.5, "yes"), (10.0, "yes"), (12.3, "no")):
+            LINES["pipeline"][2] = {**paced, "polls": {"count": 3000, "mean_interval_ms": interval}}
+            assert specs._pipeline(ctx).verdicts["paced_poll_every_10ms_or_less"] == verdict
+    finally:
+        LINES["pipeline"][2] = paced
 
 
 def test_reliability_table_counts_every_drill_and_flags_a_loss(monkeypatch: pytest.MonkeyPatch, ctx: specs.Context) -> None:
