@@ -129,11 +129,12 @@ def _stream(producer: Any, store: Any, tracks: list[Any], *, version: str, poll_
 
     expected = {t.track_id: "text_sid" for t in tracks}
     produced: dict[str, int] = {}
+    wait = functools.partial(wait_until_readable, store, expected, produced, 600, version, poll_s=poll_s,
+                             max_duty=max_duty, polls=polls)
     if rate <= 0:
         produced.update(producer.send_metadata(tracks))
         producer.flush()
-        return produced, wait_until_readable(store, expected, produced, 600, version, poll_s=poll_s, max_duty=max_duty,
-                                             polls=polls)
+        return produced, wait()
     # paced: the p50/p99 of a steady stream rather than of a burst's queue
     start = time.perf_counter()
 
@@ -147,8 +148,7 @@ def _stream(producer: Any, store: Any, tracks: list[Any], *, version: str, poll_
     thread = threading.Thread(target=pace)
     thread.start()
     try:
-        return produced, wait_until_readable(store, expected, produced, 600, version, poll_s=poll_s, max_duty=max_duty,
-                                             polls=polls)
+        return produced, wait()
     finally:
         thread.join()
 

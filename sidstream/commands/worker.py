@@ -94,8 +94,7 @@ class ThreadsBySize:
 
         self._inner, self._few, self._busy_batch = inner, few, busy_batch
         self._all = cores or os.cpu_count() or 1
-        workers = max(few, self._all)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode-part") if workers > 1 else None
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="encode-part") if self.workers > 1 else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
