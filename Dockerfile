@@ -12,13 +12,17 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
 RUN (command -v apt-get >/dev/null && dpkg -s libsndfile1 >/dev/null 2>&1) || \
     (apt-get update && apt-get install -y --no-install-recommends libsndfile1 python3-venv && rm -rf /var/lib/apt/lists/*)
 RUN python3 -m venv /opt/venv && pip install --upgrade pip
-RUN if [ "$TORCH_INDEX" = "pypi" ]; then pip install torch; else pip install torch --index-url "$TORCH_INDEX"; fi
+# every Python package at the version in deploy/requirements.lock (a local label such as +cpu
+# satisfies the lock's torch pin)
+COPY deploy/requirements.lock /tmp/requirements.lock
+RUN if [ "$TORCH_INDEX" = "pypi" ]; then pip install -c /tmp/requirements.lock torch; \
+    else pip install -c /tmp/requirements.lock torch --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple; fi
 WORKDIR /app
 # the packages, pyproject.toml and feature_repo/ (the Feast definitions, which open_store()
 # materialises into SIDSTREAM_FEAST_ROOT); .dockerignore leaves out tests, docs, deploy, .venv
 COPY . /app
 # editable: the installed package finds feature_repo/ next to it (streams.sinks.feast.DEFINITIONS_DIR)
-RUN pip install -e . && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+RUN pip install -c /tmp/requirements.lock -e . && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
     && useradd --uid 10001 --create-home sidstream && mkdir -p /var/lib/sidstream /var/cache/sidstream \
     && chown sidstream /var/lib/sidstream /var/cache/sidstream
 USER sidstream

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine (root or sudo): system packages only
 # where missing, a virtual environment in .venv, the project with its dev tools, and the
-# Kafka broker jars (resolved by Maven into ~/.cache/sidstream, outside the clone).
+# Kafka broker jars (resolved by Maven into ~/.cache/sidstream, outside the clone). Python
+# packages come at the versions in deploy/requirements.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # old pip backtracks on feast for many minutes: upgrade it first
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+# exact versions from deploy/requirements.lock (refresh: bash deploy/lock.sh), checked after install
+.venv/bin/python -m pip install -q -c deploy/requirements.lock -e ".[dev]"
+.venv/bin/python deploy/check_lock.py
 
 # Kafka 3.9.x broker jars via Maven (cached; a no-op once resolved)
 .venv/bin/python -c "from streams.admin.broker import local_broker; print('kafka jars:', local_broker().resolve_jars())"

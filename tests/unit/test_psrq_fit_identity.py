@@ -159,7 +159,24 @@ def test_psrq_fit_is_bit_identical_to_the_reference(opts: dict, n: int) -> None:
                for a, b in zip(q.centroids, ref, strict=True))
 
 
+def ref_scores(X: np.ndarray, C: np.ndarray, table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Every row's scores computed the way nearest() computes them: one sgemm per SEARCH_BLOCK
+    rows (a blocked and an unblocked product agree bit for bit only for some BLAS kernels), then
+    the element-wise adds."""
+    Ct2 = np.ascontiguousarray(C.T * np.float32(-2.0))
+    out = np.empty((X.shape[0], C.shape[0]), dtype=np.float32)
+    for start in range(0, X.shape[0], SEARCH_BLOCK):
+        out[start : start + SEARCH_BLOCK] = np.matmul(X[start : start + SEARCH_BLOCK], Ct2)
+    out += np.einsum("ij,ij->i", C, C)
+    out += table[rows]
+    return out
+
+
 def test_nearest_two_scores_are_the_values_nearest_reads() -> None:
+    """The best score is the very float32 value the argmin read (checked against a reference
+    built with the same blocks, so it holds for any BLAS kernel and thread count), the second
+    is the smallest over the other centroids, and both are the true squared-distance terms to
+    within float32 rounding."""
     rng = np.random.default_rng(1)
     n = SEARCH_BLOCK + 4097
     X = rng.standard_normal((n, 24)).astype(np.float32)
@@ -168,12 +185,20 @@ def test_nearest_two_scores_are_the_values_nearest_reads() -> None:
     rows = rng.integers(0, 30, n)
     assign, best, second = nearest_two(X, C, table, rows)
     assert np.array_equal(assign, ref_nearest(X, C, table, rows))
-    scores = X @ np.ascontiguousarray(C.T * np.float32(-2.0))
-    scores += np.einsum("ij,ij->i", C, C)
-    scores += table[rows]
-    assert same_bits(best, scores[np.arange(n), assign])
-    scores[np.arange(n), assign] = np.inf
+    scores = ref_scores(X, C, table, rows)
+    at = np.arange(n)
+    assert same_bits(best, scores[at, assign])
+    assert same_bits(best, scores.min(axis=1))
+    exact = (
+        ((X.astype(np.float64)[:, None, :] - C.astype(np.float64)[None]) ** 2).sum(axis=2)
+        - (X.astype(np.float64) ** 2).sum(axis=1)[:, None]
+        + table[rows]
+    )
+    np.testing.assert_allclose(best, exact[at, assign], rtol=0, atol=1e-4)
+    scores[at, assign] = np.inf
     assert same_bits(second, scores.min(axis=1))
+    exact[at, assign] = np.inf
+    np.testing.assert_allclose(second, exact.min(axis=1), rtol=0, atol=1e-4)
     _, _, only = nearest_two(X[:5], C[:1])
     assert np.isinf(only).all()
 
