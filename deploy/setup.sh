@@ -30,5 +30,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python deploy/check_lock.py
 
 # Kafka 3.9.x broker jars via Maven (cached; a no-op once resolved)
-.venv/bin/python -c "from streams.admin.broker import local_broker; print('kafka jars:', local_broker().resolve_jars())"
+.venv/bin/python -c "from sidcore.config import get_settings; from streams.admin.broker import local_broker; print('kafka jars:', local_broker(get_settings()).resolve_jars())"
 echo "setup: done"

@@ -3,8 +3,9 @@
 Heavy modules (transformers, the musicnn port, HF audio) are imported only when a loader needs them.
 """
 
-from encoders.audio import AudioEncoder, LogMelEncoder, load_audio_encoder, split_windows, validate_waveform
+from encoders.audio import AudioEncoder, LogMelEncoder, split_windows, validate_waveform
 from encoders.audio_io import AudioDecodeError, decode_audio
+from encoders.audio_loader import load_audio_encoder
 from encoders.base import Encoder, EncoderInputError, l2_normalise
 from encoders.text import TextEncoder, build_track_text, classify_text, load_text_encoder, validate_text
 

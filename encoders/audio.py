@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from encoders.base import EncoderInputError, l2_normalise, resolve_device, resolve_dtype
+from encoders.base import EncoderInputError, l2_normalise
+from encoders.melspec import MelSpectrogram, log_compress
 from encoders.pipeline import pinned, prefetch, use_pipeline
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,6 @@ class LogMelEncoder(AudioEncoder):
         self, *, sample_rate: int = 16000, n_mels: int = 96, n_fft: int = 512, hop_length: int = 256,
         window_s: float = 10.0, max_windows: int | None = 6, window_batch: int = 16, pipeline: str = "auto",
     ) -> None:
-        from encoders.melspec import MelSpectrogram
-
         super().__init__(window_s=window_s, max_windows=max_windows, window_batch=window_batch, pipeline=pipeline)
         self.sample_rate = sample_rate
         self.n_mels = n_mels
@@ -194,56 +192,7 @@ class LogMelEncoder(AudioEncoder):
         self.model_id = f"logmel-stats:sr{sample_rate}:mels{n_mels}:fft{n_fft}:hop{hop_length}"
 
     def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        from encoders.melspec import log_compress
-
         logmel = log_compress(self.melspec(windows))  # [b, frames, mels]
         mean = logmel.mean(dim=1)
         std = logmel.std(dim=1, unbiased=False)
         return torch.cat([mean - mean.mean(dim=1, keepdim=True), std], dim=1)
-
-
-def load_audio_encoder(
-    spec: str = "logmel",
-    *,
-    sample_rate: int = 16000,
-    window_s: float = 10.0,
-    max_windows: int | None = 6,
-    device: str = "cpu",
-    dtype: str = "float32",
-    window_batch: int = 16,
-    layer: int | str = "last",
-    time_pooling: str = "mean",
-    trust_remote_code: bool = False,
-    pipeline: str = "auto",
-) -> AudioEncoder:
-    """Build an audio encoder from a spec: 'logmel', 'musicnn' / 'musicnn:<MSD_musicnn|MTT_musicnn>',
-    or the path of a Hugging Face audio model directory (MERT style).
-
-    `sample_rate` applies to 'logmel'; musicnn runs at 16 kHz and HF models at their feature
-    extractor's rate (read `encoder.sample_rate` and decode audio at that rate).
-    """
-    if spec == "logmel":
-        return LogMelEncoder(
-            sample_rate=sample_rate, window_s=window_s, max_windows=max_windows, window_batch=window_batch,
-            pipeline=pipeline,
-        )
-    if spec == "musicnn" or spec.startswith("musicnn:"):
-        from encoders.musicnn import MusicnnEncoder
-
-        variant = spec.split(":", 1)[1] if ":" in spec else "MSD_musicnn"
-        torch_device = resolve_device(device)
-        return MusicnnEncoder(
-            variant, device=torch_device, window_s=window_s, max_windows=max_windows, window_batch=window_batch,
-            pipeline=pipeline,
-        )
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        from encoders.hf_audio import HFAudioEncoder
-
-        torch_device = resolve_device(device)
-        return HFAudioEncoder.from_dir(
-            path, device=torch_device, dtype=resolve_dtype(dtype, torch_device), layer=layer,
-            time_pooling=time_pooling, window_s=window_s, max_windows=max_windows,
-            window_batch=window_batch, trust_remote_code=trust_remote_code, pipeline=pipeline,
-        )
-    raise ValueError(f"unknown audio encoder {spec!r}: use 'logmel', 'musicnn[:variant]' or a model directory")

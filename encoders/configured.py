@@ -15,7 +15,7 @@ def configured_text_encoder(e: EncoderSettings) -> Any:
 
 
 def configured_audio_encoder(e: EncoderSettings) -> Any:
-    from encoders.audio import load_audio_encoder
+    from encoders.audio_loader import load_audio_encoder
 
     return load_audio_encoder(e.audio_model, sample_rate=e.sample_rate, window_s=e.audio_window_s,
                               max_windows=e.audio_max_windows, device=e.device, dtype=e.dtype,

@@ -33,11 +33,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pandas as pd
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console
 
-from sidcore.catalog import Track
-from sidcore.config import Settings
+from psrq import load_codebook_set
+from sidcore.catalog import Track, lastfm_tracks
+from sidcore.config import Settings, get_settings
+from sidcore.registry import Registry
 from sidstream.harness import PipelineRun
 from streams import avro_codec
+from streams.admin.broker import local_broker
+from streams.sinks.reader import read_sids
+from streams.sinks.store import open_store
+from trainer.bootstrap import ensure_codebooks
 
 FAULTS = ("none", "kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down", "slow-encoder")
 CHAOS_GROUPS = (("text",), ("assigner",), ("writer",))
@@ -71,7 +80,6 @@ def bad_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes, str]]:
 
 class _Readability(threading.Thread):
     """Polls Feast for produced good tracks and records when each first became readable."""
-
     def __init__(self, store: Any, produced_at: dict[str, int], poll_s: float, version: str) -> None:
         super().__init__(daemon=True)
         self.store, self.produced_at, self.poll_s, self.version = store, produced_at, poll_s, version
@@ -79,8 +87,6 @@ class _Readability(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        from streams.sinks.feast import read_sids
-
         while not self.stop_event.is_set():
             ids = [t for t in list(self.produced_at) if t not in self.readable_at]
             if ids:
@@ -96,8 +102,6 @@ class _Readability(threading.Thread):
 
 
 def _consumer_lag(bootstrap: str, group: str, topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
@@ -131,7 +135,6 @@ def run_chaos(
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
     say = on_status or (lambda _: None)
-    from streams.sinks.feast import open_store, read_sids
 
     slow_flag = run_dir / "slowdown"
     s = settings.model_copy(update={"feast_root": run_dir / "feast", "registry_root": settings.registry_dir,
@@ -149,31 +152,13 @@ def run_chaos(
     for record in bad:
         items.insert(rng.randrange(len(items) + 1), record)
     produced_at: dict[str, int] = {}
-    from sidcore.registry import Registry
 
     live = Registry(s.registry_dir).live("codebooks")
     if live is None:
         raise click.UsageError("no live codebook version: run `sidstream demo` or `sidstream train codebooks` first")
     poller = _Readability(store, produced_at, poll_s=0.05, version=live.version)
     poller.start()
-    producer = run.producer()
-
-    def produce() -> None:
-        interval = 1.0 / rate
-        start = time.monotonic()
-        for i, item in enumerate(items):
-            delay = start + i * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if isinstance(item, Track):
-                produced_at.update(producer.send_metadata([item]))
-            else:
-                producer.send_raw(run.names.metadata, item[0], item[1])
-            if i % 50 == 0:
-                producer._producer.poll(0)
-        producer.flush(120)
-
-    feeder = threading.Thread(target=produce, daemon=True)
+    feeder = threading.Thread(target=_produce, args=(run, items, rate, produced_at), daemon=True)
     t_start = time.time()
     feeder.start()
     result: dict[str, Any] = {"fault": fault, "produced": len(tracks), "bad_injected": len(bad)}
@@ -186,28 +171,7 @@ def run_chaos(
             time.sleep(0.01)
         result["in_flight_at_fault"] = len(produced_at) - len(poller.readable_at)
         say(f"fault {fault} with {result['in_flight_at_fault']} tracks in flight")
-        if fault in FAULT_GROUP:
-            run.kill_and_restart(FAULT_GROUP[fault], wait_ready=False)
-        elif fault == "kill-broker":
-            from streams.admin.broker import local_broker
-
-            broker = local_broker(s.kafka, s.home / "kafka", s.cache_dir)
-            pid = broker.pid()
-            if pid is None:
-                raise click.UsageError("kill-broker needs the broker that `sidstream broker start` runs for this home")
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(10.0)
-            broker.start()
-        elif fault == "feast-down":
-            _hold_sqlite_lock(s.feast_dir / "data" / "online.db", 15.0)
-        elif fault == "slow-encoder":
-            group = f"{run.prefix}sidstream-text"
-            slow_flag.write_text("10")
-            until = time.monotonic() + 20.0
-            while time.monotonic() < until:
-                lag_trace.append(_consumer_lag(s.kafka.bootstrap, group, run.names.metadata))
-                time.sleep(1.0)
-            slow_flag.unlink()
+        _inject(fault, run, s, slow_flag, lag_trace)
         fault_end = time.time()
         deadline = time.monotonic() + timeout_s
         while len(poller.readable_at) < len(tracks) and time.monotonic() < deadline:
@@ -226,27 +190,9 @@ def run_chaos(
         poller.stop_event.set()
         run.stop_workers()
     codes = {t: list(v) for t, v in zip(final["track_id"], final["text_sid"], strict=True) if v is not None and len(v)}
-    from psrq import load_codebook_set
-
-    L = load_codebook_set(live.path).codebooks["text"].semantic_layers
-    holders: dict[tuple[int, ...], int] = {}
-    for c in codes.values():
-        holders[tuple(c)] = holders.get(tuple(c), 0) + 1
-    dead_all = [r for v in dead.values() for r in v]
-    offline = _offline_sid_rows(s.feast_dir)
-    result.update({
-        "in_feast": len(codes),
-        "lost": len(tracks) - len(codes),
-        "dlq": len({(r["source_topic"], r["partition"], r["offset"]) for r in dead_all}),
-        "dlq_messages": len(dead_all),
-        "duplicated_final": _duplicated_final(offline),
-        "duplicate_offline_rows": _duplicate_rows(offline),
-        "mismatched": (sum(1 for t, c in clean_codes.items() if t in codes and codes[t][:L] != c[:L])
-                       if clean_codes is not None else None),
-        "shared_ids": sum(n for n in holders.values() if n > 1),
-        "recovery_s": round(max(poller.readable_at.values(), default=fault_end) - fault_end, 2),
-        "wall_s": round(time.time() - t_start, 1),
-    })
+    result.update(_outcome(codes, len(tracks), dead, s.feast_dir, clean_codes, load_codebook_set(live.path).codebooks["text"].semantic_layers))
+    result.update({"recovery_s": round(max(poller.readable_at.values(), default=fault_end) - fault_end, 2),
+                   "wall_s": round(time.time() - t_start, 1)})
     if fault == "slow-encoder":
         result["lag"] = {"at_fault": lag_trace[0] if lag_trace else None, "max": max(lag_trace, default=None),
                          "end": lag_trace[-1] if lag_trace else None}
@@ -254,9 +200,72 @@ def run_chaos(
     return result
 
 
-def _offline_sid_rows(feast_dir: Path) -> Any:
-    import pandas as pd
+def _produce(run: PipelineRun, items: list[Any], rate: float, produced_at: dict[str, int]) -> None:
+    """Produce `items` (tracks and bad raw records) at `rate` per second, noting each track's time."""
+    producer = run.producer()
+    interval = 1.0 / rate
+    start = time.monotonic()
+    for i, item in enumerate(items):
+        delay = start + i * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if isinstance(item, Track):
+            produced_at.update(producer.send_metadata([item]))
+        else:
+            producer.send_raw(run.names.metadata, item[0], item[1])
+        if i % 50 == 0:
+            producer._producer.poll(0)
+    producer.flush(120)
 
+
+def _inject(fault: str, run: PipelineRun, s: Settings, slow_flag: Path, lag_trace: list[int]) -> None:
+    """Apply `fault` to the running pipeline and return when it is over (the workers, the
+    broker, the store or the encoder are back)."""
+    if fault in FAULT_GROUP:
+        run.kill_and_restart(FAULT_GROUP[fault], wait_ready=False)
+    elif fault == "kill-broker":
+        broker = local_broker(s)
+        pid = broker.pid()
+        if pid is None:
+            raise click.UsageError("kill-broker needs the broker that `sidstream broker start` runs for this home")
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(10.0)
+        broker.start()
+    elif fault == "feast-down":
+        _hold_sqlite_lock(s.feast_dir / "data" / "online.db", 15.0)
+    elif fault == "slow-encoder":
+        group = f"{run.prefix}sidstream-text"
+        slow_flag.write_text("10")
+        until = time.monotonic() + 20.0
+        while time.monotonic() < until:
+            lag_trace.append(_consumer_lag(s.kafka.bootstrap, group, run.names.metadata))
+            time.sleep(1.0)
+        slow_flag.unlink()
+
+
+def _outcome(codes: dict[str, list[int]], produced: int, dead: dict[str, list[dict[str, Any]]], feast_dir: Path,
+             clean_codes: dict[str, list[int]] | None, layers: int) -> dict[str, Any]:
+    """Loss, dead letters, duplicates and mismatches of a run, from its final codes (text SID
+    per track in Feast), its dead letters and its offline log; `layers`: semantic layers compared."""
+    holders: dict[tuple[int, ...], int] = {}
+    for c in codes.values():
+        holders[tuple(c)] = holders.get(tuple(c), 0) + 1
+    dead_all = [r for v in dead.values() for r in v]
+    offline = _offline_sid_rows(feast_dir)
+    return {
+        "in_feast": len(codes),
+        "lost": produced - len(codes),
+        "dlq": len({(r["source_topic"], r["partition"], r["offset"]) for r in dead_all}),
+        "dlq_messages": len(dead_all),
+        "duplicated_final": _duplicated_final(offline),
+        "duplicate_offline_rows": _duplicate_rows(offline),
+        "mismatched": (sum(1 for t, c in clean_codes.items() if t in codes and codes[t][:layers] != c[:layers])
+                       if clean_codes is not None else None),
+        "shared_ids": sum(n for n in holders.values() if n > 1),
+    }
+
+
+def _offline_sid_rows(feast_dir: Path) -> Any:
     parts = sorted((feast_dir / "data" / "offline" / "track_sids").glob("part-*.parquet"))
     cols = ["track_id", "sid_event_time_ms", "codebook_version"]
     return pd.concat([pd.read_parquet(p, columns=cols) for p in parts]) if parts else pd.DataFrame(columns=cols)
@@ -278,7 +287,6 @@ def clean_run_codes(settings: Settings, tracks: list[Track], rate: float, root: 
                     on_status: Callable[[str], None] | None = None) -> dict[str, list[int]]:
     """The final text SIDs of a clean run of these tracks under the live codebook version,
     cached per (codebook version, tracks): one clean run serves every fault."""
-    from sidcore.registry import Registry
 
     live = Registry(settings.registry_dir).live("codebooks")
     key = hashlib.sha256(json.dumps([live.version if live else None, [t.track_id for t in tracks]]).encode()).hexdigest()[:16]
@@ -304,16 +312,9 @@ def clean_run_codes(settings: Settings, tracks: list[Track], rate: float, root: 
 @click.option("--json", "as_json", is_flag=True, help="end with exactly one JSON line")
 def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, timeout: float, as_json: bool) -> None:
     """Inject one fault into the running pipeline and measure what it cost."""
-    from rich.console import Console
-
-    from sidcore.catalog import lastfm_tracks
-    from sidcore.config import get_settings
-    from sidstream.harness import ensure_codebooks
-    from streams.admin.broker import local_broker
-
     s = get_settings()
     console = Console(stderr=True)
-    local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
+    local_broker(s).start()
     ensure_codebooks(s, [], on_status=console.print)
     tracks = lastfm_tracks(s.lastfm_source, n_tracks)
     root = s.home / "chaos"

@@ -24,9 +24,10 @@ from rich.table import Table
 
 from sidcore.catalog import audio_tracks, lastfm_tracks
 from sidcore.config import Settings, get_settings
-from sidstream.harness import WORKER_GROUPS, PipelineRun, ensure_codebooks, wait_until_readable
+from sidstream.harness import WORKER_GROUPS, PipelineRun, wait_until_readable
 from streams import avro_codec
-from streams.sinks.feast import read_sids
+from streams.sinks.reader import read_sids
+from trainer.bootstrap import ensure_codebooks
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,10 @@ log = logging.getLogger(__name__)
 def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout_s: float, console: Console,
              retrain: bool = False) -> dict[str, Any]:
     from streams.admin.broker import local_broker
-    from streams.sinks.feast import open_store
+    from streams.sinks.store import open_store
 
     t0 = time.monotonic()
-    broker = local_broker(settings.kafka, settings.home / "kafka", settings.cache_dir)
+    broker = local_broker(settings)
     with console.status(f"starting (or reusing) the local Kafka {settings.kafka.version} broker..."):
         broker.start()
     source = settings.lastfm_source

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
-from sidcore.catalog import Track, lastfm_tracks
 from sidcore.config import Settings, dump_settings
 from streams.admin.topics import TopicNames, create_topics, dlq
 from streams.producer import TrackProducer
@@ -27,37 +26,6 @@ from streams.producer import TrackProducer
 log = logging.getLogger(__name__)
 
 WORKER_GROUPS = (("text", "audio"), ("assigner", "writer"))
-
-
-def ensure_codebooks(settings: Settings, audio: list[Track], on_status: Callable[[str], Any] | None = None) -> str:
-    """The live codebook version; if there is none, fit the first one from the catalog
-    (the Last.fm texts and `audio`'s recordings), register and promote it."""
-    from sidcore.registry import Registry
-
-    live = Registry(settings.registry_dir).live("codebooks")
-    if live is not None:
-        return live.version
-    from encoders.catalog import audio_windows, embed_texts_cached, track_text
-    from encoders.configured import configured_audio_encoder, configured_text_encoder
-    from trainer.jobs import bootstrap_codebooks
-
-    if on_status is not None:
-        on_status("fitting the first codebook version from the catalog (cached afterwards)...")
-    e = settings.encoders
-    te = configured_text_encoder(e)
-    catalog = lastfm_tracks(settings.lastfm_source)
-    text_X = embed_texts_cached(settings.cache_dir, te, [track_text(t) for t in catalog])
-    audio_X = audio_text_X = None
-    audio_model_id = ""
-    paths = [t.audio_path for t in audio if t.audio_path]
-    if paths:
-        ae = configured_audio_encoder(e)
-        audio_X, owners = audio_windows(paths, ae, e.audio_window_s, max_windows=8)
-        audio_text_X = np.asarray(te.encode([track_text(audio[i]) for i in owners.tolist()]), dtype=np.float32)
-        audio_model_id = ae.model_id
-    version = bootstrap_codebooks(settings, text_X, te.model_id, audio_X, audio_text_X, audio_model_id)
-    log.info("fitted codebook version %s on %d catalog texts", version.version, len(text_X))
-    return version.version
 
 
 @dataclass
@@ -225,7 +193,7 @@ def wait_until_readable(
     """
     if not 0.0 < max_duty <= 1.0:
         raise ValueError(f"max_duty must be in (0, 1], got {max_duty}")
-    from streams.sinks.feast import read_sid_columns
+    from streams.sinks.reader import read_sid_columns
 
     pending = dict(expected)
     latency: dict[str, float] = {}

@@ -118,7 +118,7 @@ def retrain_once(run: Any, before: str, timeout_s: float = 900.0) -> dict[str, A
     import subprocess
 
     from sidcore.registry import Registry
-    from sidstream.commands.status import rows_by_version
+    from streams.sinks.reader import rows_by_version
 
     settings_file = run.settings_file()
     proc = subprocess.run(cron_command(settings_file), capture_output=True, text=True, timeout=timeout_s)

@@ -6,7 +6,7 @@ assigner to it at one point.
 2. after a grace (> the assigners' reload interval + one batch), every embedding that reached
    an assigner before it saw PENDING is in `embeddings.kept`; the backfill copies that topic
    into a scratch store (disk), then codes every track under the new version with the
-   assigner's own function (`processing.code_tracks`) and writes the rows to Feast, in chunks,
+   assigner's own function (`streams.assign.code_tracks`) and writes the rows to Feast, in chunks,
    checkpointing the last track written; a killed backfill resumes from the checkpoint;
 3. a second pass re-codes the tracks whose kept embeddings changed meanwhile;
 4. LIVE := version, PENDING cleared: readers (which ask for the live version's rows) and the
@@ -25,9 +25,10 @@ from typing import Any
 from sidcore.config import Settings
 from sidcore.registry import Registry
 from streams import avro_codec, metrics
-from streams.kept import KeptEmbeddings
-from streams.processing import ActiveCodebooks, code_tracks
+from streams.assign import code_tracks
+from streams.codebooks import ActiveCodebooks
 from streams.records import BatchResult
+from streams.state.kept import KeptEmbeddings
 
 log = logging.getLogger(__name__)
 CODEBOOKS = "codebooks"
@@ -38,7 +39,7 @@ class InjectedBackfillFailure(RuntimeError):
 
 
 def _rows(result: BatchResult) -> list[Any]:
-    from streams.sinks.feast import SidRow
+    from streams.sinks.writer import SidRow
 
     return [SidRow.from_record(avro_codec.decode(value, expected="SidAssigned")[1]) for _, value in result.outputs]
 
@@ -50,7 +51,8 @@ def run_backfill(
 ) -> dict[str, Any]:
     """Backfill `version` and make it live; returns what was done (tracks, seconds, tracks/s)."""
     from psrq import joint_embedding, load_codebook_set
-    from streams.sinks.feast import FeastSink, open_store
+    from streams.sinks.store import open_store
+    from streams.sinks.writer import FeastSink
 
     chunk = chunk or settings.stream.backfill_chunk
     registry = Registry(settings.registry_dir)

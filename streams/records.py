@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,8 @@ class BatchResult:
     dead: list[DeadLetter] = field(default_factory=list)
     # assigner only: (partition, key, Embedding bytes) for the compacted embeddings.kept topic
     kept: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    # items the batch finished into a sink rather than as outputs (writer, logger): counted as ok
+    stored: int = 0
 
 
 def vector_to_bytes(v: np.ndarray) -> bytes:
@@ -82,3 +85,22 @@ def vector_from_bytes(b: bytes, dim: int) -> np.ndarray:
     if len(b) != 4 * dim:
         raise ValueError(f"vector has {len(b) // 4} values but dim says {dim}")
     return np.frombuffer(b, dtype="<f4")
+
+
+def decode_or_dead(raw: RawRecord, schema: str, what: str, dead: list[DeadLetter]) -> dict[str, Any] | None:
+    """The record, or None after adding an `undecodable` dead letter naming `what`."""
+    try:
+        return avro_codec.decode(raw.value, expected=schema)[1]
+    except avro_codec.DecodeError as exc:
+        dead.append(DeadLetter(raw, f"{what}: {exc}", "undecodable", key_text(raw)))
+        return None
+
+
+def key_text(raw: RawRecord) -> str | None:
+    """The record's key as text (a track id), or None when it has none or it is not UTF-8."""
+    if raw.key is None:
+        return None
+    try:
+        return raw.key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -19,6 +19,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from streams import compat
+
 
 async def adaptive_take(stream: Any, max_: int, within: float, linger: float) -> AsyncIterator[list[Any]]:
     buffer: list[Any] = []
@@ -46,7 +48,7 @@ async def adaptive_take(stream: Any, max_: int, within: float, linger: float) ->
 
     stream.enable_acks = False
     stream.add_processor(add_to_buffer)
-    stream._enable_passive(aiter(stream.channel))  # noqa: SLF001 - as noack_take does
+    compat.enable_passive(stream, aiter(stream.channel))  # as noack_take does
     try:
         while not stream.should_stop:
             if not buffer:
@@ -73,4 +75,4 @@ async def adaptive_take(stream: Any, max_: int, within: float, linger: float) ->
                 consumed.set()
     finally:
         stream.enable_acks = enable_acks
-        stream._processors.remove(add_to_buffer)  # noqa: SLF001
+        compat.remove_processor(stream, add_to_buffer)

@@ -31,16 +31,18 @@ def command(n: int, as_json: bool) -> None:
     from sidstream.harness import PipelineRun
     from streams import avro_codec
     from streams.admin.broker import local_broker
+    from streams.assign import code_tracks
     from streams.backfill import _rows, run_backfill
-    from streams.kept import KeptEmbeddings, kept_key
-    from streams.processing import ActiveCodebooks, code_tracks
+    from streams.codebooks import ActiveCodebooks
     from streams.records import BatchResult, vector_to_bytes
-    from streams.sinks.feast import FeastSink, open_store
+    from streams.sinks.store import open_store
+    from streams.sinks.writer import FeastSink
+    from streams.state.kept import KeptEmbeddings, kept_key
     from trainer.jobs import register_codebook_set
 
     console = Console(stderr=True)
     s = get_settings()
-    local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
+    local_broker(s).start()
     run_dir = s.home / "bench" / f"backfill-{time.strftime('%Y%m%dT%H%M%S')}"
     s = s.model_copy(update={"home": run_dir / "home", "feast_root": run_dir / "feast", "registry_root": run_dir / "registry"})
     run = PipelineRun(s, run_dir)

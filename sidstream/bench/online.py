@@ -39,7 +39,8 @@ def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: 
     from psrq import load_codebook_set
     from sidcore.config import CodebookSettings
     from sidcore.registry import Registry
-    from streams.sinks.feast import FeastSink, SidRow, UserHistoryRow, open_store
+    from streams.sinks.store import open_store
+    from streams.sinks.writer import FeastSink, SidRow, UserHistoryRow
     from trainer.codes import with_joint
     from trainer.dataset import write_dataset
     from trainer.jobs import JobConfig, train_codebooks, train_ranker
@@ -183,7 +184,7 @@ def _rps(url: str, bodies: list[dict[str, Any]], concurrency: int) -> tuple[floa
 def run_online(settings: Settings, work: Path, requests: int) -> dict[str, Any]:
     import httpx
 
-    from streams.sinks.feast import open_store
+    from streams.sinks.store import open_store
 
     ids = prepare_online(settings, work)
     store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)

@@ -49,12 +49,13 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
 
     from encoders.catalog import track_text
     from encoders.configured import configured_text_encoder
+    from encoders.parts import threads_by_size
     from sidcore.catalog import lastfm_tracks
     from sidcore.config import get_settings
-    from sidstream.commands.worker import threads_by_size
-    from sidstream.harness import PipelineRun, ensure_codebooks
+    from sidstream.harness import PipelineRun
     from streams.admin.broker import local_broker
-    from streams.sinks.feast import open_store
+    from streams.sinks.store import open_store
+    from trainer.bootstrap import ensure_codebooks
 
     n = 300 if quick else n
     s = get_settings()
@@ -70,7 +71,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
         te.encode(texts[i : i + bs])
     encoder_s = time.perf_counter() - t0
 
-    local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
+    local_broker(s).start()
     version = ensure_codebooks(s, [], on_status=console.print)
     run_dir = s.home / "bench" / time.strftime("%Y%m%dT%H%M%S")
     s2 = s.model_copy(update={"feast_root": run_dir / "feast", "registry_root": s.registry_dir})

@@ -17,7 +17,16 @@ import time
 import urllib.request
 
 import click
+import numpy as np
 import psutil
+from rich.console import Console
+
+from sidcore.catalog import Track, lastfm_tracks
+from sidcore.config import get_settings
+from sidstream.harness import PipelineRun, topic_messages, wait_until_readable
+from streams.admin.broker import local_broker
+from streams.sinks.store import open_store
+from trainer.bootstrap import ensure_codebooks
 
 
 def _free_port() -> int:
@@ -37,9 +46,35 @@ def _gauge(port: int, name: str) -> float | None:
 
 def _record_times_s(bootstrap: str, topic: str) -> list[float]:
     """Create timestamps (s) of every record in `topic`."""
-    from sidstream.harness import topic_messages
-
     return [m.timestamp()[1] / 1000.0 for m in topic_messages(bootstrap, topic, timeout_s=60)]
+
+
+def _sample(run: PipelineRun, port: int, samples: list[dict[str, float]], stop: threading.Event) -> None:
+    """Every second until `stop`: each worker's RSS (MB) and the assigner's join-table size."""
+    t0 = time.monotonic()
+    procs = {"-".join(r): psutil.Process(p.pid) for r, p in run.processes.items()}
+    while not stop.is_set():
+        row = {"t": time.monotonic() - t0}
+        for name, proc in procs.items():
+            try:
+                row[name] = proc.memory_info().rss / 2**20
+            except psutil.Error:
+                row[name] = float("nan")
+        row["join"] = _gauge(port, "sidstream_join_waiting") or 0.0
+        samples.append(row)
+        stop.wait(1.0)
+
+
+def _rss_quarters(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each worker's peak RSS in the first and last quarter of the run, and their ratio."""
+    quarter = max(1, len(samples) // 4)
+    out = {}
+    for name in ("text", "assigner", "writer"):
+        first = max(r[name] for r in samples[:quarter])
+        last = max(r[name] for r in samples[-quarter:])
+        out[f"{name}_rss_mb"] = {"first_quarter_peak": round(first, 1), "last_quarter_peak": round(last, 1),
+                                 "ratio": round(last / first, 3)}
+    return out
 
 
 @click.command()
@@ -50,17 +85,9 @@ def _record_times_s(bootstrap: str, topic: str) -> list[float]:
 @click.option("--json", "as_json", is_flag=True)
 def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
     """Memory and join-table size of the workers over a long stream (RSS first vs last quarter)."""
-    from rich.console import Console
-
-    from sidcore.catalog import Track, lastfm_tracks
-    from sidcore.config import get_settings
-    from sidstream.harness import PipelineRun, ensure_codebooks, wait_until_readable
-    from streams.admin.broker import local_broker
-    from streams.sinks.feast import open_store
-
     console = Console(stderr=True)
     s = get_settings()
-    local_broker(s.kafka, s.home / "kafka", s.cache_dir).start()
+    local_broker(s).start()
     version = ensure_codebooks(s, [], on_status=console.print)
     base = lastfm_tracks(s.lastfm_source)
     tracks = [Track(f"soak:{i}", None, b.artist, None, b.tags, preset_text=f"{b.preset_text} (take {i // len(base)})")
@@ -76,22 +103,7 @@ def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
     run.start_workers(groups, metrics_ports={("assigner",): port})
     samples: list[dict[str, float]] = []
     stop = threading.Event()
-    t0 = time.monotonic()
-
-    def sample() -> None:
-        procs = {"-".join(r): psutil.Process(p.pid) for r, p in run.processes.items()}
-        while not stop.is_set():
-            row = {"t": time.monotonic() - t0}
-            for name, proc in procs.items():
-                try:
-                    row[name] = proc.memory_info().rss / 2**20
-                except psutil.Error:
-                    row[name] = float("nan")
-            row["join"] = _gauge(port, "sidstream_join_waiting") or 0.0
-            samples.append(row)
-            stop.wait(1.0)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=_sample, args=(run, port, samples, stop), daemon=True)
     sampler.start()
     producer = run.producer()
     produced_at: dict[str, int] = {}
@@ -110,20 +122,12 @@ def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
         sampler.join(timeout=5)
         run.stop_workers()
     (run_dir / "samples.json").write_text(json.dumps(samples))  # the whole trace, for plotting
-    quarter = max(1, len(samples) // 4)
     report: dict[str, object] = {"bench": "soak", "tracks": n, "rate": rate, "wait_s": wait_s,
                                  "produce_s": round(produce_s, 1), "readable": len(latency), "samples": len(samples),
-                                 "trace": str(run_dir / "samples.json")}
-    for name in ("text", "assigner", "writer"):
-        first = max(r[name] for r in samples[:quarter])
-        last = max(r[name] for r in samples[-quarter:])
-        report[f"{name}_rss_mb"] = {"first_quarter_peak": round(first, 1), "last_quarter_peak": round(last, 1),
-                                    "ratio": round(last / first, 3)}
+                                 "trace": str(run_dir / "samples.json"), **_rss_quarters(samples)}
     # the join table holds the tracks that reached the assigner in the last `wait_s`: bound it by
     # the most tracks the assigner emitted in any window of that length (the broker timestamps
     # of its sids.assigned records), plus one batch; the producer's rate x wait is the nominal
-    import numpy as np
-
     seen = np.sort(_record_times_s(s.kafka.bootstrap, run.names.sids))
     peak = int(np.max(np.searchsorted(seen, seen + wait_s) - np.arange(len(seen)))) if len(seen) else 0
     bound = peak + s.stream.batch_size

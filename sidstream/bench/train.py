@@ -26,6 +26,18 @@ import time
 from typing import Any
 
 import click
+import numpy as np
+import torch
+
+from sidcore.config import CodebookSettings
+from trainer.codes import cached_codes
+from trainer.device_data import DeviceData
+from trainer.evaluate import prepare
+from trainer.features import Lookup, batches
+from trainer.graphed import WARMUP_STEPS, GraphedStep
+from trainer.models import ModelConfig, build_model
+from trainer.synthetic import make_synthetic
+from trainer.train_loop import TrainConfig, _autocast
 
 
 def _rss_peak_mb() -> float:
@@ -35,8 +47,6 @@ def _rss_peak_mb() -> float:
 
 def gpu_utilisation() -> tuple[float | None, str | None]:
     """(torch.cuda.utilization() in percent, None) or (None, why it is not available)."""
-    import torch
-
     if not torch.cuda.is_available():
         return None, "no CUDA device"
     try:
@@ -47,12 +57,6 @@ def gpu_utilisation() -> tuple[float | None, str | None]:
 
 def _batch_source(data: str, prep: Any, lookup: Any, dev: Any, batch_size: int, n: int) -> Any:
     """A function step -> batch dict on `dev` (see the module docstring for `data`)."""
-    import numpy as np
-    import torch
-
-    from trainer.device_data import DeviceData
-    from trainer.features import batches
-
     if data == "pool":
         pool = list(batches(prep.train, lookup, batch_size, shuffle_seed=0))[:n]
         return lambda i: {k: v.to(dev, non_blocking=True) for k, v in pool[i % len(pool)].items()}
@@ -72,87 +76,24 @@ def _batch_source(data: str, prep: Any, lookup: Any, dev: Any, batch_size: int, 
 
 def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, device: str, amp: bool,
              steps: int, warmup: int, batch_size: int, data: str = "pool", compile_model: bool = False) -> dict[str, Any]:
-    import torch
-
-    from trainer.features import Lookup
-    from trainer.models import build_model
-    from trainer.train_loop import _autocast
-
+    """Samples/s of `steps` training steps of one model after `warmup` steps, from the `data` path."""
     dev = torch.device(device)
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     torch.manual_seed(0)
     model = build_model(model_config, prep.vocab.n_rows, sizes).to(dev)
-    graphed = None
-    if data == "graphed":  # the retraining job's GPU step (trainer.graphed), capture included in warm-up
-        from trainer.device_data import DeviceData
-        from trainer.graphed import WARMUP_STEPS, GraphedStep
-        from trainer.train_loop import TrainConfig
-
-        resident = DeviceData(prep.train, lookup, dev)
-        graphed = GraphedStep(model, resident, batch_size, TrainConfig(lr=1e-3, amp=amp, compile=compile_model))
-        order = resident.order(0)
-        graphed.start_epoch(order, 0)
-        # past the eager warm-up steps and both captures (a group of steps_per_graph, and one step)
-        warmup = max(warmup, WARMUP_STEPS + graphed.steps_per_graph + 1)
-
-        def run_graphed(k: int) -> None:  # k full steps, the epoch's order starting again at its end
-            while k > 0:
-                if graphed.position == graphed.full_batches:
-                    graphed.start_epoch(order, 0)
-                take = min(k, graphed.full_batches - graphed.position)
-                graphed.steps(take)
-                k -= take
-    else:
-        forward = torch.compile(model) if compile_model else model
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
-        next_batch = _batch_source(data, prep, lookup, dev, batch_size, steps + warmup)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    seen, started = 0, 0.0
     utilisation: list[float] = []
-    sample_every = max(1, steps // 10)
-    def sample_utilisation() -> None:
-        if dev.type == "cuda":
-            u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
-            if u is not None:
-                utilisation.append(u)
-
-    if graphed is not None:  # in chunks: the host only launches graphs, samples between chunks
-        run_graphed(warmup)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        chunk, done = max(graphed.steps_per_graph, sample_every // graphed.steps_per_graph * graphed.steps_per_graph), 0
-        while done < steps:
-            k = min(chunk, steps - done)
-            run_graphed(k)
-            done += k
-            sample_utilisation()
-        seen = steps * batch_size
-        loss = graphed.losses(0, graphed.full_batches)[max(0, graphed.position - 1)]
+    graphed = None
+    if data == "graphed":  # the retraining job's GPU step (trainer.graphed), capture included in warm-up
+        resident = DeviceData(prep.train, lookup, dev)
+        graphed = GraphedStep(model, resident, batch_size, TrainConfig(lr=1e-3, amp=amp, compile=compile_model))
+        seen, seconds, loss = _time_graphed(graphed, resident.order(0), dev, steps, warmup, batch_size, utilisation)
     else:
-        for i in range(steps + warmup):
-            if i == warmup:
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-            if i >= warmup and (i - warmup) % sample_every == sample_every - 1:
-                sample_utilisation()
-            batch = next_batch(i)
-            with _autocast(dev, amp):
-                logits = forward(batch)
-            loss = loss_fn(logits.float(), batch["label"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if i >= warmup:
-                seen += int(batch["label"].shape[0])
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+        next_batch = _batch_source(data, prep, lookup, dev, batch_size, steps + warmup)
+        seen, seconds, loss = _time_eager(model, next_batch, dev, amp, steps, warmup, compile_model, utilisation)
     out = {"model": name, "samples_per_s": round(seen / seconds, 1), "steps": steps, "seconds": round(seconds, 3),
-           "parameters": int(sum(p.numel() for p in model.parameters())), "final_loss": round(float(loss.detach()), 4)}
+           "parameters": int(sum(p.numel() for p in model.parameters())), "final_loss": round(loss, 4)}
     if data != "pool" or compile_model:
         out.update(data=data, compile=compile_model)
     if graphed is not None:
@@ -168,6 +109,76 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
     return out
 
 
+def _sample_utilisation(dev: Any, into: list[float]) -> None:
+    if dev.type == "cuda":
+        u, _ = gpu_utilisation()  # NVML's share of the last sample period with a kernel running
+        if u is not None:
+            into.append(u)
+
+
+def _time_graphed(graphed: Any, order: Any, dev: Any, steps: int, warmup: int, batch_size: int,
+                  utilisation: list[float]) -> tuple[int, float, float]:
+    """(samples, seconds, last loss) of `steps` CUDA-graph steps, in chunks: the host only
+    launches graphs and samples GPU utilisation between chunks."""
+    graphed.start_epoch(order, 0)
+    # past the eager warm-up steps and both captures (a group of steps_per_graph, and one step)
+    warmup = max(warmup, WARMUP_STEPS + graphed.steps_per_graph + 1)
+
+    def run_graphed(k: int) -> None:  # k full steps, the epoch's order starting again at its end
+        while k > 0:
+            if graphed.position == graphed.full_batches:
+                graphed.start_epoch(order, 0)
+            take = min(k, graphed.full_batches - graphed.position)
+            graphed.steps(take)
+            k -= take
+
+    run_graphed(warmup)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    sample_every = max(1, steps // 10)
+    chunk, done = max(graphed.steps_per_graph, sample_every // graphed.steps_per_graph * graphed.steps_per_graph), 0
+    while done < steps:
+        k = min(chunk, steps - done)
+        run_graphed(k)
+        done += k
+        _sample_utilisation(dev, utilisation)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    loss = graphed.losses(0, graphed.full_batches)[max(0, graphed.position - 1)]
+    return steps * batch_size, seconds, float(loss)
+
+
+def _time_eager(model: Any, next_batch: Any, dev: Any, amp: bool, steps: int, warmup: int, compile_model: bool,
+                utilisation: list[float]) -> tuple[int, float, float]:
+    """(samples, seconds, last loss) of `steps` eager Adam steps after `warmup` untimed ones."""
+    forward = torch.compile(model) if compile_model else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    sample_every = max(1, steps // 10)
+    seen, started = 0, 0.0
+    for i in range(steps + warmup):
+        if i == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        if i >= warmup and (i - warmup) % sample_every == sample_every - 1:
+            _sample_utilisation(dev, utilisation)
+        batch = next_batch(i)
+        with _autocast(dev, amp):
+            logits = forward(batch)
+        loss = loss_fn(logits.float(), batch["label"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            seen += int(batch["label"].shape[0])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return seen, time.perf_counter() - started, float(loss.detach())
+
+
 @click.command("train")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quick", is_flag=True, help="fewer steps, smaller synthetic data")
@@ -179,14 +190,6 @@ def _measure(name: str, model_config: Any, prep: Any, codes: dict, sizes: dict, 
 def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, compile_model: bool,
             graph_compile: bool) -> None:
     """Training samples/s of MCCA vs DIN (ratio), peak memory; CUDA + AMP when available."""
-    import torch
-
-    from sidcore.config import CodebookSettings
-    from trainer.codes import cached_codes
-    from trainer.evaluate import prepare
-    from trainer.models import ModelConfig
-    from trainer.synthetic import make_synthetic
-
     steps = steps or (10 if quick else 60)
     warmup = 2 if quick else 5
     ds = make_synthetic(n_users=300 if quick else 2000, n_items=1200 if quick else 12000,
@@ -214,6 +217,17 @@ def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, comp
     report["gpu_utilisation"], why = gpu_utilisation()
     if why:
         report["gpu_utilisation_unavailable"] = why
+    report.update(_cuda_rows(models, prep, codes, sizes, steps, warmup, batch_size, compile_model, graph_compile))
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    _print_report(report)
+
+
+def _cuda_rows(models: dict[str, Any], prep: Any, codes: dict, sizes: dict, steps: int, warmup: int, batch_size: int,
+               compile_model: bool, graph_compile: bool) -> dict[str, Any]:
+    """The CUDA rows of the report (pool, resident and graphed paths), or why they were skipped."""
+    report: dict[str, Any] = {}
     if torch.cuda.is_available():
         gpu = {n: _measure(n, c, prep, codes, sizes, "cuda", True, steps * 5, warmup, batch_size) for n, c in models.items()}
         report["cuda_amp_bf16"] = gpu
@@ -239,13 +253,14 @@ def command(as_json: bool, quick: bool, steps: int | None, batch_size: int, comp
     else:
         report["cuda_amp_bf16"] = {"skipped": "no CUDA device"}
         report["cuda_amp_bf16_resident"] = {"skipped": "no CUDA device"}
-    if as_json:
-        click.echo(json.dumps(report, sort_keys=True))
-        return
-    for name, r in cpu.items():
+    return report
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    for name, r in report["cpu"].items():
         click.echo(f"cpu  {name:8s} {r['samples_per_s']:>10.0f} samples/s  ({r['parameters']:,} parameters)")
     click.echo(f"MCCA / DIN throughput ratio: {report['cpu_ratio_mcca_over_din']}; peak RSS {report['peak_rss_mb']} MB")
-    for name, r in paths.items():
+    for name, r in report["cpu_data_paths"].items():
         click.echo(f"cpu  {name:8s} host batches {r['host_samples_per_s']:>10.0f}, resident {r['resident_samples_per_s']:>10.0f}"
                    f" samples/s (resident / host {r['ratio_resident_over_host']})")
     if "skipped" in report["cuda_amp_bf16"]:

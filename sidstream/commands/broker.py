@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from sidcore.config import get_settings
 from streams.admin.broker import BrokerError, local_broker
 
 
@@ -20,11 +21,11 @@ def broker() -> None:
 def start(timeout: float) -> None:
     """Resolve jars (once), format storage (once), start and wait until it serves metadata."""
     try:
-        pid = local_broker().start(timeout_s=timeout)
+        pid = local_broker(get_settings()).start(timeout_s=timeout)
     except BrokerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    b = local_broker()
+    b = local_broker(get_settings())
     who = f"pid {pid}" if pid is not None else "reused; not started from this home"
     click.echo(f"kafka {b.settings.version} running on {b.settings.bootstrap} ({who})")
 
@@ -32,7 +33,7 @@ def start(timeout: float) -> None:
 @broker.command()
 def stop() -> None:
     """Stop the broker cleanly (no orphan JVM)."""
-    stopped = local_broker().stop()
+    stopped = local_broker(get_settings()).stop()
     click.echo("stopped" if stopped else "not running")
 
 
@@ -40,7 +41,7 @@ def stop() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Is the broker running and reachable?"""
-    st = local_broker().status()
+    st = local_broker(get_settings()).status()
     if as_json:
         click.echo(json.dumps(st))
     else:

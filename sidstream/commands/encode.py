@@ -125,8 +125,8 @@ def audio_command(inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], out: 
     """Embed audio files (wav, flac, ogg, mp3)."""
     from rich.progress import Progress
 
-    from encoders.audio import load_audio_encoder
     from encoders.audio_io import AudioDecodeError, decode_audio, list_audio_files
+    from encoders.audio_loader import load_audio_encoder
     from sidcore.config import get_settings
 
     settings = get_settings().encoders

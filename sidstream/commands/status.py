@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-
-def rows_by_version(feast_dir: Path, profile: str, redis_url: str) -> dict[str, int]:
-    """Online SID rows per codebook version, over every track the offline log has seen."""
-    import pandas as pd
-
-    from streams.sinks.feast import open_store, read_sids
-
-    parts = sorted((feast_dir / "data" / "offline" / "track_sids").glob("part-*.parquet"))
-    if not parts:
-        return {}
-    seen = pd.concat([pd.read_parquet(p, columns=["track_id", "codebook_version"]) for p in parts])
-    store = open_store(feast_dir, profile=profile, redis_url=redis_url)
-    ids = sorted(seen["track_id"].unique())
-    out = {}
-    for version in sorted(seen["codebook_version"].unique()):
-        df = read_sids(store, ids, version)
-        out[version] = int(df["sid_event_time_ms"].notna().sum())
-    return out
+from sidcore.config import get_settings
+from sidcore.registry import Registry
+from streams.sinks.reader import rows_by_version
 
 
 def status_report() -> dict[str, Any]:
-    from sidcore.config import get_settings
-    from sidcore.registry import Registry
-
     s = get_settings()
     registry = Registry(s.registry_dir)
     live, pending = registry.live("codebooks"), registry.pending("codebooks")

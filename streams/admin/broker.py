@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidcore.config import REPO_ROOT, KafkaSettings
+from sidcore.config import REPO_ROOT, KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,6 @@ def _kraft_cluster_id(new_uuid=uuid.uuid4) -> str:
             return cluster_id
 
 
-def local_broker(settings: KafkaSettings | None = None, home: Path | None = None, cache_dir: Path | None = None) -> LocalBroker:
-    from sidcore.config import get_settings
-
-    s = get_settings()
-    return LocalBroker(settings or s.kafka, home or (s.home / "kafka"), cache_dir or s.cache_dir)
+def local_broker(settings: Settings) -> LocalBroker:
+    """The local broker of these settings: kafka settings, its home under settings.home, the jar cache."""
+    return LocalBroker(settings.kafka, settings.home / "kafka", settings.cache_dir)

@@ -9,23 +9,29 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
+# the names and their properties live in the topology table (streams.topology); re-exported here
+from streams.topology import (
+    CODEBOOKS_CONTROL,
+    DATA_TOPICS,
+    EMBEDDINGS_AUDIO,
+    EMBEDDINGS_KEPT,
+    EMBEDDINGS_TEXT,
+    INTERACTIONS,
+    SIDS_ASSIGNED,
+    SIDS_IDENTITY,
+    TOPIC_TABLE,
+    TRACKS_AUDIO,
+    TRACKS_METADATA,
+    TopicSpec,
+    dlq,
+)
+
 log = logging.getLogger(__name__)
 
-TRACKS_METADATA = "tracks.metadata"
-TRACKS_AUDIO = "tracks.audio"
-EMBEDDINGS_TEXT = "embeddings.text"
-EMBEDDINGS_AUDIO = "embeddings.audio"
-SIDS_ASSIGNED = "sids.assigned"
-INTERACTIONS = "interactions"
-CODEBOOKS_CONTROL = "codebooks.control"
-EMBEDDINGS_KEPT = "embeddings.kept"  # compacted: each track's latest embedding per modality
-SIDS_IDENTITY = "sids.identity"  # compacted: identity-code claims, partitioned by semantic bucket (streams.identity)
 
-DATA_TOPICS = (TRACKS_METADATA, TRACKS_AUDIO, EMBEDDINGS_TEXT, EMBEDDINGS_AUDIO, SIDS_ASSIGNED, INTERACTIONS)
-
-
-def dlq(topic: str) -> str:
-    return f"{topic}.dlq"
+__all__ = ["CODEBOOKS_CONTROL", "DATA_TOPICS", "EMBEDDINGS_AUDIO", "EMBEDDINGS_KEPT", "EMBEDDINGS_TEXT", "INTERACTIONS",
+           "SIDS_ASSIGNED", "SIDS_IDENTITY", "TRACKS_AUDIO", "TRACKS_METADATA", "TopicNames", "create_topics", "dlq",
+           "delete_topics", "wait_until_ready"]
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,14 @@ class TopicNames:
         return [dlq(self.name(t)) for t in DATA_TOPICS]
 
     def all(self) -> list[str]:
-        names = [self.name(t) for t in DATA_TOPICS]
-        return names + [dlq(t) for t in names] + [self.control, self.kept, self.identity]
+        """Every topic of TOPIC_TABLE under the prefix, and the data topics' dead-letter twins."""
+        return [name for _, name in self.specs()]
+
+    def specs(self) -> list[tuple[TopicSpec | None, str]]:
+        """(spec, concrete name) of every topic; a dead-letter topic's spec is None."""
+        data = [(t, self.name(t.name)) for t in TOPIC_TABLE if t.data]
+        other = [(t, self.name(t.name)) for t in TOPIC_TABLE if not t.data]
+        return [*data, *((None, dlq(name)) for _, name in data), *other]
 
 
 def create_topics(
@@ -88,14 +100,14 @@ def create_topics(
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = []
-    for topic in names.all():
+    for spec, topic in names.specs():
         if topic in existing:
             continue
         # the control topic is a single ordered log; everything else is keyed by track/user id
-        n = 1 if topic == names.control else partitions
+        n = 1 if spec is not None and spec.single_partition else partitions
         # records carry inline audio, and dead letters carry the original bytes: allow large ones
         config = {"max.message.bytes": str(max_message_bytes)}
-        if topic in (names.kept, names.identity):
+        if spec is not None and spec.compacted:
             # kept: the latest embedding per (track, modality); identity: every claim (keys hold the track)
             config["cleanup.policy"] = "compact"
         wanted.append(NewTopic(topic, num_partitions=n, replication_factor=1, config=config))

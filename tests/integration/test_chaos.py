@@ -16,7 +16,7 @@ N_TRACKS, N_BAD, RATE = 240, 12, 400.0
 def chaos_env(kafka_broker, tmp_path_factory):
     from sidcore.catalog import lastfm_tracks
     from sidstream.chaos import clean_run_codes
-    from sidstream.harness import ensure_codebooks
+    from trainer.bootstrap import ensure_codebooks
 
     root = tmp_path_factory.mktemp("chaos")
     s = Settings(

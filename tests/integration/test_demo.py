@@ -49,7 +49,9 @@ def test_demo_counts_come_from_three_sources(test_settings, tmp_path):
     from sidstream.harness import PipelineRun
     from streams import avro_codec
     from streams.records import DeadLetter, RawRecord
-    from streams.sinks.feast import FeastSink, SidRow, open_store, read_sids
+    from streams.sinks.reader import read_sids
+    from streams.sinks.store import open_store
+    from streams.sinks.writer import FeastSink, SidRow
 
     run = PipelineRun(test_settings, tmp_path / "run")
     run.create_topics()

@@ -52,7 +52,7 @@ def test_profiles_are_valid_feast_configs(yaml_path):
 
 
 def test_materialised_repo_matches_the_definitions(tmp_path):
-    from streams.sinks.feast import load_definitions, open_store
+    from streams.sinks.store import load_definitions, open_store
 
     store = open_store(tmp_path / "feast")
     names = {type(o).__name__ + ":" + o.name for o in load_definitions(FEATURE_REPO)}

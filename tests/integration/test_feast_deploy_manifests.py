@@ -65,7 +65,7 @@ def test_manifests_have_the_expected_kinds():
 
 
 def test_every_container_runs_a_real_sidstream_subcommand():
-    from streams.app import ROLES
+    from streams.topology import ROLES
 
     commands = []
     for spec in _pod_specs(_k8s_docs()):

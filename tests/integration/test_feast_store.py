@@ -10,15 +10,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from streams.sinks.feast import (
-    FeastSink,
-    SidRow,
-    UserHistoryRow,
-    open_store,
-    read_history,
-    read_sid_columns,
-    read_sids,
-)
+from streams.sinks.reader import read_history, read_sid_columns, read_sids
+from streams.sinks.store import open_store
+from streams.sinks.writer import FeastSink, SidRow, UserHistoryRow
 from tests.conftest import redis_command as _redis_command
 
 pytestmark = pytest.mark.integration
@@ -197,7 +191,7 @@ def test_a_locked_store_is_a_transient_error(tmp_path):
     offline row behind that a retry would add twice."""
     import sqlite3
 
-    from streams.sinks.feast import is_transient_store_error
+    from streams.sinks.store import is_transient_store_error
 
     store = open_store(tmp_path / "feast")
     sink = FeastSink(store)

@@ -9,8 +9,8 @@ from confluent_kafka import Producer
 
 from sidstream.harness import PipelineRun
 from streams import avro_codec
-from streams.kept import KeptEmbeddings, kept_key
 from streams.records import vector_to_bytes
+from streams.state.kept import KeptEmbeddings, kept_key
 
 pytestmark = pytest.mark.integration
 

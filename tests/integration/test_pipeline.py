@@ -43,14 +43,14 @@ def pipeline(test_settings, tmp_path):
 
 
 def _open_store(run):
-    from streams.sinks.feast import open_store
+    from streams.sinks.store import open_store
 
     return open_store(run.settings.feast_dir)
 
 
 def test_tracks_in_rows_out_with_dlq_and_late_audio(pipeline):
     from psrq import load_codebook_set
-    from streams.sinks.feast import read_sids
+    from streams.sinks.reader import read_sids
 
     run, catalog, audio, version = pipeline
     tracks = catalog[:40]
@@ -108,7 +108,7 @@ def test_restart_neither_loses_nor_duplicates(pipeline):
     log holds each row once. (tests/integration/test_chaos.py drills single-role faults.)"""
     from encoders import load_text_encoder
     from psrq import load_codebook_set
-    from streams.sinks.feast import read_sids
+    from streams.sinks.reader import read_sids
 
     run, catalog, _, version = pipeline
     tracks = catalog[:120]

@@ -36,7 +36,7 @@ def _offline_codes(settings, version, track_ids):
     from psrq import joint_embedding, load_codebook_set
     from sidcore.registry import Registry
     from streams.admin.topics import TopicNames
-    from streams.kept import KeptEmbeddings
+    from streams.state.kept import KeptEmbeddings
 
     cs = load_codebook_set(Registry(settings.registry_dir).get("codebooks", version).path)
     kept = KeptEmbeddings(settings.home / "check-kept.sqlite", wait_s=0)
@@ -70,7 +70,7 @@ def _offline_codes(settings, version, track_ids):
 
 
 def _assert_rows_follow(settings, store, version, track_ids):
-    from streams.sinks.feast import read_sids
+    from streams.sinks.reader import read_sids
 
     text, joint = _offline_codes(settings, version, track_ids)
     df = read_sids(store, track_ids, version).set_index("track_id")
@@ -87,7 +87,7 @@ def streamed(request, kafka_broker, tmp_path):
     from sidcore.catalog import audio_tracks, lastfm_tracks
     from sidstream.harness import PipelineRun, wait_until_readable
     from sidstream.retrain import log_synthetic_interactions, wait_logged
-    from streams.sinks.feast import open_store
+    from streams.sinks.store import open_store
     from trainer.jobs import bootstrap_codebooks
 
     if not AUDIO_DIR.is_dir():

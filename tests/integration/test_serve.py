@@ -17,7 +17,8 @@ import pytest
 from sidcore.config import Settings
 from sidstream.bench.online import ServerThread, _free_port, prepare_online
 from sidstream.serve import create_app
-from streams.sinks.feast import open_store, read_sids
+from streams.sinks.reader import read_sids
+from streams.sinks.store import open_store
 
 pytestmark = pytest.mark.integration
 

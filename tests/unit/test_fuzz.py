@@ -11,15 +11,13 @@ from hypothesis import strategies as st
 
 from encoders import build_track_text, classify_text, decode_audio
 from streams import avro_codec
-from streams.processing import (
-    ActiveCodebooks,
-    assign_batch,
-    decode_interactions,
-    decode_sid_batch,
-    encode_audio_batch,
-    encode_text_batch,
-)
+from streams.codebooks import ActiveCodebooks
 from streams.records import RawRecord, vector_to_bytes
+from streams.roles.assigner import assign_batch
+from streams.roles.audio import encode_audio_batch
+from streams.roles.logger import decode_interactions
+from streams.roles.text import encode_text_batch
+from streams.roles.writer import decode_sid_batch
 
 pytestmark = pytest.mark.unit
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

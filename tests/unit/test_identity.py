@@ -12,8 +12,9 @@ from psrq import load_codebook, save_codebook
 from psrq.health import cosine_rows, id_report, nmi, purity, random_partition
 from psrq.identity import BucketFull, IdentityPSRQ, IdentityTable, counter_suffix
 from psrq.progressive import PSRQ
+from streams.assign import code_tracks
+from streams.codebooks import ActiveCodebooks
 from streams.identity import TableIdentities
-from streams.processing import ActiveCodebooks, code_tracks
 from streams.records import BatchResult
 
 pytestmark = pytest.mark.unit
@@ -164,13 +165,14 @@ class _CountingIdentities(TableIdentities):
 
 
 class _OneAtATime:
-    """A resolver with only `resolve`: one request (modality) at a time."""
+    """A resolver that takes one request (modality) at a time: `resolve` per request."""
 
     def __init__(self) -> None:
         self.inner = TableIdentities()
 
-    def resolve(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        return self.inner.resolve(*args, **kwargs)
+    def resolve_many(self, requests):  # noqa: ANN001, ANN201
+        return [self.inner.resolve(r.version, r.modality, r.capacity, r.track_ids, r.prefixes, r.distances, r.hint_version)
+                for r in requests]
 
 
 def test_code_tracks_claims_every_modality_in_one_round_trip() -> None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 
 
 def _fake_reads(monkeypatch: pytest.MonkeyPatch, read_s: float, ready_after_s: float) -> list[float]:
-    import streams.sinks.feast as feast
+    import streams.sinks.reader as feast
 
     calls: list[float] = []
     start = time.monotonic()

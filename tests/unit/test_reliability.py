@@ -13,10 +13,12 @@ import pytest
 
 from streams import avro_codec
 from streams.batching import RetryPolicy, process_batch
-from streams.kept import KeptEmbeddings
-from streams.processing import ActiveCodebooks, assign_batch, encode_isolating
+from streams.codebooks import ActiveCodebooks
 from streams.records import DeadLetter, RawRecord, vector_to_bytes
+from streams.roles.assigner import assign_batch
+from streams.roles.encoding import encode_isolating
 from streams.sinks.offline import INDEX_NAME, OfflineLog
+from streams.state.kept import KeptEmbeddings
 
 pytestmark = pytest.mark.unit
 

@@ -74,7 +74,7 @@ class _Recorder:
 
 
 def test_small_batches_are_split_into_parts_on_one_torch_thread_each():
-    from sidstream.commands.worker import ThreadsBySize
+    from encoders.parts import ThreadsBySize
 
     inner = _Recorder()
     enc = ThreadsBySize(inner, few=2, busy_batch=16)
@@ -87,7 +87,7 @@ def test_small_batches_are_split_into_parts_on_one_torch_thread_each():
 
 
 def test_one_item_is_not_split_and_backlogs_are_cut_one_part_per_core():
-    from sidstream.commands.worker import MIN_PART, ThreadsBySize
+    from encoders.parts import MIN_PART, ThreadsBySize
 
     inner = _Recorder()
     enc = ThreadsBySize(inner, few=2, busy_batch=4, cores=3)
@@ -110,7 +110,7 @@ def test_one_item_is_not_split_and_backlogs_are_cut_one_part_per_core():
 def test_encoders_off_the_cpu_and_unset_threads_are_passed_through():
     import torch
 
-    from sidstream.commands.worker import ThreadsBySize, threads_by_size
+    from encoders.parts import ThreadsBySize, threads_by_size
 
     inner = _Recorder()
     assert isinstance(threads_by_size(inner, 2, 16), ThreadsBySize)  # no device attribute: a CPU encoder
@@ -120,7 +120,7 @@ def test_encoders_off_the_cpu_and_unset_threads_are_passed_through():
 
 
 def test_few_one_keeps_one_torch_thread_for_small_batches():
-    from sidstream.commands.worker import ThreadsBySize
+    from encoders.parts import ThreadsBySize
 
     inner = _Recorder()
     ThreadsBySize(inner, few=1, busy_batch=16).encode(["t-0", "t-1", "t-2"])
@@ -130,7 +130,7 @@ def test_few_one_keeps_one_torch_thread_for_small_batches():
 def test_split_parts_give_the_rows_of_one_whole_batch_minilm():
     """The shipped MiniLM: a batch encoded as parts on two threads equals the batch encoded whole."""
     from encoders import load_text_encoder
-    from sidstream.commands.worker import ThreadsBySize
+    from encoders.parts import ThreadsBySize
 
     minilm = load_text_encoder(None, device="cpu", dtype="float32")
     texts = ["Nebula by Max McCracken. Tags: ambient, electronic.", "rock", "Moi dix Mois. Tags: j-rock, visual kei",
@@ -141,7 +141,7 @@ def test_split_parts_give_the_rows_of_one_whole_batch_minilm():
 
 
 def test_warm_text_encoder_covers_a_trickles_batch_sizes():
-    from streams.app import warm_text_encoder
+    from streams.roles.text import warm_text_encoder
 
     inner = _Warm()
     done = warm_text_encoder(inner, sizes=(1, 2, 5), words=(2, 30))
@@ -183,7 +183,7 @@ def test_audio_parts_share_the_window_batch():
     """Parts run at once: each part's window micro-batches shrink by the number of parts, so
     the peak activation memory stays one micro-batch's; unsplit encoders keep theirs."""
     from encoders import load_audio_encoder
-    from sidstream.commands.worker import ThreadsBySize, share_window_batch
+    from encoders.parts import ThreadsBySize, share_window_batch
 
     audio = load_audio_encoder("logmel", window_batch=16)
     wrapped = share_window_batch(audio, ThreadsBySize(audio, few=2, busy_batch=16, cores=4))

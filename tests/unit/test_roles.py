@@ -8,14 +8,11 @@ import pytest
 
 from encoders.text import classify_text
 from streams import avro_codec
-from streams.processing import (
-    ActiveCodebooks,
-    assign_batch,
-    decode_interactions,
-    encode_text_batch,
-    update_history,
-)
+from streams.codebooks import ActiveCodebooks
 from streams.records import RawRecord, vector_to_bytes
+from streams.roles.assigner import assign_batch
+from streams.roles.logger import decode_interactions, update_history
+from streams.roles.text import encode_text_batch
 
 pytestmark = pytest.mark.unit
 
@@ -146,7 +143,7 @@ def test_interactions_bad_label_and_undecodable():
 
 
 def test_audio_uri_is_percent_decoded_and_other_schemes_rejected():
-    from streams.processing import _audio_source
+    from streams.roles.audio import audio_source as _audio_source
 
     assert _audio_source({"uri": "file:///music/A%20New%20Journey.ogg", "data": None}, 10) == "/music/A New Journey.ogg"
     with pytest.raises(ValueError, match="unsupported audio URI"):
@@ -164,7 +161,7 @@ def test_embedding_from_another_model_than_the_codebook_is_rejected():
 
 def test_a_late_older_positive_still_replaces_the_stored_history():
     """Feast keeps only newer rows: the history row's time must grow with every change."""
-    from streams.processing import history_version
+    from streams.roles.logger import history_version
 
     def pos(track, t):
         return {"user_id": "u", "track_id": track, "event_time": t, "label": 1}

@@ -1,0 +1,73 @@
+"""The audio encoder role: tracks.audio (TrackAudio) -> embeddings.audio (Embedding).
+
+Audio comes as a file:// URI (or a plain path) or inline bytes, within size limits; a record that
+does not decode, whose audio cannot be read, or that makes the model throw is dead-lettered alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import numpy as np
+
+from encoders import decode_audio
+from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead
+from streams.roles.encoding import BatchEncoder, encode_kept
+from streams.runtime import RoleHandler, Runtime
+
+
+def encode_audio_batch(records: Sequence[RawRecord], encoder: BatchEncoder, decode: Callable[..., np.ndarray],
+                       max_inline_bytes: int, max_file_bytes: int) -> BatchResult:
+    """tracks.audio records -> embeddings.audio records. Audio comes as file:// URI or inline bytes."""
+    result = BatchResult()
+    waves: list[np.ndarray] = []
+    kept: list[tuple[RawRecord, dict[str, Any]]] = []
+    for raw in records:
+        rec = decode_or_dead(raw, "TrackAudio", "undecodable audio record", result.dead)
+        if rec is None:
+            continue
+        try:
+            source = audio_source(rec, max_inline_bytes)
+            wave = decode(source, encoder_sample_rate(encoder), max_file_bytes)
+        except Exception as exc:  # noqa: BLE001 - every failure of one item goes to the DLQ
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {exc}", "bad_audio", rec["track_id"]))
+            continue
+        waves.append(wave)
+        kept.append((raw, rec))
+    if waves:
+        encode_kept(result, kept, waves, encoder, "audio")
+    return result
+
+
+def encoder_sample_rate(encoder: Any) -> int:
+    return int(getattr(encoder, "sample_rate", 16000))
+
+
+def audio_source(rec: dict[str, Any], max_inline_bytes: int) -> str | bytes:
+    """What decode_audio reads for a TrackAudio record: its inline bytes or its file's path."""
+    if rec.get("data") is not None:
+        if len(rec["data"]) > max_inline_bytes:
+            raise ValueError(f"inline audio of {len(rec['data'])} bytes exceeds the {max_inline_bytes}-byte limit")
+        return bytes(rec["data"])
+    uri = rec.get("uri")
+    if not uri:
+        raise ValueError("audio record has neither uri nor data")
+    if uri.startswith("file://"):
+        return url2pathname(urlparse(uri).path)  # file:///a%20b.ogg -> /a b.ogg
+    if "://" in uri:
+        raise ValueError(f"unsupported audio URI scheme in {uri!r} (file:// or inline bytes)")
+    return str(uri)
+
+
+class AudioRole(RoleHandler):
+    role = "audio"
+
+    def __init__(self, encoder: BatchEncoder, max_inline_bytes: int, max_file_bytes: int) -> None:
+        self.encoder, self.max_inline_bytes, self.max_file_bytes = encoder, max_inline_bytes, max_file_bytes
+
+    async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
+        result: BatchResult = await rt.blocking(self.role, encode_audio_batch, raws, self.encoder, decode_audio,
+                                                self.max_inline_bytes, self.max_file_bytes)
+        return result

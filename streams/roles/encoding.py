@@ -1,0 +1,79 @@
+"""What the two encoder roles share: one model call per batch, items that make the model throw
+found by bisection, and embeddings turned into Embedding records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from streams import avro_codec
+from streams.records import BatchResult, DeadLetter, RawRecord, vector_to_bytes
+
+
+class BatchEncoder(Protocol):
+    model_id: str
+    dim: int
+
+    def encode(self, batch: Sequence[Any]) -> np.ndarray: ...
+
+
+def encode_isolating(encoder: BatchEncoder, items: Sequence[Any]) -> tuple[np.ndarray | None, dict[int, str]]:
+    """One encoder call for the batch; if it raises, bisect to find the items that make the
+    model throw. Returns (vectors [n, d] with NaN rows for failed items, {index: reason})."""
+    try:
+        return np.asarray(encoder.encode(items), dtype=np.float32), {}
+    except Exception as exc:  # noqa: BLE001 - any model error is narrowed down to its items
+        if len(items) == 1:
+            return None, {0: f"{type(exc).__name__}: {exc}"}
+    half = len(items) // 2
+    left, left_bad = encode_isolating(encoder, items[:half])
+    right, right_bad = encode_isolating(encoder, items[half:])
+    failed = {**left_bad, **{half + i: r for i, r in right_bad.items()}}
+    parts = [v for v in (left, right) if v is not None]
+    if not parts:
+        return None, failed
+    dim = parts[0].shape[1]
+    out = np.full((len(items), dim), np.nan, dtype=np.float32)
+    if left is not None:
+        out[:half] = left
+    if right is not None:
+        out[half:] = right
+    return out, failed
+
+
+def encode_kept(
+    result: BatchResult, kept: list[tuple[RawRecord, dict[str, Any]]], items: list[Any], encoder: BatchEncoder, modality: str
+) -> None:
+    """Encode `items` (one per kept record) into `result`: outputs, or dead letters naming the failure."""
+    vectors, failed = encode_isolating(encoder, items)
+    for i, reason in failed.items():
+        raw, rec = kept[i]
+        result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {modality} encoder failed: {reason}", "encoder_error", rec["track_id"]))
+    if vectors is not None:
+        ok = [i for i in range(len(kept)) if i not in failed]
+        emit_embeddings(result, [kept[i] for i in ok], vectors[ok], modality, encoder)
+
+
+def emit_embeddings(
+    result: BatchResult, kept: list[tuple[RawRecord, dict[str, Any]]], vectors: np.ndarray, modality: str, encoder: BatchEncoder
+) -> None:
+    finite = np.isfinite(vectors).all(axis=1)
+    for (raw, rec), vec, ok in zip(kept, vectors, finite, strict=True):
+        if not ok:
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {modality} encoder produced NaN/inf", "nan", rec["track_id"]))
+            continue
+        value = avro_codec.encode(
+            "Embedding",
+            {
+                "track_id": rec["track_id"],
+                "event_time": rec["event_time"],
+                "modality": modality,
+                "model_id": encoder.model_id,
+                "dim": int(vectors.shape[1]),
+                "vector": vector_to_bytes(vec),
+                "ingest_time": rec["ingest_time"],
+            },
+        )
+        result.outputs.append((rec["track_id"].encode(), value))

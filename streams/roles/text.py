@@ -1,0 +1,66 @@
+"""The text encoder role: tracks.metadata (TrackMetadata) -> embeddings.text (Embedding).
+
+One encoder call per batch; a record that does not decode, whose text is empty or unusable, or
+that makes the model throw (found by bisection) is dead-lettered alone with the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from encoders import build_track_text, classify_text
+from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead
+from streams.roles.encoding import BatchEncoder, encode_kept
+from streams.runtime import RoleHandler, Runtime
+
+
+def encode_text_batch(records: Sequence[RawRecord], encoder: BatchEncoder,
+                      build_text: Callable[[dict[str, Any]], str] = build_track_text,
+                      classify: Callable[[Any], tuple[str, str] | None] = classify_text) -> BatchResult:
+    """tracks.metadata records -> embeddings.text records (one encoder call per batch; an item
+    that makes the model throw is found by bisection and dead-lettered alone)."""
+    result = BatchResult()
+    texts: list[str] = []
+    kept: list[tuple[RawRecord, dict[str, Any]]] = []
+    for raw in records:
+        rec = decode_or_dead(raw, "TrackMetadata", "undecodable metadata", result.dead)
+        if rec is None:
+            continue
+        text = rec["text"] if rec.get("text") else build_text(rec)
+        problem = classify(text)
+        if problem is not None:
+            error_type, reason = problem
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {reason}", error_type, rec["track_id"]))
+            continue
+        texts.append(text)
+        kept.append((raw, rec))
+    if texts:
+        encode_kept(result, kept, texts, encoder, "text")
+    return result
+
+
+def warm_text_encoder(encoder: BatchEncoder, sizes: Sequence[int] = (1, 2, 3, 5, 8, 13),
+                      words: Sequence[int] = (2, 12, 30)) -> int:
+    """Encode a few batches of the sizes and token widths a trickle brings, before the first
+    real one: each new (rows, width) shape and each thread of the encoder's pool pays its first
+    call once (kernel selection, per-thread buffers, allocator growth). Returns the texts encoded."""
+    done = 0
+    for n_words in words:
+        for n in sizes:
+            encoder.encode([f"warm-up track {i}. Tags: " + ", ".join(["tag"] * n_words) for i in range(n)])
+            done += n
+    return done
+
+
+class TextRole(RoleHandler):
+    role = "text"
+
+    def __init__(self, encoder: BatchEncoder) -> None:
+        self.encoder = encoder
+
+    async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
+        result: BatchResult = await rt.blocking(self.role, encode_text_batch, raws, self.encoder)
+        return result
+
+    def warm_up(self) -> None:
+        warm_text_encoder(self.encoder)

@@ -1,0 +1,103 @@
+"""Reads of the online store: what ranking services, the status command, the harness and the
+writer's freshness check ask Feast for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore
+
+from streams.sinks.schema import HISTORY_VIEW, SID_VIEW, ViewSpec, view_spec
+from streams.sinks.store import open_store
+
+
+def stored_event_times_ms(store: FeatureStore, view_name: str, entity_rows: Sequence[dict[str, str]]) -> np.ndarray:
+    """Event time (ms) of each entity's stored online row, 0 where there is none; one read."""
+    view = view_spec(view_name)
+    if not entity_rows:
+        return np.zeros(0, dtype=np.int64)
+    stored = store.get_online_features(
+        features=[f"{view.name}:{view.time_feature}"], entity_rows=list(entity_rows),
+    ).to_dict()[view.time_feature]
+    return pd.Series(stored, dtype="float64").fillna(0).to_numpy(dtype=np.int64)
+
+
+def read_sids(store: FeatureStore, track_ids: Sequence[str], codebook_version: str) -> pd.DataFrame:
+    """Online SIDs of these tracks under one codebook version (normally the live one), one row
+    per requested id in order; None for tracks that have no row under that version."""
+    return _read(store, view_spec(SID_VIEW), [{"track_id": t, "codebook_version": codebook_version} for t in track_ids])
+
+
+def read_sid_columns(store: FeatureStore, track_ids: Sequence[str], codebook_version: str,
+                     features: Sequence[str]) -> dict[str, list[Any]]:
+    """Only the named SID features of these tracks, one list per feature in id order (None for a
+    track without a row), and no DataFrame: a readability poller's read (5 ids, 1 feature:
+    0.15 ms where read_sids takes 0.9)."""
+    if not track_ids:
+        return {f: [] for f in features}
+    response = store.get_online_features(
+        features=[f"{SID_VIEW}:{f}" for f in features],
+        entity_rows=[{"track_id": t, "codebook_version": codebook_version} for t in track_ids],
+    ).to_dict()
+    return {f: list(response[f]) for f in features}
+
+
+def read_history(store: FeatureStore, user_ids: Sequence[str]) -> pd.DataFrame:
+    """Online user history for these users; None for unknown users."""
+    return _read(store, view_spec(HISTORY_VIEW), [{"user_id": u} for u in user_ids])
+
+
+def _read(store: FeatureStore, view: ViewSpec, entity_rows: list[dict[str, str]]) -> pd.DataFrame:
+    columns = [*view.join_keys, *view.features]
+    if not entity_rows:
+        return pd.DataFrame({c: [] for c in columns})
+    response = store.get_online_features(
+        features=[f"{view.name}:{f}" for f in view.features], entity_rows=entity_rows,
+    )
+    return response.to_df()[columns]
+
+
+def rows_by_version(feast_dir: Path, profile: str, redis_url: str) -> dict[str, int]:
+    """Online SID rows per codebook version, over every track the offline log has seen."""
+    parts = sorted((feast_dir / "data" / "offline" / SID_VIEW).glob("part-*.parquet"))
+    if not parts:
+        return {}
+    seen = pd.concat([pd.read_parquet(p, columns=["track_id", "codebook_version"]) for p in parts])
+    store = open_store(feast_dir, profile=profile, redis_url=redis_url)
+    ids = sorted(seen["track_id"].unique())
+    out = {}
+    for version in sorted(seen["codebook_version"].unique()):
+        df = read_sids(store, ids, version)
+        out[version] = int(df["sid_event_time_ms"].notna().sum())
+    return out
+
+
+SERVED_SIDS = ("text_sid", "audio_sid", "joint_sid")
+
+
+def read_track_sids(store: FeatureStore, track_ids: Sequence[str], version: str) -> dict[str, dict[str, list[int] | None]]:
+    """{track: {text_sid, audio_sid, joint_sid}} for tracks with a row under `version` (one
+    store call, no DataFrame: what a ranking service reads per request)."""
+    if not track_ids:
+        return {}
+    resp = store.get_online_features(features=[f"{SID_VIEW}:{f}" for f in SERVED_SIDS],
+                                     entity_rows=[{"track_id": t, "codebook_version": version} for t in track_ids]).to_dict()
+    out: dict[str, dict[str, list[int] | None]] = {}
+    for i, t in enumerate(resp["track_id"]):
+        row = {f: resp[f][i] for f in SERVED_SIDS}
+        if any(v is not None for v in row.values()):
+            out[t] = {f: (list(v) if v is not None else None) for f, v in row.items()}
+    return out
+
+
+def read_histories(store: FeatureStore, user_ids: Sequence[str]) -> dict[str, list[str]]:
+    """{user: history track ids, oldest first} for users with a row (one store call)."""
+    if not user_ids:
+        return {}
+    resp = store.get_online_features(features=[f"{HISTORY_VIEW}:history_item_ids"],
+                                     entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+    return {u: list(h) for u, h in zip(resp["user_id"], resp["history_item_ids"], strict=True) if h is not None}

@@ -1,0 +1,69 @@
+"""The state roles keep, in one place, behind one contract: a role declares its states
+(`RoleHandler.states()`), and the runtime restores each one, on the role's own thread, when
+partitions are assigned to the worker and before their first batch.
+
+- `KeptState`: the assigner's join state, each track's latest embedding per modality
+  (streams.state.kept.KeptEmbeddings: local SQLite caught up from the compacted embeddings.kept
+  topic, for the input partitions this worker owns);
+- `IdentityState`: the identity claims (streams.identity.KafkaIdentities, read from the compacted
+  sids.identity topic; every assigner reads all of it);
+- `TableState`: a Faust table (the logger's user history), which Faust restores from its own
+  changelog topic before the agent sees an event: nothing for the runtime to do.
+
+This is the seam on-disk stores for catalogue-sized state go behind."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from streams import metrics
+from streams.identity import KafkaIdentities
+from streams.state.kept import KeptEmbeddings
+
+log = logging.getLogger(__name__)
+
+
+class RestorableState(Protocol):
+    """A role's state: `restore` catches it up for the partitions now owned ({input topic:
+    partitions}) and returns how many records it read. Blocking; runs on the role's thread."""
+
+    name: str
+
+    def restore(self, partitions: dict[str, list[int]]) -> int: ...
+
+
+class KeptState:
+    name = "kept embeddings"
+
+    def __init__(self, kept: KeptEmbeddings, bootstrap: str, topic: str) -> None:
+        self.kept, self.bootstrap, self.topic = kept, bootstrap, topic
+
+    def restore(self, partitions: dict[str, list[int]]) -> int:
+        # kept records go to the partition of the embedding they came from: the owned input partitions
+        owned = sorted({p for ps in partitions.values() for p in ps})
+        if not owned:
+            return 0
+        read = self.kept.restore_from(self.bootstrap, self.topic, owned)
+        metrics.KEPT_ROWS.set(self.kept.count())
+        return read
+
+
+class IdentityState:
+    name = "identity claims"
+
+    def __init__(self, identities: KafkaIdentities) -> None:
+        self.identities = identities
+
+    def restore(self, partitions: dict[str, list[int]]) -> int:
+        return int(self.identities.catch_up())  # every bucket: claims are not partitioned like the inputs
+
+
+class TableState:
+    """A Faust table: Faust restores it from its changelog before the agent's first event."""
+
+    def __init__(self, name: str, table: Any) -> None:
+        self.name, self.table = name, table
+
+    def restore(self, partitions: dict[str, list[int]]) -> int:
+        return 0

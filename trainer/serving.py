@@ -1,0 +1,135 @@
+"""Scoring for ranking services: the live ranker and its codebook version as one snapshot, swapped
+as a whole when the registry's LIVE pointers move, and the scores of a user's candidates from the
+rows the caller read (SIDs under the ranker's codebook version, the user's history).
+`sidstream serve` (the app layer) reads the store (streams.sinks.reader) and calls `rank`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sidcore.config import Settings
+from sidcore.registry import Registry
+from trainer.features import HISTORY_LEN
+from trainer.jobs import load_ranker
+
+log = logging.getLogger(__name__)
+
+Sids = dict[str, dict[str, list[int] | None]]  # track -> {text_sid, audio_sid, joint_sid}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one request uses, swapped as a whole: the live ranker and its codebook version."""
+
+    live_codebooks: str | None
+    ranker_version: str | None
+    ranker_codebooks: str | None  # the codebook version the ranker was trained on (its SIDs)
+    model: Any
+    id_rows: dict[str, int]
+    layers: dict[str, int]  # codebook -> semantic layers the ranker embeds
+    history_len: int
+
+
+EMPTY = Snapshot(None, None, None, None, {}, {}, HISTORY_LEN)
+
+
+class ServingState:
+    """Holds the current Snapshot; `refresh` loads newly promoted versions, `start` every
+    `settings.serve.reload_s` seconds on a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry_dir)
+        self.snapshot = EMPTY
+        self.switches = 0
+        self.on_switch: Callable[[], None] | None = None  # called on every swap after start-up
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Swap in the registry's live versions if they changed; True when it swapped."""
+        cb = self.registry.live("codebooks")
+        rk = self.registry.live("ranker")
+        cur = self.snapshot
+        live_cb = cb.version if cb else None
+        ranker_v = rk.version if rk else None
+        if live_cb == cur.live_codebooks and ranker_v == cur.ranker_version:
+            return False
+        if ranker_v == cur.ranker_version:
+            new = Snapshot(live_cb, cur.ranker_version, cur.ranker_codebooks, cur.model, cur.id_rows, cur.layers, cur.history_len)
+        elif rk is None:
+            new = Snapshot(live_cb, None, None, None, {}, {}, HISTORY_LEN)
+        else:
+            model, vocab, manifest = load_ranker(rk)
+            model.eval()
+            torch.set_num_threads(self.settings.serve.torch_threads)
+            sizes = manifest.get("codebook_sizes") or {}
+            new = Snapshot(live_cb, rk.version, manifest.get("codebook_version"), model,
+                           {item: i + 1 for i, item in enumerate(vocab)}, {m: len(k) for m, k in sizes.items()}, HISTORY_LEN)
+        self.snapshot = new  # one reference: a request holds the old or the new snapshot
+        self.switches += 1
+        if self.on_switch is not None:
+            self.on_switch()
+        log.info("serving ranker %s (codebooks %s); live codebooks %s", new.ranker_version, new.ranker_codebooks, live_cb)
+        return True
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.settings.serve.reload_s):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001 - a bad new version must not stop serving the current one
+                    log.exception("could not load the new live versions; still serving %s", self.snapshot.ranker_version)
+
+        self._thread = threading.Thread(target=loop, name="serve-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def rank(snap: Snapshot, sids: Sids, history: list[str], candidates: list[str]) -> dict[str, Any]:
+    """Scores of the candidates that have SIDs (`sids`: rows under the ranker's codebook version,
+    of the candidates and the history); the rest are listed as unknown. Candidates outside the
+    ranker's ID vocabulary are scored from their SIDs alone (their ID embedding is the zero
+    padding row). `history`: the user's last positives, oldest first."""
+    known = [c for c in dict.fromkeys(candidates) if c in sids]
+    unknown = [c for c in dict.fromkeys(candidates) if c not in sids]
+    if not known:
+        return {"scored": [], "unknown": unknown, "history_len": len(history)}
+    T = snap.history_len
+    hist = [h for h in history if h in sids][-T:]
+    pad = T - len(hist)
+    rows = np.array([snap.id_rows.get(c, 0) for c in known], dtype=np.int64)
+    hist_rows = np.array([0] * pad + [snap.id_rows.get(h, 0) for h in hist], dtype=np.int64)
+    mask = np.array([False] * pad + [True] * len(hist))
+    B = len(known)
+    batch: dict[str, torch.Tensor] = {
+        "item": torch.from_numpy(rows),
+        "hist_item": torch.from_numpy(np.tile(hist_rows, (B, 1))),
+        "hist_mask": torch.from_numpy(np.tile(mask, (B, 1))),
+    }
+    for modality, L in snap.layers.items():
+        column = f"{modality}_sid"
+
+        def codes(track: str, _col: str = column, _L: int = L) -> list[int]:
+            v = sids[track].get(_col)
+            return list(v[:_L]) if v is not None and len(v) >= _L else [-1] * _L
+
+        cand = np.array([codes(c) for c in known], dtype=np.int64).reshape(B, L)
+        h = np.array([[-1] * L] * pad + [codes(t) for t in hist], dtype=np.int64).reshape(T, L)
+        batch[f"codes:{modality}"] = torch.from_numpy(cand)
+        batch[f"hist_codes:{modality}"] = torch.from_numpy(np.tile(h, (B, 1, 1)))
+    with torch.inference_mode():
+        p = torch.sigmoid(snap.model(batch).float()).numpy()
+    order = np.argsort(-p, kind="stable")
+    scored = [{"track_id": known[i], "score": float(p[i]), "cold": known[i] not in snap.id_rows} for i in order]
+    return {"scored": scored, "unknown": unknown, "history_len": len(hist)}
