@@ -53,6 +53,17 @@ class StreamSettings(_Frozen):
     inline_audio_max_bytes: int = Field(4_000_000, ge=0, description="larger files travel as file:// URIs")
     audio_wait_s: float = Field(600.0, ge=0, description="bounded wait for a late modality (join table entries)")
     retry_budget_s: float = Field(120.0, gt=0, description="a failing batch is retried this long, then dead-lettered whole")
+    # The event-time policy at the edge (streams.event_time): an event time outside
+    # [min_event_time_ms, the record's Kafka timestamp + max_future_skew_s] is a `bad_event_time`
+    # dead letter. 1 ms excludes the 0 / negative times of producers that leave the field unset
+    # while taking any real catalogue date; an hour of skew takes unsynchronised producer clocks
+    # and a batch job that stamps its start time, and refuses the far future that would make a
+    # track's stored row newer than every correct update. max_event_time_ms bounds records
+    # without a Kafka timestamp; 2^53 - 1 keeps every later sum inside int64 and pandas' range.
+    min_event_time_ms: int = Field(1, ge=1, le=2**53 - 1, description="earliest event time accepted (epoch ms)")
+    max_future_skew_s: float = Field(3600.0, ge=0, le=10 * 365 * 86400,
+                                     description="how far past its Kafka record timestamp an event time may be")
+    max_event_time_ms: int = Field(2**53 - 1, ge=1, le=2**53 - 1, description="latest event time accepted at all (epoch ms)")
     backfill_chunk: int = Field(2000, ge=1, description="tracks re-coded and written per backfill step")
     codebook_reload_grace_s: float = Field(12.0, ge=0, description="backfill: wait for assigners to see a pending version")
     session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")

@@ -100,19 +100,26 @@ def code_tracks(
         if not used:
             continue
         event_time = max(entry[m]["event_time"] for m in used) + len(used) - 1
-        value = avro_codec.encode(
-            "SidAssigned",
-            {
-                "track_id": track_id,
-                "event_time": event_time,
-                "codebook_version": active.version,
-                "text_sid": c.get("text"),
-                "audio_sid": c.get("audio"),
-                "joint_sid": c.get("joint"),
-                "modalities": used,
-                "text_model_id": entry.get("text", {}).get("model_id", ""),
-                "audio_model_id": entry.get("audio", {}).get("model_id", ""),
-                "ingest_time": min(entry[m]["ingest_time"] for m in used),
-            },
-        )
+        try:  # one track's record that cannot be encoded is its own dead letter, never its batch's
+            value = avro_codec.encode(
+                "SidAssigned",
+                {
+                    "track_id": track_id,
+                    "event_time": event_time,
+                    "codebook_version": active.version,
+                    "text_sid": c.get("text"),
+                    "audio_sid": c.get("audio"),
+                    "joint_sid": c.get("joint"),
+                    "modalities": used,
+                    "text_model_id": entry.get("text", {}).get("model_id", ""),
+                    "audio_model_id": entry.get("audio", {}).get("model_id", ""),
+                    "ingest_time": min(entry[m]["ingest_time"] for m in used),
+                },
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            if raws is None or track_id not in raws:
+                raise
+            result.dead.append(DeadLetter(raws[track_id], f"track {track_id}: cannot encode its SidAssigned record under "
+                                          f"{active.version}: {exc}", "encode_error", track_id))
+            continue
         result.outputs.append((track_id.encode(), value))

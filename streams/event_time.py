@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams import metrics
-from streams.records import RawRecord
+from streams.records import DeadLetter, RawRecord
 
 BAD_EVENT_TIME = "bad_event_time"
 # a record timestamp the broker or a producer may leave unset (Kafka's NO_TIMESTAMP is -1)
@@ -66,3 +66,15 @@ class TimePolicy:
 # Tests and offline tools that build batches without settings: the defaults of settings.stream.
 MAX_SAFE_MS = 2**53 - 1  # below pandas' nanosecond limit (year 2262) and far below int64's
 DEFAULT_POLICY = TimePolicy(min_event_time_ms=1, max_future_skew_ms=3_600_000, max_event_time_ms=MAX_SAFE_MS)
+
+
+def admit(raw: RawRecord, rec: dict[str, Any], policy: TimePolicy, dead: list[DeadLetter], key: str = "track_id") -> bool:
+    """The edge check of a decoded record: False after adding a `bad_event_time` dead letter;
+    True with `rec["ingest_time"]` (when it has one) clamped into range."""
+    problem = policy.problem(raw, int(rec["event_time"]))
+    if problem is not None:
+        dead.append(DeadLetter(raw, f"{key.split('_')[0]} {rec[key]}: {problem}", BAD_EVENT_TIME, rec.get("track_id")))
+        return False
+    if "ingest_time" in rec:
+        rec["ingest_time"] = policy.ingest_time(raw, int(rec["ingest_time"]))
+    return True

@@ -31,3 +31,6 @@ JOIN_WAITING = Gauge("sidstream_join_waiting", "tracks in the assigner's join ta
 KEPT_ROWS = Gauge("sidstream_kept_embeddings", "embeddings in the assigner's local kept store")
 STORE_REJECTED = Counter("sidstream_store_rejected_total", "rows a sink rejected for good (dead-lettered)", ["view"])
 BACKFILL_DONE = Gauge("sidstream_backfill_tracks", "tracks re-coded by the running backfill", ["version"])
+SUPERSEDED = Counter("sidstream_superseded_total", "records or rows not applied: a newer version is kept or stored",
+                     ["worker", "reason"])
+CLAMPED = Counter("sidstream_clamped_total", "values clamped into range at the edge (streams.event_time)", ["field"])

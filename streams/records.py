@@ -25,6 +25,7 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int | None = None  # the Kafka record's timestamp (None or <= 0: none)
 
 
 DLQ_EXCERPT_BYTES = 4096
@@ -75,6 +76,13 @@ class BatchResult:
     kept: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     # items the batch finished into a sink rather than as outputs (writer, logger): counted as ok
     stored: int = 0
+    # items neither output nor dead-lettered because a newer version is already kept or stored,
+    # by reason (`sidstream_superseded_total{worker, reason}`): nothing is dropped without a count
+    superseded: dict[str, int] = field(default_factory=dict)
+
+    def supersede(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.superseded[reason] = self.superseded.get(reason, 0) + n
 
 
 def vector_to_bytes(v: np.ndarray) -> bytes:

@@ -178,6 +178,8 @@ class Runtime:
             metrics.count_dlq(role.name, dlq(dead.source.topic), dead.error_type)
             log.warning("%s -> %s: %s", role.name, dlq(dead.source.topic), dead.reason)
         metrics.count_ok(role.name, len(result.outputs) + result.stored)
+        for reason, n in result.superseded.items():
+            metrics.SUPERSEDED.labels(role.name, reason).inc(n)
         last: dict[int, int] = {}
         for partition, fut in kept:
             last[partition] = max(last.get(partition, -1), fut.result().offset)
@@ -218,7 +220,9 @@ class Runtime:
 
 def raw_record(event: Any) -> RawRecord:
     msg = event.message
-    return RawRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+    ts = msg.timestamp  # seconds (float) in Faust; Kafka's "no timestamp" (-1 ms) stays <= 0
+    return RawRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                     None if ts is None else int(round(ts * 1000)))
 
 
 def release_free_memory() -> None:

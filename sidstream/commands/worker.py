@@ -10,6 +10,7 @@ import click
 from sidcore.config import Settings, get_settings
 from streams.admin.topics import TopicNames
 from streams.app import ROLES, build_app
+from streams.event_time import TimePolicy
 from streams.runtime import RoleHandler
 
 log = logging.getLogger(__name__)
@@ -21,19 +22,21 @@ def build_handlers(roles: list[str], s: Settings) -> dict[str, RoleHandler]:
     without encoder roles never imports the models (CLI start-up time and memory)."""
     handlers: dict[str, RoleHandler] = {}
     e = s.encoders
+    policy = TimePolicy.from_settings(s.stream)  # one event-time policy for every role's edge
     if "text" in roles or "audio" in roles:
         from encoders.configured import configured_audio_encoder, configured_text_encoder
         from encoders.parts import drill, share_window_batch, threads_by_size
     if "text" in roles:
         from streams.roles.text import TextRole
 
-        handlers["text"] = TextRole(threads_by_size(drill(configured_text_encoder(e), s.stream.slowdown_file), e.threads, e.busy_batch))
+        handlers["text"] = TextRole(threads_by_size(drill(configured_text_encoder(e), s.stream.slowdown_file), e.threads, e.busy_batch),
+                                    policy)
     if "audio" in roles:
         from streams.roles.audio import AudioRole
 
         audio = configured_audio_encoder(e)
         encoder = share_window_batch(audio, threads_by_size(drill(audio, s.stream.slowdown_file), e.threads, e.busy_batch))
-        handlers["audio"] = AudioRole(encoder, s.stream.inline_audio_max_bytes, e.audio_max_bytes)
+        handlers["audio"] = AudioRole(encoder, s.stream.inline_audio_max_bytes, e.audio_max_bytes, policy)
     if "assigner" in roles:
         from streams.codebooks import LiveCodebooks, registry_codebook_loader
         from streams.identity import KafkaIdentities
@@ -46,7 +49,7 @@ def build_handlers(roles: list[str], s: Settings) -> dict[str, RoleHandler]:
         kept = KeptEmbeddings(s.home / "state" / f"{s.kafka.topic_prefix}assigner" / "kept.sqlite", s.stream.audio_wait_s)
         identities = KafkaIdentities(s.kafka.bootstrap, TopicNames(s.kafka.topic_prefix).identity)
         identities.catch_up()
-        handlers["assigner"] = AssignerRole(kept, codebooks, identities, s.kafka.bootstrap)
+        handlers["assigner"] = AssignerRole(kept, codebooks, identities, s.kafka.bootstrap, policy)
     if "writer" in roles or "logger" in roles:
         from streams.sinks.store import open_store
         from streams.sinks.writer import FeastSink
@@ -55,11 +58,11 @@ def build_handlers(roles: list[str], s: Settings) -> dict[str, RoleHandler]:
         if "writer" in roles:
             from streams.roles.writer import WriterRole
 
-            handlers["writer"] = WriterRole(FeastSink(store))
+            handlers["writer"] = WriterRole(FeastSink(store), policy)
         if "logger" in roles:  # its own sink: the writer and logger write from different threads
             from streams.roles.logger import LoggerRole
 
-            handlers["logger"] = LoggerRole(s.feast_dir / "offline" / "interactions", FeastSink(store))
+            handlers["logger"] = LoggerRole(s.feast_dir / "offline" / "interactions", FeastSink(store), policy)
     return handlers
 
 

@@ -20,6 +20,7 @@ from psrq import joint_embedding
 from streams import avro_codec, metrics
 from streams.assign import IdentityResolver, JointEmbedding, code_tracks
 from streams.codebooks import ActiveCodebooks, LiveCodebooks
+from streams.event_time import DEFAULT_POLICY, TimePolicy, admit
 from streams.identity import KafkaIdentities
 from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead, vector_from_bytes
 from streams.runtime import RoleHandler, Runtime
@@ -39,6 +40,7 @@ def assign_batch(
     joint: JointEmbedding,
     also: Sequence[ActiveCodebooks] = (),
     identities: IdentityResolver | None = None,
+    policy: TimePolicy = DEFAULT_POLICY,
 ) -> BatchResult:
     """embeddings.{text,audio} records -> sids.assigned records.
 
@@ -53,12 +55,17 @@ def assign_batch(
     replay yields the same record. A ``psrq_id`` codebook's identity codes come from
     `identities` (the pending version's with the live version's codes as hints, so IDs survive
     an aligned refit).
+
+    Event times: an embedding outside `policy` is a `bad_event_time` dead letter; one older than
+    the kept embedding of its track and modality is superseded (counted, not emitted), unless the
+    kept time is itself beyond what this record's policy admits: a time kept before the policy
+    existed never wins against a valid record (the track heals with its next one).
     """
     result = BatchResult()
     touched: dict[str, RawRecord] = {}
     for raw in records:
         rec = decode_or_dead(raw, "Embedding", "undecodable embedding", result.dead)
-        if rec is None:
+        if rec is None or not admit(raw, rec, policy, result.dead):
             continue
         problem = _problem(rec, active)
         if problem is not None:
@@ -68,9 +75,14 @@ def assign_batch(
         modality, track_id = rec["modality"], rec["track_id"]
         entry = dict(state.get(track_id) or {})
         previous = entry.get(modality)
-        if previous is not None and previous["event_time"] > rec["event_time"]:
-            continue  # an older version of this modality arrived late: the newer one stands
+        if previous is not None and rec["event_time"] < previous["event_time"] <= policy.upper(raw):
+            result.supersede("older_than_kept")  # an older version of this modality arrived late: the newer one stands
+            continue
         entry[modality] = entry_of(rec)
+        for other, kept in entry.items():  # heal: a kept time beyond this record's bound would make every SID "newer"
+            if other != modality and kept["event_time"] > policy.upper(raw):
+                entry[other] = {**kept, "event_time": rec["event_time"]}
+                metrics.CLAMPED.labels("kept_event_time").inc()
         state[track_id] = entry
         result.kept.append((raw.partition, kept_key(track_id, modality), raw.value or b""))
         touched[track_id] = raw
@@ -105,17 +117,18 @@ class AssignerRole(RoleHandler):
     role = "assigner"
 
     def __init__(self, kept: KeptEmbeddings, codebooks: LiveCodebooks, identities: KafkaIdentities | None,
-                 bootstrap: str) -> None:
+                 bootstrap: str, policy: TimePolicy = DEFAULT_POLICY) -> None:
         if codebooks.live is None:
             raise ValueError("the assigner needs a live codebook version")
         self.kept, self.codebooks, self.identities, self.bootstrap = kept, codebooks, identities, bootstrap
+        self.policy = policy
 
     async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
         self._watch()
         live, pending = self.codebooks.live, self.codebooks.pending
         also = () if pending is None else (pending,)
         result: BatchResult = await rt.blocking(self.role, assign_batch, raws, self.kept, live, joint_embedding, also,
-                                                self.identities)
+                                                self.identities, self.policy)
         await rt.blocking(self.role, self.kept.commit)  # the batch's kept rows in one transaction
         return result
 

@@ -13,20 +13,21 @@ from urllib.request import url2pathname
 import numpy as np
 
 from encoders import decode_audio
+from streams.event_time import DEFAULT_POLICY, TimePolicy, admit
 from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead
 from streams.roles.encoding import BatchEncoder, encode_kept
 from streams.runtime import RoleHandler, Runtime
 
 
 def encode_audio_batch(records: Sequence[RawRecord], encoder: BatchEncoder, decode: Callable[..., np.ndarray],
-                       max_inline_bytes: int, max_file_bytes: int) -> BatchResult:
+                       max_inline_bytes: int, max_file_bytes: int, policy: TimePolicy = DEFAULT_POLICY) -> BatchResult:
     """tracks.audio records -> embeddings.audio records. Audio comes as file:// URI or inline bytes."""
     result = BatchResult()
     waves: list[np.ndarray] = []
     kept: list[tuple[RawRecord, dict[str, Any]]] = []
     for raw in records:
         rec = decode_or_dead(raw, "TrackAudio", "undecodable audio record", result.dead)
-        if rec is None:
+        if rec is None or not admit(raw, rec, policy, result.dead):
             continue
         try:
             source = audio_source(rec, max_inline_bytes)
@@ -64,10 +65,12 @@ def audio_source(rec: dict[str, Any], max_inline_bytes: int) -> str | bytes:
 class AudioRole(RoleHandler):
     role = "audio"
 
-    def __init__(self, encoder: BatchEncoder, max_inline_bytes: int, max_file_bytes: int) -> None:
+    def __init__(self, encoder: BatchEncoder, max_inline_bytes: int, max_file_bytes: int,
+                 policy: TimePolicy = DEFAULT_POLICY) -> None:
         self.encoder, self.max_inline_bytes, self.max_file_bytes = encoder, max_inline_bytes, max_file_bytes
+        self.policy = policy
 
     async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
         result: BatchResult = await rt.blocking(self.role, encode_audio_batch, raws, self.encoder, decode_audio,
-                                                self.max_inline_bytes, self.max_file_bytes)
+                                                self.max_inline_bytes, self.max_file_bytes, self.policy)
         return result

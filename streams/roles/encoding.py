@@ -64,16 +64,21 @@ def emit_embeddings(
         if not ok:
             result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {modality} encoder produced NaN/inf", "nan", rec["track_id"]))
             continue
-        value = avro_codec.encode(
-            "Embedding",
-            {
-                "track_id": rec["track_id"],
-                "event_time": rec["event_time"],
-                "modality": modality,
-                "model_id": encoder.model_id,
-                "dim": int(vectors.shape[1]),
-                "vector": vector_to_bytes(vec),
-                "ingest_time": rec["ingest_time"],
-            },
-        )
+        try:  # one record's output that cannot be encoded is its own dead letter, never its batch's
+            value = avro_codec.encode(
+                "Embedding",
+                {
+                    "track_id": rec["track_id"],
+                    "event_time": rec["event_time"],
+                    "modality": modality,
+                    "model_id": encoder.model_id,
+                    "dim": int(vectors.shape[1]),
+                    "vector": vector_to_bytes(vec),
+                    "ingest_time": rec["ingest_time"],
+                },
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: cannot encode its Embedding record: {exc}",
+                                          "encode_error", rec["track_id"]))
+            continue
         result.outputs.append((rec["track_id"].encode(), value))

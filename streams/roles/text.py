@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from encoders import build_track_text, classify_text
+from streams.event_time import DEFAULT_POLICY, TimePolicy, admit
 from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead
 from streams.roles.encoding import BatchEncoder, encode_kept
 from streams.runtime import RoleHandler, Runtime
@@ -16,15 +17,17 @@ from streams.runtime import RoleHandler, Runtime
 
 def encode_text_batch(records: Sequence[RawRecord], encoder: BatchEncoder,
                       build_text: Callable[[dict[str, Any]], str] = build_track_text,
-                      classify: Callable[[Any], tuple[str, str] | None] = classify_text) -> BatchResult:
+                      classify: Callable[[Any], tuple[str, str] | None] = classify_text,
+                      policy: TimePolicy = DEFAULT_POLICY) -> BatchResult:
     """tracks.metadata records -> embeddings.text records (one encoder call per batch; an item
-    that makes the model throw is found by bisection and dead-lettered alone)."""
+    that makes the model throw is found by bisection and dead-lettered alone; an event time
+    outside `policy` is a `bad_event_time` dead letter)."""
     result = BatchResult()
     texts: list[str] = []
     kept: list[tuple[RawRecord, dict[str, Any]]] = []
     for raw in records:
         rec = decode_or_dead(raw, "TrackMetadata", "undecodable metadata", result.dead)
-        if rec is None:
+        if rec is None or not admit(raw, rec, policy, result.dead):
             continue
         text = rec["text"] if rec.get("text") else build_text(rec)
         problem = classify(text)
@@ -55,11 +58,12 @@ def warm_text_encoder(encoder: BatchEncoder, sizes: Sequence[int] = (1, 2, 3, 5,
 class TextRole(RoleHandler):
     role = "text"
 
-    def __init__(self, encoder: BatchEncoder) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder: BatchEncoder, policy: TimePolicy = DEFAULT_POLICY) -> None:
+        self.encoder, self.policy = encoder, policy
 
     async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
-        result: BatchResult = await rt.blocking(self.role, encode_text_batch, raws, self.encoder)
+        result: BatchResult = await rt.blocking(self.role, encode_text_batch, raws, self.encoder, build_track_text,
+                                                classify_text, self.policy)
         return result
 
     def warm_up(self) -> None:

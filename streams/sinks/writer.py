@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
+from streams.event_time import MAX_SAFE_MS
 from streams.sinks.offline import OfflineLog
 from streams.sinks.reader import stored_event_times_ms
 from streams.sinks.schema import HISTORY_VIEW, SID_VIEW, ViewSpec, view_spec
@@ -42,16 +44,19 @@ class SidRow:
     joint_sid: tuple[int, ...] | None
     text_model_id: str = ""
     audio_model_id: str = ""
+    # the latest event time its source record admits (streams.event_time): a stored row newer
+    # than this was stored before the policy existed and never wins against this row
+    valid_until_ms: int | None = None
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> SidRow:
+    def from_record(cls, rec: dict[str, Any], valid_until_ms: int | None = None) -> SidRow:
         """The row of a decoded SidAssigned record (what the writer and the backfill store)."""
 
         def sid(v: list[int] | None) -> tuple[int, ...] | None:
             return None if v is None else tuple(int(x) for x in v)
 
         return cls(rec["track_id"], rec["event_time"], rec["codebook_version"], sid(rec["text_sid"]),
-                   sid(rec["audio_sid"]), sid(rec["joint_sid"]), rec["text_model_id"], rec["audio_model_id"])
+                   sid(rec["audio_sid"]), sid(rec["joint_sid"]), rec["text_model_id"], rec["audio_model_id"], valid_until_ms)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class UserHistoryRow:
     user_id: str
     event_time_ms: int
     history_item_ids: tuple[str, ...]
+    valid_until_ms: int | None = None  # as SidRow's
 
 
 def sid_str(sid: Sequence[int] | None) -> str:
@@ -114,6 +120,8 @@ class WriteResult:
     online: int = 0
     offline: int = 0
     rejected: list[tuple[Any, str]] = field(default_factory=list)
+    # rows not written because their entity has a row at least as new (stored, or later in the batch)
+    superseded: int = 0
 
 
 class FeastSink:
@@ -161,9 +169,10 @@ class FeastSink:
             return result
         try:
             with store_lock(self.store):
-                online, offline = self._write(view, rows)
+                online, offline, superseded = self._write(view, rows)
             result.online += online
             result.offline += offline
+            result.superseded += superseded
         except Exception as exc:
             if is_transient_store_error(exc):
                 raise
@@ -175,19 +184,26 @@ class FeastSink:
                 sub = self._write_isolating(view, part)
                 result.online += sub.online
                 result.offline += sub.offline
+                result.superseded += sub.superseded
                 result.rejected.extend(sub.rejected)
         return result
 
-    def _write(self, view: ViewSpec, rows: Sequence[Any]) -> tuple[int, int]:
+    def _write(self, view: ViewSpec, rows: Sequence[Any]) -> tuple[int, int, int]:
+        """(rows written online, rows appended offline, rows superseded)."""
         t0 = time.perf_counter()
         df = pd.DataFrame(_COLUMNS[view.name](rows))
+        valid_until = np.array([MAX_SAFE_MS if r.valid_until_ms is None else r.valid_until_ms for r in rows], dtype=np.int64)
         # newest row per entity; on equal event times the row added last wins
         keys = list(view.join_keys)
         df = df.sort_values("event_time_ms", kind="stable").drop_duplicates(keys, keep="last")
         stored_ms = stored_event_times_ms(self.store, view.name, df[keys].to_dict("records"))
+        # a stored time beyond what the new row's source admits was stored before the event-time
+        # policy: it never wins (SQLite then overwrites it; Redis keeps Feast's own newer-row check)
+        stored_ms = np.where(stored_ms > valid_until[df.index.to_numpy()], 0, stored_ms)
         df = df[df["event_time_ms"].to_numpy() > stored_ms].reset_index(drop=True)
+        superseded = len(rows) - len(df)
         if df.empty:
-            return 0, 0
+            return 0, 0, superseded
         df.insert(1, "event_time", pd.to_datetime(df.pop("event_time_ms"), unit="ms", utc=True))
         # offline first: a crash before the online write leaves the rows fresh, so the replay
         # writes them online and the offline log (keyed) does not take them twice
@@ -195,4 +211,4 @@ class FeastSink:
         self.store.write_to_online_store(view.name, df[[*keys, "event_time", *view.features]])
         log.debug("%s: %d of %d rows online, %d offline in %.1f ms", view.name, len(df), len(rows), offline,
                   1000 * (time.perf_counter() - t0))
-        return len(df), offline
+        return len(df), offline, superseded

@@ -204,3 +204,30 @@ def test_a_locked_store_is_a_transient_error(tmp_path):
     lock.close()
     assert sink.write([_row("t1", 1_000)]).online == 1
     assert len(_offline_rows(store)) == 1
+
+
+YEAR_2100 = 4_102_444_800_000
+
+
+def test_superseded_rows_are_counted_not_dropped_silently(store):
+    sink = FeastSink(store)
+    sink.write([_row("t1", 5_000)])
+    result = sink.write([_row("t1", 4_000, (9, 9, 9)), _row("t2", 1_000), _row("t2", 2_000, (4, 4, 4))])
+    assert (result.online, result.superseded) == (1, 2)  # t1 older than stored; t2's first row older than its second
+    assert [r["text_sid"] for r in _state(store, ["t1", "t2"])] == [[1, 2, 3], [4, 4, 4]]
+
+
+def test_a_far_future_row_stored_before_the_policy_loses_to_a_valid_row_on_sqlite(tmp_path):
+    """On SQLite the writer's own newer-row check decides, and a stored time beyond what the new
+    row's source admits (`valid_until_ms`) counts as no row. (Redis applies Feast's own check,
+    which this does not reach: the Redis profile is not healed this way yet.)"""
+    store = open_store(tmp_path / "feast")
+    sink = FeastSink(store)
+    sink.write([_row("poisoned", YEAR_2100, (7, 7, 7))])
+    now = 1_765_000_000_000
+    stale = sink.write([SidRow("poisoned", now, "cb-1", (1, 1, 1), None, None, "minilm", "")])
+    assert stale.online == 0 and stale.superseded == 1  # without a bound, the far-future row still wins
+    healed = sink.write([SidRow("poisoned", now, "cb-1", (1, 1, 1), None, None, "minilm", "", valid_until_ms=now + 3_600_000)])
+    assert healed.online == 1
+    assert _state(store, ["poisoned"])[0]["text_sid"] == [1, 1, 1]
+    assert _state(store, ["poisoned"])[0]["sid_event_time_ms"] == now

@@ -63,6 +63,7 @@ class _Message:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: float | None = None  # seconds, as Faust gives it
 
 
 @dataclass
@@ -179,3 +180,10 @@ def test_assignment_restores_each_roles_state_for_its_own_input_partitions() -> 
     asyncio.run(rt._assigned(None, assigned))
     assert assigner.state.calls == [{"p.embeddings.text": [0, 1], "p.embeddings.audio": [0]}]
     assert writer.state.calls == [{"p.sids.assigned": [1]}]
+
+
+def test_the_record_timestamp_reaches_the_role_in_ms() -> None:
+    from streams.runtime import raw_record
+
+    assert raw_record(_Event(_Message("t", 0, 1, None, None, 1765000000.123))).timestamp_ms == 1765000000123
+    assert raw_record(_Event(_Message("t", 0, 1, None, None, None))).timestamp_ms is None
