@@ -165,6 +165,16 @@ class TrainSettings(_Frozen):
     # whether the model is torch.compile'd inside it (docs/scaling.md has the measured figures)
     gpu_cuda_graph: bool = Field(True, description="ranker training step as one CUDA graph on a single GPU")
     gpu_compile: bool = Field(True, description="torch.compile the ranker on a GPU (inside the CUDA graph)")
+    # The ranker gate (trainer.ranker_gate): a trained ranker goes live only when the lower end of
+    # its AUC interval on the held-out window is above 0.5 + gate_min_auc_lift (0.02: a ranker must
+    # be shown to beat a coin by more than noise, not merely score 0.51), and the (candidate - live)
+    # interval is not wholly below -gate_max_auc_drop (0.01: a refit may cost a hundredth of AUC for
+    # fresher IDs, not more). Intervals: a paired bootstrap over users (gate_rounds, gate_confidence).
+    gate_min_auc_lift: float = Field(0.02, ge=0, lt=0.5, description="ranker gate: AUC must be shown above 0.5 + this")
+    gate_max_auc_drop: float = Field(0.01, ge=0, lt=1, description="ranker gate: refuse when shown worse than live by more")
+    gate_confidence: float = Field(0.95, gt=0.5, lt=1, description="ranker gate: central interval level")
+    gate_rounds: int = Field(1000, ge=50, description="ranker gate: bootstrap resamples of the users")
+    holdout_days: float | None = Field(None, gt=0, description="ranker held-out window: the newest days (None: test fraction)")
 
 
 class Settings(BaseSettings):

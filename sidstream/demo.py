@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sidcore.catalog import audio_tracks, lastfm_tracks
+from sidcore.catalog import Track, audio_tracks, lastfm_tracks
 from sidcore.config import Settings, get_settings
 from sidstream.harness import WORKER_GROUPS, PipelineRun, wait_until_readable
 from streams import avro_codec
@@ -77,7 +77,7 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
         emitted = run.assigned()
         final = read_sids(store, list(expected), version)
         sample = read_sids(store, [t.track_id for t in (tracks[:3] + audio[:2])], version)
-        retrained = _retrain(run, version, [t.track_id for t in tracks + audio], console) if retrain else None
+        retrained = _retrain(run, version, tracks + audio, console) if retrain else None
     finally:
         run.stop_workers()
     lat = np.array(list(latency.values())) if latency else np.array([np.nan])
@@ -93,17 +93,18 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
     return summary
 
 
-def _retrain(run: PipelineRun, version: str, track_ids: list[str], console: Console) -> dict[str, Any]:
+def _retrain(run: PipelineRun, version: str, tracks: list[Track], console: Console) -> dict[str, Any]:
     """Log interactions for the streamed tracks, then run the nightly CronJob's command once."""
     from sidstream.retrain import log_synthetic_interactions, retrain_once, wait_logged
 
     with console.status("logging synthetic interactions through the interactions topic..."):
-        n = log_synthetic_interactions(run, track_ids)
+        n = log_synthetic_interactions(run, tracks)
         wait_logged(run.settings.feast_dir, n)
     with console.status("running the CronJob's `sidstream train all`: refit, gate, backfill, ranker..."):
         out = retrain_once(run, version)
     console.print(f"retrained: codebooks {out['before_version']} -> {out['after_version']} ({out['gate']}), "
-                  f"{out['backfilled']} tracks backfilled; ranker on {out['ranker_codebook']}")
+                  f"{out['backfilled']} tracks backfilled; ranker on {out['ranker_codebook']}, ranker gate "
+                  f"{out['ranker_gate']} (AUC {out['ranker_auc']}, live {out['live_ranker_auc']})")
     return out
 
 

@@ -9,13 +9,17 @@ encoder model ids) and the interaction log the streaming logger writes (offline 
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from confluent_kafka import Producer
 
+from sidcore.catalog import Track
 from sidcore.config import Settings
+from streams import avro_codec
 from streams.admin.topics import TopicNames
 
 
@@ -58,31 +62,47 @@ def backfill_promoter(settings: Settings, on_progress: Any = None, fail_after_tr
     return promote
 
 
-def log_synthetic_interactions(run: Any, track_ids: list[str], users: int = 40, per_user: int = 15, seed: int = 0) -> int:
-    """Produce synthetic interactions for streamed tracks through the interactions topic (each
-    user favours a slice of the catalogue, so there is something to learn); returns how many."""
-    import random
-
-    from confluent_kafka import Producer
-
-    from streams import avro_codec
-
+def synthetic_interactions(tracks: list[Track], users: int = 300, per_user: int = 40, seed: int = 0,
+                           now_ms: int | None = None, tags_per_user: int = 1, noise: float = 0.1) -> list[dict[str, Any]]:
+    """Interactions of synthetic listeners with tastes: each likes `tags_per_user` tags (drawn by
+    how many of the tracks carry them), listens to a liked track half of the time and to any track
+    otherwise, and labels a listen 1 when the track carries a liked tag, with a `noise` share of
+    labels flipped. Event times spread over the last 7 days. A ranker that reads content (SIDs of
+    the tracks' texts, which name their tags) can learn this: MCCA on the 600-artist sample's
+    MiniLM embeddings with the default codebooks, 3 seeds: held-out AUC 0.71-0.74 with one tag
+    per listener, 0.62-0.63 with two (a labels-shuffled control: 0.49-0.52)."""
     rng = random.Random(seed)
-    now = int(time.time() * 1000)
-    producer = Producer({"bootstrap.servers": run.settings.kafka.bootstrap, "enable.idempotence": True, "acks": "all"})
-    n = 0
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    by_tag: dict[str, list[str]] = {}
+    for t in tracks:
+        for tag in t.tags:
+            by_tag.setdefault(tag, []).append(t.track_id)
+    common = sorted((tag for tag, ids in by_tag.items() if len(ids) >= 5), key=lambda tag: (-len(by_tag[tag]), tag))
+    if not common:
+        raise ValueError("no tag is shared by 5 or more tracks: the synthetic listeners need tags to like")
+    ids = [t.track_id for t in tracks]
+    out = []
     for u in range(users):
-        start = rng.randrange(len(track_ids))
-        liked = {track_ids[(start + k) % len(track_ids)] for k in range(max(3, len(track_ids) // 10))}
+        liked_tags = set(rng.choices(common, weights=[len(by_tag[tag]) for tag in common], k=tags_per_user))
+        liked = sorted({i for tag in liked_tags for i in by_tag[tag]})
         for _ in range(per_user):
-            track = rng.choice(sorted(liked)) if rng.random() < 0.6 else rng.choice(track_ids)
-            rec = {"user_id": f"user{u}", "track_id": track, "event_time": now - rng.randrange(7 * 86_400_000),
-                   "label": int(track in liked)}
-            producer.produce(run.names.interactions, key=rec["user_id"].encode(), value=avro_codec.encode("Interaction", rec))
-            n += 1
+            track = rng.choice(liked) if rng.random() < 0.5 else rng.choice(ids)
+            label = int(track in liked) ^ int(rng.random() < noise)
+            out.append({"user_id": f"user{u}", "track_id": track, "event_time": now - rng.randrange(7 * 86_400_000),
+                        "label": label})
+    return out
+
+
+def log_synthetic_interactions(run: Any, tracks: list[Track], seed: int = 0) -> int:
+    """Produce `synthetic_interactions` of the streamed tracks through the interactions topic;
+    returns how many."""
+    producer = Producer({"bootstrap.servers": run.settings.kafka.bootstrap, "enable.idempotence": True, "acks": "all"})
+    records = synthetic_interactions(tracks, seed=seed)
+    for rec in records:
+        producer.produce(run.names.interactions, key=rec["user_id"].encode(), value=avro_codec.encode("Interaction", rec))
     if producer.flush(30):
         raise RuntimeError("interactions not delivered")
-    return n
+    return len(records)
 
 
 def wait_logged(feast_dir: Path, expected: int, timeout_s: float = 120.0) -> int:
@@ -131,6 +151,7 @@ def retrain_once(run: Any, before: str, timeout_s: float = 900.0) -> dict[str, A
     s = run.worker_settings
     ranker_manifest = Registry(s.registry_dir).get("ranker", ranker["version"]).manifest
     churn = {m: (v.get("churn_vs_parent") or {}).get("full_sid") for m, v in (codebooks["metrics"] or {}).items()}
+    gate = ranker_manifest.get("gate") or {}
     return {
         "before_version": before,
         "after_version": codebooks["version"],
@@ -140,4 +161,8 @@ def retrain_once(run: Any, before: str, timeout_s: float = 900.0) -> dict[str, A
         "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis_url),
         "ranker_codebook": ranker_manifest.get("codebook_version"),
         "churn": churn,
+        "ranker_gate": "passed" if gate.get("passed") else "refused",
+        "ranker_auc": gate.get("candidate_auc"),
+        "live_ranker_auc": gate.get("live_auc"),
+        "ranker_gate_reasons": gate.get("reasons", []),
     }

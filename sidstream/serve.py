@@ -27,7 +27,14 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, Field, ValidationError
 
 from sidcore.config import Settings
@@ -132,8 +139,15 @@ def health(settings: Settings, state: ServingState, store: Any) -> Response:
         ok, error = False, f"{type(exc).__name__}: {exc}"
     body = {"status": "ok" if ok else "store_unreachable", "store": settings.feast_profile, "store_ok": ok,
             "error": error, "live_codebook_version": snap.live_codebooks, "ranker_version": snap.ranker_version,
-            "ranker_codebook_version": snap.ranker_codebooks}
+            "ranker_codebook_version": snap.ranker_codebooks, "ranker_gate": _gate_summary(snap.gate)}
     return as_json(body, 200 if ok else 503)
+
+
+def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The live ranker's gate metrics: its held-out AUC and interval, and the ranker it replaced."""
+    if gate is None:
+        return None
+    return {k: gate.get(k) for k in ("passed", "candidate_auc", "candidate_interval", "live_version", "live_auc", "rows", "users")}
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -146,6 +160,8 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     latency = Histogram("sidstream_serve_seconds", "request latency", ["endpoint"], registry=metrics,
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
     switches = Counter("sidstream_serve_version_switches", "snapshot swaps", registry=metrics)
+    live_auc = Gauge("sidstream_live_ranker_auc", "the live ranker's AUC on its gate's held-out window (NaN: none)",
+                     registry=metrics)
     app = FastAPI(title="sidstream", version="1")
     # scoring holds the GIL for most of its ~10 ms: more threads than cores only thrash, so
     # /rank requests beyond `serve.rank_threads` wait their turn (queueing, not failing)
@@ -180,8 +196,17 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
         req = parse(RankRequest, await request.body())
         return await anyio.to_thread.run_sync(on, ranked, req, limiter=rank_slots)
 
+    def show_live_auc() -> None:
+        gate = state.snapshot.gate
+        live_auc.set(float("nan") if gate is None or gate.get("candidate_auc") is None else gate["candidate_auc"])
+
+    def switched() -> None:
+        switches.inc()
+        show_live_auc()
+
+    show_live_auc()
     if watch:
-        state.on_switch = switches.inc
+        state.on_switch = switched
         state.start()
     return app
 

@@ -30,10 +30,11 @@ from trainer.codes import encode_codes, with_joint
 from trainer.dataset import Dataset, DatasetContractError, load_dataset, read_interaction_logs, read_items
 from trainer.embeddings import item_embeddings
 from trainer.evaluate import prepare
-from trainer.features import Lookup
+from trainer.features import IdVocab, Lookup
 from trainer.graphed import train_model_graphed, use_cuda_graph
 from trainer.metrics import ranking_metrics
 from trainer.models import ModelConfig, build_model
+from trainer.ranker_gate import RankerGateConfig, RankerGateResult, gate_ranker, holdout_fraction
 from trainer.train_loop import InjectedFailure, TrainConfig, predict, train_model
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class JobConfig:
     codebook_version: str | None = None  # ranker: train on this codebook version (default: the live one)
     # ranker on one CUDA device: the whole step as one CUDA graph (trainer.graphed); no effect elsewhere
     cuda_graph: bool = True
+    ranker_gate: RankerGateConfig = field(default_factory=RankerGateConfig)  # settings.train.gate_*, holdout_days
 
 
 def load_source(config: JobConfig) -> Dataset:
@@ -333,7 +335,9 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     if ddp.is_main():
         registry.clean_incomplete(RANKER)
     ds = load_source(config)
-    prep = prepare(ds, config.test_fraction)
+    test_fraction = holdout_fraction(ds.interactions["timestamp"].to_numpy(), config.ranker_gate.holdout_days,
+                                     config.test_fraction)
+    prep = prepare(ds, test_fraction)
     needs_codes = config.model.kind == "mcca" or config.model.sid_codebook is not None
     live = registry.get(CODEBOOKS, config.codebook_version) if config.codebook_version else registry.live(CODEBOOKS)
     if needs_codes and live is None:
@@ -341,7 +345,7 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     codes, sizes = item_codes(live, ds, prep.catalog.tolist()) if (needs_codes and live) else ({}, {})
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     codebook_version = live.version if (needs_codes and live) else None
-    key = _key(prep.fingerprint, codebook_version, config.model.to_dict(), config.train.to_dict(), config.test_fraction)
+    key = _key(prep.fingerprint, codebook_version, config.model.to_dict(), config.train.to_dict(), test_fraction)
     work = config.work_dir / f"ranker-{key}"
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, prep.vocab.n_rows, sizes)
@@ -358,8 +362,10 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     metrics = ranking_metrics(prep.test.users, prep.catalog[prep.test.items], prep.test.labels, probs,
                               prep.catalog[prep.train.items])
     previous = registry.live(RANKER)
+    gate = _gate(registry, previous, ds, prep, probs, config)
     record = {"config": {"model": config.model.to_dict(), "train": config.train.to_dict(),
-                         "test_fraction": config.test_fraction},
+                         "test_fraction": test_fraction},
+              "gate": gate.to_dict(),
               "data_fingerprint": prep.fingerprint, "metrics": metrics, "parent_version": previous.version if previous else None,
               "codebook_version": codebook_version, "codebook_sizes": sizes, "split": prep.describe(),
               "train_stats": {k: stats[k] for k in ("steps", "resumed_from_step", "samples_per_s")}}
@@ -372,17 +378,8 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
         return record
 
     version = registry.register(RANKER, write)
-    serving = registry.live(CODEBOOKS)
-    if config.promote and codebook_version is not None and (serving is None or serving.version != codebook_version):
-        # a ranker is only served with the codebook version it was trained on
-        registry.log_event(RANKER, {"event": "refused", "version": version.version,
-                                    "reason": f"trained on codebooks {codebook_version}, live is "
-                                              f"{serving.version if serving else None}"})
-        log.warning("ranker %s registered, not promoted: its codebooks %s are not live", version.version, codebook_version)
-    elif config.promote:
-        registry.promote(RANKER, version.version)
-        registry.log_event(RANKER, {"event": "promoted", "version": version.version, "codebook_version": codebook_version,
-                                    "metrics": {k: metrics[k] for k in ("all_auc", "cold_auc")}})
+    if config.promote:
+        _promote_ranker(registry, version, codebook_version, metrics, gate, config.force_gate)
     shutil.rmtree(work, ignore_errors=True)
     ddp.barrier()
     log.info("ranker %s registered: all AUC %.4f, cold AUC %.4f (resumed from step %d)", version.version,
@@ -390,10 +387,66 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     return version
 
 
+def _gate(registry: Registry, live: ArtifactVersion | None, ds: Dataset, prep: Any, probs: np.ndarray,
+          config: JobConfig) -> RankerGateResult:
+    """The ranker gate on the held-out window: the candidate's scores against the live ranker's
+    (with the codebook version it was trained on: the serving pair), when it can be scored."""
+    live_probs, why = None, None
+    if live is not None:
+        try:
+            live_probs = score_ranker(registry, live, ds, prep, config.train.device, config.train.data_path)
+        except Exception as exc:  # noqa: BLE001 - an unscorable live ranker is reported, the candidate still gated
+            why = f"{type(exc).__name__}: {exc}"
+            log.warning("ranker gate: the live ranker %s cannot be scored on this window (%s); gating on chance only",
+                        live.version, why)
+    g = config.ranker_gate
+    result = gate_ranker(prep.test.users, prep.test.labels, probs, live_probs, live.version if live_probs is not None else None,
+                         g.min_auc_lift, g.max_auc_drop, g.confidence, g.rounds, seed=config.train.seed)
+    result.live_unscored = why
+    return result
+
+
+def score_ranker(registry: Registry, ranker: ArtifactVersion, ds: Dataset, prep: Any, device: Any = None,
+                 data_path: Any = None) -> np.ndarray:
+    """A registered ranker's scores of `prep.test`, with its own ID vocabulary and the SIDs of
+    the codebook version it was trained on."""
+    model, vocab, manifest = load_ranker(ranker)
+    cb_version = manifest.get("codebook_version")
+    codes: dict[str, np.ndarray] = {}
+    if cb_version is not None:
+        codes, _ = item_codes(registry.get(CODEBOOKS, cb_version), ds, prep.catalog.tolist())
+    state = torch.load(ranker.path / "model.pt", map_location="cpu", weights_only=False)
+    lookup = Lookup(IdVocab(vocab, state["oov_buckets"]).rows(prep.catalog.tolist()), codes)
+    return predict(model, prep.test, lookup, device=device, data_path=data_path)
+
+
+def _promote_ranker(registry: Registry, version: ArtifactVersion, codebook_version: str | None,
+                    metrics: dict[str, Any], gate: RankerGateResult, force_gate: bool) -> None:
+    """Make the ranker live when its codebooks are live and the gate passed (or is overridden)."""
+    serving = registry.live(CODEBOOKS)
+    aucs = {k: metrics[k] for k in ("all_auc", "cold_auc")}
+    if codebook_version is not None and (serving is None or serving.version != codebook_version):
+        # a ranker is only served with the codebook version it was trained on
+        registry.log_event(RANKER, {"event": "refused", "version": version.version, "gate": gate.to_dict(),
+                                    "reason": f"trained on codebooks {codebook_version}, live is "
+                                              f"{serving.version if serving else None}"})
+        log.warning("ranker %s registered, not promoted: its codebooks %s are not live", version.version, codebook_version)
+        return
+    if not gate.passed and not force_gate:
+        registry.log_event(RANKER, {"event": "refused", "version": version.version, "gate": gate.to_dict(),
+                                    "reason": "; ".join(gate.reasons), "metrics": aucs})
+        for reason in gate.reasons:
+            log.warning("ranker %s registered, refused by the ranker gate: %s", version.version, reason)
+        return
+    if not gate.passed:
+        log.warning("ranker %s: ranker gate OVERRIDDEN with --force-gate: %s", version.version, "; ".join(gate.reasons))
+    registry.promote(RANKER, version.version)
+    registry.log_event(RANKER, {"event": "promoted", "version": version.version, "codebook_version": codebook_version,
+                                "metrics": aucs, "gate": gate.to_dict(), "gate_overridden": not gate.passed})
+
+
 def load_ranker(version: ArtifactVersion) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
     """A registered ranker: (model, ID vocabulary, manifest); the checkpoint alone suffices."""
-    from trainer.features import IdVocab
-
     state = torch.load(version.path / "model.pt", map_location="cpu", weights_only=False)
     vocab = [v for v in (version.path / "id_vocab.txt").read_text(encoding="utf-8").split("\n") if v]
     model = build_model(ModelConfig.from_dict(state["model_config"]), IdVocab(vocab, state["oov_buckets"]).n_rows,

@@ -35,6 +35,7 @@ class Snapshot:
     id_rows: dict[str, int]
     layers: dict[str, int]  # codebook -> semantic layers the ranker embeds
     history_len: int
+    gate: dict[str, Any] | None = None  # the ranker gate's decision on the live ranker (its manifest)
 
 
 EMPTY = Snapshot(None, None, None, None, {}, {}, HISTORY_LEN)
@@ -64,7 +65,8 @@ class ServingState:
         if live_cb == cur.live_codebooks and ranker_v == cur.ranker_version:
             return False
         if ranker_v == cur.ranker_version:
-            new = Snapshot(live_cb, cur.ranker_version, cur.ranker_codebooks, cur.model, cur.id_rows, cur.layers, cur.history_len)
+            new = Snapshot(live_cb, cur.ranker_version, cur.ranker_codebooks, cur.model, cur.id_rows, cur.layers, cur.history_len,
+                           cur.gate)
         elif rk is None:
             new = Snapshot(live_cb, None, None, None, {}, {}, HISTORY_LEN)
         else:
@@ -73,7 +75,8 @@ class ServingState:
             torch.set_num_threads(self.settings.serve.torch_threads)
             sizes = manifest.get("codebook_sizes") or {}
             new = Snapshot(live_cb, rk.version, manifest.get("codebook_version"), model,
-                           {item: i + 1 for i, item in enumerate(vocab)}, {m: len(k) for m, k in sizes.items()}, HISTORY_LEN)
+                           {item: i + 1 for i, item in enumerate(vocab)}, {m: len(k) for m, k in sizes.items()}, HISTORY_LEN,
+                           manifest.get("gate"))
         self.snapshot = new  # one reference: a request holds the old or the new snapshot
         self.switches += 1
         if self.on_switch is not None:

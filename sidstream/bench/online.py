@@ -53,7 +53,8 @@ def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: 
     config = JobConfig(registry=settings.registry_dir, work_dir=work / "jobs", data=work / "data",
                        codebook=CodebookSettings(codebook_size=8, layers=2),
                        model=ModelConfig(kind="mcca", emb_dim=16, att_hidden=(16,), mlp_hidden=(32, 16)),
-                       train=TrainConfig(epochs=1, batch_size=256, checkpoint_every=1000))
+                       train=TrainConfig(epochs=1, batch_size=256, checkpoint_every=1000),
+                       force_gate=True)  # the serving benchmark needs a live ranker, not a good one: past the ranker gate
     codebooks = train_codebooks(config)
     ranker = train_ranker(config)
     cs = load_codebook_set(codebooks.path)

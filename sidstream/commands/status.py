@@ -22,6 +22,7 @@ def status_report() -> dict[str, Any]:
         state = s.home / "work" / f"backfill-{pending.version}" / "state.json"
         backfill = {"version": pending.version, **(json.loads(state.read_text()) if state.is_file() else {"done": 0})}
     last_training = next((e for e in reversed(registry.events("ranker")) if e.get("event") == "promoted"), None)
+    last_gate = next((e for e in reversed(registry.events("ranker")) if "gate" in e), None)
     return {
         "codebooks": {"live": live.version if live else None, "pending": pending.version if pending else None,
                       "last_events": registry.events("codebooks")[-3:]},
@@ -32,6 +33,10 @@ def status_report() -> dict[str, Any]:
         "backfill": backfill,
         "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis_url),
         "last_training": last_training,
+        "last_ranker_gate": None if last_gate is None else {
+            "version": last_gate["version"], "decision": last_gate["event"], "reason": last_gate.get("reason"),
+            **{k: last_gate["gate"].get(k) for k in ("candidate_auc", "candidate_interval", "live_version", "live_auc",
+                                                      "diff_interval")}},
     }
 
 

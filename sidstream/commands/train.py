@@ -221,7 +221,8 @@ _codebook_options = _options(
     click.option("--layers", type=click.IntRange(min=1), default=None, help="[settings.codebook.layers]"),
     click.option("--alpha", type=float, default=None, help="PSRQ prefix weight [settings.codebook.alpha]"),
     click.option("--force", is_flag=True, help="new codebook version even if the inputs did not change"),
-    click.option("--force-gate", is_flag=True, help="promote even if the promotion gate refuses (logged loudly)"),
+    click.option("--force-gate", is_flag=True, help="promote even if the gate refuses (codebooks; in `train all` "
+                 "the ranker's too; logged loudly)"),
     click.option("--fail-after-tracks", type=int, default=None, hidden=True, help="backfill crash drill"),
 )
 _ranker_options = _options(
@@ -241,6 +242,7 @@ def _job_config(kw: dict[str, Any]) -> Any:
     settings.codebook (anchor, prefix_scale, seed, min_points_per_code included)."""
     from trainer.jobs import JobConfig
     from trainer.models import ModelConfig
+    from trainer.ranker_gate import RankerGateConfig
     from trainer.train_loop import TrainConfig, resolve_device
 
     s = _settings()
@@ -259,6 +261,7 @@ def _job_config(kw: dict[str, Any]) -> Any:
         interactions=kw["interactions"], items=kw["items"], codebook=codebook, model=model, train=train_config,
         promote=kw["promote"], fail_after_steps=kw["fail_after_steps"], force=kw.get("force", False),
         force_gate=kw.get("force_gate", False), cuda_graph=s.train.gpu_cuda_graph,
+        ranker_gate=RankerGateConfig.from_settings(s.train),
     )
 
 
@@ -267,10 +270,19 @@ def _report(kind: str, version: Any, as_json: bool) -> None:
         return
     payload = {"kind": kind, "version": version.version, "path": str(version.path),
                "metrics": version.manifest.get("metrics"), "parent_version": version.manifest.get("parent_version")}
+    gate = version.manifest.get("gate") if kind == "ranker" else None
+    if gate is not None:  # the ranker gate's decision (a refusal is not an error: the job exits 0)
+        payload["gate"] = gate
     if as_json:
         _echo_json(payload)
-    else:
-        click.echo(f"{kind} {version.version} registered at {version.path}")
+        return
+    click.echo(f"{kind} {version.version} registered at {version.path}")
+    if gate is not None:
+        live = f"; live {gate['live_version']} AUC {gate['live_auc']}" if gate.get("live_version") else ""
+        click.echo(f"ranker gate {'passed' if gate['passed'] else 'REFUSED'}: AUC {gate['candidate_auc']} "
+                   f"(interval {gate['candidate_interval']}){live}")
+        for reason in gate["reasons"]:
+            click.echo(f"  refused: {reason}")
 
 
 def _run_job(fn: Any, kw: dict[str, Any]) -> Any:
@@ -324,9 +336,11 @@ def train_codebooks_cmd(**kw: Any) -> None:
 @train.command("ranker")
 @_common_options
 @_ranker_options
+@click.option("--force-gate", is_flag=True, help="promote even if the ranker gate refuses (logged loudly)")
 def train_ranker_cmd(**kw: Any) -> None:
     """Train the ranker on the live codebooks (works under torchrun: DDP), register it; it is
-    promoted only while the codebook version it was trained on is live."""
+    promoted only while the codebook version it was trained on is live and the ranker gate
+    passes (settings.train.gate_*: shown above chance, not shown worse than the live ranker)."""
     from trainer.jobs import train_ranker
 
     _report("ranker", _run_job(train_ranker, kw), kw["as_json"])

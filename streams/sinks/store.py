@@ -37,7 +37,9 @@ def store_config(data_dir: Path, profile: str = "local", redis_url: str = "127.0
     online: dict[str, Any] = (
         {"type": "sqlite", "path": str(data / "online.db")}
         if profile == "local"
-        else {"type": "redis", "connection_string": redis_url}
+        # skip_dedup: the writer's own newer-row check decides, the same on both stores (and heals
+        # rows stored before the event-time policy, which Feast's check would keep); one round trip
+        else {"type": "redis", "connection_string": redis_url, "skip_dedup": True}
     )
     return {
         "project": PROJECT,

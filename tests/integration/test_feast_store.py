@@ -217,11 +217,9 @@ def test_superseded_rows_are_counted_not_dropped_silently(store):
     assert [r["text_sid"] for r in _state(store, ["t1", "t2"])] == [[1, 2, 3], [4, 4, 4]]
 
 
-def test_a_far_future_row_stored_before_the_policy_loses_to_a_valid_row_on_sqlite(tmp_path):
-    """On SQLite the writer's own newer-row check decides, and a stored time beyond what the new
-    row's source admits (`valid_until_ms`) counts as no row. (Redis applies Feast's own check,
-    which this does not reach: the Redis profile is not healed this way yet.)"""
-    store = open_store(tmp_path / "feast")
+def test_a_far_future_row_stored_before_the_policy_loses_to_a_valid_row(store):
+    """The writer's own newer-row check decides on both stores (Redis with Feast's skip_dedup),
+    and a stored time beyond what the new row's source admits (`valid_until_ms`) counts as no row."""
     sink = FeastSink(store)
     sink.write([_row("poisoned", YEAR_2100, (7, 7, 7))])
     now = 1_765_000_000_000

@@ -118,7 +118,7 @@ def streamed(request, kafka_broker, tmp_path):
         expected = {t.track_id: "text_sid" for t in catalog} | {t.track_id: "joint_sid" for t in audio}
         assert len(wait_until_readable(store, expected, produced, 180, v0)) == len(expected)
         ids = sorted(expected)
-        wait_logged(s.feast_dir, log_synthetic_interactions(run, ids))
+        wait_logged(s.feast_dir, log_synthetic_interactions(run, catalog + audio))
         yield run, store, v0, ids
     finally:
         run.stop_workers()

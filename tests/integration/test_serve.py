@@ -91,9 +91,12 @@ def test_health_and_metrics(served):
     assert h.status_code == 200
     assert h.json() | {} == h.json() and h.json()["store_ok"] and h.json()["ranker_version"] == ids["ranker_version"]
     assert h.json()["live_codebook_version"] == ids["codebook_version"]
+    gate = h.json()["ranker_gate"]  # the live ranker's gate metrics, from its manifest
+    assert 0 <= gate["candidate_auc"] <= 1 and len(gate["candidate_interval"]) == 2 and gate["rows"] > 0
     client.post("/features", json={"track_ids": ids["items"][:2]})
     m = client.get("/metrics").text
     assert 'sidstream_serve_requests_total{endpoint="/features",status="200"}' in m
+    assert f"sidstream_live_ranker_auc {float(gate['candidate_auc'])}" in m
 
 
 def test_version_switch_under_load_fails_no_request(served, tmp_path):
@@ -119,7 +122,8 @@ def test_version_switch_under_load_fails_no_request(served, tmp_path):
     time.sleep(1.0)
     new = train_ranker(JobConfig(registry=s.registry_dir, work_dir=tmp_path / "jobs2", data=tmp_path / "work" / "data",
                                  model=ModelConfig(kind="mcca", emb_dim=16, att_hidden=(16,), mlp_hidden=(32, 16)),
-                                 train=TrainConfig(epochs=1, batch_size=256, checkpoint_every=1000, seed=5)))
+                                 train=TrainConfig(epochs=1, batch_size=256, checkpoint_every=1000, seed=5),
+                                 force_gate=True))  # the switch under load is under test, not the ranker gate
     assert new is not None and new.version != ids["ranker_version"]
     deadline = time.monotonic() + 20
     while app.state.serving.snapshot.ranker_version != new.version and time.monotonic() < deadline:
