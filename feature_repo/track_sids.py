@@ -33,6 +33,9 @@ track_sids = FeatureView(
         Field(name="audio_model_id", dtype=String),
         # the row's event time to the millisecond: Feast's SQLite store keeps whole seconds only
         Field(name="sid_event_time_ms", dtype=Int64, description="event time of this row, epoch ms"),
+        # between rows of equal event time the later source record wins (its offset in its partition)
+        Field(name="sid_text_offset", dtype=Int64, description="source offset of the text used; -1 unknown"),
+        Field(name="sid_audio_offset", dtype=Int64, description="source offset of the audio used; -1 unknown or none"),
     ],
     source=track_sids_push,
     online=True,

@@ -114,6 +114,8 @@ def code_tracks(
                     "text_model_id": entry.get("text", {}).get("model_id", ""),
                     "audio_model_id": entry.get("audio", {}).get("model_id", ""),
                     "ingest_time": min(entry[m]["ingest_time"] for m in used),
+                    "text_offset": entry["text"].get("source_offset", -1) if "text" in used else -1,
+                    "audio_offset": entry["audio"].get("source_offset", -1) if "audio" in used else -1,
                 },
             )
         except (ValueError, TypeError, OverflowError) as exc:

@@ -57,7 +57,8 @@ def assign_batch(
     an aligned refit).
 
     Event times: an embedding outside `policy` is a `bad_event_time` dead letter; one older than
-    the kept embedding of its track and modality is superseded (counted, not emitted), unless the
+    the kept embedding of its track and modality (by event time, then by the offset of the track
+    record it was encoded from) is superseded (counted, not emitted), unless the
     kept time is itself beyond what this record's policy admits: a time kept before the policy
     existed never wins against a valid record (the track heals with its next one).
     """
@@ -75,8 +76,11 @@ def assign_batch(
         modality, track_id = rec["modality"], rec["track_id"]
         entry = dict(state.get(track_id) or {})
         previous = entry.get(modality)
-        if previous is not None and rec["event_time"] < previous["event_time"] <= policy.upper(raw):
-            result.supersede("older_than_kept")  # an older version of this modality arrived late: the newer one stands
+        if previous is not None and previous["event_time"] <= policy.upper(raw) and (
+                (rec["event_time"], rec.get("source_offset", -1)) < (previous["event_time"], previous.get("source_offset", -1))):
+            # an older version of this modality arrived late (older time, or the same time from an
+            # earlier track record): the newer one stands
+            result.supersede("older_than_kept")
             continue
         entry[modality] = entry_of(rec)
         for other, kept in entry.items():  # heal: a kept time beyond this record's bound would make every SID "newer"

@@ -75,6 +75,7 @@ def emit_embeddings(
                     "dim": int(vectors.shape[1]),
                     "vector": vector_to_bytes(vec),
                     "ingest_time": rec["ingest_time"],
+                    "source_offset": raw.offset,  # between equal event times the later track record wins
                 },
             )
         except (ValueError, TypeError, OverflowError) as exc:

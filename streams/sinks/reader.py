@@ -15,15 +15,17 @@ from streams.sinks.schema import HISTORY_VIEW, SID_VIEW, ViewSpec, view_spec
 from streams.sinks.store import open_store
 
 
-def stored_event_times_ms(store: FeatureStore, view_name: str, entity_rows: Sequence[dict[str, str]]) -> np.ndarray:
-    """Event time (ms) of each entity's stored online row, 0 where there is none; one read."""
-    view = view_spec(view_name)
+def stored_order(store: FeatureStore, view: ViewSpec, entity_rows: Sequence[dict[str, str]]) -> np.ndarray:
+    """Each entity's stored row's order features (view.order: event time in ms, then the
+    tie-breaks), int64 [n, len(order)]; 0 for the time and -1 for a tie-break where there is no
+    row. One read."""
+    order = view.order
     if not entity_rows:
-        return np.zeros(0, dtype=np.int64)
-    stored = store.get_online_features(
-        features=[f"{view.name}:{view.time_feature}"], entity_rows=list(entity_rows),
-    ).to_dict()[view.time_feature]
-    return pd.Series(stored, dtype="float64").fillna(0).to_numpy(dtype=np.int64)
+        return np.zeros((0, len(order)), dtype=np.int64)
+    stored = store.get_online_features(features=[f"{view.name}:{f}" for f in order], entity_rows=list(entity_rows)).to_dict()
+    columns = [pd.Series(stored[f], dtype="float64").fillna(0 if k == 0 else -1).to_numpy(dtype=np.int64)
+               for k, f in enumerate(order)]
+    return np.stack(columns, axis=1)
 
 
 def read_sids(store: FeatureStore, track_ids: Sequence[str], codebook_version: str) -> pd.DataFrame:

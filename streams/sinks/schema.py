@@ -84,18 +84,29 @@ class ViewSpec:
     features: tuple[str, ...]
     time_feature: str  # event time in ms, stored as a feature: the online stores' own may be coarser
     schema: pa.Schema  # of an offline row
-    offline_key: tuple[str, ...]  # what makes an offline row the same row: join keys and time feature
+    offline_key: tuple[str, ...]  # what makes an offline row the same row: join keys, time and tie features
+    # between rows of equal event time, these decide (greater wins, in order): the source records' offsets
+    tie_features: tuple[str, ...] = ()
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The features that order an entity's rows: a row replaces the stored one only if greater."""
+        return (self.time_feature, *self.tie_features)
 
 
-# the feature of each view that holds its rows' event time in ms (a naming rule, checked below)
+# the feature of each view that holds its rows' event time in ms (a naming rule, checked below), and
+# the features that break ties between equal times (the log's order: the source records' offsets)
 _TIME_FEATURES = {SID_VIEW: "sid_event_time_ms", HISTORY_VIEW: "history_event_time_ms"}
+_TIE_FEATURES = {SID_VIEW: ("sid_text_offset", "sid_audio_offset"), HISTORY_VIEW: ()}
 
 
 @functools.cache
 def view_spec(name: str) -> ViewSpec:
     keys, feats = join_keys(name), features(name)
     time_feature = _TIME_FEATURES[name]
-    if time_feature not in feats:
-        raise ValueError(f"feature view {name} has no {time_feature} feature (its rows' event time in ms)")
-    offline_key = (keys[0], time_feature, *keys[1:])
-    return ViewSpec(name, keys, feats, time_feature, arrow_schema(name), offline_key)
+    ties = _TIE_FEATURES[name]
+    for f in (time_feature, *ties):
+        if f not in feats:
+            raise ValueError(f"feature view {name} has no {f} feature (what orders its rows)")
+    offline_key = (keys[0], time_feature, *keys[1:], *ties)
+    return ViewSpec(name, keys, feats, time_feature, arrow_schema(name), offline_key, ties)

@@ -24,7 +24,7 @@ from feast import FeatureStore
 
 from streams.event_time import MAX_SAFE_MS
 from streams.sinks.offline import OfflineLog
-from streams.sinks.reader import stored_event_times_ms
+from streams.sinks.reader import stored_order
 from streams.sinks.schema import HISTORY_VIEW, SID_VIEW, ViewSpec, view_spec
 from streams.sinks.store import is_transient_store_error, store_lock
 
@@ -44,6 +44,10 @@ class SidRow:
     joint_sid: tuple[int, ...] | None
     text_model_id: str = ""
     audio_model_id: str = ""
+    # the source records' offsets (Embedding.source_offset): between rows of equal event time the
+    # greater (text_offset, audio_offset) wins, the log's order; -1 unknown or none
+    text_offset: int = -1
+    audio_offset: int = -1
     # the latest event time its source record admits (streams.event_time): a stored row newer
     # than this was stored before the policy existed and never wins against this row
     valid_until_ms: int | None = None
@@ -56,7 +60,8 @@ class SidRow:
             return None if v is None else tuple(int(x) for x in v)
 
         return cls(rec["track_id"], rec["event_time"], rec["codebook_version"], sid(rec["text_sid"]),
-                   sid(rec["audio_sid"]), sid(rec["joint_sid"]), rec["text_model_id"], rec["audio_model_id"], valid_until_ms)
+                   sid(rec["audio_sid"]), sid(rec["joint_sid"]), rec["text_model_id"], rec["audio_model_id"],
+                   rec.get("text_offset", -1), rec.get("audio_offset", -1), valid_until_ms)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,8 @@ def _sid_columns(rows: Sequence[SidRow]) -> dict[str, list[Any]]:
         "text_model_id": [r.text_model_id for r in rows],
         "audio_model_id": [r.audio_model_id for r in rows],
         "sid_event_time_ms": [int(r.event_time_ms) for r in rows],
+        "sid_text_offset": [int(r.text_offset) for r in rows],
+        "sid_audio_offset": [int(r.audio_offset) for r in rows],
     }
 
 
@@ -107,6 +114,14 @@ def _history_columns(rows: Sequence[UserHistoryRow]) -> dict[str, list[Any]]:
         "history_len": [len(r.history_item_ids) for r in rows],
         "history_event_time_ms": [int(r.event_time_ms) for r in rows],
     }
+
+
+def greater(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise lexicographic a > b over int64 [n, k] arrays (the first differing column decides)."""
+    differ = a != b
+    first = differ.argmax(axis=1)
+    rows = np.arange(a.shape[0])
+    return differ.any(axis=1) & (a[rows, first] > b[rows, first])
 
 
 _COLUMNS: dict[str, Callable[[Sequence[Any]], dict[str, list[Any]]]] = {SID_VIEW: _sid_columns, HISTORY_VIEW: _history_columns}
@@ -154,7 +169,7 @@ class FeastSink:
         connection (a read of an id no track has) and the offline log's index. Writes nothing."""
         view = view_spec(SID_VIEW)
         with store_lock(self.store):
-            stored_event_times_ms(self.store, view.name, [{k: "__warm_up__" for k in view.join_keys}])
+            stored_order(self.store, view, [{k: "__warm_up__" for k in view.join_keys}])
         self._offline(view)
 
     def write(self, rows: Sequence[SidRow]) -> WriteResult:
@@ -193,14 +208,16 @@ class FeastSink:
         t0 = time.perf_counter()
         df = pd.DataFrame(_COLUMNS[view.name](rows))
         valid_until = np.array([MAX_SAFE_MS if r.valid_until_ms is None else r.valid_until_ms for r in rows], dtype=np.int64)
-        # newest row per entity; on equal event times the row added last wins
-        keys = list(view.join_keys)
-        df = df.sort_values("event_time_ms", kind="stable").drop_duplicates(keys, keep="last")
-        stored_ms = stored_event_times_ms(self.store, view.name, df[keys].to_dict("records"))
+        # the greatest row per entity by (event time, tie-breaks: the source records' offsets); on
+        # equal orders the row added last wins
+        keys, order = list(view.join_keys), ["event_time_ms", *view.tie_features]
+        df = df.sort_values(order, kind="stable").drop_duplicates(keys, keep="last")
+        stored = stored_order(self.store, view, df[keys].to_dict("records"))
         # a stored time beyond what the new row's source admits was stored before the event-time
-        # policy: it never wins (SQLite then overwrites it; Redis keeps Feast's own newer-row check)
-        stored_ms = np.where(stored_ms > valid_until[df.index.to_numpy()], 0, stored_ms)
-        df = df[df["event_time_ms"].to_numpy() > stored_ms].reset_index(drop=True)
+        # policy: it never wins (the row is overwritten, on SQLite and on Redis with skip_dedup)
+        poisoned = stored[:, 0] > valid_until[df.index.to_numpy()]
+        stored[poisoned] = [0, *([-1] * len(view.tie_features))]
+        df = df[greater(df[order].to_numpy(dtype=np.int64), stored)].reset_index(drop=True)
         superseded = len(rows) - len(df)
         if df.empty:
             return 0, 0, superseded

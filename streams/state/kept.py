@@ -34,7 +34,7 @@ def kept_key(track_id: str, modality: str) -> bytes:
 def entry_of(rec: dict[str, Any]) -> dict[str, Any]:
     """The kept form of a decoded Embedding record (its value on embeddings.kept is the record itself)."""
     return {"event_time": rec["event_time"], "model_id": rec["model_id"], "vector": rec["vector"].hex(),
-            "ingest_time": rec["ingest_time"]}
+            "ingest_time": rec["ingest_time"], "source_offset": rec.get("source_offset", -1)}
 
 
 class KeptEmbeddings:

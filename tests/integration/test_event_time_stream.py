@@ -2,7 +2,7 @@
 with out-of-range times are `bad_event_time` dead letters while the rest of their batches are
 written; an interaction with an absurd time is dead-lettered and the user's history still
 updates; over a mixed stream every produced record is readable, dead-lettered or counted as
-superseded."""
+superseded; a same-time content change is followed (ties decided by the log)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sidcore.catalog import lastfm_tracks
 from sidstream.harness import PipelineRun, read_topics, wait_until_readable
 from streams import avro_codec
 from streams.records import now_ms
-from streams.sinks.reader import read_histories
+from streams.sinks.reader import read_histories, read_sids
 from streams.sinks.store import open_store
 from streams.topology import dlq
 from tests.conftest import _free_port
@@ -105,3 +105,17 @@ def test_out_of_range_times_are_dead_letters_and_every_record_is_accounted_for(r
     row = store.get_online_features(features=["track_sids:sid_event_time_ms"],
                                     entity_rows=[{"track_id": first.track_id, "codebook_version": version}]).to_dict()
     assert row["sid_event_time_ms"][0] > 1_000
+    # a same-time content change (a later record of the track, the same event time) is followed
+    second = good[1]
+    before = read_sids(store, [second.track_id], version).iloc[0]
+    producer.send_raw(run.names.metadata, second.track_id.encode(),
+                      _metadata(second.track_id, produced_at[second.track_id], track_text(good[-1]) + " (changed)"))
+    producer.flush(30)
+    deadline = time.monotonic() + 60
+    after = before
+    while after["sid_text_offset"] == before["sid_text_offset"] and time.monotonic() < deadline:
+        time.sleep(0.3)
+        after = read_sids(store, [second.track_id], version).iloc[0]
+    assert after["sid_event_time_ms"] == before["sid_event_time_ms"] == produced_at[second.track_id]
+    assert after["sid_text_offset"] > before["sid_text_offset"] >= 0
+    assert list(after["text_sid"]) != list(before["text_sid"])

@@ -51,7 +51,7 @@ def test_rows_in_exact_values_out(store):
         "track_id": "t2", "codebook_version": "cb-1", "text_sid": [4, 5, 6], "audio_sid": [7, 8, 9],
         "joint_sid": [10, 11, 12], "text_sid_str": "4-5-6", "audio_sid_str": "7-8-9", "joint_sid_str": "10-11-12",
         "modalities": "text,audio", "text_model_id": "minilm", "audio_model_id": "logmel",
-        "sid_event_time_ms": 1_000,
+        "sid_event_time_ms": 1_000, "sid_text_offset": -1, "sid_audio_offset": -1,
     }  # fmt: skip
     assert t1["text_sid"] == [1, 2, 3] and t1["audio_sid"] is None and t1["joint_sid"] is None
     # the poller's read: only the asked features, the same values, in id order
@@ -229,3 +229,23 @@ def test_a_far_future_row_stored_before_the_policy_loses_to_a_valid_row(store):
     assert healed.online == 1
     assert _state(store, ["poisoned"])[0]["text_sid"] == [1, 1, 1]
     assert _state(store, ["poisoned"])[0]["sid_event_time_ms"] == now
+
+
+def test_between_equal_times_the_later_source_record_wins_on_both_stores(store):
+    """Ties are decided by the log (the source records' offsets), by the writer's one rule, so
+    a same-time content change is followed on SQLite and on Redis alike; a replay changes nothing."""
+    sink = FeastSink(store)
+
+    def row(text, text_offset, audio_offset=-1):
+        return SidRow("t", 5_000, "cb-1", text, None, None, "minilm", "", text_offset, audio_offset)
+
+    assert sink.write([row((1, 1, 1), 10)]).online == 1
+    assert sink.write([row((2, 2, 2), 11)]).online == 1  # same time, later text record: the change is followed
+    assert sink.write([row((2, 2, 2), 11)]).superseded == 1  # a replay
+    assert sink.write([row((1, 1, 1), 10)]).superseded == 1  # the earlier record, late
+    assert sink.write([row((3, 3, 3), 11, 4)]).online == 1  # same text record, audio joined at the same time
+    both = sink.write([row((4, 4, 4), 12), row((5, 5, 5), 13)])  # two in one batch: the later one
+    assert (both.online, both.superseded) == (1, 1)
+    state = _state(store, ["t"])[0]
+    assert (state["text_sid"], state["sid_text_offset"], state["sid_event_time_ms"]) == ([5, 5, 5], 13, 5_000)
+    assert len(_offline_rows(store)) == 4  # every written row once offline; replays and losers not at all

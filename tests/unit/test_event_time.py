@@ -5,6 +5,10 @@ Fuzzed over the whole int64 range of event and ingest times."""
 
 from __future__ import annotations
 
+import io
+
+import avro.io
+import avro.schema
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +17,7 @@ from hypothesis import strategies as st
 from sidcore.config import StreamSettings
 from streams import avro_codec
 from streams.assign import code_tracks
+from streams.avro_codec import SCHEMA_DIR
 from streams.codebooks import ActiveCodebooks
 from streams.event_time import BAD_EVENT_TIME, DEFAULT_POLICY, MAX_SAFE_MS, TimePolicy
 from streams.records import BatchResult, RawRecord, vector_to_bytes
@@ -172,3 +177,40 @@ def test_every_record_is_output_dead_or_superseded_and_what_passes_is_in_range(i
         assert 1 <= sid["event_time"] <= MAX_SAFE_MS + 1 and 0 <= sid["ingest_time"] <= MAX_SAFE_MS
     ok, dead = decode_interactions([_interaction("u", et, i, ts) for i, (et, _, _, _, ts) in enumerate(items)])
     assert len(ok) + len(dead) == len(items)
+
+
+def _emb_at(track: str, vec: list[float], event_time: int, source_offset: int, offset: int = 0) -> RawRecord:
+    v = np.asarray(vec, dtype=np.float32)
+    rec = {"track_id": track, "event_time": event_time, "modality": "text", "model_id": "text-model", "dim": len(v),
+           "vector": vector_to_bytes(v), "ingest_time": NOW, "source_offset": source_offset}
+    return RawRecord("embeddings.text", 0, offset, track.encode(), avro_codec.encode("Embedding", rec), NOW)
+
+
+def test_between_equal_times_the_later_track_record_wins_and_a_replay_is_the_same() -> None:
+    """Ties are decided by the log: the offset of the track record an embedding came from."""
+    active = ActiveCodebooks("v1", _Codebooks())
+    state: dict = {}
+    first = _sids(assign_batch([_emb_at("t", [0.1, 0.1, 0.1], NOW, source_offset=10)], state, active, _joint))["t"]
+    changed = _sids(assign_batch([_emb_at("t", [0.9, 0.9, 0.9], NOW, source_offset=11, offset=1)], state, active, _joint))["t"]
+    assert (first["text_sid"], first["text_offset"]) == ([0, 0], 10)
+    assert (changed["text_sid"], changed["text_offset"], changed["event_time"]) == ([3, 3], 11, NOW)
+    earlier = assign_batch([_emb_at("t", [0.1, 0.1, 0.1], NOW, source_offset=10, offset=2)], state, active, _joint)
+    assert earlier.outputs == [] and earlier.superseded == {"older_than_kept": 1}
+    replay = _sids(assign_batch([_emb_at("t", [0.9, 0.9, 0.9], NOW, source_offset=11, offset=1)], state, active, _joint))["t"]
+    assert replay == changed  # the same record again gives the same SID record
+
+
+def test_old_records_without_offsets_still_decode() -> None:
+    """Embedding and SidAssigned gained offset fields with defaults: records written before decode."""
+    for name in ("embedding_v1", "sid_assigned_v1"):
+        assert "offset" not in (SCHEMA_DIR / "old" / f"{name}.avsc").read_text()
+    schema = avro.schema.parse((SCHEMA_DIR / "old" / "embedding_v1.avsc").read_text())
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + schema.fingerprint("CRC-64-AVRO"))
+    avro.io.DatumWriter(schema).write({"track_id": "t", "event_time": NOW, "schema_version": 1, "modality": "text",
+                                       "model_id": "m", "dim": 3, "vector": b"\x00" * 12, "ingest_time": NOW},
+                                      avro.io.BinaryEncoder(buf))
+    _, rec = avro_codec.decode(buf.getvalue(), expected="Embedding")
+    assert rec.get("source_offset", -1) == -1
+    res = assign_batch([RawRecord("embeddings.text", 0, 0, b"t", buf.getvalue(), NOW)], {}, ActiveCodebooks("v1", _Codebooks()), _joint)
+    assert _sids(res)["t"]["text_offset"] == -1

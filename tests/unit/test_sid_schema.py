@@ -17,7 +17,8 @@ pytestmark = pytest.mark.unit
 
 # track_sids fields the writer derives from a SidAssigned record rather than copying one field
 DERIVED = {"text_sid_str": "text_sid", "audio_sid_str": "audio_sid", "joint_sid_str": "joint_sid",
-           "modalities": "modalities", "sid_event_time_ms": "event_time"}
+           "modalities": "modalities", "sid_event_time_ms": "event_time", "sid_text_offset": "text_offset",
+           "sid_audio_offset": "audio_offset"}
 _AVRO_TO_ARROW = {"string": pa.string(), "long": pa.int64(), "int": pa.int64()}
 
 
