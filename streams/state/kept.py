@@ -76,7 +76,7 @@ class KeptEmbeddings:
         """Tracks in the join table (one modality seen, the other still awaited)."""
         return len(self._waiting)
 
-    # -- mapping interface for streams.processing.assign_batch ----------------------------
+    # -- mapping interface for streams.roles.assigner.assign_batch --------------------------
     def get(self, track_id: str, default: Any = None) -> Any:
         hit = self._waiting.get(track_id)
         if hit is not None:
