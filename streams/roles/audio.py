@@ -13,33 +13,22 @@ from urllib.request import url2pathname
 import numpy as np
 
 from encoders import decode_audio
-from streams.event_time import DEFAULT_POLICY, TimePolicy, admit
-from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead
-from streams.roles.encoding import BatchEncoder, encode_kept
+from streams.event_time import DEFAULT_POLICY, TimePolicy
+from streams.records import BatchResult, RawRecord
+from streams.roles.encoding import BatchEncoder, Prepared, encode_records
 from streams.runtime import RoleHandler, Runtime
 
 
 def encode_audio_batch(records: Sequence[RawRecord], encoder: BatchEncoder, decode: Callable[..., np.ndarray],
                        max_inline_bytes: int, max_file_bytes: int, policy: TimePolicy = DEFAULT_POLICY) -> BatchResult:
     """tracks.audio records -> embeddings.audio records. Audio comes as file:// URI or inline bytes."""
-    result = BatchResult()
-    waves: list[np.ndarray] = []
-    kept: list[tuple[RawRecord, dict[str, Any]]] = []
-    for raw in records:
-        rec = decode_or_dead(raw, "TrackAudio", "undecodable audio record", result.dead)
-        if rec is None or not admit(raw, rec, policy, result.dead):
-            continue
+    def prepare(rec: dict[str, Any]) -> Prepared:
         try:
-            source = audio_source(rec, max_inline_bytes)
-            wave = decode(source, encoder_sample_rate(encoder), max_file_bytes)
+            return decode(audio_source(rec, max_inline_bytes), encoder_sample_rate(encoder), max_file_bytes), None
         except Exception as exc:  # noqa: BLE001 - every failure of one item goes to the DLQ
-            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {exc}", "bad_audio", rec["track_id"]))
-            continue
-        waves.append(wave)
-        kept.append((raw, rec))
-    if waves:
-        encode_kept(result, kept, waves, encoder, "audio")
-    return result
+            return None, ("bad_audio", str(exc))
+
+    return encode_records(records, "TrackAudio", "undecodable audio record", prepare, encoder, "audio", policy)
 
 
 def encoder_sample_rate(encoder: Any) -> int:

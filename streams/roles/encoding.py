@@ -3,13 +3,14 @@ found by bisection, and embeddings turned into Embedding records."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from streams import avro_codec
-from streams.records import BatchResult, DeadLetter, RawRecord, vector_to_bytes
+from streams.event_time import TimePolicy, admit
+from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead, vector_to_bytes
 
 
 class BatchEncoder(Protocol):
@@ -41,6 +42,34 @@ def encode_isolating(encoder: BatchEncoder, items: Sequence[Any]) -> tuple[np.nd
     if right is not None:
         out[half:] = right
     return out, failed
+
+
+Prepared = tuple[Any, None] | tuple[None, tuple[str, str]]  # (the model's input, None) or (None, (error type, reason))
+
+
+def encode_records(records: Sequence[RawRecord], schema: str, what: str, prepare: Callable[[dict[str, Any]], Prepared],
+                   encoder: BatchEncoder, modality: str, policy: TimePolicy) -> BatchResult:
+    """The encoder roles' batch: decode each record as `schema` (else an `undecodable` dead
+    letter naming `what`), check its event time against `policy`, `prepare` the model's input
+    from it (or a dead letter with the error type and reason it gives), then one encoder call
+    for the batch (`encode_kept`)."""
+    result = BatchResult()
+    items: list[Any] = []
+    kept: list[tuple[RawRecord, dict[str, Any]]] = []
+    for raw in records:
+        rec = decode_or_dead(raw, schema, what, result.dead)
+        if rec is None or not admit(raw, rec, policy, result.dead):
+            continue
+        item, problem = prepare(rec)
+        if problem is not None:
+            error_type, reason = problem
+            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {reason}", error_type, rec["track_id"]))
+            continue
+        items.append(item)
+        kept.append((raw, rec))
+    if items:
+        encode_kept(result, kept, items, encoder, modality)
+    return result
 
 
 def encode_kept(

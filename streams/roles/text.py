@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from encoders import build_track_text, classify_text
-from streams.event_time import DEFAULT_POLICY, TimePolicy, admit
-from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead
-from streams.roles.encoding import BatchEncoder, encode_kept
+from streams.event_time import DEFAULT_POLICY, TimePolicy
+from streams.records import BatchResult, RawRecord
+from streams.roles.encoding import BatchEncoder, Prepared, encode_records
 from streams.runtime import RoleHandler, Runtime
 
 
@@ -22,24 +22,12 @@ def encode_text_batch(records: Sequence[RawRecord], encoder: BatchEncoder,
     """tracks.metadata records -> embeddings.text records (one encoder call per batch; an item
     that makes the model throw is found by bisection and dead-lettered alone; an event time
     outside `policy` is a `bad_event_time` dead letter)."""
-    result = BatchResult()
-    texts: list[str] = []
-    kept: list[tuple[RawRecord, dict[str, Any]]] = []
-    for raw in records:
-        rec = decode_or_dead(raw, "TrackMetadata", "undecodable metadata", result.dead)
-        if rec is None or not admit(raw, rec, policy, result.dead):
-            continue
+    def prepare(rec: dict[str, Any]) -> Prepared:
         text = rec["text"] if rec.get("text") else build_text(rec)
         problem = classify(text)
-        if problem is not None:
-            error_type, reason = problem
-            result.dead.append(DeadLetter(raw, f"track {rec['track_id']}: {reason}", error_type, rec["track_id"]))
-            continue
-        texts.append(text)
-        kept.append((raw, rec))
-    if texts:
-        encode_kept(result, kept, texts, encoder, "text")
-    return result
+        return (None, problem) if problem is not None else (text, None)
+
+    return encode_records(records, "TrackMetadata", "undecodable metadata", prepare, encoder, "text", policy)
 
 
 def warm_text_encoder(encoder: BatchEncoder, sizes: Sequence[int] = (1, 2, 3, 5, 8, 13),
