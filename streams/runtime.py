@@ -9,6 +9,7 @@ topology table (streams.topology).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import ctypes
 import functools
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 TRIM_EVERY_S = 30.0  # malloc_trim of a role's heap: a few ms to 100s of ms, so not on every batch
 
 
-class RoleHandler:
+class RoleHandler(abc.ABC):
     """What a role module provides: its batch step and the hooks the runtime calls.
 
     `process` runs on the event loop; blocking work goes through `rt.blocking(role, fn, ...)`
@@ -41,20 +42,20 @@ class RoleHandler:
 
     role: str
 
-    async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult: ...
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> None:  # noqa: B027 - optional hook, a no-op unless a role needs it
         """Run once on the role's thread before the worker reports ready (first-call costs)."""
 
-    def bind(self, app: faust.App, rt: Runtime) -> None:
+    def bind(self, app: faust.App, rt: Runtime) -> None:  # noqa: B027 - optional hook
         """Declare anything else on the app: tables, timers, control agents."""
 
     def states(self) -> Sequence[RestorableState]:
         """The state the role keeps (streams.state); the runtime restores it on assignment."""
         return ()
 
-    def delivered(self, result: BatchResult, kept_offsets: dict[int, int]) -> None:
+    def delivered(self, result: BatchResult, kept_offsets: dict[int, int]) -> None:  # noqa: B027 - optional hook
         """After the broker confirmed the batch's records: `kept_offsets` is the last offset per
         partition of its kept records."""
 

@@ -103,6 +103,8 @@ class LoggerRole(RoleHandler):
             self.history[key] = json.dumps(updated).encode()
             changed[rec["user_id"]] = (raw, updated)
         if changed and self.history_sink is not None:
+            # a row's time may pass its newest positive by 1 ms per late change (history_version):
+            # its bound allows HISTORY_LEN such steps beyond what the record admits
             rows = [UserHistoryRow(u, h["written_ms"], tuple(t for _, t in h["items"]), self.policy.upper(raw) + HISTORY_LEN)
                     for u, (raw, h) in changed.items()]
             written = await rt.blocking(self.role, self.history_sink.write_history, rows)

@@ -84,13 +84,10 @@ SERVED_SIDS = ("text_sid", "audio_sid", "joint_sid")
 def read_track_sids(store: FeatureStore, track_ids: Sequence[str], version: str) -> dict[str, dict[str, list[int] | None]]:
     """{track: {text_sid, audio_sid, joint_sid}} for tracks with a row under `version` (one
     store call, no DataFrame: what a ranking service reads per request)."""
-    if not track_ids:
-        return {}
-    resp = store.get_online_features(features=[f"{SID_VIEW}:{f}" for f in SERVED_SIDS],
-                                     entity_rows=[{"track_id": t, "codebook_version": version} for t in track_ids]).to_dict()
+    columns = read_sid_columns(store, track_ids, version, SERVED_SIDS)
     out: dict[str, dict[str, list[int] | None]] = {}
-    for i, t in enumerate(resp["track_id"]):
-        row = {f: resp[f][i] for f in SERVED_SIDS}
+    for i, t in enumerate(track_ids):
+        row = {f: columns[f][i] for f in SERVED_SIDS}
         if any(v is not None for v in row.values()):
             out[t] = {f: (list(v) if v is not None else None) for f, v in row.items()}
     return out

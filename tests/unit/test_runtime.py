@@ -170,6 +170,9 @@ def test_assignment_restores_each_roles_state_for_its_own_input_partitions() -> 
         def __init__(self, role: str) -> None:
             self.role, self.state = role, Recorded()
 
+        async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
+            return BatchResult()
+
         def states(self) -> list[Recorded]:  # type: ignore[override]
             return [self.state]
 
