@@ -115,3 +115,46 @@ def check_cmd(folder: Path | None, lastfm_dir: Path | None) -> None:
     if problems:
         raise SystemExit(1)
     click.echo("results: every table is current and every claim matches its verdict")
+
+
+@results.command("digest")
+@click.option("--record", is_flag=True, help="record the probes for every table whose block was made on the code now "
+              "(its code fingerprint is current); others are named and left")
+@click.option("--json", "as_json", is_flag=True, help="one JSON line: the digest and per table its state")
+def digest_cmd(record: bool, as_json: bool) -> None:
+    """The behaviour digest: outputs of small deterministic probes of the code behind the tables
+    (docs/results/behaviour.json). A table whose sources changed stays current while its probes
+    give the recorded values (floats within a tolerance) and its rendering sources are unchanged."""
+    from sidstream.results.blocks import read_blocks
+    from sidstream.results.digest import digest
+    from sidstream.results.specs import TABLES, Behaviour
+
+    root = _root()
+    folder = root / "docs" / "results"
+    tables = [t for t in TABLES.values() if t.probes]
+    behaviour = Behaviour(root, folder, tables)
+    states: dict[str, str] = {}
+    current = []
+    for t in tables:
+        path = folder / t.doc
+        block = read_blocks(path.read_text(encoding="utf-8")).get(t.name) if path.is_file() else None
+        recorded = None if block is None else str(block.meta.get("code_fingerprint"))
+        if recorded is None:
+            states[t.name] = "no block"
+        elif recorded == t.code_fingerprint(root):
+            states[t.name] = "current (code fingerprint)"
+            current.append(t)
+        else:
+            why = behaviour.vouch(t, recorded)
+            states[t.name] = "current (behaviour digest)" if why is None else f"stale: {why}"
+    now = digest(behaviour.now())
+    if record and current:
+        behaviour.record_tables(current, folder)
+    if as_json:
+        click.echo(json.dumps({"digest": now, "tables": states, "recorded": [t.name for t in current] if record else []}))
+        return
+    click.echo(f"behaviour digest now: {now}")
+    for name, state in states.items():
+        click.echo(f"  {name:22s} {state}")
+    if record:
+        click.echo(f"recorded for {len(current)} table(s) in docs/results/behaviour.json", err=True)

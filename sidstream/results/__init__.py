@@ -19,4 +19,10 @@ Staleness: each block records a fingerprint of the source files and settings it 
 of its data. ``sidstream results check`` recomputes them and names the stale tables; tables
 measured on a particular machine (speed, reliability drills) record the machine and are exempt
 from the code check.
+
+A source change that keeps every number need not cost a re-run: ``docs/results/behaviour.json``
+holds each table's *behaviour digest* (``sidstream.results.digest``: outputs of small
+deterministic probes of the code that made the block). When a table's code fingerprint changed,
+the check runs the probes on the code now; equal outputs (floats within a tolerance) and unchanged
+rendering sources keep the table current, and the check says so.
 """

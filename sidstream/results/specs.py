@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sidstream.results import lastfm
+from sidstream.results import digest, lastfm
 from sidstream.results.blocks import read_blocks, read_claims, write_block
 from sidstream.results.fingerprint import commit, machine, source_fingerprint, tree_fingerprint
 from sidstream.results.runs import DataSource, Run, execute
@@ -84,9 +84,14 @@ class TableSpec:
     machine_bound: bool = False
     in_quick: bool = True
     settings: Callable[[], str] = lambda: ""  # settings it depends on, as text
+    probes: tuple[str, ...] = ()  # behaviour probes (sidstream.results.digest) that vouch for its sources
+    strict: tuple[str, ...] = ()  # sources the probes do not see (rendering, statistics): must stay byte-equal
 
     def code_fingerprint(self, root: Path) -> str:
         return source_fingerprint(root, self.sources, self.settings())[0]
+
+    def strict_fingerprint(self, root: Path) -> str:
+        return source_fingerprint(root, self.strict)[0] if self.strict else ""
 
 
 def _codebook_defaults() -> str:
@@ -102,6 +107,10 @@ def _lastfm_data(ctx: Context) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ Last.fm eval
+# what the behaviour digest's probes do not see (tables and statistics from the runs): byte-equal or stale
+LASTFM_RENDER_SOURCES = ("sidstream/results/lastfm.py", "sidstream/results/stats.py", "sidstream/results/runs.py")
+
+
 def _eval_table(name: str) -> TableSpec:
     plan_fn, render_fn, title = lastfm.TABLES[name]
 
@@ -119,7 +128,8 @@ def _eval_table(name: str) -> TableSpec:
         data["dataset_fingerprint"] = ",".join(sorted(fp))
         return Rendered(markdown, verdicts, data)
 
-    return TableSpec(name, "lastfm.md", title, lastfm.SOURCES, produce, plan, settings=_codebook_defaults)
+    return TableSpec(name, "lastfm.md", title, lastfm.SOURCES, produce, plan, settings=_codebook_defaults,
+                     probes=("settings", "quantizers", "evaluation", "lastfm_convert"), strict=LASTFM_RENDER_SOURCES)
 
 
 # -------------------------------------------------------------------------------- quantizers
@@ -324,10 +334,12 @@ TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
     TableSpec("lastfm-throughput", "lastfm.md", "Training throughput", MACHINE_SOURCES, _throughput, machine_bound=True),
     TableSpec("quantizers", "quantizers.md", "Quantizers on Last.fm-2k", ("sidstream/results/quantizers.py", "psrq/*.py",
               "trainer/lastfm_convert.py", "trainer/embeddings.py", "sidcore/datasets/*.py", "encoders/text.py"), _quantizers,
-              settings=_codebook_defaults),
+              settings=_codebook_defaults, probes=("settings", "quantizers", "lastfm_convert"),
+              strict=("sidstream/results/quantizers.py",)),
     TableSpec("ids", "ids.md", "Unique IDs", ("sidstream/bench/ids.py", "psrq/*.py", "streams/identity.py",
               "trainer/lastfm_convert.py", "trainer/embeddings.py", "sidcore/datasets/*.py", "encoders/text.py"), _ids,
-              settings=_codebook_defaults),
+              settings=_codebook_defaults, probes=("settings", "quantizers", "ids", "lastfm_convert"),
+              strict=("sidstream/bench/ids.py",)),
     TableSpec("pipeline", "pipeline.md", "Pipeline", MACHINE_SOURCES, _pipeline, machine_bound=True, in_quick=False),
     TableSpec("reliability", "reliability.md", "Reliability", MACHINE_SOURCES, _reliability, machine_bound=True, in_quick=False),
 )}
@@ -374,6 +386,11 @@ def regenerate(ctx: Context, tables: list[TableSpec], progress: Callable[[str], 
         timings[t.name] = round(time.perf_counter() - started, 1)
     if any(t.machine_bound and t.name in ("pipeline", "reliability") for t in tables):
         _stop_results_broker(ctx)
+    done = [t for t in tables if not t.machine_bound and t.probes and t.name not in failed]
+    if done:
+        started = time.perf_counter()
+        Behaviour(ctx.root, ctx.out, done).record_tables(done, ctx.out)
+        timings["behaviour digest"] = round(time.perf_counter() - started, 1)
     if failed:
         raise RegenerationError(failed, timings)
     return timings
@@ -385,6 +402,45 @@ class RegenerationError(RuntimeError):
     def __init__(self, failed: dict[str, str], timings: dict[str, float]) -> None:
         super().__init__("; ".join(f"{name}: {why}" for name, why in failed.items()))
         self.failed, self.timings = failed, timings
+
+
+class Behaviour:
+    """Vouches for a table whose sources changed when its behaviour did not (sidstream.results.digest):
+    the probes recorded for the code that made its block equal the probes of the code now, and the
+    sources the probes cannot see are byte-equal. The probes run once, on first need."""
+
+    def __init__(self, root: Path, folder: Path, tables: list[TableSpec]) -> None:
+        self.root, self.record = root, digest.Record.read(folder)
+        self.wanted = sorted({p for t in tables for p in t.probes})
+        self._now: dict[str, dict[str, Any]] | None = None
+
+    def now(self) -> dict[str, dict[str, Any]]:
+        if self._now is None:
+            self._now = digest.compute(self.wanted, self.root)
+        return self._now
+
+    def vouch(self, t: TableSpec, recorded_fingerprint: str) -> str | None:
+        """None when the digest vouches for the table, else why it cannot."""
+        entry = self.record.tables.get(t.name)
+        if not t.probes:
+            return "the table has no behaviour probes"
+        if entry is None or entry.get("code") != recorded_fingerprint:
+            return f"no behaviour digest recorded for the code that made it ({digest.FILE})"
+        if entry.get("strict") != t.strict_fingerprint(self.root):
+            return f"sources the behaviour digest cannot see changed: {', '.join(t.strict)}"
+        diffs = digest.differences(self.record.probes_of(t.name), self.now(), t.probes)
+        if diffs:
+            return f"behaviour changed ({len(diffs)} probe value(s)), e.g. " + "; ".join(diffs[:3])
+        return None
+
+    def record_tables(self, tables: list[TableSpec], folder: Path) -> str:
+        """Record the probes of the code now for `tables` (whose blocks were just made on it); the digest."""
+        probes = self.now()
+        for t in tables:
+            self.record.put(t.name, t.code_fingerprint(self.root), t.strict_fingerprint(self.root),
+                            {p: probes[p] for p in t.probes}, machine())
+        self.record.write(folder)
+        return digest.digest(probes)
 
 
 @dataclass(frozen=True)
@@ -408,6 +464,7 @@ def check(root: Path, folder: Path, lastfm_dir: Path | None, only: tuple[str, ..
     else:
         notes.append("Last.fm-2k folder not available: data fingerprints not re-checked (code fingerprints are)")
     blocks_by_doc: dict[str, dict[str, Any]] = {}
+    behaviour = Behaviour(root, folder, [t for t in select(only, quick=False) if not t.machine_bound])
     for t in select(only, quick=False):
         path = folder / t.doc
         if t.doc not in blocks_by_doc:
@@ -424,7 +481,13 @@ def check(root: Path, folder: Path, lastfm_dir: Path | None, only: tuple[str, ..
         else:
             now = t.code_fingerprint(root)
             if meta.get("code_fingerprint") != now:
-                problems.append(Finding(t.name, t.doc, f"stale: code fingerprint {meta.get('code_fingerprint')} recorded, {now} now"))
+                why = behaviour.vouch(t, str(meta.get("code_fingerprint")))
+                if why is None:
+                    notes.append(f"{t.name}: sources changed (code fingerprint {meta.get('code_fingerprint')} recorded, {now} "
+                                 f"now) but the behaviour digest of {', '.join(t.probes)} is unchanged: current")
+                else:
+                    problems.append(Finding(t.name, t.doc, f"stale: code fingerprint {meta.get('code_fingerprint')} recorded, "
+                                            f"{now} now; {why}"))
             if data_fp is not None and meta.get("data") == "lastfm-2k" and meta.get("data_fingerprint") != data_fp:
                 problems.append(Finding(t.name, t.doc, f"stale: data fingerprint {meta.get('data_fingerprint')} recorded, {data_fp} now"))
     for doc, blocks in blocks_by_doc.items():
