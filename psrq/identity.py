@@ -39,7 +39,8 @@ from psrq.base import (
     check_fit_input,
     nearest,
 )
-from psrq.kmeans import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, kmeans, subsample
+from psrq.clustering import kmeans
+from psrq.kmeans_common import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, subsample
 from psrq.progressive import PSRQ
 
 MAX_IDENTITY_LAYERS = 2

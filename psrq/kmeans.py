@@ -5,58 +5,31 @@ The decomposed k-means never builds the 2d-dim points z = [r ⊕ w·p]. Because
 the prefix half of every distance comes from a small [paths, K] table, and the prefix half
 of every centroid update from a [K, paths] count matrix.
 
-Backends: `kmeans` / `layer_prefix_kmeans` dispatch on (device, backend) resolved by
-`resolve_backend`: faiss and numpy on the CPU (the default; bit-identical to the code before
-the torch backend existed), or psrq.torch_kmeans on a torch device. faiss and torch are
-imported only where a backend needs them, so a GPU host without faiss fits with torch.
+This is the CPU backend (faiss for plain data, numpy for the decomposed Lloyd); psrq.torch_kmeans
+is the torch one. Both take their shared pieces from psrq.kmeans_common and import neither each
+other nor psrq.clustering, which dispatches between them on (device, backend). faiss is imported
+only where it runs, so a GPU host without faiss fits with torch.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from psrq.base import F32, I64, SEARCH_BLOCK, Quantizer, nearest_two, run_parallel, worker_count
+from psrq.base import F32, I64, SEARCH_BLOCK, nearest_two, run_parallel, worker_count
+from psrq.kmeans_common import DEFAULT_MAX_POINTS_PER_CENTROID as DEFAULT_MAX_POINTS_PER_CENTROID
+from psrq.kmeans_common import DEFAULT_NITER, initial_rows, split_empty
+from psrq.kmeans_common import subsample as subsample
 
-DEFAULT_NITER = 20
-DEFAULT_MAX_POINTS_PER_CENTROID = 256
-# relative perturbation used when an empty cluster takes half of the largest one (as faiss does)
-_SPLIT_EPS = 1.0 / 1024.0
 # float32's unit roundoff (the scores' error bound: _score_error)
 _UNIT_ROUNDOFF = 2.0**-24
 # fewest rows re-scored in one pass (pads small sets, so that sgemm never runs on one row)
 _MIN_RESCORED = 64
 # above this share of rows to re-score, all are (gathering the rows would cost more than it saves)
 _RESCORE_ALL_SHARE = 0.75
-DEVICES = re.compile(r"cpu|auto|cuda(:\d+)?")
-BACKENDS = ("auto", "faiss", "torch")
-
-
-def resolve_backend(device: str = "cpu", backend: str = "auto") -> tuple[str, str]:
-    """(backend, device) a fit runs on: device "auto" is cuda when torch sees one, else cpu;
-    backend "auto" is faiss on the CPU and torch on cuda. faiss runs on the CPU only."""
-    if not DEVICES.fullmatch(device):
-        raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown k-means backend {backend!r}; expected one of {BACKENDS}")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if backend == "auto":
-        backend = "faiss" if device == "cpu" else "torch"
-    if backend == "faiss" and device != "cpu":
-        raise ValueError(f"the faiss k-means backend runs on the CPU only, not on {device!r}")
-    return backend, device
-
-
-def check_kmeans_backend(device: str, backend: str) -> None:
-    """Raise ValueError for a device / backend a fit could not run on (no torch import for "auto")."""
-    resolve_backend("cpu" if device == "auto" else device, backend)
+# (the `X as X` imports above re-export DEFAULT_MAX_POINTS_PER_CENTROID and subsample for sidstream.bench)
 
 
 def set_threads(n: int | None = None) -> int:
@@ -66,21 +39,6 @@ def set_threads(n: int | None = None) -> int:
     count = n if n is not None else (os.cpu_count() or 1)
     faiss.omp_set_num_threads(count)
     return count
-
-
-def initial_rows(n: int, k: int, seed: int) -> I64:
-    """k distinct seeded row indices (sorted): the initial centroids of a Lloyd k-means."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
-
-
-def subsample(n: int, k: int, seed: int, max_points_per_centroid: int) -> I64 | None:
-    """Row indices of a seeded training subsample (None: use all rows), as faiss would draw."""
-    cap = k * max_points_per_centroid
-    if n <= cap:
-        return None
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=cap, replace=False)).astype(np.int64)
 
 
 def faiss_kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER) -> F32:
@@ -98,38 +56,6 @@ def faiss_kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER) -> F32:
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER, device: str = "cpu", backend: str = "auto") -> F32:
-    """Seeded k-means, float32 centroids [k, d]: faiss on the CPU, torch on `device` otherwise."""
-    backend, device = resolve_backend(device, backend)
-    if backend == "faiss":
-        return faiss_kmeans(X, k, seed, niter)
-    from psrq.torch_kmeans import torch_kmeans
-
-    return torch_kmeans(X, k, seed, niter, device)
-
-
-def layer_prefix_kmeans(
-    R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER,
-    device: str = "cpu", backend: str = "auto",
-) -> F32:
-    """prefix_kmeans on the backend `kmeans` would use (numpy with faiss, else torch)."""
-    return layer_prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter, device, backend)[0]
-
-
-def layer_prefix_kmeans_fit(
-    R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER,
-    device: str = "cpu", backend: str = "auto",
-) -> tuple[F32, I64 | None]:
-    """layer_prefix_kmeans plus the final assignment when the fit already knows it (see
-    prefix_kmeans_fit; None on the torch backend or when it must be recomputed)."""
-    backend, device = resolve_backend(device, backend)
-    if backend == "faiss":
-        return prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter)
-    from psrq.torch_kmeans import torch_prefix_kmeans
-
-    return torch_prefix_kmeans(R, prefixes, path_idx, k, seed, niter, device), None
-
-
 def prefix_table(prefixes: F32, centroids_p: F32, prefix_norms: F32 | None = None) -> F32:
     """T[u, j] = ||prefixes[u] - centroids_p[j]||² for every distinct (weighted) prefix u
     (`prefix_norms`: ||prefixes[u]||², when the caller already has them)."""
@@ -138,17 +64,6 @@ def prefix_table(prefixes: F32, centroids_p: F32, prefix_norms: F32 | None = Non
     t += (np.einsum("ij,ij->i", prefixes, prefixes) if prefix_norms is None else prefix_norms)[:, None]
     t += np.einsum("ij,ij->i", centroids_p, centroids_p)[None, :]
     return t
-
-
-def split_empty(C: F32, counts: np.ndarray) -> None:
-    """Give every empty cluster half of the currently largest one (in place, deterministic)."""
-    for j in np.flatnonzero(counts == 0):
-        big = int(counts.argmax())
-        sign = np.where(np.arange(C.shape[1]) % 2 == 0, 1.0, -1.0).astype(np.float32)
-        C[j] = C[big] * (1 + sign * _SPLIT_EPS)
-        C[big] = C[big] * (1 - sign * _SPLIT_EPS)
-        counts[j] = counts[big] // 2
-        counts[big] -= counts[j]
 
 
 def prefix_kmeans(
@@ -283,45 +198,3 @@ def prefix_kmeans_fit(
         C_r = np.ascontiguousarray(C[:, :d])
         C_p = np.ascontiguousarray(C[:, d:])
     return np.ascontiguousarray(np.concatenate([C_r, C_p], axis=1)), None
-
-
-class LayeredKMeans(Quantizer):
-    """Shared state of quantizers with one k-means codebook per layer (RQ, PQ):
-    hyper-parameters, the per-layer centroid list, and its artifact form.
-
-    `device` / `kmeans_backend` choose where the fit's k-means runs (resolve_backend); they
-    are not in options(): an artifact is the same whichever backend fitted it."""
-
-    def __init__(
-        self,
-        codebook_sizes: Any,
-        seed: int = 0,
-        niter: int = DEFAULT_NITER,
-        max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
-        device: str = "cpu",
-        kmeans_backend: str = "auto",
-    ) -> None:
-        super().__init__(codebook_sizes, seed)
-        check_kmeans_backend(device, kmeans_backend)
-        self.niter = int(niter)
-        self.max_points_per_centroid = int(max_points_per_centroid)
-        self.device, self.kmeans_backend = device, kmeans_backend
-        self.centroids: list[F32] = []
-
-    def _kmeans(self, X: F32, k: int, seed: int) -> F32:
-        return kmeans(X, k, seed, self.niter, self.device, self.kmeans_backend)
-
-    def options(self) -> dict[str, Any]:
-        return {"seed": self.seed, "niter": self.niter, "max_points_per_centroid": self.max_points_per_centroid}
-
-    def tensors(self) -> dict[str, F32]:
-        return {f"layer{i}": C for i, C in enumerate(self.centroids)}
-
-    @classmethod
-    def from_state(
-        cls, tensors: dict[str, F32], options: dict[str, Any], dim: int, codebook_sizes: tuple[int, ...]
-    ) -> Quantizer:
-        q = cls(codebook_sizes, **options)
-        q.centroids = [np.ascontiguousarray(tensors[f"layer{i}"], dtype=np.float32) for i in range(len(codebook_sizes))]
-        q._dim = dim
-        return q

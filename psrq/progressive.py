@@ -41,13 +41,12 @@ from psrq.base import (
     nearest,
     run_parallel,
 )
-from psrq.kmeans import (
+from psrq.clustering import kmeans, layer_prefix_kmeans_fit
+from psrq.kmeans import prefix_table
+from psrq.kmeans_common import (
     DEFAULT_MAX_POINTS_PER_CENTROID,
     DEFAULT_NITER,
     check_kmeans_backend,
-    kmeans,
-    layer_prefix_kmeans_fit,
-    prefix_table,
     resolve_backend,
     subsample,
 )
@@ -120,7 +119,7 @@ class PSRQ(Quantizer):
     ) -> None:
         super().__init__(codebook_sizes, seed)
         check_kmeans_backend(device, kmeans_backend)
-        # where the fit's k-means runs (psrq.kmeans.resolve_backend); not in options(): an
+        # where the fit's k-means runs (psrq.kmeans_common.resolve_backend); not in options(): an
         # artifact is the same whichever backend fitted it
         self.device, self.kmeans_backend = device, kmeans_backend
         if not np.isfinite(alpha) or alpha < 0:

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from psrq.base import F32, I64, check_codes, check_encode_input, check_fit_input, encode_in_blocks, nearest
-from psrq.kmeans import LayeredKMeans, subsample
+from psrq.clustering import LayeredKMeans
+from psrq.kmeans_common import subsample
 
 
 class RQ(LayeredKMeans):

@@ -1,7 +1,7 @@
 """RQ-VAE (torch): MLP encoder -> residual VQ in a latent space -> MLP decoder.
 
 Training: a few reconstruction-only warm-up epochs, k-means initialisation of each residual
-codebook on the latents (psrq.kmeans.kmeans: faiss, or torch on `device`), then joint training with the straight-through estimator,
+codebook on the latents (psrq.clustering.kmeans: faiss, or torch on `device`), then joint training with the straight-through estimator,
 the codebook loss ||sg(r) - e||² and the commitment loss beta·||r - sg(e)||². Seeded and
 deterministic on CPU; defaults keep a fit to seconds on ~10k items.
 
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from psrq.base import F32, I64, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
-from psrq.kmeans import check_kmeans_backend, kmeans
+from psrq.clustering import kmeans
+from psrq.kmeans_common import check_kmeans_backend
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""k-means in torch, for fitting codebooks on a GPU (psrq.kmeans.kmeans dispatches here).
+"""k-means in torch, for fitting codebooks on a GPU (psrq.clustering.kmeans dispatches here).
 
 The same contract as psrq.kmeans.faiss_kmeans: float32 centroids [k, d], initialised with k
 distinct seeded rows (the rule faiss and psrq.kmeans.prefix_kmeans follow: a seeded random
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from psrq.base import F32, I64
-from psrq.kmeans import DEFAULT_NITER, initial_rows, split_empty
+from psrq.kmeans_common import DEFAULT_NITER, initial_rows, split_empty
 
 # entries of one [rows, K] distance block: bounds the memory of an assignment pass
 BLOCK_ELEMENTS = 1 << 24

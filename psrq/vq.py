@@ -8,13 +8,8 @@ from typing import Any
 import numpy as np
 
 from psrq.base import F32, I64, Quantizer, check_codes, check_encode_input, check_fit_input, nearest
-from psrq.kmeans import (
-    DEFAULT_MAX_POINTS_PER_CENTROID,
-    DEFAULT_NITER,
-    check_kmeans_backend,
-    kmeans,
-    subsample,
-)
+from psrq.clustering import kmeans
+from psrq.kmeans_common import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, check_kmeans_backend, subsample
 
 log = logging.getLogger(__name__)
 

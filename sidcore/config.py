@@ -123,7 +123,7 @@ class CodebookSettings(_Frozen):
     min_points_per_code: int = Field(4, ge=1, description="K is capped at fit points // this")
     identity_layers: int = Field(2, ge=1, le=2, description="psrq_id: identity codes after the semantic layers")
     identity_size: int | None = Field(None, ge=2, description="psrq_id: K of each identity layer (None: the semantic K)")
-    # where the fit's k-means runs (psrq.kmeans.resolve_backend); the artifact does not depend on it
+    # where the fit's k-means runs (psrq.kmeans_common.resolve_backend); the artifact does not depend on it
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
                         description="k-means device: cpu, cuda, cuda:N, or auto (cuda when torch sees one, else cpu)")
     kmeans_backend: Literal["auto", "faiss", "torch"] = Field(

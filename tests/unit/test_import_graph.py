@@ -13,7 +13,6 @@ PACKAGES = ("sidstream", "streams", "trainer", "psrq", "encoders", "sidcore")
 # results tables (sidstream/results: whole-file fingerprints), so untangling them re-runs the
 # 188-run Last.fm tables; they go once the tables key on a behaviour digest instead.
 KNOWN = {
-    ("psrq.kmeans", "psrq.torch_kmeans"): "fingerprinted by the quantizers, ids and Last.fm tables",
     ("trainer.models.config", "trainer.models.din"): "fingerprinted by the Last.fm tables",
     ("trainer.models.config", "trainer.models.mcca"): "fingerprinted by the Last.fm tables",
 }

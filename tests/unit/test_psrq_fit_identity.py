@@ -15,7 +15,8 @@ import scipy.sparse as sp
 import psrq.kmeans as kmeans_module
 from psrq import make_quantizer
 from psrq.base import SEARCH_BLOCK, nearest, nearest_two, run_parallel
-from psrq.kmeans import initial_rows, prefix_kmeans, prefix_kmeans_fit, prefix_table, split_empty, subsample
+from psrq.kmeans import prefix_kmeans, prefix_kmeans_fit, prefix_table
+from psrq.kmeans_common import initial_rows, split_empty, subsample
 from psrq.progressive import PSRQ, path_index, prefix_weight
 
 pytestmark = pytest.mark.unit

@@ -15,9 +15,11 @@ import torch
 
 from psrq import load_codebook, make_quantizer, save_codebook
 from psrq.base import nearest
+from psrq.clustering import kmeans
 from psrq.fitting import fit_codebook
 from psrq.health import cosine_rows
-from psrq.kmeans import faiss_kmeans, initial_rows, kmeans, prefix_kmeans, resolve_backend, subsample
+from psrq.kmeans import faiss_kmeans, prefix_kmeans
+from psrq.kmeans_common import initial_rows, resolve_backend, subsample
 from psrq.progressive import path_index
 from psrq.torch_kmeans import torch_kmeans, torch_prefix_kmeans
 from sidcore.config import CodebookSettings
