@@ -9,13 +9,10 @@ import pytest
 pytestmark = pytest.mark.unit
 
 PACKAGES = ("sidstream", "streams", "trainer", "psrq", "encoders", "sidcore")
-# Circles that remain, each closed by a function-level import. Their files are sources of the
-# results tables (sidstream/results: whole-file fingerprints), so untangling them re-runs the
-# 188-run Last.fm tables; they go once the tables key on a behaviour digest instead.
-KNOWN = {
-    ("trainer.models.config", "trainer.models.din"): "fingerprinted by the Last.fm tables",
-    ("trainer.models.config", "trainer.models.mcca"): "fingerprinted by the Last.fm tables",
-}
+# Circles that remain, each with the reason it stays. None since issue 30: the last ones
+# (psrq.kmeans <-> psrq.torch_kmeans, trainer.models.config <-> din / mcca) went once the results
+# tables kept current on a behaviour digest (sidstream.results.digest) instead of re-running.
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def circles() -> set[tuple[str, str]]:

@@ -1,12 +1,10 @@
-"""The ranker's dataclass config and the factory that builds a model from it."""
+"""The ranker's dataclass config (the factory that builds a model from it: trainer.models.build_model)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -38,19 +36,3 @@ class ModelConfig:
                 d[key] = tuple(d[key])
         return cls(**d)
 
-
-def build_model(config: ModelConfig, n_id_rows: int, codebook_sizes: Mapping[str, Sequence[int]]) -> nn.Module:
-    """A DIN or MCCA for an ID table of `n_id_rows` rows and the data set's codebooks (by name)."""
-    from trainer.models.din import DIN
-    from trainer.models.mcca import MCCA
-
-    if config.kind == "din":
-        sizes = None
-        if config.sid_codebook is not None:
-            if config.sid_codebook not in codebook_sizes:
-                raise ValueError(f"DIN + SID needs the {config.sid_codebook!r} codebook; have {sorted(codebook_sizes)}")
-            sizes = codebook_sizes[config.sid_codebook]
-        return DIN(config, n_id_rows, sizes)
-    if config.kind == "mcca":
-        return MCCA(config, n_id_rows, codebook_sizes)
-    raise ValueError(f"unknown model kind {config.kind!r}; expected 'din' or 'mcca'")
