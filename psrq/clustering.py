@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from psrq.base import F32, I64, Quantizer
-from psrq.kmeans import faiss_kmeans, prefix_kmeans_fit
+from psrq.kmeans import faiss_kmeans, prefix_kmeans
 from psrq.kmeans_common import (
     DEFAULT_MAX_POINTS_PER_CENTROID,
     DEFAULT_NITER,
@@ -32,20 +32,13 @@ def kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER, device: str = 
 def layer_prefix_kmeans(
     R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER,
     device: str = "cpu", backend: str = "auto",
-) -> F32:
-    """prefix_kmeans on the backend `kmeans` would use (numpy with faiss, else torch)."""
-    return layer_prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter, device, backend)[0]
-
-
-def layer_prefix_kmeans_fit(
-    R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER,
-    device: str = "cpu", backend: str = "auto",
 ) -> tuple[F32, I64 | None]:
-    """layer_prefix_kmeans plus the final assignment when the fit already knows it (see
-    prefix_kmeans_fit; None on the torch backend or when it must be recomputed)."""
+    """prefix_kmeans on the backend `kmeans` would use (numpy with faiss, else torch):
+    (centroids [k, 2d], the final assignment when the fit already knows it -- see
+    psrq.kmeans.prefix_kmeans; None on the torch backend or when it must be recomputed)."""
     backend, device = resolve_backend(device, backend)
     if backend == "faiss":
-        return prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter)
+        return prefix_kmeans(R, prefixes, path_idx, k, seed, niter)
     return torch_prefix_kmeans(R, prefixes, path_idx, k, seed, niter, device), None
 
 

@@ -66,16 +66,6 @@ def prefix_table(prefixes: F32, centroids_p: F32, prefix_norms: F32 | None = Non
     return t
 
 
-def prefix_kmeans(
-    R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER
-) -> F32:
-    """Lloyd k-means on z_i = [R[i] ⊕ prefixes[path_idx[i]]]; returns centroids [k, 2d].
-
-    `prefixes` are already weighted (w·p). Initial centroids are k distinct seeded rows.
-    """
-    return prefix_kmeans_fit(R, prefixes, path_idx, k, seed, niter)[0]
-
-
 def _membership(assign: I64, cols: I64, k: int, width: int) -> sp.csr_matrix:
     """[k, width] CSR matrix with M[assign[i], cols[i]] += 1 (duplicates summed, columns sorted)."""
     n = assign.shape[0]
@@ -122,12 +112,15 @@ def _padded(rows: I64, n: int) -> I64:
     return rows
 
 
-def prefix_kmeans_fit(
+def prefix_kmeans(
     R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER
 ) -> tuple[F32, I64 | None]:
-    """prefix_kmeans' centroids [k, 2d], and the rows' nearest centroid among them when the
-    Lloyd loop stopped on a repeated assignment (that assignment is then exactly what a fresh
-    nearest-centroid pass would give; None when the last iteration moved the centroids).
+    """Lloyd k-means on z_i = [R[i] ⊕ prefixes[path_idx[i]]]: (centroids [k, 2d], the rows'
+    nearest centroid among them when the Lloyd loop stopped on a repeated assignment -- that
+    assignment is then exactly what a fresh nearest-centroid pass would give -- else None, when
+    the last iteration moved the centroids).
+
+    `prefixes` are already weighted (w·p). Initial centroids are k distinct seeded rows.
 
     Each iteration's assignment is exactly nearest()'s (same bits), but rows whose assignment
     provably cannot change are not re-scored (Hamerly's bounds): per row an upper bound U on

@@ -41,7 +41,7 @@ from psrq.base import (
     nearest,
     run_parallel,
 )
-from psrq.clustering import kmeans, layer_prefix_kmeans_fit
+from psrq.clustering import kmeans, layer_prefix_kmeans
 from psrq.kmeans import prefix_table
 from psrq.kmeans_common import (
     DEFAULT_MAX_POINTS_PER_CENTROID,
@@ -180,7 +180,7 @@ class PSRQ(Quantizer):
                     prefixes = np.ascontiguousarray(np.float32(w) * P_first)
                     # `assigned`: the Lloyd loop stopped on a repeated assignment, which is then
                     # exactly the nearest-centroid pass below (same inputs, same kernel): reuse it
-                    C, assigned = layer_prefix_kmeans_fit(
+                    C, assigned = layer_prefix_kmeans(
                         R, prefixes, path_idx, k, seed, self.niter, self.device, self.kmeans_backend
                     )
                 if assigned is not None:

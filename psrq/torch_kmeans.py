@@ -143,5 +143,6 @@ def torch_kmeans(X: F32, k: int, seed: int, niter: int = DEFAULT_NITER, device: 
 def torch_prefix_kmeans(
     R: F32, prefixes: F32, path_idx: I64, k: int, seed: int, niter: int = DEFAULT_NITER, device: str = "cpu"
 ) -> F32:
-    """psrq.kmeans.prefix_kmeans on `device`: centroids [k, 2d] of [R ⊕ prefixes[path_idx]]."""
+    """psrq.kmeans.prefix_kmeans on `device`: centroids [k, 2d] of [R ⊕ prefixes[path_idx]]
+    (without the final assignment)."""
     return _lloyd(R, k, seed, niter, device, prefixes, path_idx)

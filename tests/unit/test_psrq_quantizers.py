@@ -101,7 +101,7 @@ def test_prefix_table_equals_explicit_distances() -> None:
     R = rng.standard_normal((200, 6)).astype(np.float32)
     prefixes = rng.standard_normal((5, 6)).astype(np.float32)
     path = rng.integers(0, 5, 200)
-    C = prefix_kmeans(R, prefixes, path, k=7, seed=0, niter=5)
+    C, _ = prefix_kmeans(R, prefixes, path, k=7, seed=0, niter=5)
     Z = np.concatenate([R, prefixes[path]], axis=1)
     explicit = ((Z[:, None, :] - C[None]) ** 2).sum(axis=2)
     table = prefix_table(prefixes, np.ascontiguousarray(C[:, 6:]))
@@ -114,7 +114,7 @@ def test_prefix_kmeans_centroids_are_means_of_their_members() -> None:
     R = rng.standard_normal((300, 4)).astype(np.float32)
     prefixes = rng.standard_normal((6, 4)).astype(np.float32)
     path = rng.integers(0, 6, 300)
-    C = prefix_kmeans(R, prefixes, path, k=5, seed=1, niter=30)
+    C, _ = prefix_kmeans(R, prefixes, path, k=5, seed=1, niter=30)
     Z = np.concatenate([R, prefixes[path]], axis=1)
     assign = ((Z[:, None, :] - C[None]) ** 2).sum(axis=2).argmin(axis=1)
     for j in np.unique(assign):  # a converged Lloyd fixed point

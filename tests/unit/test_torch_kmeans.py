@@ -103,7 +103,7 @@ def test_prefix_kmeans_matches_the_numpy_decomposed_lloyd() -> None:
     prefixes = np.ascontiguousarray(0.5 * faiss_kmeans(X, 8, seed=0)[codes[first, 0]], dtype=np.float32)
     R = np.ascontiguousarray(X - faiss_kmeans(X, 8, seed=0)[codes[:, 0]])
     ours = torch_prefix_kmeans(R, prefixes, path, k=12, seed=2, niter=10)
-    numpy_path = prefix_kmeans(R, prefixes, path, k=12, seed=2, niter=10)
+    numpy_path, _ = prefix_kmeans(R, prefixes, path, k=12, seed=2, niter=10)
     assert ours.shape == numpy_path.shape == (12, 32) and ours.dtype == np.float32
     assert np.allclose(ours, numpy_path, atol=1e-5)
 
