@@ -73,7 +73,7 @@ def test_a_rename_keeps_the_table_current(checkout: Path) -> None:
 
 def test_a_changed_default_makes_the_table_stale(checkout: Path) -> None:
     """Changing the k-means iteration default moves the quantizers' numbers: stale, naming a value."""
-    _edit(checkout / "psrq" / "kmeans.py", r"DEFAULT_NITER = 20\b", "DEFAULT_NITER = 3")
+    _edit(checkout / "psrq" / "kmeans_common.py", r"DEFAULT_NITER = 20\b", "DEFAULT_NITER = 3")
     problems, _ = check(checkout, checkout / "docs" / "results", None, only=("quantizers",))
     assert len(problems) == 1 and "behaviour changed" in problems[0].problem, problems
 
