@@ -29,7 +29,7 @@ import numpy as np
 from sidcore.config import CodebookSettings
 from trainer.codes import cached_codes, with_joint
 from trainer.dataset import Dataset
-from trainer.embeddings import item_embeddings
+from trainer.embeddings import TextEncoding, item_embeddings
 from trainer.features import HISTORY_LEN, IdVocab, Lookup, Samples, build_samples, time_split
 from trainer.metrics import COLD_THRESHOLD, cold_mask, ranking_metrics
 from trainer.models import ModelConfig, build_model
@@ -101,8 +101,13 @@ class Prepared:
                 "items": int(len(self.catalog)), "id_vocab": len(self.vocab.item_ids)}
 
 
-def prepare(ds: Dataset, test_fraction: float = 0.2, history_len: int = HISTORY_LEN, max_rows: int | None = None) -> Prepared:
-    """Histories, the time split, the training ID vocabulary and the aligned item embeddings."""
+def prepare(
+    ds: Dataset, test_fraction: float = 0.2, history_len: int = HISTORY_LEN, max_rows: int | None = None,
+    text: TextEncoding | None = None,
+) -> Prepared:
+    """Histories, the time split, the training ID vocabulary and the aligned item embeddings
+    (`text`: how to embed item texts the data set has no text embeddings for; None: it must
+    have them -- trainer.embeddings.item_embeddings)."""
     inter = ds.interactions.sort_values("timestamp", kind="stable")
     if max_rows is not None and len(inter) > max_rows:
         inter = inter.iloc[:max_rows]  # the earliest rows: a smaller data set with the same time order
@@ -112,7 +117,7 @@ def prepare(ds: Dataset, test_fraction: float = 0.2, history_len: int = HISTORY_
     train, test = samples.take(train_rows), samples.take(test_rows)
     cat = np.asarray(catalog)
     vocab = IdVocab(sorted(set(cat[train.items].tolist())))
-    emb = with_joint(item_embeddings(ds, catalog))
+    emb = with_joint(item_embeddings(ds, catalog, text=text))
     return Prepared(samples, train, test, cat, vocab, emb, cutoff, ds.fingerprint())
 
 

@@ -28,7 +28,7 @@ from sidcore.registry import ArtifactVersion, Registry
 from trainer import ddp
 from trainer.codes import encode_codes, with_joint
 from trainer.dataset import Dataset, DatasetContractError, load_dataset, read_interaction_logs, read_items
-from trainer.embeddings import item_embeddings
+from trainer.embeddings import TextEncoding, item_embeddings
 from trainer.evaluate import prepare
 from trainer.features import IdVocab, Lookup
 from trainer.graphed import train_model_graphed, use_cuda_graph
@@ -79,6 +79,9 @@ class JobConfig:
     # ranker on one CUDA device: the whole step as one CUDA graph (trainer.graphed); no effect elsewhere
     cuda_graph: bool = True
     ranker_gate: RankerGateConfig = field(default_factory=RankerGateConfig)  # settings.train.gate_*, holdout_days
+    # how to embed item texts the data set has no text embeddings for (the CLI: its settings'
+    # cache dir and encoders); None: the data set must carry them (trainer.embeddings.item_embeddings)
+    text_encoding: TextEncoding | None = None
 
 
 def load_source(config: JobConfig) -> Dataset:
@@ -172,7 +175,7 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
     registry.clean_incomplete(CODEBOOKS)
     ds = load_source(config)
     catalog = _catalog(ds)
-    embeddings = with_joint(item_embeddings(ds, catalog))
+    embeddings = with_joint(item_embeddings(ds, catalog, text=config.text_encoding))
     if not embeddings:
         raise DatasetContractError("no item text or embeddings: cannot fit codebooks")
     fit_fp = _embedding_fingerprint(embeddings)
@@ -318,12 +321,15 @@ def bootstrap_codebooks(
     return version
 
 
-def item_codes(codebook_version: ArtifactVersion, ds: Dataset, catalog: list[str]) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
-    """SIDs of every catalog item under a registered codebook version (-1 where a modality is missing)."""
+def item_codes(
+    codebook_version: ArtifactVersion, ds: Dataset, catalog: list[str], text: TextEncoding | None
+) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """SIDs of every catalog item under a registered codebook version (-1 where a modality is missing);
+    `text`: how to embed item texts without text embeddings (trainer.embeddings.item_embeddings)."""
     from psrq import load_codebook_set
 
     cs = load_codebook_set(codebook_version.path)
-    embeddings = with_joint(item_embeddings(ds, catalog, [m for m in cs.modalities if m != "joint"]))
+    embeddings = with_joint(item_embeddings(ds, catalog, [m for m in cs.modalities if m != "joint"], text=text))
     codes = encode_codes(cs.codebooks, embeddings)
     return codes, {m: cs.codebooks[m].semantic_sizes for m in codes}
 
@@ -337,12 +343,12 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
     ds = load_source(config)
     test_fraction = holdout_fraction(ds.interactions["timestamp"].to_numpy(), config.ranker_gate.holdout_days,
                                      config.test_fraction)
-    prep = prepare(ds, test_fraction)
+    prep = prepare(ds, test_fraction, text=config.text_encoding)
     needs_codes = config.model.kind == "mcca" or config.model.sid_codebook is not None
     live = registry.get(CODEBOOKS, config.codebook_version) if config.codebook_version else registry.live(CODEBOOKS)
     if needs_codes and live is None:
         raise JobError(f"no live codebook version in {config.registry}; run `sidstream train codebooks` first")
-    codes, sizes = item_codes(live, ds, prep.catalog.tolist()) if (needs_codes and live) else ({}, {})
+    codes, sizes = item_codes(live, ds, prep.catalog.tolist(), config.text_encoding) if (needs_codes and live) else ({}, {})
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     codebook_version = live.version if (needs_codes and live) else None
     key = _key(prep.fingerprint, codebook_version, config.model.to_dict(), config.train.to_dict(), test_fraction)
@@ -394,7 +400,8 @@ def _gate(registry: Registry, live: ArtifactVersion | None, ds: Dataset, prep: A
     live_probs, why = None, None
     if live is not None:
         try:
-            live_probs = score_ranker(registry, live, ds, prep, config.train.device, config.train.data_path)
+            live_probs = score_ranker(registry, live, ds, prep, config.train.device, config.train.data_path,
+                                      config.text_encoding)
         except Exception as exc:  # noqa: BLE001 - an unscorable live ranker is reported, the candidate still gated
             why = f"{type(exc).__name__}: {exc}"
             log.warning("ranker gate: the live ranker %s cannot be scored on this window (%s); gating on chance only",
@@ -407,14 +414,14 @@ def _gate(registry: Registry, live: ArtifactVersion | None, ds: Dataset, prep: A
 
 
 def score_ranker(registry: Registry, ranker: ArtifactVersion, ds: Dataset, prep: Any, device: Any = None,
-                 data_path: Any = None) -> np.ndarray:
+                 data_path: Any = None, text: TextEncoding | None = None) -> np.ndarray:
     """A registered ranker's scores of `prep.test`, with its own ID vocabulary and the SIDs of
-    the codebook version it was trained on."""
+    the codebook version it was trained on (`text`: as in item_codes)."""
     model, vocab, manifest = load_ranker(ranker)
     cb_version = manifest.get("codebook_version")
     codes: dict[str, np.ndarray] = {}
     if cb_version is not None:
-        codes, _ = item_codes(registry.get(CODEBOOKS, cb_version), ds, prep.catalog.tolist())
+        codes, _ = item_codes(registry.get(CODEBOOKS, cb_version), ds, prep.catalog.tolist(), text)
     state = torch.load(ranker.path / "model.pt", map_location="cpu", weights_only=False)
     lookup = Lookup(IdVocab(vocab, state["oov_buckets"]).rows(prep.catalog.tolist()), codes)
     return predict(model, prep.test, lookup, device=device, data_path=data_path)

@@ -71,11 +71,12 @@ def convert() -> None:
 def convert_lastfm_cmd(src: Path | None, out: Path, neg_per_pos: int, seed: int, embed: bool) -> None:
     """Last.fm-2k -> interactions.csv, items.jsonl, embeddings/ (artists as items)."""
     from trainer.dataset import write_dataset
+    from trainer.embeddings import TextEncoding
     from trainer.lastfm_convert import convert_lastfm, embed_items
 
     ds = convert_lastfm(src or _settings().lastfm_dir, neg_per_pos=neg_per_pos, seed=seed)
     if embed:
-        ds = embed_items(ds)
+        ds = embed_items(ds, TextEncoding.from_settings(_settings()))
     write_dataset(out, ds)
     _echo_json({k: v for k, v in ds.info.items() if k != "choices"} | {"out": str(out), "fingerprint": ds.fingerprint()})
 
@@ -139,6 +140,7 @@ def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool
 
     from sidstream.cli import UserError
     from trainer.dataset import DatasetContractError, load_dataset
+    from trainer.embeddings import TextEncoding
     from trainer.evaluate import QUICK_MODEL, evaluate, plot_results, prepare, results_table
     from trainer.models import ModelConfig
     from trainer.train_loop import TrainConfig
@@ -156,7 +158,7 @@ def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool
         dataset = load_dataset(data_dir)
     except DatasetContractError as exc:
         raise UserError(str(exc)) from exc
-    prep = prepare(dataset, test_fraction, max_rows=20_000 if quick else None)
+    prep = prepare(dataset, test_fraction, max_rows=20_000 if quick else None, text=TextEncoding.from_settings(_settings()))
     cache = _settings().cache_dir / "codes"
     emit = _echo_json if as_json else None
     with _progress(not quick) as on_progress:
@@ -240,6 +242,7 @@ _ranker_options = _options(
 def _job_config(kw: dict[str, Any]) -> Any:
     """JobConfig from the options given; codebook settings the options leave out come from
     settings.codebook (anchor, prefix_scale, seed, min_points_per_code included)."""
+    from trainer.embeddings import TextEncoding
     from trainer.jobs import JobConfig
     from trainer.models import ModelConfig
     from trainer.ranker_gate import RankerGateConfig
@@ -261,7 +264,7 @@ def _job_config(kw: dict[str, Any]) -> Any:
         interactions=kw["interactions"], items=kw["items"], codebook=codebook, model=model, train=train_config,
         promote=kw["promote"], fail_after_steps=kw["fail_after_steps"], force=kw.get("force", False),
         force_gate=kw.get("force_gate", False), cuda_graph=s.train.gpu_cuda_graph,
-        ranker_gate=RankerGateConfig.from_settings(s.train),
+        ranker_gate=RankerGateConfig.from_settings(s.train), text_encoding=TextEncoding.from_settings(s),
     )
 
 

@@ -127,13 +127,15 @@ def write_hetrec(folder: Path, users: int = 40, artists: int = 60, tags: int = 1
 
 
 def _lastfm_convert() -> dict[str, Any]:
+    from sidcore.config import get_settings
+    from trainer.embeddings import TextEncoding
     from trainer.lastfm_convert import convert_lastfm, embed_items
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = convert_lastfm(write_hetrec(Path(tmp) / "hetrec"))
         rows = ds.interactions.to_csv(index=False).encode()
         info = {k: v for k, v in ds.info.items() if k != "choices"}
-        E = embed_items(ds).embeddings["text"]
+        E = embed_items(ds, TextEncoding.from_settings(get_settings())).embeddings["text"]
     return {"interactions_sha256": hashlib.sha256(rows).hexdigest()[:16], "items_text": ds.items["text"].tolist()[:5],
             "info": info, "embedding_first_rows": E[:4, :8].round(6).tolist(), "embedding_norms": E[:20].sum(axis=1).round(6).tolist()}
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from sidcore.config import CodebookSettings
+from sidcore.config import CodebookSettings, get_settings
 from sidcore.registry import Registry
 from trainer.dataset import write_dataset
+from trainer.embeddings import TextEncoding
 from trainer.jobs import JobConfig, load_ranker, train_codebooks, train_ranker
 from trainer.models import ModelConfig
 from trainer.synthetic import make_synthetic
@@ -112,8 +113,10 @@ def test_ranker_reads_parquet_logs(tmp_path, syn_dir):
     half = len(inter) // 2
     inter.iloc[:half].assign(label=lambda d: d["label"].astype("int8")).to_parquet(logs / "a.parquet")
     inter.iloc[half - 10 :].assign(label=lambda d: d["label"].astype("int8")).to_parquet(logs / "b.parquet")  # overlap
+    # items.jsonl without embeddings: the job embeds the item texts as the CLI's settings say
     v = train_ranker(_config(tmp_path, None, interactions=logs, items=syn_dir / "items.jsonl",
-                             model=ModelConfig(kind="din", emb_dim=8, att_hidden=(8,), mlp_hidden=(16,))))
+                             model=ModelConfig(kind="din", emb_dim=8, att_hidden=(8,), mlp_hidden=(16,)),
+                             text_encoding=TextEncoding.from_settings(get_settings())))
     assert v.manifest["split"]["train_rows"] + v.manifest["split"]["test_rows"] == len(inter)
 
 
