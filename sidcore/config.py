@@ -64,6 +64,10 @@ class StreamSettings(_Frozen):
     max_future_skew_s: float = Field(3600.0, ge=0, le=10 * 365 * 86400,
                                      description="how far past its Kafka record timestamp an event time may be")
     max_event_time_ms: int = Field(2**53 - 1, ge=1, le=2**53 - 1, description="latest event time accepted at all (epoch ms)")
+    # A restore of kept embeddings or a catch-up of identity claims reads up to the high watermark
+    # however long that takes while records keep coming; it fails (streams.records.RestoreIncomplete)
+    # only after this long without progress: a paused or unreachable broker, not a large topic.
+    restore_stall_s: float = Field(30.0, gt=0, description="a restore or claims catch-up fails after this long without progress")
     backfill_chunk: int = Field(2000, ge=1, description="tracks re-coded and written per backfill step")
     codebook_reload_grace_s: float = Field(12.0, ge=0, description="backfill: wait for assigners to see a pending version")
     session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")

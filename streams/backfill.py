@@ -5,7 +5,8 @@ assigner to it at one point.
    embedding under the live version *and* the pending one;
 2. after a grace (> the assigners' reload interval + one batch), every embedding that reached
    an assigner before it saw PENDING is in `embeddings.kept`; the backfill copies that topic
-   into a scratch store (disk), then codes every track under the new version with the
+   into a scratch store (disk) — all of it, or `RestoreIncomplete` after `stream.restore_stall_s`
+   without progress, and then nothing switches: PENDING stays for the next run — then codes every track under the new version with the
    assigner's own function (`streams.assign.code_tracks`) and writes the rows to Feast, in chunks,
    checkpointing the last track written; a killed backfill resumes from the checkpoint;
 3. a second pass re-codes the tracks whose kept embeddings changed meanwhile;
@@ -71,7 +72,9 @@ def run_backfill(
         _save(state_path, state)
     started = time.perf_counter()
     kept = KeptEmbeddings(work / "kept.sqlite", wait_s=0)
-    kept.restore_from(settings.kafka.bootstrap, kept_topic)
+    stall_s = settings.stream.restore_stall_s
+    # all of the kept topic or RestoreIncomplete: a short copy would make a version live with tracks missing
+    kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=stall_s)
     total = kept.track_count()
     active = ActiveCodebooks(version, load_codebook_set(target.path))
     sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url))
@@ -81,7 +84,7 @@ def run_backfill(
     if identity_topic is not None:
         from streams.identity import KafkaIdentities
 
-        identities = KafkaIdentities(settings.kafka.bootstrap, identity_topic)  # the assigners' registry: one arbiter
+        identities = KafkaIdentities(settings.kafka.bootstrap, identity_topic, stall_s=stall_s)  # the assigners' arbiter
         identities.catch_up()
     coded = 0
 
@@ -103,7 +106,7 @@ def run_backfill(
         if fail_after_tracks is not None and state["done"] >= fail_after_tracks and state["done"] < total:
             raise InjectedBackfillFailure(f"injected failure after {state['done']} of {total} tracks")
     touched: set[str] = set()
-    kept.restore_from(settings.kafka.bootstrap, kept_topic, touched=touched)  # what changed meanwhile
+    kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=stall_s, touched=touched)  # what changed meanwhile
     tail = sorted(touched)
     for i in range(0, len(tail), chunk):
         write(tail[i : i + chunk], kept.entries(tail[i : i + chunk]))
@@ -145,7 +148,7 @@ def catalog_embeddings(settings: Settings, kept_topic: str, scratch: Path) -> tu
 
     kept = KeptEmbeddings(scratch, wait_s=0)
     try:
-        kept.restore_from(settings.kafka.bootstrap, kept_topic)
+        kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=settings.stream.restore_stall_s)
         ids: list[str] = []
         vectors: dict[str, list[Any]] = {"text": [], "audio": []}
         model_ids: dict[str, str] = {}

@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 class RestorableState(Protocol):
     """A role's state: `restore` catches it up for the partitions now owned ({input topic:
-    partitions}) and returns how many records it read. Blocking; runs on the role's thread."""
+    partitions}) and returns how many records it read, or raises when it could not catch up
+    (streams.records.RestoreIncomplete): the runtime then retries it before the role's next batch.
+    Blocking; runs on the role's thread."""
 
     name: str
 
@@ -36,15 +38,15 @@ class RestorableState(Protocol):
 class KeptState:
     name = "kept embeddings"
 
-    def __init__(self, kept: KeptEmbeddings, bootstrap: str, topic: str) -> None:
-        self.kept, self.bootstrap, self.topic = kept, bootstrap, topic
+    def __init__(self, kept: KeptEmbeddings, bootstrap: str, topic: str, stall_s: float = 30.0) -> None:
+        self.kept, self.bootstrap, self.topic, self.stall_s = kept, bootstrap, topic, stall_s
 
     def restore(self, partitions: dict[str, list[int]]) -> int:
         # kept records go to the partition of the embedding they came from: the owned input partitions
         owned = sorted({p for ps in partitions.values() for p in ps})
         if not owned:
             return 0
-        read = self.kept.restore_from(self.bootstrap, self.topic, owned)
+        read = self.kept.restore_from(self.bootstrap, self.topic, owned, stall_s=self.stall_s)
         metrics.KEPT_ROWS.set(self.kept.count())
         return read
 
