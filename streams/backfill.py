@@ -143,34 +143,35 @@ def _publish(settings: Settings, topic: str, version: str, path: str) -> None:
 
 def catalog_embeddings(settings: Settings, kept_topic: str, scratch: Path) -> tuple[list[str], dict[str, Any], dict[str, str]]:
     """The catalogue as the stream kept it: (track ids, {modality: float32 [n, d] with NaN rows
-    where a track lacks the modality}, {modality: encoder model id})."""
+    where a track lacks the modality}, {modality: encoder model id}).
+
+    The arrays are memory-mapped .npy files beside `scratch`, filled a chunk of tracks at a time
+    from the kept store on disk: the job's memory holds a chunk, not a second copy of the catalogue."""
     import numpy as np
 
     kept = KeptEmbeddings(scratch, wait_s=0)
     try:
         kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=settings.stream.restore_stall_s)
+        n = kept.track_count()
         ids: list[str] = []
-        vectors: dict[str, list[Any]] = {"text": [], "audio": []}
+        out: dict[str, Any] = {}
         model_ids: dict[str, str] = {}
         for chunk_ids, entries in kept.iter_tracks(chunk=5000):
-            for t in chunk_ids:
-                ids.append(t)
-                for m in ("text", "audio"):
-                    e = entries[t].get(m)
-                    vectors[m].append(None if e is None else np.frombuffer(bytes.fromhex(e["vector"]), dtype="<f4"))
-                    if e is not None:
-                        model_ids.setdefault(m, e["model_id"])
-        out = {}
-        for m, rows in vectors.items():
-            dims = {len(v) for v in rows if v is not None}
-            if not dims:
-                continue
-            (dim,) = dims
-            X = np.full((len(ids), dim), np.nan, dtype=np.float32)
-            for i, v in enumerate(rows):
-                if v is not None:
-                    X[i] = v
-            out[m] = X
+            start = len(ids)
+            ids.extend(chunk_ids)
+            for m in ("text", "audio"):
+                rows = [(start + j, entries[t][m]) for j, t in enumerate(chunk_ids) if m in entries[t]]
+                if not rows:
+                    continue
+                V = np.stack([np.frombuffer(bytes.fromhex(e["vector"]), dtype="<f4") for _, e in rows])
+                if m not in out:
+                    out[m] = np.lib.format.open_memmap(scratch.with_name(f"{scratch.stem}-{m}.npy"), mode="w+",
+                                                       dtype=np.float32, shape=(n, V.shape[1]))
+                    out[m][:] = np.nan
+                    model_ids[m] = rows[0][1]["model_id"]
+                if V.shape[1] != out[m].shape[1]:
+                    raise ValueError(f"kept {m} embeddings of two dimensions: {out[m].shape[1]} and {V.shape[1]}")
+                out[m][np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows))] = V
         return ids, out, model_ids
     finally:
         kept.close()

@@ -114,3 +114,19 @@ def test_keys_are_the_columns_as_str_joined_by_unit_separators(tmp_path):
     with sqlite3.connect(tmp_path / INDEX_NAME) as conn:
         assert [k for (k,) in conn.execute("SELECT key FROM rows")] == ["u\x1f42"]
     assert log._keys(_frame([("u", 42, 1), ("v", -3, 0)])) == ["u\x1f42", "v\x1f-3"]
+
+
+def test_the_trainer_reads_only_its_window_pushed_into_the_scan(tmp_path) -> None:
+    """read_interaction_logs(since_ms=...) gives exactly the rows of the full read inside the
+    window (the filter runs in pyarrow's Parquet scan, not on a full frame)."""
+    from streams.sinks.interaction_log import write_interactions
+    from trainer.dataset import read_interaction_logs
+
+    records = [{"user_id": f"u{i % 7}", "track_id": f"t{i}", "event_time": 1_000 + 10 * i, "label": i % 2} for i in range(300)]
+    for start in range(0, 300, 100):  # three part files
+        write_interactions(tmp_path, records[start : start + 100])
+    full = read_interaction_logs(tmp_path)
+    window = read_interaction_logs(tmp_path, since_ms=2_000)
+    expected = full[full["timestamp"] >= 2_000].sort_values("timestamp").reset_index(drop=True)
+    assert len(window) == 200
+    pd.testing.assert_frame_equal(window.sort_values("timestamp").reset_index(drop=True), expected)
