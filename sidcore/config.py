@@ -160,6 +160,11 @@ class ServeSettings(_Frozen):
 
 class TrainSettings(_Frozen):
     window_days: float = Field(30.0, gt=0, description="the ranker trains on logged interactions this recent")
+    # After a codebook version goes live, the online rows and identity claims of versions outside
+    # the last keep_versions that were live (2: the live one and the one before, for a rollback)
+    # are deleted (streams.sinks.prune). Under `train`, not `codebook`: codebook settings key fits
+    # and cached codes, and this changes no fit.
+    keep_versions: int = Field(2, ge=1, description="codebook versions whose online rows are kept (the live one first)")
     # A GPU is launch-bound at batch 512; larger batches are faster but can cost quality. The
     # default is the largest batch whose Last.fm Cold AUC stays within one std of batch 512's
     # (docs/results/lastfm.md, table lastfm-batch), with its square-root-scaled learning rate.

@@ -63,6 +63,9 @@ def run_backfill(
     state_path = work / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"last_track": "", "done": 0, "graced": False}
     resumed = state["done"] > 0
+    from streams.sinks.prune import Pruner
+
+    Pruner.forget(prune_progress_path(settings), version)  # a rollback re-backfills a pruned version: prune it anew later
     registry.set_pending(CODEBOOKS, version)
     if control_topic is not None:
         _publish(settings, control_topic, version, str(target.path))
@@ -115,8 +118,10 @@ def run_backfill(
     registry.set_pending(CODEBOOKS, None)
     if control_topic is not None:
         _publish(settings, control_topic, version, str(target.path))
+    report_prune = prune_old_versions(settings, registry, identity_topic, sink.store)
     report = {"version": version, "tracks": total, "coded": coded, "second_pass": len(tail), "resumed": resumed,
-              "seconds": round(seconds, 2), "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None}
+              "seconds": round(seconds, 2), "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None,
+              "pruned": report_prune}
     registry.log_event(CODEBOOKS, {"event": "backfilled", **report})
     kept.close()
     if identities is not None:
@@ -124,6 +129,33 @@ def run_backfill(
     state_path.unlink(missing_ok=True)
     (work / "kept.sqlite").unlink(missing_ok=True)
     return report
+
+
+def prune_progress_path(settings: Settings) -> Path:
+    return settings.home / "work" / "prune.json"
+
+
+def prune_old_versions(settings: Settings, registry: Registry, identity_topic: str | None, store: Any) -> dict[str, Any]:
+    """Delete the online rows (and identity claims) of versions outside `train.keep_versions`
+    that went live, keeping the live ranker's codebook version; {version: progress}. A failure is
+    logged, not raised: the new version is live already, and the next run resumes the prune."""
+    from streams.sinks.prune import Pruner, tombstone_claims, versions_to_keep
+
+    ranker = registry.live("ranker")
+    ranker_codebook = None if ranker is None else ranker.manifest.get("codebook_version")
+    keep = versions_to_keep(registry.live_history(CODEBOOKS), settings.train.keep_versions, (ranker_codebook,))
+    claims = None
+    if identity_topic is not None:
+        def claims(v: str) -> int:
+            return tombstone_claims(settings.kafka.bootstrap, identity_topic, v, settings.stream.restore_stall_s)
+    try:
+        done = Pruner(store, settings.feast_dir, prune_progress_path(settings), settings.stream.backfill_chunk).prune(keep, claims)
+    except Exception as exc:  # noqa: BLE001 - the switch is done; pruning resumes at the next run
+        log.error("pruning old codebook versions stopped (it resumes at the next run): %s", exc)
+        return {"error": str(exc)}
+    if done:
+        registry.log_event(CODEBOOKS, {"event": "pruned", "keep": sorted(keep), "versions": done})
+    return done
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:

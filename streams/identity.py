@@ -207,6 +207,8 @@ class KafkaIdentities(TableIdentities):
             if msg.error() is not None:
                 raise RuntimeError(f"reading {self.topic}: {msg.error()}")
             self._next[msg.partition()] = msg.offset() + 1
+            if msg.value() is None:
+                continue  # a tombstone: a pruned version's claim (streams.sinks.prune)
             try:
                 _, rec = avro_codec.decode(msg.value(), expected="IdentityClaim")
             except avro_codec.DecodeError as exc:
