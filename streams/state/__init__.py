@@ -7,6 +7,8 @@ partitions are assigned to the worker and before their first batch.
   topic, for the input partitions this worker owns);
 - `IdentityState`: the identity claims (streams.identity.KafkaIdentities, read from the compacted
   sids.identity topic; every assigner reads all of it);
+- `OfflineLogsState`: how far each source partition was written to the offline Parquet logs
+  (streams.sinks.offline: in the part names, no shared index), re-read after every assignment;
 - `TableState`: a Faust table (the logger's user history), which Faust restores from its own
   changelog topic before the agent sees an event: nothing for the runtime to do.
 
@@ -59,6 +61,19 @@ class IdentityState:
 
     def restore(self, partitions: dict[str, list[int]]) -> int:
         return int(self.identities.catch_up())  # every bucket: claims are not partitioned like the inputs
+
+
+class OfflineLogsState:
+    """The offline logs' per-partition high offsets (streams.sinks.offline) are re-read from the
+    part names at the next append after an assignment: another owner may have written meanwhile."""
+
+    name = "offline log offsets"
+
+    def restore(self, partitions: dict[str, list[int]]) -> int:
+        from streams.sinks.offline import forget_all
+
+        forget_all()
+        return 0
 
 
 class TableState:
