@@ -64,6 +64,10 @@ class StreamSettings(_Frozen):
     max_future_skew_s: float = Field(3600.0, ge=0, le=10 * 365 * 86400,
                                      description="how far past its Kafka record timestamp an event time may be")
     max_event_time_ms: int = Field(2**53 - 1, ge=1, le=2**53 - 1, description="latest event time accepted at all (epoch ms)")
+    # A restore of kept embeddings or a catch-up of identity claims reads up to the high watermark
+    # however long that takes while records keep coming; it fails (streams.records.RestoreIncomplete)
+    # only after this long without progress: a paused or unreachable broker, not a large topic.
+    restore_stall_s: float = Field(30.0, gt=0, description="a restore or claims catch-up fails after this long without progress")
     backfill_chunk: int = Field(2000, ge=1, description="tracks re-coded and written per backfill step")
     codebook_reload_grace_s: float = Field(12.0, ge=0, description="backfill: wait for assigners to see a pending version")
     session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")
@@ -156,6 +160,11 @@ class ServeSettings(_Frozen):
 
 class TrainSettings(_Frozen):
     window_days: float = Field(30.0, gt=0, description="the ranker trains on logged interactions this recent")
+    # After a codebook version goes live, the online rows and identity claims of versions outside
+    # the last keep_versions that were live (2: the live one and the one before, for a rollback)
+    # are deleted (streams.sinks.prune). Under `train`, not `codebook`: codebook settings key fits
+    # and cached codes, and this changes no fit.
+    keep_versions: int = Field(2, ge=1, description="codebook versions whose online rows are kept (the live one first)")
     # A GPU is launch-bound at batch 512; larger batches are faster but can cost quality. The
     # default is the largest batch whose Last.fm Cold AUC stays within one std of batch 512's
     # (docs/results/lastfm.md, table lastfm-batch), with its square-root-scaled learning rate.

@@ -138,7 +138,19 @@ class Registry:
         tmp = pointer.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(version + "\n")
         os.replace(tmp, pointer)
+        with open(self._kind_dir(kind) / "LIVE_HISTORY", "a", encoding="utf-8") as f:
+            f.write(version + "\n")
         return av
+
+    def live_history(self, kind: str) -> list[str]:
+        """Versions in the order they went live (the last is live); a registry from before this
+        history was kept starts it at the live version."""
+        path = self._kind_dir(kind) / "LIVE_HISTORY"
+        history = [v for v in path.read_text(encoding="utf-8").split()] if path.is_file() else []
+        live = self.live(kind)
+        if live is not None and (not history or history[-1] != live.version):
+            history.append(live.version)
+        return history
 
     def clean_incomplete(self, kind: str) -> int:
         """Remove temporary directories left by a crashed writer; returns how many."""

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout_s: float, console: Console,
-             retrain: bool = False) -> dict[str, Any]:
+             retrain: bool = False, rounds: int = 1) -> dict[str, Any]:
     from streams.admin.broker import local_broker
     from streams.sinks.store import open_store
 
@@ -46,6 +46,12 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
         console.print("no Last.fm-2k folder configured (SIDSTREAM_LASTFM_DIR) and ../shared/data/lastfm-2k absent: "
                       "using the 600-artist sample shipped in sidcore/data/sample")
     tracks = lastfm_tracks(source, n_tracks)
+    # each retraining round after the first streams tracks held back until then: a grown catalogue
+    # makes a new codebook version, so every round goes live (and prunes what falls out of keep_versions)
+    held = HELD_PER_ROUND * (rounds - 1) if retrain else 0
+    if held >= len(tracks):
+        raise ValueError(f"{rounds} rounds hold back {held} tracks, more than the {len(tracks)} streamed")
+    tracks, later = tracks[: len(tracks) - held], tracks[len(tracks) - held :]
     audio = audio_tracks(settings.audio_source, n_audio)
     if len(audio) < n_audio:
         console.print(f"[yellow]only {len(audio)} recordings under {settings.audio_source} (install Debian's singularity-music)[/]")
@@ -77,7 +83,7 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
         emitted = run.assigned()
         final = read_sids(store, list(expected), version)
         sample = read_sids(store, [t.track_id for t in (tracks[:3] + audio[:2])], version)
-        retrained = _retrain(run, version, tracks + audio, console) if retrain else None
+        retrained = _retrain_rounds(run, store, version, tracks + audio, later, rounds, timeout_s, console) if retrain else None
     finally:
         run.stop_workers()
     lat = np.array(list(latency.values())) if latency else np.array([np.nan])
@@ -93,19 +99,48 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
     return summary
 
 
-def _retrain(run: PipelineRun, version: str, tracks: list[Track], console: Console) -> dict[str, Any]:
+HELD_PER_ROUND = 30  # tracks streamed before each retraining round after the first
+
+
+def _retrain_rounds(run: PipelineRun, store: Any, version: str, tracks: list[Track], later: list[Track], rounds: int,
+                    timeout_s: float, console: Console) -> dict[str, Any]:
+    """`rounds` turns of the retraining loop; before each after the first, HELD_PER_ROUND new tracks
+    are streamed (readable under the live version) and more interactions logged. The last round's
+    summary, with every round's in `rounds`."""
+    from sidcore.registry import Registry
+
+    outs: list[dict[str, Any]] = []
+    logged = 0
+    for r in range(rounds):
+        if r > 0:
+            new = later[(r - 1) * HELD_PER_ROUND : r * HELD_PER_ROUND]
+            producer = run.producer()
+            produced_at = producer.send_metadata(new)
+            producer.flush()
+            version = Registry(run.settings.registry_dir).live("codebooks").version  # type: ignore[union-attr]
+            wait_until_readable(store, {t.track_id: "text_sid" for t in new}, produced_at, timeout_s, version)
+            tracks = tracks + new
+        out = _retrain(run, version, tracks, console, seed=r, logged=logged)
+        logged = out.pop("_logged")
+        outs.append(out)
+    return {**outs[-1], "rounds": outs} if rounds > 1 else outs[0]
+
+
+def _retrain(run: PipelineRun, version: str, tracks: list[Track], console: Console, seed: int = 0,
+             logged: int = 0) -> dict[str, Any]:
     """Log interactions for the streamed tracks, then run the nightly CronJob's command once."""
     from sidstream.retrain import log_synthetic_interactions, retrain_once, wait_logged
 
     with console.status("logging synthetic interactions through the interactions topic..."):
-        n = log_synthetic_interactions(run, tracks)
+        n = logged + log_synthetic_interactions(run, tracks, seed=seed)
         wait_logged(run.settings.feast_dir, n)
     with console.status("running the CronJob's `sidstream train all`: refit, gate, backfill, ranker..."):
         out = retrain_once(run, version)
     console.print(f"retrained: codebooks {out['before_version']} -> {out['after_version']} ({out['gate']}), "
                   f"{out['backfilled']} tracks backfilled; ranker on {out['ranker_codebook']}, ranker gate "
-                  f"{out['ranker_gate']} (AUC {out['ranker_auc']}, live {out['live_ranker_auc']})")
-    return out
+                  f"{out['ranker_gate']} (AUC {out['ranker_auc']}, live {out['live_ranker_auc']}); online rows by version "
+                  f"{out['rows_by_version']}")
+    return {**out, "_logged": n}
 
 
 def outcome_counts(
@@ -161,14 +196,16 @@ def _print_summary(console: Console, s: dict[str, Any], dead: dict[str, Any], sa
 @click.option("--json", "as_json", is_flag=True, help="end with exactly one JSON summary line")
 @click.option("--keep", is_flag=True, help="keep this run's directory (worker logs, Feast store)")
 @click.option("--retrain", is_flag=True, help="then log interactions and turn the retraining loop once (CronJob's command)")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="with --retrain: turns of the loop; each after the first streams 30 held-back tracks first (a new version)")
 def demo(n_tracks: int, n_audio: int, audio_dir: Path | None, no_bad: bool, timeout: float, as_json: bool, keep: bool,
-         retrain: bool) -> None:
+         retrain: bool, rounds: int) -> None:
     """Stream real tracks through encoders and the PSRQ assigner into a local Feast store."""
     settings = get_settings()
     if audio_dir is not None:
         settings = settings.model_copy(update={"audio_dir": audio_dir})
     console = Console(stderr=as_json)
-    summary = run_demo(settings, n_tracks, n_audio, not no_bad, timeout, console, retrain)
+    summary = run_demo(settings, n_tracks, n_audio, not no_bad, timeout, console, retrain, rounds)
     if not keep:
         _clean_old_runs(settings.home / "demo", keep_last=1)
     if as_json:

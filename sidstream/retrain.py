@@ -36,9 +36,8 @@ def system_dataset(settings: Settings, scratch: Path) -> tuple[Any, dict[str, st
         raise DatasetContractError(f"no kept embeddings in {names.kept} on {settings.kafka.bootstrap}: "
                                    "stream tracks first (or give --data)")
     log_dir = settings.feast_dir / "offline" / "interactions"
-    interactions = read_interaction_logs(log_dir)
     since = int((time.time() - settings.train.window_days * 86400) * 1000)
-    interactions = interactions[interactions["timestamp"] >= since].reset_index(drop=True)
+    interactions = read_interaction_logs(log_dir, since_ms=since)  # the window pushed into the Parquet scan
     if interactions.empty:
         raise DatasetContractError(f"no interactions in the last {settings.train.window_days:g} days in {log_dir}")
     items = pd.DataFrame({"item_id": ids})

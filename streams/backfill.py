@@ -5,7 +5,8 @@ assigner to it at one point.
    embedding under the live version *and* the pending one;
 2. after a grace (> the assigners' reload interval + one batch), every embedding that reached
    an assigner before it saw PENDING is in `embeddings.kept`; the backfill copies that topic
-   into a scratch store (disk), then codes every track under the new version with the
+   into a scratch store (disk) — all of it, or `RestoreIncomplete` after `stream.restore_stall_s`
+   without progress, and then nothing switches: PENDING stays for the next run — then codes every track under the new version with the
    assigner's own function (`streams.assign.code_tracks`) and writes the rows to Feast, in chunks,
    checkpointing the last track written; a killed backfill resumes from the checkpoint;
 3. a second pass re-codes the tracks whose kept embeddings changed meanwhile;
@@ -62,6 +63,9 @@ def run_backfill(
     state_path = work / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"last_track": "", "done": 0, "graced": False}
     resumed = state["done"] > 0
+    from streams.sinks.prune import Pruner
+
+    Pruner.forget(prune_progress_path(settings), version)  # a rollback re-backfills a pruned version: prune it anew later
     registry.set_pending(CODEBOOKS, version)
     if control_topic is not None:
         _publish(settings, control_topic, version, str(target.path))
@@ -71,7 +75,9 @@ def run_backfill(
         _save(state_path, state)
     started = time.perf_counter()
     kept = KeptEmbeddings(work / "kept.sqlite", wait_s=0)
-    kept.restore_from(settings.kafka.bootstrap, kept_topic)
+    stall_s = settings.stream.restore_stall_s
+    # all of the kept topic or RestoreIncomplete: a short copy would make a version live with tracks missing
+    kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=stall_s)
     total = kept.track_count()
     active = ActiveCodebooks(version, load_codebook_set(target.path))
     sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url))
@@ -81,7 +87,7 @@ def run_backfill(
     if identity_topic is not None:
         from streams.identity import KafkaIdentities
 
-        identities = KafkaIdentities(settings.kafka.bootstrap, identity_topic)  # the assigners' registry: one arbiter
+        identities = KafkaIdentities(settings.kafka.bootstrap, identity_topic, stall_s=stall_s)  # the assigners' arbiter
         identities.catch_up()
     coded = 0
 
@@ -103,7 +109,7 @@ def run_backfill(
         if fail_after_tracks is not None and state["done"] >= fail_after_tracks and state["done"] < total:
             raise InjectedBackfillFailure(f"injected failure after {state['done']} of {total} tracks")
     touched: set[str] = set()
-    kept.restore_from(settings.kafka.bootstrap, kept_topic, touched=touched)  # what changed meanwhile
+    kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=stall_s, touched=touched)  # what changed meanwhile
     tail = sorted(touched)
     for i in range(0, len(tail), chunk):
         write(tail[i : i + chunk], kept.entries(tail[i : i + chunk]))
@@ -112,8 +118,10 @@ def run_backfill(
     registry.set_pending(CODEBOOKS, None)
     if control_topic is not None:
         _publish(settings, control_topic, version, str(target.path))
+    report_prune = prune_old_versions(settings, registry, identity_topic, sink.store)
     report = {"version": version, "tracks": total, "coded": coded, "second_pass": len(tail), "resumed": resumed,
-              "seconds": round(seconds, 2), "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None}
+              "seconds": round(seconds, 2), "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None,
+              "pruned": report_prune}
     registry.log_event(CODEBOOKS, {"event": "backfilled", **report})
     kept.close()
     if identities is not None:
@@ -121,6 +129,33 @@ def run_backfill(
     state_path.unlink(missing_ok=True)
     (work / "kept.sqlite").unlink(missing_ok=True)
     return report
+
+
+def prune_progress_path(settings: Settings) -> Path:
+    return settings.home / "work" / "prune.json"
+
+
+def prune_old_versions(settings: Settings, registry: Registry, identity_topic: str | None, store: Any) -> dict[str, Any]:
+    """Delete the online rows (and identity claims) of versions outside `train.keep_versions`
+    that went live, keeping the live ranker's codebook version; {version: progress}. A failure is
+    logged, not raised: the new version is live already, and the next run resumes the prune."""
+    from streams.sinks.prune import Pruner, tombstone_claims, versions_to_keep
+
+    ranker = registry.live("ranker")
+    ranker_codebook = None if ranker is None else ranker.manifest.get("codebook_version")
+    keep = versions_to_keep(registry.live_history(CODEBOOKS), settings.train.keep_versions, (ranker_codebook,))
+    claims = None
+    if identity_topic is not None:
+        def claims(v: str) -> int:
+            return tombstone_claims(settings.kafka.bootstrap, identity_topic, v, settings.stream.restore_stall_s)
+    try:
+        done = Pruner(store, settings.feast_dir, prune_progress_path(settings), settings.stream.backfill_chunk).prune(keep, claims)
+    except Exception as exc:  # noqa: BLE001 - the switch is done; pruning resumes at the next run
+        log.error("pruning old codebook versions stopped (it resumes at the next run): %s", exc)
+        return {"error": str(exc)}
+    if done:
+        registry.log_event(CODEBOOKS, {"event": "pruned", "keep": sorted(keep), "versions": done})
+    return done
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -140,34 +175,35 @@ def _publish(settings: Settings, topic: str, version: str, path: str) -> None:
 
 def catalog_embeddings(settings: Settings, kept_topic: str, scratch: Path) -> tuple[list[str], dict[str, Any], dict[str, str]]:
     """The catalogue as the stream kept it: (track ids, {modality: float32 [n, d] with NaN rows
-    where a track lacks the modality}, {modality: encoder model id})."""
+    where a track lacks the modality}, {modality: encoder model id}).
+
+    The arrays are memory-mapped .npy files beside `scratch`, filled a chunk of tracks at a time
+    from the kept store on disk: the job's memory holds a chunk, not a second copy of the catalogue."""
     import numpy as np
 
     kept = KeptEmbeddings(scratch, wait_s=0)
     try:
-        kept.restore_from(settings.kafka.bootstrap, kept_topic)
+        kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=settings.stream.restore_stall_s)
+        n = kept.track_count()
         ids: list[str] = []
-        vectors: dict[str, list[Any]] = {"text": [], "audio": []}
+        out: dict[str, Any] = {}
         model_ids: dict[str, str] = {}
         for chunk_ids, entries in kept.iter_tracks(chunk=5000):
-            for t in chunk_ids:
-                ids.append(t)
-                for m in ("text", "audio"):
-                    e = entries[t].get(m)
-                    vectors[m].append(None if e is None else np.frombuffer(bytes.fromhex(e["vector"]), dtype="<f4"))
-                    if e is not None:
-                        model_ids.setdefault(m, e["model_id"])
-        out = {}
-        for m, rows in vectors.items():
-            dims = {len(v) for v in rows if v is not None}
-            if not dims:
-                continue
-            (dim,) = dims
-            X = np.full((len(ids), dim), np.nan, dtype=np.float32)
-            for i, v in enumerate(rows):
-                if v is not None:
-                    X[i] = v
-            out[m] = X
+            start = len(ids)
+            ids.extend(chunk_ids)
+            for m in ("text", "audio"):
+                rows = [(start + j, entries[t][m]) for j, t in enumerate(chunk_ids) if m in entries[t]]
+                if not rows:
+                    continue
+                V = np.stack([np.frombuffer(bytes.fromhex(e["vector"]), dtype="<f4") for _, e in rows])
+                if m not in out:
+                    out[m] = np.lib.format.open_memmap(scratch.with_name(f"{scratch.stem}-{m}.npy"), mode="w+",
+                                                       dtype=np.float32, shape=(n, V.shape[1]))
+                    out[m][:] = np.nan
+                    model_ids[m] = rows[0][1]["model_id"]
+                if V.shape[1] != out[m].shape[1]:
+                    raise ValueError(f"kept {m} embeddings of two dimensions: {out[m].shape[1]} and {V.shape[1]}")
+                out[m][np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows))] = V
         return ids, out, model_ids
     finally:
         kept.close()

@@ -35,6 +35,7 @@ import numpy as np
 
 from psrq.identity import BucketFull, IdentityTable, bucket_keys
 from streams import avro_codec
+from streams.records import RestoreIncomplete
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +166,13 @@ class TableIdentities:
 class KafkaIdentities(TableIdentities):
     """Claims through the compacted ``sids.identity`` topic; the table is every claim read back in log order."""
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0, stall_s: float = 30.0) -> None:
         from confluent_kafka import Consumer, Producer, TopicPartition
 
         super().__init__()
         self.topic = topic
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = float(timeout_s)  # a broker request (metadata, watermarks, produce acks)
+        self.stall_s = float(stall_s)  # a catch-up fails after this long without a claim read
         self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 0})
         reader = {"bootstrap.servers": bootstrap, "group.id": f"{topic}.reader", "enable.auto.commit": False,
                   "auto.offset.reset": "earliest", "enable.partition.eof": False}
@@ -205,6 +207,8 @@ class KafkaIdentities(TableIdentities):
             if msg.error() is not None:
                 raise RuntimeError(f"reading {self.topic}: {msg.error()}")
             self._next[msg.partition()] = msg.offset() + 1
+            if msg.value() is None:
+                continue  # a tombstone: a pruned version's claim (streams.sinks.prune)
             try:
                 _, rec = avro_codec.decode(msg.value(), expected="IdentityClaim")
             except avro_codec.DecodeError as exc:
@@ -215,25 +219,31 @@ class KafkaIdentities(TableIdentities):
 
     def catch_up(self, targets: dict[int, int] | None = None) -> int:
         """Read until every partition's next offset reaches `targets` (default: its high
-        watermark now); returns the claims read."""
+        watermark now); returns the claims read. No total deadline while claims keep coming:
+        `RestoreIncomplete` after `stall_s` without one (a paused or unreachable broker)."""
         if targets is None:
-            from confluent_kafka import TopicPartition
+            from confluent_kafka import KafkaException, TopicPartition
 
-            targets = {p: self._offsets.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s, cached=False)[1]
-                       for p in self.partitions}
+            try:
+                targets = {p: self._offsets.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s,
+                                                                  cached=False)[1] for p in self.partitions}
+            except KafkaException as exc:
+                raise RestoreIncomplete(f"identity claims {self.topic}", {}, self.timeout_s, str(exc)) from exc
         before = self.claims_read
-        deadline = time.monotonic() + self.timeout_s
+        last_progress = time.monotonic()
         while any(self._next[p] < off for p, off in targets.items()):
-            if time.monotonic() > deadline:
-                behind = {p: (self._next[p], off) for p, off in targets.items() if self._next[p] < off}
-                raise TimeoutError(f"{self.topic}: claims not readable within {self.timeout_s:.0f} s (next, target): {behind}")
             # consume(n, timeout) waits out its whole timeout unless n messages came, so it only
             # drains what is already here; poll() returns as soon as one claim arrives
             msgs = self._consumer.consume(num_messages=5000, timeout=0)
             if not msgs:
                 msg = self._consumer.poll(timeout=POLL_S)
                 msgs = [] if msg is None else [msg]
-            self._apply(msgs)
+            if msgs:
+                last_progress = time.monotonic()
+                self._apply(msgs)
+            elif time.monotonic() - last_progress > self.stall_s:
+                behind = {p: (self._next[p], off) for p, off in targets.items() if self._next[p] < off}
+                raise RestoreIncomplete(f"identity claims {self.topic}", behind, self.stall_s)
         return self.claims_read - before
 
     def refresh(self) -> None:

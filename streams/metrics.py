@@ -28,6 +28,9 @@ RETRYING = Gauge("sidstream_batch_retrying", "1 while the worker retries a faile
 CONSUMER_LAG = Gauge("sidstream_consumer_lag", "records behind the high watermark after the last batch",
                      ["worker", "topic", "partition"])
 JOIN_WAITING = Gauge("sidstream_join_waiting", "tracks in the assigner's join table (awaiting a late modality)")
+RESTORE_FAILURES = Counter("sidstream_restore_failures_total", "state restores that stopped short (the role's batches wait)",
+                           ["worker", "state"])
+UNRESTORED = Gauge("sidstream_state_unrestored", "1 while a state of the role is not caught up (its batches wait)", ["worker"])
 KEPT_ROWS = Gauge("sidstream_kept_embeddings", "embeddings in the assigner's local kept store")
 STORE_REJECTED = Counter("sidstream_store_rejected_total", "rows a sink rejected for good (dead-lettered)", ["view"])
 BACKFILL_DONE = Gauge("sidstream_backfill_tracks", "tracks re-coded by the running backfill", ["version"])

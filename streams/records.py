@@ -112,3 +112,16 @@ def key_text(raw: RawRecord) -> str | None:
         return raw.key.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+class RestoreIncomplete(TimeoutError):
+    """A state asked to catch up to the high watermark (kept embeddings, identity claims) could not
+    get there: no record came for `stall_s` while some were still behind, or the broker did not
+    answer. What was read is kept (a retry continues from it); the caller must not act as if the
+    state were complete (the assigner does not process, the backfill does not switch versions)."""
+
+    def __init__(self, what: str, behind: dict[int, tuple[int, int]], stall_s: float, cause: str = "") -> None:
+        self.what, self.behind, self.stall_s = what, behind, stall_s
+        detail = ", ".join(f"partition {p}: at {at} of {high}" for p, (at, high) in sorted(behind.items()))
+        super().__init__(f"{what}: not caught up after {stall_s:g} s without progress ({detail or 'watermarks unknown'})"
+                         + (f": {cause}" if cause else ""))

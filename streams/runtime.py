@@ -76,6 +76,8 @@ class Runtime:
         self._trimmed: dict[str, float] = {}
         self._handlers: dict[str, tuple[Role, RoleHandler]] = {}
         self._events: dict[str, dict[tuple[str, int, int], Any]] = {}  # the batch each role is processing
+        # states whose restore stopped short: role -> {state name: (state, owned partitions)}
+        self._unrestored: dict[str, dict[str, tuple[Any, dict[str, list[int]]]]] = {}
         app.on_partitions_assigned.connect(self._assigned)
 
     # -- threads ---------------------------------------------------------------------------------
@@ -122,6 +124,7 @@ class Runtime:
     def _agent(self, role: Role, handler: RoleHandler) -> Callable[[faust.StreamT], Any]:
         async def agent(stream: faust.StreamT) -> None:
             async for events in adaptive_take(stream, self.batch_size, self.batch_within, self.batch_linger):
+                await self.ensure_restored(role.name)
                 with metrics.BATCH_SECONDS.labels(role.name).time():
                     await process_batch(events, role.name, lambda evs: self.finish_batch(role, handler, evs),
                                         lambda evs, why: self.dead_letter_all(role, evs, why), self.policy)
@@ -202,8 +205,35 @@ class Runtime:
                     mine.setdefault(tp.topic, []).append(tp.partition)
             owned = {t: sorted(p) for t, p in mine.items()}
             for state in handler.states():
-                read = await self.blocking(role.name, state.restore, owned)
-                log.info("%s: %s caught up for %s (+%d records)", role.name, state.name, owned, read)
+                await self._restore(role.name, state, owned)
+
+    async def _restore(self, role: str, state: Any, owned: dict[str, list[int]]) -> bool:
+        """One state's restore on the role's thread; a failure is remembered (and the role's
+        batches wait for it in `ensure_restored`), never taken for a complete state."""
+        try:
+            read = await self.blocking(role, state.restore, owned)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the state short: retried before the next batch
+            log.error("%s: %s NOT caught up for %s (its batches wait until it is): %s", role, state.name, owned, exc)
+            metrics.RESTORE_FAILURES.labels(role, state.name).inc()
+            self._unrestored.setdefault(role, {})[state.name] = (state, owned)
+            metrics.UNRESTORED.labels(role).set(1)
+            return False
+        self._unrestored.get(role, {}).pop(state.name, None)
+        metrics.UNRESTORED.labels(role).set(1 if self._unrestored.get(role) else 0)
+        log.info("%s: %s caught up for %s (+%d records)", role, state.name, owned, read)
+        return True
+
+    async def ensure_restored(self, role: str, max_delay_s: float = 30.0) -> None:
+        """Before a batch: every state of the role is caught up. A state whose restore stopped short
+        is restored again, with a doubling pause, until it is: the batch waits un-acked meanwhile,
+        so nothing is computed from a short state."""
+        delay = min(1.0, max_delay_s)
+        while self._unrestored.get(role):
+            for state, owned in list(self._unrestored[role].values()):
+                await self._restore(role, state, owned)
+            if self._unrestored.get(role):
+                await asyncio.sleep(delay)
+                delay = min(max_delay_s, 2 * delay)
 
     def _record_lag(self, role: str, events: Sequence[Any]) -> None:
         last: dict[Any, int] = {}

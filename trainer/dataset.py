@@ -155,14 +155,26 @@ def write_dataset(root: str | Path, ds: Dataset) -> None:
         (root / DATASET_INFO).write_text(json.dumps(ds.info, indent=2, sort_keys=True) + "\n")
 
 
-def read_interaction_logs(path: str | Path) -> pd.DataFrame:
-    """Interactions from the offline store: one Parquet file, or every *.parquet under a folder."""
+def read_interaction_logs(path: str | Path, since_ms: int | None = None) -> pd.DataFrame:
+    """Interactions from the offline store: one Parquet file, or every *.parquet under a folder.
+
+    `since_ms`: only rows with timestamp >= it, the filter pushed down into the Parquet scan
+    (pyarrow dataset: row groups whose statistics lie before the window are not read, and rows
+    outside it never reach pandas), so a job's memory follows its window, not the whole log."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.rglob("*.parquet")) if path.is_dir() else []
     if not files:
         raise DatasetContractError(f"no Parquet interaction logs at {path}")
-    frames = [pd.read_parquet(f, columns=None) for f in files]
-    return normalise_interactions(pd.concat(frames, ignore_index=True), str(path))
+    if since_ms is None:
+        frames = [pd.read_parquet(f, columns=None) for f in files]
+        return normalise_interactions(pd.concat(frames, ignore_index=True), str(path))
+    import pyarrow.dataset as pads
+
+    scan = pads.dataset([str(f) for f in files], format="parquet")
+    if "timestamp" not in scan.schema.names:
+        raise DatasetContractError(f"{path}: no timestamp column to window on")
+    table = scan.to_table(filter=pads.field("timestamp") >= int(since_ms))
+    return normalise_interactions(table.to_pandas(), str(path))
 
 
 def data_fingerprint(interactions: pd.DataFrame, items: pd.DataFrame | None = None) -> str:

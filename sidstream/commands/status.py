@@ -31,6 +31,8 @@ def status_report() -> dict[str, Any]:
                    "metrics": {k: (ranker.manifest.get("metrics") or {}).get(k) for k in ("all_auc", "cold_auc")}
                    if ranker else None},
         "backfill": backfill,
+        "prune": {"keep_versions": s.train.keep_versions,
+                  "versions": json.loads(prune.read_text()) if (prune := s.home / "work" / "prune.json").is_file() else {}},
         "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis_url),
         "last_training": last_training,
         "last_ranker_gate": None if last_gate is None else {
@@ -43,7 +45,7 @@ def status_report() -> dict[str, Any]:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="one JSON line")
 def status(as_json: bool) -> None:
-    """Live codebook and ranker versions, backfill state, rows per version in Feast, last training."""
+    """Live codebook and ranker versions, backfill and prune state, rows per version in Feast, last training."""
     report = status_report()
     if as_json:
         click.echo(json.dumps(report, default=str))

@@ -121,11 +121,11 @@ class AssignerRole(RoleHandler):
     role = "assigner"
 
     def __init__(self, kept: KeptEmbeddings, codebooks: LiveCodebooks, identities: KafkaIdentities | None,
-                 bootstrap: str, policy: TimePolicy = DEFAULT_POLICY) -> None:
+                 bootstrap: str, policy: TimePolicy = DEFAULT_POLICY, stall_s: float = 30.0) -> None:
         if codebooks.live is None:
             raise ValueError("the assigner needs a live codebook version")
         self.kept, self.codebooks, self.identities, self.bootstrap = kept, codebooks, identities, bootstrap
-        self.policy = policy
+        self.policy, self.stall_s = policy, stall_s
 
     async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
         self._watch()
@@ -161,7 +161,7 @@ class AssignerRole(RoleHandler):
                 self.codebooks.refresh()
 
     def states(self) -> Sequence[RestorableState]:
-        kept: list[RestorableState] = [KeptState(self.kept, self.bootstrap, self._kept_topic)]
+        kept: list[RestorableState] = [KeptState(self.kept, self.bootstrap, self._kept_topic, self.stall_s)]
         return kept if self.identities is None else [*kept, IdentityState(self.identities)]
 
     def _watch(self) -> None:

@@ -18,7 +18,7 @@ from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead
 from streams.runtime import RoleHandler, Runtime
 from streams.sinks.interaction_log import write_interactions
 from streams.sinks.writer import FeastSink, UserHistoryRow
-from streams.state import RestorableState, TableState
+from streams.state import OfflineLogsState, RestorableState, TableState
 
 HISTORY_LEN = 20
 HISTORY_TABLE = "user-history"
@@ -87,11 +87,12 @@ class LoggerRole(RoleHandler):
         self.history = app.Table(HISTORY_TABLE, default=None, partitions=rt.partitions, key_type=bytes, value_type=bytes)
 
     def states(self) -> Sequence[RestorableState]:
-        return [TableState("user history", self.history)]
+        return [TableState("user history", self.history), OfflineLogsState()]
 
     async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
         ok, dead = decode_interactions(raws, self.policy)
-        await rt.blocking(self.role, write_interactions, self.log_dir, [rec for _, rec in ok])
+        await rt.blocking(self.role, write_interactions, self.log_dir, [rec for _, rec in ok],
+                          [(raw.topic, raw.partition, raw.offset) for raw, _ in ok])
         changed: dict[str, tuple[RawRecord, dict[str, Any]]] = {}
         for raw, rec in ok:
             key = rec["user_id"].encode()
@@ -107,7 +108,8 @@ class LoggerRole(RoleHandler):
             # its bound allows HISTORY_LEN such steps beyond what the record admits
             rows = [UserHistoryRow(u, h["written_ms"], tuple(t for _, t in h["items"]), self.policy.upper(raw) + HISTORY_LEN)
                     for u, (raw, h) in changed.items()]
-            written = await rt.blocking(self.role, self.history_sink.write_history, rows)
+            sources = [(raw.topic, raw.partition, raw.offset) for raw, _ in changed.values()]
+            written = await rt.blocking(self.role, self.history_sink.write_history, rows, sources)
             for row, reason in written.rejected:  # the user's last record of the batch carries the reason
                 dead.append(DeadLetter(changed[row.user_id][0], f"user {row.user_id}: the online store rejected the "
                                        f"history row: {reason}", "store_rejected", None))

@@ -14,6 +14,7 @@ from streams.event_time import DEFAULT_POLICY, TimePolicy, admit
 from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead, now_ms
 from streams.runtime import RoleHandler, Runtime
 from streams.sinks.writer import FeastSink, SidRow
+from streams.state import OfflineLogsState, RestorableState
 
 
 def decode_sid_batch(records: Sequence[RawRecord], policy: TimePolicy = DEFAULT_POLICY
@@ -37,7 +38,7 @@ def write_sid_batch(records: Sequence[RawRecord], sink: FeastSink, policy: TimeP
     decoded, dead = decode_sid_batch(records, policy)
     # +1: a SID's time is its newest modality's + (modalities - 1) ms
     rows = [SidRow.from_record(rec, valid_until_ms=policy.upper(raw) + 1) for raw, rec in decoded]
-    written = sink.write(rows)
+    written = sink.write(rows, [(raw.topic, raw.partition, raw.offset) for raw, _ in decoded])
     source = {id(row): raw for row, (raw, _) in zip(rows, decoded, strict=True)}
     for row, reason in written.rejected:
         metrics.STORE_REJECTED.labels("track_sids").inc()
@@ -65,3 +66,6 @@ class WriterRole(RoleHandler):
 
     def warm_up(self) -> None:
         self.sink.warm_up()
+
+    def states(self) -> Sequence[RestorableState]:
+        return [OfflineLogsState()]

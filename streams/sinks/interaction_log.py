@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from streams.sinks.offline import OfflineLog
+from streams.sinks.offline import OfflineLog, SourceRef
 
 INTERACTION_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("label", pa.int8())]
@@ -29,8 +29,9 @@ def interaction_log(root: Path) -> OfflineLog:
     return _LOGS[root]
 
 
-def write_interactions(root: Path, records: Sequence[dict[str, Any]]) -> int:
-    """Append decoded Interaction records; returns how many rows were new."""
+def write_interactions(root: Path, records: Sequence[dict[str, Any]], sources: Sequence[SourceRef] | None = None) -> int:
+    """Append decoded Interaction records (`sources`: the Kafka record of each, the exactly-once
+    key: streams.sinks.offline); returns how many rows were new."""
     if not records:
         return 0
     df = pd.DataFrame(
@@ -41,4 +42,4 @@ def write_interactions(root: Path, records: Sequence[dict[str, Any]]) -> int:
             "label": pd.array([r["label"] for r in records], dtype="int8"),
         }
     )
-    return interaction_log(root).append(df)
+    return interaction_log(root).append(df, sources)

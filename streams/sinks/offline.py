@@ -1,25 +1,32 @@
-"""An append-only Parquet log in which every row is stored exactly once.
+"""An append-only Parquet log in which every row is stored once, with no shared index.
 
-Retried and replayed flushes (other batch boundaries included) must not duplicate rows, and a
-crash at any point must not lose one. So each log folder has an index (SQLite, beside the
-Parquet parts) of the row keys already written and of the part files that hold them:
+Rows come from Kafka records, and a Kafka partition has one owner at a time: so the log keeps
+exactly-once *per source partition* in the part files' names, not in an index file that every
+writer pod would share (a SQLite index is not safe on the NFS-like volume the writer pods share):
 
-1. rows whose key is in the index are dropped (a replay);
-2. the rest go to one part file whose name is the hash of their keys (a retry of the same
-   rows rewrites the same file, atomically: temp file + rename);
-3. the keys and the file name go into the index in one transaction.
+- the rows of one append from one source partition go to one part file named by the topic, the
+  partition and the offset range they came from:
+  ``part-<topic>-p<partition>-o<first offset>-<last offset>.parquet`` (temp file + rename, so a
+  reader never sees half a part);
+- the owner of a partition knows the highest offset already written for it (the largest `last`
+  among that partition's part names: read from the folder's listing the first time and after
+  every assignment of partitions, `forget`), and drops rows from offsets at or below it: a retry
+  or a replay after a crash, with the same or other batch boundaries, adds nothing twice. A crash
+  after a part's rename but before the batch's offsets were committed leaves exactly that part,
+  whose name covers the replayed rows.
 
-A crash between 2 and 3 leaves a part file that the index does not know; the next open of the
-log adds such orphans' keys to the index before anything is written, so their rows are not
-written again. Readers read ``<folder>/*.parquet`` and see each row once.
+Rows with no source (the backfill's, whose chunks are deterministic) go to a part named by the
+hash of their keys: a retry of the same rows rewrites the same file.
+
+Readers read ``<folder>/*.parquet`` (pyarrow, pandas, Feast's file source) and see each row once.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import sqlite3
+import re
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +34,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-INDEX_NAME = "_index.sqlite"
+SourceRef = tuple[str, int, int]  # the Kafka record a row came from: topic, partition, offset
+_PART = re.compile(r"^part-(?P<topic>.+)-p(?P<partition>\d+)-o(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+_OPEN: weakref.WeakSet[OfflineLog] = weakref.WeakSet()
+
+
+def forget_all() -> None:
+    """Partitions were (re)assigned to this process: every open log re-reads, at its next append,
+    how far each partition was written (another owner may have written it meanwhile)."""
+    for log in list(_OPEN):
+        log.forget()
 
 
 class OfflineLog:
@@ -36,93 +52,81 @@ class OfflineLog:
         self.key_columns = list(key_columns)
         self.schema = schema
         self.folder.mkdir(parents=True, exist_ok=True)
-        # One connection for the log's life (opening one per append cost a third of an append);
-        # appends from several threads take turns on it, several processes on the file lock.
-        self._conn = sqlite3.connect(self.folder / INDEX_NAME, timeout=30.0, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._thread_lock = threading.Lock()
-        with self._thread_lock, self._locked():
-            conn = self._conn
-            conn.execute("CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY)")
-            conn.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
-            self._adopt_orphans(conn)
-            conn.commit()
+        self._lock = threading.Lock()
+        self._upto: dict[tuple[str, int], int] | None = None  # (topic, partition) -> last offset written
+        _OPEN.add(self)
 
     def close(self) -> None:
-        with self._thread_lock:
-            self._conn.close()
+        _OPEN.discard(self)
 
-    def _locked(self) -> _FileLock:
-        return _FileLock(self.folder / ".lock")
+    def forget(self) -> None:
+        with self._lock:
+            self._upto = None
+
+    def written_upto(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> the highest source offset stored, from the part names."""
+        with self._lock:
+            return dict(self._scan())
+
+    def _scan(self) -> dict[tuple[str, int], int]:
+        if self._upto is None:
+            upto: dict[tuple[str, int], int] = {}
+            for path in self.folder.glob("part-*.parquet"):
+                m = _PART.match(path.name)
+                if m is not None:
+                    key = (m["topic"], int(m["partition"]))
+                    upto[key] = max(upto.get(key, -1), int(m["last"]))
+            self._upto = upto
+        return self._upto
 
     def _keys(self, df: pd.DataFrame) -> list[str]:
-        """Each row's key: its key columns as str, joined by \\x1f (the index stores these)."""
+        """Each row's key: its key columns as str, joined by \\x1f."""
         columns = [df[c].tolist() for c in self.key_columns]
         return ["\x1f".join(map(str, values)) for values in zip(*columns, strict=True)]
 
-    def _adopt_orphans(self, conn: sqlite3.Connection) -> None:
-        known = {name for (name,) in conn.execute("SELECT name FROM files")}
-        for path in sorted(self.folder.glob("part-*.parquet")):
-            if path.name in known:
-                continue
-            keys = self._keys(pd.read_parquet(path, columns=self.key_columns))
-            conn.executemany("INSERT OR IGNORE INTO rows(key) VALUES (?)", [(k,) for k in keys])
-            conn.execute("INSERT OR IGNORE INTO files(name) VALUES (?)", (path.name,))
+    def _write(self, df: pd.DataFrame, name: str) -> None:
+        path = self.folder / name
+        # with a schema, from_pandas takes the schema's columns by name, in its order
+        table = pa.Table.from_pandas(df, schema=self.schema, preserve_index=False)
+        tmp = path.with_name(path.name + ".tmp")  # readers never see a half-written part
+        pq.write_table(table, tmp)
+        tmp.replace(path)
 
-    def append(self, df: pd.DataFrame) -> int:
-        """Write the rows of `df` not written before; returns how many were written."""
+    def append(self, df: pd.DataFrame, sources: Sequence[SourceRef] | None = None) -> int:
+        """Write the rows of `df` not written before; returns how many were written. `sources`:
+        the record each row came from (aligned with the rows); None for rows without one."""
         if df.empty:
             return 0
+        df = df.reset_index(drop=True)
+        if sources is not None and len(sources) != len(df):
+            raise ValueError(f"{len(sources)} sources for {len(df)} rows")
         last = {key: i for i, key in enumerate(self._keys(df))}  # a key twice in df: its last row
-        with self._thread_lock, self._locked():
-            conn = self._conn
-            try:
-                seen = self._known(conn, list(last))
-                fresh = {key: i for key, i in last.items() if key not in seen}
-                if not fresh:
-                    return 0
-                digest = hashlib.sha1("\n".join(sorted(fresh)).encode()).hexdigest()[:24]
-                path = self.folder / f"part-{digest}.parquet"
-                out = df if len(fresh) == len(df) else df.iloc[sorted(fresh.values())]
-                # with a schema, from_pandas takes the schema's columns by name, in its order
-                table = pa.Table.from_pandas(out, schema=self.schema, preserve_index=False)
-                tmp = path.with_suffix(".tmp")  # readers never see a half-written part
-                pq.write_table(table, tmp)
-                tmp.replace(path)
-                conn.executemany("INSERT OR IGNORE INTO rows(key) VALUES (?)", [(k,) for k in fresh])
-                conn.execute("INSERT OR IGNORE INTO files(name) VALUES (?)", (path.name,))
-                conn.commit()
-                return len(fresh)
-            except BaseException:
-                conn.rollback()
-                raise
-
-    @staticmethod
-    def _known(conn: sqlite3.Connection, keys: list[str], chunk: int = 500) -> set[str]:
-        """Which of `keys` the index holds (IN lists of at most `chunk`: SQLite's variable limit)."""
-        seen: set[str] = set()
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            marks = ",".join("?" * len(part))
-            seen.update(k for (k,) in conn.execute(f"SELECT key FROM rows WHERE key IN ({marks})", part))  # noqa: S608
-        return seen
+        if len(last) < len(df):
+            rows = sorted(last.values())
+            df = df.iloc[rows].reset_index(drop=True)
+            sources = None if sources is None else [sources[i] for i in rows]
+        with self._lock:
+            if sources is None:
+                digest = hashlib.sha1("\n".join(sorted(last)).encode()).hexdigest()[:24]
+                name = f"part-{digest}.parquet"
+                if (self.folder / name).exists():
+                    return 0  # a retry of the same rows
+                self._write(df, name)
+                return len(df)
+            upto = self._scan()
+            src = pd.DataFrame(sources, columns=["topic", "partition", "offset"])
+            written = 0
+            for (topic, partition), group in src.groupby(["topic", "partition"], sort=True):
+                done = upto.get((str(topic), int(partition)), -1)
+                fresh = group[group["offset"] > done]
+                if fresh.empty:
+                    continue
+                first, end = int(fresh["offset"].min()), int(fresh["offset"].max())
+                self._write(df.iloc[fresh.index.to_numpy()], f"part-{topic}-p{int(partition)}-o{first}-{end}.parquet")
+                upto[(str(topic), int(partition))] = end
+                written += len(fresh)
+            return written
 
     def count(self) -> int:
-        with self._thread_lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
-
-
-class _FileLock:
-    """An exclusive lock across processes (several writers may share one log folder)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> _FileLock:
-        self._fh = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
-        fcntl.flock(self._fh, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
+        """Rows stored (from the parts' Parquet footers)."""
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.folder.glob("part-*.parquet"))

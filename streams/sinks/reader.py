@@ -74,7 +74,9 @@ def rows_by_version(feast_dir: Path, profile: str, redis_url: str) -> dict[str, 
     out = {}
     for version in sorted(seen["codebook_version"].unique()):
         df = read_sids(store, ids, version)
-        out[version] = int(df["sid_event_time_ms"].notna().sum())
+        rows = int(df["sid_event_time_ms"].notna().sum())
+        if rows:  # a pruned version (streams.sinks.prune) has none left
+            out[version] = rows
     return out
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from streams.event_time import MAX_SAFE_MS
-from streams.sinks.offline import OfflineLog
+from streams.sinks.offline import OfflineLog, SourceRef
 from streams.sinks.reader import stored_order
 from streams.sinks.schema import HISTORY_VIEW, SID_VIEW, ViewSpec, view_spec
 from streams.sinks.store import is_transient_store_error, store_lock
@@ -172,19 +172,21 @@ class FeastSink:
             stored_order(self.store, view, [{k: "__warm_up__" for k in view.join_keys}])
         self._offline(view)
 
-    def write(self, rows: Sequence[SidRow]) -> WriteResult:
-        return self._write_isolating(view_spec(SID_VIEW), list(rows))
+    def write(self, rows: Sequence[SidRow], sources: Sequence[SourceRef] | None = None) -> WriteResult:
+        """`sources`: the Kafka record each row came from (topic, partition, offset), aligned with
+        the rows: the offline log's exactly-once key (streams.sinks.offline); None (the backfill)."""
+        return self._write_isolating(view_spec(SID_VIEW), list(rows), None if sources is None else list(sources))
 
-    def write_history(self, rows: Sequence[UserHistoryRow]) -> WriteResult:
-        return self._write_isolating(view_spec(HISTORY_VIEW), list(rows))
+    def write_history(self, rows: Sequence[UserHistoryRow], sources: Sequence[SourceRef] | None = None) -> WriteResult:
+        return self._write_isolating(view_spec(HISTORY_VIEW), list(rows), None if sources is None else list(sources))
 
-    def _write_isolating(self, view: ViewSpec, rows: list[Any]) -> WriteResult:
+    def _write_isolating(self, view: ViewSpec, rows: list[Any], sources: list[SourceRef] | None) -> WriteResult:
         result = WriteResult()
         if not rows:
             return result
         try:
             with store_lock(self.store):
-                online, offline, superseded = self._write(view, rows)
+                online, offline, superseded = self._write(view, rows, sources)
             result.online += online
             result.offline += offline
             result.superseded += superseded
@@ -195,15 +197,16 @@ class FeastSink:
                 result.rejected.append((rows[0], f"{type(exc).__name__}: {exc}"))
                 return result
             half = len(rows) // 2
-            for part in (rows[:half], rows[half:]):
-                sub = self._write_isolating(view, part)
+            for part, part_sources in ((rows[:half], None if sources is None else sources[:half]),
+                                       (rows[half:], None if sources is None else sources[half:])):
+                sub = self._write_isolating(view, part, part_sources)
                 result.online += sub.online
                 result.offline += sub.offline
                 result.superseded += sub.superseded
                 result.rejected.extend(sub.rejected)
         return result
 
-    def _write(self, view: ViewSpec, rows: Sequence[Any]) -> tuple[int, int, int]:
+    def _write(self, view: ViewSpec, rows: Sequence[Any], sources: Sequence[SourceRef] | None = None) -> tuple[int, int, int]:
         """(rows written online, rows appended offline, rows superseded)."""
         t0 = time.perf_counter()
         df = pd.DataFrame(_COLUMNS[view.name](rows))
@@ -217,14 +220,16 @@ class FeastSink:
         # policy: it never wins (the row is overwritten, on SQLite and on Redis with skip_dedup)
         poisoned = stored[:, 0] > valid_until[df.index.to_numpy()]
         stored[poisoned] = [0, *([-1] * len(view.tie_features))]
-        df = df[greater(df[order].to_numpy(dtype=np.int64), stored)].reset_index(drop=True)
+        df = df[greater(df[order].to_numpy(dtype=np.int64), stored)]
+        kept_sources = None if sources is None else [sources[i] for i in df.index.to_numpy()]
+        df = df.reset_index(drop=True)
         superseded = len(rows) - len(df)
         if df.empty:
             return 0, 0, superseded
         df.insert(1, "event_time", pd.to_datetime(df.pop("event_time_ms"), unit="ms", utc=True))
         # offline first: a crash before the online write leaves the rows fresh, so the replay
         # writes them online and the offline log (keyed) does not take them twice
-        offline = self._offline(view).append(df)
+        offline = self._offline(view).append(df, kept_sources)
         self.store.write_to_online_store(view.name, df[[*keys, "event_time", *view.features]])
         log.debug("%s: %d of %d rows online, %d offline in %.1f ms", view.name, len(df), len(rows), offline,
                   1000 * (time.perf_counter() - t0))

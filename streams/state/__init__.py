@@ -7,6 +7,8 @@ partitions are assigned to the worker and before their first batch.
   topic, for the input partitions this worker owns);
 - `IdentityState`: the identity claims (streams.identity.KafkaIdentities, read from the compacted
   sids.identity topic; every assigner reads all of it);
+- `OfflineLogsState`: how far each source partition was written to the offline Parquet logs
+  (streams.sinks.offline: in the part names, no shared index), re-read after every assignment;
 - `TableState`: a Faust table (the logger's user history), which Faust restores from its own
   changelog topic before the agent sees an event: nothing for the runtime to do.
 
@@ -26,7 +28,9 @@ log = logging.getLogger(__name__)
 
 class RestorableState(Protocol):
     """A role's state: `restore` catches it up for the partitions now owned ({input topic:
-    partitions}) and returns how many records it read. Blocking; runs on the role's thread."""
+    partitions}) and returns how many records it read, or raises when it could not catch up
+    (streams.records.RestoreIncomplete): the runtime then retries it before the role's next batch.
+    Blocking; runs on the role's thread."""
 
     name: str
 
@@ -36,15 +40,15 @@ class RestorableState(Protocol):
 class KeptState:
     name = "kept embeddings"
 
-    def __init__(self, kept: KeptEmbeddings, bootstrap: str, topic: str) -> None:
-        self.kept, self.bootstrap, self.topic = kept, bootstrap, topic
+    def __init__(self, kept: KeptEmbeddings, bootstrap: str, topic: str, stall_s: float = 30.0) -> None:
+        self.kept, self.bootstrap, self.topic, self.stall_s = kept, bootstrap, topic, stall_s
 
     def restore(self, partitions: dict[str, list[int]]) -> int:
         # kept records go to the partition of the embedding they came from: the owned input partitions
         owned = sorted({p for ps in partitions.values() for p in ps})
         if not owned:
             return 0
-        read = self.kept.restore_from(self.bootstrap, self.topic, owned)
+        read = self.kept.restore_from(self.bootstrap, self.topic, owned, stall_s=self.stall_s)
         metrics.KEPT_ROWS.set(self.kept.count())
         return read
 
@@ -57,6 +61,19 @@ class IdentityState:
 
     def restore(self, partitions: dict[str, list[int]]) -> int:
         return int(self.identities.catch_up())  # every bucket: claims are not partitioned like the inputs
+
+
+class OfflineLogsState:
+    """The offline logs' per-partition high offsets (streams.sinks.offline) are re-read from the
+    part names at the next append after an assignment: another owner may have written meanwhile."""
+
+    name = "offline log offsets"
+
+    def restore(self, partitions: dict[str, list[int]]) -> int:
+        from streams.sinks.offline import forget_all
+
+        forget_all()
+        return 0
 
 
 class TableState:

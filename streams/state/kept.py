@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from streams import avro_codec
+from streams.records import RestoreIncomplete
 
 KEY_SEP = "\x1f"
 
@@ -118,51 +119,81 @@ class KeptEmbeddings:
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM kept").fetchone()[0])
 
-    def restore_from(self, bootstrap: str, topic: str, partitions: Iterable[int] | None = None, timeout_s: float = 30.0,
+    def restore_from(self, bootstrap: str, topic: str, partitions: Iterable[int] | None = None, stall_s: float = 30.0,
                      touched: set[str] | None = None) -> int:
-        """Catch the disk tier up with the compacted topic (from where it stopped, per
-        partition, to the high watermark; None: every partition); returns how many records
-        were read, and adds their track ids to `touched` when given."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        """Catch the disk tier up with the compacted topic (from where it stopped, per partition,
+        to the high watermark when called; None: every partition); returns how many records were
+        read, and adds their track ids to `touched` when given.
+
+        All of it or an error: there is no total deadline while records keep coming; when none came
+        for `stall_s` (a paused or unreachable broker) it raises `RestoreIncomplete`, keeping what
+        it read and where it got to, so a retry continues from there."""
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kept-restore-{id(self)}",
                              "enable.auto.commit": False, "enable.partition.eof": False})
         read = 0
+        behind: dict[int, tuple[int, int]] = {}
         try:
             if partitions is None:
-                partitions = sorted(consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
+                partitions = sorted(consumer.list_topics(topic, timeout=stall_s).topics[topic].partitions)
+            highs = {}
             for partition in partitions:
                 row = self._conn.execute("SELECT next_offset FROM restored WHERE topic = ? AND partition = ?",
                                          (topic, partition)).fetchone()
-                start = row[0] if row else OFFSET_BEGINNING
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-                start = max(start, low) if row else low
-                if start >= high:
-                    continue
-                consumer.assign([TopicPartition(topic, partition, start)])
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=stall_s)
+                highs[partition] = (max(row[0], low) if row else low, high)
+            behind = {p: (start, high) for p, (start, high) in highs.items() if start < high}
+            for partition, (start, high) in list(behind.items()):
+                read += self._restore_partition(consumer, topic, partition, start, high, stall_s, touched)
+                behind[partition] = (high, high)
+        except KafkaException as exc:
+            raise RestoreIncomplete(f"kept embeddings {topic}", {p: v for p, v in behind.items() if v[0] < v[1]}, stall_s,
+                                    str(exc)) from exc
+        finally:
+            consumer.close()
+        return read
+
+    def _restore_partition(self, consumer: Any, topic: str, partition: int, start: int, high: int, stall_s: float,
+                           touched: set[str] | None) -> int:
+        from confluent_kafka import TopicPartition
+
+        consumer.assign([TopicPartition(topic, partition, start)])
+        position, read = start, 0
+        last_progress = time.monotonic()
+        try:
+            while position < high:
+                # consume(n, t) waits its whole timeout unless n came: drain what is here, else poll
+                msgs = consumer.consume(num_messages=5000, timeout=0)
+                if not msgs:
+                    msg = consumer.poll(0.2)
+                    msgs = [] if msg is None else [msg]
                 batch: list[tuple[str, str, dict[str, Any]]] = []
-                position = start
-                deadline = time.monotonic() + timeout_s
-                while position < high and time.monotonic() < deadline:
-                    msg = consumer.poll(0.5)
-                    if msg is None or msg.error():
+                for msg in msgs:
+                    if msg.error():
                         continue
                     position = msg.offset() + 1
                     if msg.value() is None:
                         continue  # a tombstone: nothing kept for that key
                     rec = avro_codec.decode(msg.value(), expected="Embedding")[1]
                     batch.append((rec["track_id"], rec["modality"], entry_of(rec)))
-                self.put_many(batch)
-                read += len(batch)
-                if touched is not None:
-                    touched.update(t for t, _, _ in batch)
-                self._conn.execute("INSERT OR REPLACE INTO restored(topic, partition, next_offset) VALUES (?, ?, ?)",
-                                   (topic, partition, position))
-                self._conn.commit()
-                consumer.unassign()
+                if msgs:
+                    last_progress = time.monotonic()
+                    self.put_many(batch, commit=False)
+                    self._save_position(topic, partition, position)  # rows and position in one transaction
+                    read += len(batch)
+                    if touched is not None:
+                        touched.update(t for t, _, _ in batch)
+                elif time.monotonic() - last_progress > stall_s:
+                    raise RestoreIncomplete(f"kept embeddings {topic}", {partition: (position, high)}, stall_s)
         finally:
-            consumer.close()
+            consumer.unassign()
         return read
+
+    def _save_position(self, topic: str, partition: int, next_offset: int) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO restored(topic, partition, next_offset) VALUES (?, ?, ?)",
+                           (topic, partition, next_offset))
+        self._conn.commit()
 
     def mark_written(self, topic: str, offsets: dict[int, int]) -> None:
         """Record that the disk tier holds everything this process wrote up to these offsets

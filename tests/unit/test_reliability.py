@@ -17,7 +17,7 @@ from streams.codebooks import ActiveCodebooks
 from streams.records import DeadLetter, RawRecord, vector_to_bytes
 from streams.roles.assigner import assign_batch
 from streams.roles.encoding import encode_isolating
-from streams.sinks.offline import INDEX_NAME, OfflineLog
+from streams.sinks.offline import OfflineLog
 from streams.state.kept import KeptEmbeddings
 
 pytestmark = pytest.mark.unit
@@ -128,17 +128,19 @@ def test_offline_log_keeps_each_row_once_across_retries_and_other_batch_boundari
     key = ("user_id", "item_id", "timestamp", "label")
     log = OfflineLog(tmp_path, key)
     a, b, c, d = ("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("v", "a", 4)
-    assert log.append(_frame([a, b, c])) == 3
-    assert log.append(_frame([a, b, c])) == 0  # a retry of the same batch
-    assert log.append(_frame([b, c, d])) == 1  # a replay with other boundaries
+    at = {a: 0, b: 1, c: 2, d: 3}  # each row's record offset in partition 0
+
+    def src(rows):
+        return [("interactions", 0, at[r]) for r in rows]
+
+    assert log.append(_frame([a, b, c]), src([a, b, c])) == 3
+    assert log.append(_frame([a, b, c]), src([a, b, c])) == 0  # a retry of the same batch
+    assert log.append(_frame([b, c, d]), src([b, c, d])) == 1  # a replay with other boundaries
     assert len(_stored(tmp_path)) == 4 and not _stored(tmp_path).duplicated().any()
-    # a crash after a part file was written but before the index knew it: the reopened log
-    # adopts the orphan's rows, so their replay writes nothing again
-    (tmp_path / INDEX_NAME).unlink()
-    for extra in tmp_path.glob(f"{INDEX_NAME}-*"):
-        extra.unlink()
+    # a crash after a part file was written but before the batch's offsets were committed: a
+    # fresh log (another process) reads how far the partition was written from the part names
     again = OfflineLog(tmp_path, key)
-    assert again.count() == 4 and again.append(_frame([a, d])) == 0
+    assert again.count() == 4 and again.append(_frame([a, d]), src([a, d])) == 0
     assert len(_stored(tmp_path)) == 4
 
 

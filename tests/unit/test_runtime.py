@@ -15,7 +15,7 @@ import pytest
 from streams import avro_codec
 from streams.admin.topics import TopicNames
 from streams.batching import RetryPolicy
-from streams.records import BatchResult, RawRecord
+from streams.records import BatchResult, RawRecord, RestoreIncomplete
 from streams.roles.text import TextRole
 from streams.runtime import RoleHandler, Runtime
 from streams.topology import role
@@ -183,6 +183,55 @@ def test_assignment_restores_each_roles_state_for_its_own_input_partitions() -> 
     asyncio.run(rt._assigned(None, assigned))
     assert assigner.state.calls == [{"p.embeddings.text": [0, 1], "p.embeddings.audio": [0]}]
     assert writer.state.calls == [{"p.sids.assigned": [1]}]
+
+
+def test_a_restore_that_stops_short_holds_the_roles_batches_until_it_completes() -> None:
+    """A state whose restore raised (RestoreIncomplete) is never taken for complete: before the
+    role's next batch the runtime restores it again, pausing between tries, and only returns
+    (letting the batch run) once a restore succeeded."""
+    @dataclass(frozen=True)
+    class TP:
+        topic: str
+        partition: int
+
+    class Flaky:
+        name = "kept embeddings"
+
+        def __init__(self, failures: int) -> None:
+            self.failures, self.calls = failures, 0
+
+        def restore(self, partitions: dict[str, list[int]]) -> int:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise RestoreIncomplete("kept embeddings k", {0: (5, 9)}, 0.1)
+            return 4
+
+    class Stateful(RoleHandler):
+        role = "assigner"
+
+        def __init__(self) -> None:
+            self.state = Flaky(failures=2)
+
+        async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
+            return BatchResult()
+
+        def states(self) -> list[Flaky]:  # type: ignore[override]
+            return [self.state]
+
+    rt = _runtime(_Producer())
+    handler = Stateful()
+    rt._handlers = {"assigner": (role("assigner"), handler)}
+
+    async def go() -> list[str]:
+        seen = []
+        await rt._assigned(None, {TP("p.embeddings.text", 0)})
+        seen.append(f"after assignment: {handler.state.calls} call(s), pending {sorted(rt._unrestored.get('assigner', {}))}")
+        await rt.ensure_restored("assigner", max_delay_s=0.01)
+        seen.append(f"after ensure: {handler.state.calls} call(s), pending {sorted(rt._unrestored.get('assigner', {}))}")
+        return seen
+
+    assert asyncio.run(go()) == ["after assignment: 1 call(s), pending ['kept embeddings']",
+                                 "after ensure: 3 call(s), pending []"]
 
 
 def test_the_record_timestamp_reaches_the_role_in_ms() -> None:
