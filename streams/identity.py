@@ -82,7 +82,7 @@ class TableIdentities:
     def refresh(self) -> None:
         """Read claims made elsewhere (nothing to read for an in-memory table)."""
 
-    def full_ids(self, q: Any, version: str, modality: str, track_ids: Sequence[str], X: np.ndarray) -> np.ndarray:
+    def held_ids(self, q: Any, version: str, modality: str, track_ids: Sequence[str], X: np.ndarray) -> np.ndarray:
         """The IDs the registry holds for these tracks under a psrq_id codebook `q`: the semantic
         layers of X followed by each track's claimed identity codes (-1 where it holds none)."""
         self.refresh()

@@ -9,7 +9,7 @@ the encode itself allocates. Reported: items/s per size, the extra MB per size, 
 extra memory.
 
 Fit (``--fit-n``): one 3-layer PSRQ fit of that many rows with ``--device`` /
-``--kmeans-backend`` (psrq.kmeans.resolve_backend), on all points by default (the issue's GPU row:
+``--kmeans-backend`` (psrq.kmeans_common.resolve_backend), on all points by default (the issue's GPU row:
 10M x 384, K = 256, < 30 s on one H100/H200), or with faiss's subsampling (``--fit-subsample``).
 """
 

@@ -147,6 +147,6 @@ def _registry_ids(run, cs, version, track_ids, X):
     reg = KafkaIdentities(run.settings.kafka.bootstrap, run.names.identity)
     try:
         reg.catch_up()
-        return reg.full_ids(q, version, "text", track_ids, X)
+        return reg.held_ids(q, version, "text", track_ids, X)
     finally:
         reg.close()

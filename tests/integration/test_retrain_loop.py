@@ -56,7 +56,7 @@ def _offline_codes(settings, version, track_ids):
 
     def ids(modality, tracks, X):
         q = cs.codebooks[modality]
-        return reg.full_ids(q, version, modality, tracks, X) if hasattr(q, "semantic_encode") else cs.encode(modality, X)
+        return reg.held_ids(q, version, modality, tracks, X) if hasattr(q, "semantic_encode") else cs.encode(modality, X)
 
     text = ids("text", track_ids, np.stack([vec(entries[t]["text"]) for t in track_ids]))
     with_audio = [t for t in track_ids if "audio" in entries[t]]
