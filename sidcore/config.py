@@ -68,6 +68,9 @@ class StreamSettings(_Frozen):
     # however long that takes while records keep coming; it fails (streams.records.RestoreIncomplete)
     # only after this long without progress: a paused or unreachable broker, not a large topic.
     restore_stall_s: float = Field(30.0, gt=0, description="a restore or claims catch-up fails after this long without progress")
+    # An assigner's identity claims live on disk (streams.state.identity_store); its memory is
+    # SQLite's page cache plus an LRU of buckets' taken-code masks, each bounded by this.
+    identity_cache_mb: int = Field(64, ge=1, description="assigner memory for identity claims: page cache and mask cache, each")
     backfill_chunk: int = Field(2000, ge=1, description="tracks re-coded and written per backfill step")
     codebook_reload_grace_s: float = Field(12.0, ge=0, description="backfill: wait for assigners to see a pending version")
     session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")

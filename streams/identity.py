@@ -29,6 +29,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ import numpy as np
 from psrq.identity import BucketFull, IdentityTable, bucket_keys
 from streams import avro_codec
 from streams.records import RestoreIncomplete
+from streams.state.identity_store import IdentityStore, open_slot
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,10 @@ class TableIdentities:
             t = self.tables[(version, modality)] = IdentityTable(capacity)
         return t
 
+    def existing(self, version: str, modality: str) -> Any:
+        """The table of (version, modality) if any claim was made there, else None."""
+        return self.tables.get((version, modality))
+
     def _submit(self, claims: list[dict[str, Any]]) -> None:
         for c in claims:
             self.table(c["codebook_version"], c["modality"], c["capacity"]).claim(tuple(c["prefix"]), c["track_id"], c["code"])
@@ -87,7 +93,7 @@ class TableIdentities:
         layers of X followed by each track's claimed identity codes (-1 where it holds none)."""
         self.refresh()
         semantic = q.semantic_encode(X)
-        table = self.tables.get((version, modality))
+        table = self.existing(version, modality)
         held = [None if table is None else table.held(key, t) for key, t in zip(bucket_keys(semantic), track_ids, strict=True)]
         ident = q.split(np.array([-1 if h is None else h for h in held], dtype=np.int64))
         ident[np.array([h is None for h in held])] = -1
@@ -113,7 +119,7 @@ class TableIdentities:
         states = []
         for r in requests:
             table = self.table(r.version, r.modality, r.capacity)
-            hint_table = self.tables.get((r.hint_version, r.modality)) if r.hint_version else None
+            hint_table = self.existing(r.hint_version, r.modality) if r.hint_version else None
             states.append((r, table, hint_table, bucket_keys(r.prefixes), np.full(len(r.track_ids), -1, dtype=np.int64),
                            {}, list(range(len(r.track_ids)))))
         rounds = 0
@@ -164,12 +170,21 @@ class TableIdentities:
 
 
 class KafkaIdentities(TableIdentities):
-    """Claims through the compacted ``sids.identity`` topic; the table is every claim read back in log order."""
+    """Claims through the compacted ``sids.identity`` topic; the table is every claim read back in
+    log order, kept in an IdentityStore (streams.state.identity_store): on disk under `state_dir`
+    (a slot of its own there, with the offsets it has applied, so a restart reads only the tail),
+    or in memory (None: one-off readers such as the backfill and tests, which read the whole topic)."""
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0, stall_s: float = 30.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0, stall_s: float = 30.0,
+                 state_dir: Path | None = None, cache_mb: int = 64) -> None:
         from confluent_kafka import Consumer, Producer, TopicPartition
 
         super().__init__()
+        self._slot_lock = None
+        path = None
+        if state_dir is not None:
+            path, self._slot_lock = open_slot(Path(state_dir))
+        self.store = IdentityStore(path, cache_mb=cache_mb, mask_cache_mb=cache_mb)
         self.topic = topic
         self.timeout_s = float(timeout_s)  # a broker request (metadata, watermarks, produce acks)
         self.stall_s = float(stall_s)  # a catch-up fails after this long without a claim read
@@ -189,24 +204,65 @@ class KafkaIdentities(TableIdentities):
             raise RuntimeError(f"identity topic {topic!r} does not exist (run `sidstream topics create`)") from None
         meta = self._consumer.list_topics(topic, timeout=self.timeout_s).topics[topic]
         self.partitions = sorted(meta.partitions)
-        self._consumer.assign([TopicPartition(topic, p, 0) for p in self.partitions])  # the whole log, from the start
-        self._next: dict[int, int] = {p: 0 for p in self.partitions}
+        applied = self.store.next_offsets(topic)
+        highs = self.high_watermarks()
+        if any(applied.get(p, 0) > highs[p] for p in self.partitions) or set(applied) - set(self.partitions):
+            log.warning("%s: the local claims store is ahead of the topic (recreated?): reading it from the start", topic)
+            self.store.reset()
+            applied = {}
+        self._next: dict[int, int] = {p: applied.get(p, 0) for p in self.partitions}
+        # from where the local store stopped: a restart reads only the tail (0: the whole log)
+        self._consumer.assign([TopicPartition(topic, p, self._next[p]) for p in self.partitions])
         self.claims_read = 0
+
+    def high_watermarks(self) -> dict[int, int]:
+        """Each partition's high watermark now. A partition whose leader is moving (a topic just
+        created, a broker restarting) is asked again until `timeout_s`; then RestoreIncomplete."""
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        retriable = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                     KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT}
+        deadline = time.monotonic() + self.timeout_s
+        out: dict[int, int] = {}
+        for p in self.partitions:
+            while True:
+                try:
+                    out[p] = self._offsets.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s,
+                                                                 cached=False)[1]
+                    break
+                except KafkaException as exc:
+                    if exc.args[0].code() not in retriable or time.monotonic() > deadline:
+                        raise RestoreIncomplete(f"identity claims {self.topic}", {}, self.timeout_s, str(exc)) from exc
+                    time.sleep(0.1)
+        return out
+
+    def table(self, version: str, modality: str, capacity: int) -> Any:
+        return self.store.table(version, modality, capacity)
+
+    def existing(self, version: str, modality: str) -> Any:
+        return self.store.table(version, modality)
 
     def close(self) -> None:
         self._consumer.close()
         self._offsets.close()
         self._producer.flush(self.timeout_s)
+        self.store.close()
+        if self._slot_lock is not None:
+            self._slot_lock.close()
 
     def partition_of(self, version: str, modality: str, prefix: Sequence[int]) -> int:
         return self.partitions[zlib.crc32(bucket_text(version, modality, prefix).encode()) % len(self.partitions)]
 
     # -- reading ----------------------------------------------------------------------------
     def _apply(self, msgs: list[Any]) -> None:
+        """Apply the claims of `msgs` (in log order) and the partitions' next offsets in one
+        transaction of the store."""
+        claims: list[dict[str, Any]] = []
+        moved: dict[int, int] = {}
         for msg in msgs:
             if msg.error() is not None:
                 raise RuntimeError(f"reading {self.topic}: {msg.error()}")
-            self._next[msg.partition()] = msg.offset() + 1
+            moved[msg.partition()] = msg.offset() + 1
             if msg.value() is None:
                 continue  # a tombstone: a pruned version's claim (streams.sinks.prune)
             try:
@@ -214,21 +270,18 @@ class KafkaIdentities(TableIdentities):
             except avro_codec.DecodeError as exc:
                 log.warning("%s[%d]@%d: skipping an undecodable claim: %s", self.topic, msg.partition(), msg.offset(), exc)
                 continue
-            self.table(rec["codebook_version"], rec["modality"], rec["capacity"]).claim(tuple(rec["prefix"]), rec["track_id"], rec["code"])
-            self.claims_read += 1
+            claims.append(rec)
+        if moved:
+            self.store.apply(self.topic, claims, moved)
+            self._next.update(moved)
+            self.claims_read += len(claims)
 
     def catch_up(self, targets: dict[int, int] | None = None) -> int:
         """Read until every partition's next offset reaches `targets` (default: its high
         watermark now); returns the claims read. No total deadline while claims keep coming:
         `RestoreIncomplete` after `stall_s` without one (a paused or unreachable broker)."""
         if targets is None:
-            from confluent_kafka import KafkaException, TopicPartition
-
-            try:
-                targets = {p: self._offsets.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s,
-                                                                  cached=False)[1] for p in self.partitions}
-            except KafkaException as exc:
-                raise RestoreIncomplete(f"identity claims {self.topic}", {}, self.timeout_s, str(exc)) from exc
+            targets = self.high_watermarks()
         before = self.claims_read
         last_progress = time.monotonic()
         while any(self._next[p] < off for p, off in targets.items()):

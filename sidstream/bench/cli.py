@@ -16,6 +16,7 @@ _BENCHES = {
     "ids": "sidstream.bench.ids",
     "catalog": "sidstream.bench.catalog",
     "online": "sidstream.bench.online",
+    "scale": "sidstream.bench.scale",
 }
 
 

@@ -48,7 +48,8 @@ def build_handlers(roles: list[str], s: Settings) -> dict[str, RoleHandler]:
             raise click.ClickException(f"no live codebook version in {s.registry_dir}; run `sidstream train codebooks` or `sidstream demo`")
         kept = KeptEmbeddings(s.home / "state" / f"{s.kafka.topic_prefix}assigner" / "kept.sqlite", s.stream.audio_wait_s)
         identities = KafkaIdentities(s.kafka.bootstrap, TopicNames(s.kafka.topic_prefix).identity,
-                                     stall_s=s.stream.restore_stall_s)
+                                     stall_s=s.stream.restore_stall_s, cache_mb=s.stream.identity_cache_mb,
+                                     state_dir=s.home / "state" / f"{s.kafka.topic_prefix}assigner")
         identities.catch_up()
         handlers["assigner"] = AssignerRole(kept, codebooks, identities, s.kafka.bootstrap, policy, s.stream.restore_stall_s)
     if "writer" in roles or "logger" in roles:

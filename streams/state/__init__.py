@@ -17,11 +17,13 @@ This is the seam on-disk stores for catalogue-sized state go behind."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streams import metrics
-from streams.identity import KafkaIdentities
 from streams.state.kept import KeptEmbeddings
+
+if TYPE_CHECKING:  # streams.identity imports streams.state.identity_store: no runtime import back
+    from streams.identity import KafkaIdentities
 
 log = logging.getLogger(__name__)
 
