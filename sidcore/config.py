@@ -72,6 +72,9 @@ class StreamSettings(_Frozen):
     # SQLite's page cache plus an LRU of buckets' taken-code masks, each bounded by this.
     identity_cache_mb: int = Field(64, ge=1, description="assigner memory for identity claims: page cache and mask cache, each")
     backfill_chunk: int = Field(2000, ge=1, description="tracks re-coded and written per backfill step")
+    # A refit's backfill split over this many processes by embeddings.kept partition (streams.backfill):
+    # one per core the retraining job has, at most the topic's partitions.
+    backfill_shards: int = Field(1, ge=1, description="processes a backfill runs in (by embeddings.kept partition)")
     codebook_reload_grace_s: float = Field(12.0, ge=0, description="backfill: wait for assigners to see a pending version")
     session_timeout_s: float = Field(30.0, ge=6, description="Kafka consumer session timeout (a dead worker's partitions move after it)")
     # The workers' consumers long-poll the broker for at most this long when nothing is there

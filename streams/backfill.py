@@ -48,9 +48,100 @@ def _rows(result: BatchResult) -> list[Any]:
 def run_backfill(
     settings: Settings, version: str, kept_topic: str, control_topic: str | None = None, chunk: int | None = None,
     grace_s: float | None = None, on_progress: Callable[[str, int, int], None] | None = None,
-    fail_after_tracks: int | None = None, identity_topic: str | None = None,
+    fail_after_tracks: int | None = None, identity_topic: str | None = None, shards: int | None = None,
+    fail_shard: int | None = None,
 ) -> dict[str, Any]:
-    """Backfill `version` and make it live; returns what was done (tracks, seconds, tracks/s)."""
+    """Backfill `version` and make it live; returns what was done (tracks, seconds, tracks/s).
+
+    `shards` (default: `stream.backfill_shards`) > 1: the `embeddings.kept` partitions are split over that many processes (shard i
+    takes the partitions p with p % shards == i: disjoint tracks, since a track's kept records
+    share its partition), each with its own scratch store and checkpoint under
+    ``work/backfill-<version>/shard-<i>/``, claiming identity codes through the same topic. The
+    switch is made once, here, after every shard finished; a failed shard fails the backfill
+    before it (nothing switches), and the next run skips the finished shards and resumes the
+    others from their checkpoints. `fail_shard` limits `fail_after_tracks` to one shard (tests)."""
+    registry = Registry(settings.registry_dir)
+    target = registry.get(CODEBOOKS, version)
+    work = settings.home / "work" / f"backfill-{version}"
+    work.mkdir(parents=True, exist_ok=True)
+    grace_path = work / "graced.json"
+    shards = settings.stream.backfill_shards if shards is None else shards
+    from streams.sinks.prune import Pruner
+
+    Pruner.forget(prune_progress_path(settings), version)  # a rollback re-backfills a pruned version: prune it anew later
+    registry.set_pending(CODEBOOKS, version)
+    if control_topic is not None:
+        _publish(settings, control_topic, version, str(target.path))
+    if not grace_path.is_file() and not (work / "state.json").is_file():
+        time.sleep(settings.stream.codebook_reload_grace_s if grace_s is None else grace_s)
+    _save(grace_path, {"graced": True})
+    started = time.perf_counter()
+    if shards <= 1:
+        reports = [backfill_shard(settings, version, kept_topic, identity_topic, 0, 1, chunk, on_progress, fail_after_tracks)]
+    else:
+        reports = _run_shards(settings, version, kept_topic, identity_topic, shards, chunk, fail_after_tracks, fail_shard, work)
+    seconds = time.perf_counter() - started
+    from streams.sinks.store import open_store
+
+    registry.promote(CODEBOOKS, version)
+    registry.set_pending(CODEBOOKS, None)
+    if control_topic is not None:
+        _publish(settings, control_topic, version, str(target.path))
+    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
+    report_prune = prune_old_versions(settings, registry, identity_topic, store)
+    coded = sum(r["coded"] for r in reports)
+    report = {"version": version, "tracks": sum(r["tracks"] for r in reports), "coded": coded,
+              "second_pass": sum(r["second_pass"] for r in reports), "resumed": any(r["resumed"] for r in reports),
+              "shards": len(reports), "seconds": round(seconds, 2),
+              "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None,
+              "per_shard": [{k: r[k] for k in ("shard", "tracks", "coded", "seconds", "tracks_per_s", "skipped")} for r in reports]
+              if shards > 1 else None,
+              "pruned": report_prune}
+    registry.log_event(CODEBOOKS, {"event": "backfilled", **report})
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _run_shards(settings: Settings, version: str, kept_topic: str, identity_topic: str | None, shards: int,
+                chunk: int | None, fail_after_tracks: int | None, fail_shard: int | None, work: Path) -> list[dict[str, Any]]:
+    """Every shard in a child process (`python -m streams.backfill`), all at once; their reports."""
+    import subprocess
+    import sys
+
+    settings_path = work / "settings.json"
+    settings_path.write_text(settings.model_dump_json())
+    procs = []
+    for i in range(shards):
+        fail = fail_after_tracks if fail_shard in (None, i) else None
+        args = [sys.executable, "-m", "streams.backfill", str(settings_path), version, kept_topic, identity_topic or "-",
+                str(i), str(shards), str(chunk or 0), str(fail or 0)]
+        log_path = work / f"shard-{i}.log"
+        with open(log_path, "w") as out:
+            procs.append((i, subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT), log_path))
+    failed = []
+    for i, proc, log_path in procs:
+        if proc.wait() != 0:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.is_file() else []
+            failed.append(f"shard {i} (exit {proc.returncode}): {tail[0] if tail else ''}")
+    if failed:
+        raise BackfillShardFailed(f"{len(failed)} of {shards} backfill shard(s) failed, the version is not switched "
+                                  f"(a rerun resumes them): {'; '.join(failed)}")
+    return [json.loads((work / f"shard-{i}" / "outcome.json").read_text()) for i in range(shards)]
+
+
+class BackfillShardFailed(RuntimeError):
+    """A shard of a sharded backfill failed; nothing was switched."""
+
+
+def backfill_shard(
+    settings: Settings, version: str, kept_topic: str, identity_topic: str | None, shard: int, of: int,
+    chunk: int | None = None, on_progress: Callable[[str, int, int], None] | None = None,
+    fail_after_tracks: int | None = None,
+) -> dict[str, Any]:
+    """Re-code and write the tracks of the kept partitions p % of == shard under `version`, with
+    a checkpoint per chunk (a killed shard resumes there; a finished one is skipped); its report."""
     from psrq import joint_embedding, load_codebook_set
     from streams.sinks.store import open_store
     from streams.sinks.writer import FeastSink
@@ -58,26 +149,29 @@ def run_backfill(
     chunk = chunk or settings.stream.backfill_chunk
     registry = Registry(settings.registry_dir)
     target = registry.get(CODEBOOKS, version)
-    work = settings.home / "work" / f"backfill-{version}"
+    base = settings.home / "work" / f"backfill-{version}"
+    work = base if of == 1 else base / f"shard-{shard}"  # one shard keeps the layout `sidstream status` reads
     work.mkdir(parents=True, exist_ok=True)
-    state_path = work / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"last_track": "", "done": 0, "graced": False}
+    state_path, report_path = work / "state.json", work / "report.json"
+    if report_path.is_file():
+        return {**json.loads(report_path.read_text()), "skipped": True}  # finished in an earlier run
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"last_track": "", "done": 0}
     resumed = state["done"] > 0
-    from streams.sinks.prune import Pruner
-
-    Pruner.forget(prune_progress_path(settings), version)  # a rollback re-backfills a pruned version: prune it anew later
-    registry.set_pending(CODEBOOKS, version)
-    if control_topic is not None:
-        _publish(settings, control_topic, version, str(target.path))
-    if not state["graced"]:
-        time.sleep(settings.stream.codebook_reload_grace_s if grace_s is None else grace_s)
-        state["graced"] = True
-        _save(state_path, state)
     started = time.perf_counter()
     kept = KeptEmbeddings(work / "kept.sqlite", wait_s=0)
     stall_s = settings.stream.restore_stall_s
+    partitions = None
+    if of > 1:
+        from confluent_kafka import Consumer
+
+        meta = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": f"backfill-{version}"})
+        try:
+            partitions = [p for p in sorted(meta.list_topics(kept_topic, timeout=stall_s).topics[kept_topic].partitions)
+                          if p % of == shard]
+        finally:
+            meta.close()
     # all of the kept topic or RestoreIncomplete: a short copy would make a version live with tracks missing
-    kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=stall_s)
+    kept.restore_from(settings.kafka.bootstrap, kept_topic, partitions, stall_s=stall_s)
     total = kept.track_count()
     active = ActiveCodebooks(version, load_codebook_set(target.path))
     sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url))
@@ -109,24 +203,18 @@ def run_backfill(
         if fail_after_tracks is not None and state["done"] >= fail_after_tracks and state["done"] < total:
             raise InjectedBackfillFailure(f"injected failure after {state['done']} of {total} tracks")
     touched: set[str] = set()
-    kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=stall_s, touched=touched)  # what changed meanwhile
+    kept.restore_from(settings.kafka.bootstrap, kept_topic, partitions, stall_s=stall_s, touched=touched)  # changed meanwhile
     tail = sorted(touched)
     for i in range(0, len(tail), chunk):
         write(tail[i : i + chunk], kept.entries(tail[i : i + chunk]))
     seconds = time.perf_counter() - started
-    registry.promote(CODEBOOKS, version)
-    registry.set_pending(CODEBOOKS, None)
-    if control_topic is not None:
-        _publish(settings, control_topic, version, str(target.path))
-    report_prune = prune_old_versions(settings, registry, identity_topic, sink.store)
-    report = {"version": version, "tracks": total, "coded": coded, "second_pass": len(tail), "resumed": resumed,
-              "seconds": round(seconds, 2), "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None,
-              "pruned": report_prune}
-    registry.log_event(CODEBOOKS, {"event": "backfilled", **report})
     kept.close()
     if identities is not None:
         identities.close()
-    state_path.unlink(missing_ok=True)
+    report = {"shard": shard, "partitions": partitions, "tracks": total, "coded": coded, "second_pass": len(tail),
+              "resumed": resumed, "seconds": round(seconds, 2),
+              "tracks_per_s": round(coded / seconds, 1) if seconds > 0 else None, "skipped": False}
+    _save(report_path, report)
     (work / "kept.sqlite").unlink(missing_ok=True)
     return report
 
@@ -207,3 +295,16 @@ def catalog_embeddings(settings: Settings, kept_topic: str, scratch: Path) -> tu
         return ids, out, model_ids
     finally:
         kept.close()
+
+
+if __name__ == "__main__":  # one shard of a sharded backfill (run_backfill starts these)
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path, version_arg, kept_arg, identity_arg, shard_arg, of_arg, chunk_arg, fail_arg = sys.argv[1:9]
+    out = backfill_shard(Settings.model_validate_json(Path(path).read_text()), version_arg, kept_arg,
+                         None if identity_arg == "-" else identity_arg, int(shard_arg), int(of_arg), int(chunk_arg) or None,
+                         None, int(fail_arg) or None)
+    # this run's outcome (`skipped` when an earlier run finished the shard), read by run_backfill
+    _save(Settings.model_validate_json(Path(path).read_text()).home / "work" / f"backfill-{version_arg}" / f"shard-{shard_arg}"
+          / "outcome.json", out)

@@ -11,7 +11,9 @@ the same run (restore from the topic, coding, Feast write), so the slowest one i
 from __future__ import annotations
 
 import json
+import os
 import time
+from typing import Any
 
 import click
 import numpy as np
@@ -19,8 +21,10 @@ import numpy as np
 
 @click.command()
 @click.option("--tracks", "n", type=click.IntRange(min=100), default=20_000, show_default=True)
+@click.option("--shards", default="1", show_default=True,
+              help="shard counts to backfill with, comma-separated (e.g. 1,2: the same catalogue under a fresh version each)")
 @click.option("--json", "as_json", is_flag=True)
-def command(n: int, as_json: bool) -> None:
+def command(n: int, shards: str, as_json: bool) -> None:
     """Backfill throughput (tracks/s) on a synthetic kept catalogue, with a stage breakdown."""
     from confluent_kafka import Producer
     from rich.console import Console
@@ -70,10 +74,17 @@ def command(n: int, as_json: bool) -> None:
     from psrq.fitting import fit_codebook_set
 
     quantizers = fit_codebook_set({"text": T, "audio": A, "joint": joint_embedding(T[with_audio], A)}, s.codebook)
-    version = register_codebook_set(Registry(s.registry_dir), quantizers, {"bench": "backfill"}, False,
-                                    manifests_extra={"encoder_model_ids": {"text": "text-model", "audio": "audio-model"}})
-    console.print(f"backfilling {n} tracks under {version.version}...")
-    report = run_backfill(s, version.version, run.names.kept, None, grace_s=0.0, identity_topic=run.names.identity)
+    by_shards: dict[str, Any] = {}
+    for k in [int(x) for x in shards.split(",") if x]:
+        version = register_codebook_set(Registry(s.registry_dir), quantizers, {"bench": "backfill"}, False,
+                                        manifests_extra={"encoder_model_ids": {"text": "text-model", "audio": "audio-model"}})
+        console.print(f"backfilling {n} tracks under {version.version} in {k} shard(s)...")
+        report = run_backfill(s, version.version, run.names.kept, None, grace_s=0.0, identity_topic=run.names.identity, shards=k)
+        by_shards[str(k)] = {"seconds": report["seconds"], "tracks_per_s": report["tracks_per_s"],
+                             "per_shard_tracks_per_s": [p["tracks_per_s"] for p in report["per_shard"] or []]}
+    first = by_shards[min(by_shards, key=int)]
+    for row in by_shards.values():
+        row["vs_fewest_shards"] = round(row["tracks_per_s"] / first["tracks_per_s"], 3)
     # the stages alone, same data, same process
     kept = KeptEmbeddings(run_dir / "stage-kept.sqlite", wait_s=0)
     t0 = time.perf_counter()
@@ -95,7 +106,8 @@ def command(n: int, as_json: bool) -> None:
         sink.write(chunk)
     write_s = time.perf_counter() - t2
     out = {"bench": "backfill", "tracks": n, "with_audio": int(with_audio.sum()), "store": s.feast_profile,
-           "chunk": s.stream.backfill_chunk, "backfill_s": report["seconds"], "tracks_per_s": report["tracks_per_s"],
+           "chunk": s.stream.backfill_chunk, "backfill_s": first["seconds"], "tracks_per_s": first["tracks_per_s"],
+           "by_shards": by_shards, "cores": os.cpu_count(),
            "stages_tracks_per_s": {"restore_from_topic": round(n / restore_s, 1), "code": round(n / code_s, 1),
                                    "feast_write": round(n / write_s, 1)}}
     click.echo(json.dumps(out) if as_json else json.dumps(out, indent=2))
