@@ -109,6 +109,10 @@ class IdentityTable:
             raise BucketFull(f"identity bucket {bucket} is full ({self.capacity} codes taken); refit with a larger identity codebook")
         return code
 
+    def taken_mask(self, bucket: Hashable) -> np.ndarray | None:
+        """bool [capacity]: the bucket's taken codes (None: none taken yet)."""
+        return self._taken.get(bucket)
+
     def bucket_size(self, bucket: Hashable) -> int:
         return len(self._owner.get(bucket, {}))
 
@@ -119,11 +123,91 @@ class IdentityTable:
         return sum(len(v) for v in self._owner.values())
 
 
+class DenseQuery:
+    """The nearest free code from a full distance matrix [n, capacity] (`IdentityPSRQ.identity_distances`)."""
+
+    def __init__(self, distances: F32) -> None:
+        self.distances = distances
+
+    def __len__(self) -> int:
+        return len(self.distances)
+
+    def nearest_free(self, i: int, taken: np.ndarray | None, reserved: Sequence[int] = ()) -> int | None:
+        """Item i's nearest code that is neither taken nor reserved; None when there is none."""
+        row = self.distances[i]
+        if taken is None and not reserved:
+            return int(np.argmin(row))
+        masked = row.copy() if taken is None else np.where(taken, np.inf, row)
+        if reserved:
+            masked[np.asarray(reserved, dtype=np.int64)] = np.inf
+        code = int(np.argmin(masked))
+        return code if np.isfinite(masked[code]) else None
+
+
+class CompositeQuery:
+    """The nearest free composite identity code (i_1 * K_2 + i_2) of each item **without** the
+    [n, K_id^2] distance matrix: the same values, visited best-first.
+
+    d(i_1, i_2) = dA[i_1] + part[i_2] + G[i_1, i_2] (float32, the very expressions and order of
+    `identity_distances`, so every value is bit-equal to its entry there). A row i_1 cannot hold
+    anything below lb[i_1] = (dA[i_1] + min(part)) + min(G[i_1]) (float rounding is monotonic, so
+    the bound holds in float32 too); rows are visited in order of lb and the search stops at the
+    first row whose bound exceeds the best free value found. Ties go to the lowest composite code,
+    as `np.argmin` over the full row does: the result is exactly `DenseQuery`'s. Time and memory
+    per item: O(K_1 + K_2) plus K_2 per visited row (usually a few), not O(K_1 K_2)."""
+
+    def __init__(self, dA: F32, part: F32 | None, G: F32 | None) -> None:
+        self.dA, self.part, self.G = dA, part, G
+        self.K2 = 1 if part is None else part.shape[1]
+        self.gmin = None if G is None else G.min(axis=1)
+        self.rows_visited = 0
+
+    def __len__(self) -> int:
+        return len(self.dA)
+
+    def nearest_free(self, i: int, taken: np.ndarray | None, reserved: Sequence[int] = ()) -> int | None:
+        dA = self.dA[i]
+        reserved_set = {int(r) for r in reserved}
+        if self.part is None:  # one identity layer: the row is the whole search
+            masked = dA.copy() if taken is None else np.where(taken, np.inf, dA)
+            if reserved_set:
+                masked[np.fromiter(reserved_set, dtype=np.int64)] = np.inf
+            code = int(np.argmin(masked))
+            return code if np.isfinite(masked[code]) else None
+        part, G, K2 = self.part[i], self.G, self.K2
+        assert G is not None and self.gmin is not None
+        lb = (dA + part.min()) + self.gmin
+        best, best_code = np.float32(np.inf), -1
+        for i1 in np.argsort(lb, kind="stable"):
+            if lb[i1] > best:
+                break
+            self.rows_visited += 1
+            row = (dA[i1] + part) + G[i1]
+            lo = int(i1) * K2
+            if taken is not None:
+                row = np.where(taken[lo : lo + K2], np.inf, row)
+            for r in reserved_set:
+                if lo <= r < lo + K2:
+                    row[r - lo] = np.inf
+            j = int(np.argmin(row))
+            if row[j] < best or (row[j] == best and lo + j < best_code):
+                best, best_code = row[j], lo + j
+        return best_code if np.isfinite(best) else None
+
+
+def as_query(distances: Any) -> DenseQuery | CompositeQuery:
+    """A query from a dense distance matrix (or a query already)."""
+    return distances if isinstance(distances, DenseQuery | CompositeQuery) else DenseQuery(np.asarray(distances))
+
+
 def assign_in_order(
-    table: IdentityTable, buckets: Sequence[Hashable], items: Sequence[str], distances: F32, hints: Sequence[int | None] | None = None
+    table: IdentityTable, buckets: Sequence[Hashable], items: Sequence[str], distances: F32 | DenseQuery | CompositeQuery,
+    hints: Sequence[int | None] | None = None,
 ) -> I64:
     """Sequential greedy: item i keeps the code it holds in its bucket, else takes its hint if
-    free, else its nearest free code. Mutates `table`; returns the codes int64 [n]."""
+    free, else its nearest free code. `distances`: [n, capacity] or a query (CompositeQuery).
+    Mutates `table`; returns the codes int64 [n]."""
+    query = as_query(distances)
     out = np.empty(len(items), dtype=np.int64)
     for i, (bucket, item) in enumerate(zip(buckets, items, strict=True)):
         code = table.held(bucket, item)
@@ -132,7 +216,11 @@ def assign_in_order(
             if hint is not None and table.owner(bucket, hint) is None:
                 code = int(hint)
             else:
-                code = table.nearest_free(bucket, distances[i])
+                found = query.nearest_free(i, table.taken_mask(bucket))
+                if found is None:
+                    raise BucketFull(f"identity bucket {bucket} is full ({table.capacity} codes taken); "
+                                     "refit with a larger identity codebook")
+                code = found
             table.claim(bucket, item, code)
         out[i] = code
     return out
@@ -254,6 +342,20 @@ class IdentityPSRQ(Quantizer):
         out = dA[:, :, None] + part[:, None, :] + G[None, :, :]
         return np.ascontiguousarray(out.reshape(len(R), -1), dtype=np.float32)
 
+    def identity_query(self, X: F32, semantic: I64) -> CompositeQuery:
+        """What `identity_distances` gives, as a best-first search (CompositeQuery): per item
+        O(K_id) time and memory instead of O(K_id^m); the same nearest free code."""
+        R = np.ascontiguousarray(X - self.semantic.decode(semantic), dtype=np.float32)
+        A = self.id_centroids[0]
+        dA = np.einsum("ij,ij->i", R, R)[:, None] - 2.0 * (R @ A.T) + np.einsum("ij,ij->i", A, A)[None, :]
+        if self.identity_layers == 1:
+            return CompositeQuery(np.ascontiguousarray(dA, dtype=np.float32), None, None)
+        B = self.id_centroids[1]
+        G = 2.0 * (A @ B.T)  # [K1, K2]
+        nB = np.einsum("ij,ij->i", B, B)
+        part = nB[None, :] - 2.0 * (R @ B.T)  # [n, K2]
+        return CompositeQuery(dA, part, G)
+
     def split(self, composite: I64) -> I64:
         """Composite identity index -> identity codes [n, m]."""
         composite = np.asarray(composite, dtype=np.int64)
@@ -272,7 +374,7 @@ class IdentityPSRQ(Quantizer):
         block = max(1, SEARCH_BLOCK // max(1, self.capacity // 64))
         for start in range(0, len(X), block):
             stop = min(len(X), start + block)
-            D = self.identity_distances(X[start:stop], sem[start:stop])
+            D = self.identity_query(X[start:stop], sem[start:stop])
             composite[start:stop] = assign_in_order(
                 table, keys[start:stop], items[start:stop], D, None if hints is None else hints[start:stop]
             )

@@ -50,7 +50,7 @@ def sid_codes_many(
             raise ValueError(f"the {modality} codebook of {active.version} hands out identity codes: the assigner needs an identity registry")
         semantic = q.semantic_encode(X)
         request = Request(active.version, modality, q.capacity, list(track_ids), semantic,
-                          q.identity_distances(np.asarray(X, dtype=np.float32), semantic), hint_version)
+                          q.identity_query(np.asarray(X, dtype=np.float32), semantic), hint_version)
         claiming.append((n, q, semantic, request))
     if claiming:
         resolved = identities.resolve_many([r for *_, r in claiming])  # type: ignore[union-attr]

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from psrq.identity import BucketFull, IdentityTable, bucket_keys
+from psrq.identity import BucketFull, IdentityTable, as_query, bucket_keys
 from streams import avro_codec
 from streams.records import RestoreIncomplete
 from streams.state.identity_store import IdentityStore, open_slot
@@ -53,14 +53,15 @@ def bucket_text(version: str, modality: str, prefix: Sequence[int]) -> str:
 @dataclass(frozen=True)
 class Request:
     """Identity codes wanted for `track_ids` in one (version, modality): their semantic
-    `prefixes` [n, L], `distances` [n, capacity] to every composite code, the optional hint version."""
+    `prefixes` [n, L], `distances` to every composite code (a psrq.identity.CompositeQuery, or a
+    dense [n, capacity] matrix), the optional hint version."""
 
     version: str
     modality: str
     capacity: int
     track_ids: Sequence[str]
     prefixes: np.ndarray
-    distances: np.ndarray
+    distances: Any
     hint_version: str | None = None
 
 
@@ -101,7 +102,7 @@ class TableIdentities:
 
     def resolve(
         self, version: str, modality: str, capacity: int, track_ids: Sequence[str], prefixes: np.ndarray,
-        distances: np.ndarray, hint_version: str | None = None,
+        distances: Any, hint_version: str | None = None,
     ) -> tuple[np.ndarray, dict[int, str]]:
         """Composite identity code per track (int64 [n], -1 where it failed) and {row: reason}.
 
@@ -116,6 +117,7 @@ class TableIdentities:
         request. Buckets of different requests are different keys, so the outcome per bucket is
         the one `resolve` reaches alone."""
         self.refresh()
+        queries = [as_query(r.distances) for r in requests]  # dense [n, capacity] or a CompositeQuery
         states = []
         for r in requests:
             table = self.table(r.version, r.modality, r.capacity)
@@ -127,7 +129,7 @@ class TableIdentities:
             rounds += 1
             claims: list[dict[str, Any]] = []
             pending: list[list[int]] = []
-            for r, table, hint_table, keys, out, failed, todo in states:
+            for k, (r, table, hint_table, keys, out, failed, todo) in enumerate(states):
                 reserved: dict[tuple[int, ...], list[int]] = {}
                 rows: list[int] = []
                 for i in todo:
@@ -141,11 +143,12 @@ class TableIdentities:
                     if hint is not None and hint < r.capacity and table.owner(key, hint) is None and hint not in taken:
                         code = hint
                     else:
-                        try:
-                            code = table.nearest_free(key, r.distances[i], taken)
-                        except BucketFull as exc:
-                            failed[i] = str(exc)
+                        found = queries[k].nearest_free(i, table.taken_mask(key), taken)
+                        if found is None:
+                            failed[i] = str(BucketFull(f"identity bucket {key} is full ({r.capacity} codes taken); "
+                                                       "refit with a larger identity codebook"))
                             continue
+                        code = found
                     taken.append(code)
                     rows.append(i)
                     claims.append({"codebook_version": r.version, "modality": r.modality, "prefix": list(key), "code": int(code),

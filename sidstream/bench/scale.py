@@ -13,6 +13,12 @@ is the reader's own:
 - **in memory** (the design before the store, for reference, same run): a reader with no state
   dir reads the whole topic into an in-memory SQLite store.
 
+For `--buckets`: one psrq_id bucket filled with that many tracks, each taking its nearest free
+composite identity code (capacity 4x the bucket, K_id = sqrt of it, 64-d residuals), through the
+best-first search (`psrq.identity.CompositeQuery`): microseconds per assignment over the last
+1,000 tracks (the bucket almost full), rows visited, and the bytes a track's search needs, against
+the full distance row of the exhaustive search (timed on the same last 1,000 where it fits).
+
 For `--kept`: that many kept embeddings (8-d: the topic's size is the records, not the vectors)
 produced to a fresh ``embeddings.kept`` topic, restored into a fresh KeptEmbeddings store:
 seconds and records/s. The backfill is one process (shards are not built): its rate is
@@ -64,6 +70,50 @@ def _produce_claims(bootstrap: str, topic: str, n: int, largest_share: float, ca
     return time.perf_counter() - started
 
 
+def bucket_search(size: int, dim: int = 64, seed: int = 0, block: int = 1000) -> dict[str, Any]:
+    """Fill one bucket of `size` tracks by nearest free composite code; time the last `block`."""
+    from psrq.identity import CompositeQuery, DenseQuery
+
+    rng = np.random.default_rng(seed)
+    k = int(np.ceil(np.sqrt(4 * size)))
+    A = (0.5 * rng.standard_normal((k, dim))).astype(np.float32)
+    B = (0.2 * rng.standard_normal((k, dim))).astype(np.float32)
+    G = 2.0 * (A @ B.T)
+    nA, nB = np.einsum("ij,ij->i", A, A), np.einsum("ij,ij->i", B, B)
+    taken = np.zeros(k * k, dtype=bool)
+    out: dict[str, Any] = {"bucket": size, "k_id": k, "capacity": k * k}
+    for start in range(0, size, block):
+        R = (0.5 * rng.standard_normal((min(block, size - start), dim))).astype(np.float32)
+        dA = np.einsum("ij,ij->i", R, R)[:, None] - 2.0 * (R @ A.T) + nA[None, :]
+        part = nB[None, :] - 2.0 * (R @ B.T)
+        query = CompositeQuery(dA, part, G)
+        last = start + block >= size
+        t0 = time.perf_counter()
+        codes = []
+        for i in range(len(R)):
+            code = query.nearest_free(i, taken)
+            assert code is not None
+            taken[code] = True
+            codes.append(code)
+        if last:
+            seconds = time.perf_counter() - t0
+            out.update(us_per_track=round(1e6 * seconds / len(R), 1), rows_visited_per_track=round(query.rows_visited / len(R), 2),
+                       search_bytes_per_track=int(4 * (k + k + k)), full_row_bytes_per_track=int(4 * k * k))
+            if k * k <= 20_000_000:  # the exhaustive search on the same tracks, same taken codes before each
+                for c in codes:
+                    taken[c] = False
+                t1 = time.perf_counter()
+                dense_codes = []
+                for i in range(len(R)):
+                    row = DenseQuery(((dA[i][:, None] + part[i][None, :]) + G).reshape(1, -1))
+                    c = row.nearest_free(0, taken)
+                    taken[c] = True  # type: ignore[index]
+                    dense_codes.append(c)
+                out["exhaustive_us_per_track"] = round(1e6 * (time.perf_counter() - t1) / len(R), 1)
+                out["same_codes_as_exhaustive"] = dense_codes == codes
+    return out
+
+
 def _child(args: list[str]) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "sidstream.bench.scale", *args], capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -110,8 +160,10 @@ def child_main(argv: list[str]) -> None:
 @click.option("--kept", "kept_n", type=click.IntRange(min=0), default=1_000_000, show_default=True, help="kept embeddings (0: skip)")
 @click.option("--largest-share", type=click.FloatRange(0, 1), default=0.035, show_default=True,
               help="share of the claims in the largest bucket (Last.fm's largest fit bucket: 3.5 %)")
+@click.option("--buckets", default="10000,100000", show_default=True,
+              help="bucket sizes for the identity search timing, comma-separated ('' skips; 1000000 fills for ~20 min on 2 cores)")
 @click.option("--json", "as_json", is_flag=True)
-def command(claims: str, kept_n: int, largest_share: float, as_json: bool) -> None:
+def command(claims: str, kept_n: int, largest_share: float, buckets: str, as_json: bool) -> None:
     """Assigner state at catalogue scale: claims catch-up and restart, kept restore (per size)."""
     from confluent_kafka import Producer
     from rich.console import Console
@@ -163,7 +215,12 @@ def command(claims: str, kept_n: int, largest_share: float, as_json: bool) -> No
         p.flush(300)
         kept_row = {"kept": kept_n, **_child(["kept", s.kafka.bootstrap, run.names.kept, str(run_dir / "kept" / "kept.sqlite")])}
         console.print(kept_row)
-    out = {"bench": "scale", "claims": rows, "kept_restore": kept_row, "cpu_count": os.cpu_count()}
+    search = []
+    for size in [int(x) for x in buckets.split(",") if x]:
+        console.print(f"filling one bucket of {size:,} tracks by nearest free identity code...")
+        search.append(bucket_search(size))
+        console.print(search[-1])
+    out = {"bench": "scale", "claims": rows, "kept_restore": kept_row, "identity_search": search, "cpu_count": os.cpu_count()}
     if as_json:
         click.echo(json.dumps(out))
     else:

@@ -175,6 +175,9 @@ class StoredTable:
     def owner(self, bucket: Hashable, code: int) -> str | None:
         return self.store.owner(self.version, self.modality, bucket_text(bucket), code)
 
+    def taken_mask(self, bucket: Hashable) -> np.ndarray:
+        return self.store.taken(self.version, self.modality, bucket_text(bucket), self.capacity)
+
     def nearest_free(self, bucket: Hashable, distances: np.ndarray, reserved: Sequence[int] = ()) -> int:
         """argmin of `distances` [capacity] over the bucket's free codes (minus `reserved`), the
         rule of psrq.identity.IdentityTable.nearest_free."""

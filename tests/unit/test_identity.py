@@ -234,3 +234,26 @@ def test_blocked_encode_equals_one_block(monkeypatch) -> None:
         monkeypatch.setattr(base, "ENCODE_BLOCK", 300)
         assert np.array_equal(q.encode(X), whole)
         monkeypatch.setattr(base, "ENCODE_BLOCK", 65536)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_best_first_search_gives_the_full_scans_code_without_the_matrix(layers) -> None:
+    """CompositeQuery (no [n, K_id^2] matrix) picks exactly DenseQuery's code over the full
+    distance rows, with buckets filling up (taken codes) and reserved codes, and visits a few rows."""
+    from psrq.identity import CompositeQuery, DenseQuery, IdentityPSRQ
+
+    rng = np.random.default_rng(layers)
+    X = rng.standard_normal((600, 16)).astype(np.float32)
+    q = IdentityPSRQ([4, 4], seed=0, identity_layers=layers, identity_size=24 if layers == 2 else 600).fit(X)
+    sem = q.semantic_encode(X)
+    dense, fast = DenseQuery(q.identity_distances(X, sem)), q.identity_query(X, sem)
+    assert isinstance(fast, CompositeQuery)
+    taken = np.zeros(q.capacity, dtype=bool)
+    for i in range(len(X)):
+        reserved = [int(c) for c in rng.integers(0, q.capacity, 3)]
+        want = dense.nearest_free(i, taken, reserved)
+        assert fast.nearest_free(i, taken, reserved) == want
+        if want is not None:
+            taken[want] = True  # one shared bucket filling up: the search must step over taken codes
+    if layers == 2:
+        assert fast.rows_visited < len(X) * q.identity_size / 2  # far from every row of every item
