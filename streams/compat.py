@@ -1,6 +1,6 @@
 """Every private name of Faust and aiokafka that sidstream uses, in one place.
 
-Each is used because Faust has no public way to do the thing; tests/unit/test_faust_compat.py
+Each is used because Faust has no public way to do the thing; tests/unit/streams/test_faust_compat.py
 fails when an upgrade moves or renames one, instead of the behaviour lapsing silently.
 
 - `faust.streams._current_event`: the context variable Faust reads to pick the changelog

@@ -9,7 +9,7 @@ epoch's permutation and gathers with `torch.index_select`, so the hot path never
 
 Equivalence with the host path is exact: the permutation is the same numpy one (one
 host→device copy per epoch), DDP ranks take the same rows, and every batch tensor has the same
-values and dtype as `Lookup.batch` gives (tests/unit/test_trainer_device_data.py).
+values and dtype as `Lookup.batch` gives (tests/unit/trainer/test_trainer_device_data.py).
 """
 
 from __future__ import annotations

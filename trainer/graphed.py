@@ -20,8 +20,8 @@ that end where a checkpoint or the crash drill is due (and every `PROGRESS_EVERY
 compilation), a chunk's remainder replays a one-step graph, and a short last batch of an epoch
 runs eagerly through the uncompiled model. With `capture=False` (any device) every step is eager: on the CPU the
 parameters are then bit-identical to `train_model(data_path="device")`
-(tests/unit/test_trainer_graphed.py), which is how the loop is tested without a GPU; the capture
-itself is compared against eager training on CUDA (tests/unit/test_trainer_graphed.py, GPU only).
+(tests/unit/trainer/test_trainer_graphed.py), which is how the loop is tested without a GPU; the capture
+itself is compared against eager training on CUDA (tests/unit/trainer/test_trainer_graphed.py, GPU only).
 
 The offline evaluation (`sidstream eval`, docs/results) keeps train_model's eager loop.
 """

@@ -58,8 +58,8 @@ if want parity; then
 fi
 if want pytest; then
   stamp "GPU tests"
-  tests="tests/unit/test_trainer_graphed.py tests/unit/test_torch_kmeans.py tests/unit/test_trainer_device_data.py tests/unit/test_psrq_torch_fit.py"
-  [ -d .gpu/minilm ] && tests="$tests tests/unit/test_gpu.py tests/unit/test_encoders_pipeline.py"
+  tests="tests/unit/trainer/test_trainer_graphed.py tests/unit/psrq/test_torch_kmeans.py tests/unit/trainer/test_trainer_device_data.py tests/unit/psrq/test_psrq_torch_fit.py"
+  [ -d .gpu/minilm ] && tests="$tests tests/unit/encoders/test_gpu.py tests/unit/encoders/test_encoders_pipeline.py"
   timeout 80 python3 -m pytest -q -p no:cacheprovider -m gpu -k "not faiss_fit" $tests > "$OUT/pytest.txt" 2>&1
   stamp "pytest rc=$?"
 fi

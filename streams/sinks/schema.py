@@ -3,7 +3,7 @@
 The Feast writer's feature lists and the Arrow schemas of its offline Parquet log are derived
 from the definitions `feast apply` registers (loaded once, the way `feast apply` imports them),
 so a field added to a view reaches the writer, its log and its readers with no second list to
-keep in step. tests/unit/test_sid_schema.py holds the Avro schema of sids.assigned equal to the
+keep in step. tests/unit/streams/test_sid_schema.py holds the Avro schema of sids.assigned equal to the
 track_sids view.
 
 Column order of an offline row: the view's first join key, `event_time`, its other join keys,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import AUDIO_DIR
+from tests.plugins.paths import AUDIO_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

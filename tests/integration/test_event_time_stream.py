@@ -20,7 +20,7 @@ from streams.records import now_ms
 from streams.sinks.reader import read_histories, read_sids
 from streams.sinks.store import open_store
 from streams.topology import dlq
-from tests.conftest import _free_port
+from tests.plugins.kafka import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def run(test_settings, tmp_path):
     version = bootstrap_codebooks(s, te.encode([track_text(t) for t in catalog]), te.model_id)
     run = PipelineRun(s, tmp_path / "run")
     run.create_topics()
-    port = _free_port()
+    port = free_port()
     run.start_workers((("text",), ("assigner", "writer"), ("logger",)), metrics_ports={("assigner", "writer"): port})
     yield run, catalog, version.version, port
     run.stop_workers()

@@ -13,7 +13,7 @@ import pytest
 from streams.sinks.reader import read_history, read_sid_columns, read_sids
 from streams.sinks.store import open_store
 from streams.sinks.writer import FeastSink, SidRow, UserHistoryRow
-from tests.conftest import redis_command as _redis_command
+from tests.plugins.redis import redis_command as _redis_command
 
 pytestmark = pytest.mark.integration
 

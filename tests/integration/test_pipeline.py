@@ -13,7 +13,7 @@ from encoders.catalog import track_text
 from sidcore.catalog import audio_tracks, lastfm_tracks
 from sidstream.harness import PipelineRun, wait_until_readable
 from streams import avro_codec
-from tests.conftest import AUDIO_DIR
+from tests.plugins.paths import AUDIO_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

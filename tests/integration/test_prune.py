@@ -14,7 +14,7 @@ from streams.sinks.prune import Pruner, offline_tracks, tombstone_claims, versio
 from streams.sinks.reader import read_sids, rows_by_version
 from streams.sinks.store import open_store
 from streams.sinks.writer import FeastSink, SidRow
-from tests.conftest import redis_command
+from tests.plugins.redis import redis_command
 
 pytestmark = pytest.mark.integration
 

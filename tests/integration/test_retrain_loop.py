@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sidcore.config import Settings
-from tests.conftest import AUDIO_DIR
+from tests.plugins.paths import AUDIO_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -79,7 +79,7 @@ def test_a_failing_table_keeps_its_old_block_and_the_others_are_written(monkeypa
         return list(zip(commands, LINES["throughput"], strict=True))
 
     monkeypatch.setattr(specs, "_run_commands", fake)
-    ctx.root = Path(__file__).resolve().parents[2]  # fingerprints of the real sources
+    ctx.root = Path(__file__).resolve().parents[3]  # fingerprints of the real sources
     with pytest.raises(specs.RegenerationError) as err:
         specs.regenerate(ctx, [specs.TABLES["pipeline"], specs.TABLES["lastfm-throughput"]])
     assert list(err.value.failed) == ["pipeline"] and "no audio codebook" in err.value.failed["pipeline"]

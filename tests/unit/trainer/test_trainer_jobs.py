@@ -20,7 +20,7 @@ from trainer.synthetic import make_synthetic
 from trainer.train_loop import InjectedFailure, TrainConfig
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

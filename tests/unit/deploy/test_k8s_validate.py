@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 pytestmark = pytest.mark.unit
-K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+K8S = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
 K8S_VERSION = kubernetes_validate.latest_version()
 CUSTOM = {
     ("kafka.strimzi.io/v1beta2", "Kafka"): ("kafka",),

@@ -1,78 +1,29 @@
-"""The runtime, driven without Kafka: a fake app (its producer records every send and confirms or
-fails each delivery) and fake events carry a role's batch through `Runtime.finish_batch`, the one
-place that orders process -> produce -> delivery confirmed -> delivered hook. The real-broker
-integration tests run the same runtime under Faust."""
+"""The runtime, driven without Kafka: the fake app of streams.testing (its producer records every
+send and confirms or fails each delivery) and fake events carry a role's batch through
+`Runtime.finish_batch`, the one place that orders process -> produce -> delivery confirmed ->
+delivered hook. The real-broker integration tests run the same runtime under Faust."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 
 from streams import avro_codec
-from streams.admin.topics import TopicNames
-from streams.batching import RetryPolicy
 from streams.records import BatchResult, RawRecord, RestoreIncomplete
 from streams.roles.text import TextRole
 from streams.runtime import RoleHandler, Runtime
+from streams.testing import FakeEvent, FakeMessage, FakeProducer, fake_runtime
 from streams.topology import role
 
 pytestmark = pytest.mark.unit
 
 
-@dataclass
-class _Meta:
-    offset: int
-
-
-class _Producer:
-    """Records sends; a send to a topic in `failing` is delivered with an error."""
-
-    def __init__(self, failing: tuple[str, ...] = ()) -> None:
-        self.sent: list[tuple[str, bytes, int | None]] = []
-        self.failing = failing
-
-    async def send(self, topic: str, key: bytes, value: bytes, partition: int | None, ts: Any, headers: Any) -> asyncio.Future:
-        self.sent.append((topic, key, partition))
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        if topic in self.failing:
-            fut.set_exception(ConnectionError(f"{topic}: broker went away"))
-        else:
-            fut.set_result(_Meta(offset=100 + len(self.sent)))
-        return fut
-
-
-class _Signal:
-    def connect(self, fn: Any) -> Any:
-        return fn
-
-
-@dataclass
-class _App:
-    producer: _Producer
-    on_partitions_assigned: _Signal = field(default_factory=_Signal)
-
-
-@dataclass
-class _Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = None  # seconds, as Faust gives it
-
-
-@dataclass
-class _Event:
-    message: _Message
-
-
-def _runtime(producer: _Producer, prefix: str = "p.") -> Runtime:
-    return Runtime(_App(producer), TopicNames(prefix), RetryPolicy(budget_s=1.0), (10, 0.1, 0.002), 1 << 20, 2)  # type: ignore[arg-type]
+def _runtime(producer: FakeProducer, prefix: str = "p.") -> Runtime:
+    return fake_runtime(producer, prefix)
 
 
 class _Encoder:
@@ -82,18 +33,18 @@ class _Encoder:
         return np.ones((len(batch), 3), dtype=np.float32)
 
 
-def _meta_event(track: str | None, offset: int, text: str = "Björk. Tags: pop") -> _Event:
+def _meta_event(track: str | None, offset: int, text: str = "Björk. Tags: pop") -> FakeEvent:
     value = b"\x00garbage" if track is None else avro_codec.encode(
         "TrackMetadata", {"track_id": track, "event_time": 5, "ingest_time": 5, "text": text})
-    return _Event(_Message("p.tracks.metadata", 0, offset, (track or "x").encode(), value))
+    return FakeEvent(FakeMessage("p.tracks.metadata", 0, offset, (track or "x").encode(), value))
 
 
 def test_a_roles_outputs_and_dead_letters_go_where_the_topology_says() -> None:
-    producer = _Producer()
+    producer = FakeProducer()
     rt = _runtime(producer)
     events = [_meta_event("a", 1), _meta_event(None, 2), _meta_event("c", 3, text="   ")]
     asyncio.run(rt.finish_batch(role("text"), TextRole(_Encoder()), events))
-    assert [(t, k) for t, k, _ in producer.sent] == [
+    assert [(s.topic, s.key) for s in producer.sent] == [
         ("p.embeddings.text", b"a"), ("p.tracks.metadata.dlq", b"x"), ("p.tracks.metadata.dlq", b"c")]
 
 
@@ -108,15 +59,15 @@ def test_a_failed_delivery_fails_the_batch_before_the_delivered_hook() -> None:
         def delivered(self, result: BatchResult, kept_offsets: dict[int, int]) -> None:
             self.delivered_with.append(kept_offsets)
 
-    events = [_Event(_Message("p.embeddings.text", p, 7, b"t", b"x")) for p in (0, 1, 1)]
+    events = [FakeEvent(FakeMessage("p.embeddings.text", p, 7, b"t", b"x")) for p in (0, 1, 1)]
     ok = Keeping()
-    asyncio.run(_runtime(_Producer()).finish_batch(role("assigner"), ok, events))
-    assert ok.delivered_with == [{0: 102, 1: 104}]  # the last kept offset per partition
+    asyncio.run(_runtime(FakeProducer()).finish_batch(role("assigner"), ok, events))
+    assert ok.delivered_with == [{0: 0, 1: 1}]  # the last kept offset per partition (of the kept topic)
 
     failing = Keeping()
     failing.delivered_with = []
     with pytest.raises(ConnectionError):
-        asyncio.run(_runtime(_Producer(failing=("p.embeddings.kept",))).finish_batch(role("assigner"), failing, events))
+        asyncio.run(_runtime(FakeProducer(failing=("p.embeddings.kept",))).finish_batch(role("assigner"), failing, events))
     assert failing.delivered_with == []  # not delivered: the batch is retried, never acked
 
 
@@ -128,7 +79,7 @@ def test_outputs_from_a_role_that_emits_nothing_are_a_bug_not_a_loss() -> None:
             return BatchResult(outputs=[(b"k", b"v")])
 
     with pytest.raises(RuntimeError, match="emits to no topic"):
-        asyncio.run(_runtime(_Producer()).finish_batch(role("writer"), Writer(), [_meta_event("a", 1)]))
+        asyncio.run(_runtime(FakeProducer()).finish_batch(role("writer"), Writer(), [_meta_event("a", 1)]))
 
 
 def test_a_table_write_is_bound_to_the_event_of_its_record() -> None:
@@ -145,8 +96,8 @@ def test_a_table_write_is_bound_to_the_event_of_its_record() -> None:
                 seen.append(faust_streams.current_event())
             return BatchResult(stored=len(raws))
 
-    events = [_Event(_Message("p.interactions", p, o, b"u", b"x")) for p, o in ((0, 4), (1, 4))]
-    asyncio.run(_runtime(_Producer()).finish_batch(role("logger"), Logger(), events))
+    events = [FakeEvent(FakeMessage("p.interactions", p, o, b"u", b"x")) for p, o in ((0, 4), (1, 4))]
+    asyncio.run(_runtime(FakeProducer()).finish_batch(role("logger"), Logger(), events))
     assert seen == events
 
 
@@ -176,7 +127,7 @@ def test_assignment_restores_each_roles_state_for_its_own_input_partitions() -> 
         def states(self) -> list[Recorded]:  # type: ignore[override]
             return [self.state]
 
-    rt = _runtime(_Producer())
+    rt = _runtime(FakeProducer())
     assigner, writer = Stateful("assigner"), Stateful("writer")
     rt._handlers = {"assigner": (role("assigner"), assigner), "writer": (role("writer"), writer)}
     assigned = {TP("p.embeddings.text", 1), TP("p.embeddings.audio", 0), TP("p.embeddings.text", 0), TP("p.sids.assigned", 1)}
@@ -218,7 +169,7 @@ def test_a_restore_that_stops_short_holds_the_roles_batches_until_it_completes()
         def states(self) -> list[Flaky]:  # type: ignore[override]
             return [self.state]
 
-    rt = _runtime(_Producer())
+    rt = _runtime(FakeProducer())
     handler = Stateful()
     rt._handlers = {"assigner": (role("assigner"), handler)}
 
@@ -237,5 +188,5 @@ def test_a_restore_that_stops_short_holds_the_roles_batches_until_it_completes()
 def test_the_record_timestamp_reaches_the_role_in_ms() -> None:
     from streams.runtime import raw_record
 
-    assert raw_record(_Event(_Message("t", 0, 1, None, None, 1765000000.123))).timestamp_ms == 1765000000123
-    assert raw_record(_Event(_Message("t", 0, 1, None, None, None))).timestamp_ms is None
+    assert raw_record(FakeEvent(FakeMessage("t", 0, 1, None, None, 1765000000.123))).timestamp_ms == 1765000000123
+    assert raw_record(FakeEvent(FakeMessage("t", 0, 1, None, None, None))).timestamp_ms is None

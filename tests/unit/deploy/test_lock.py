@@ -13,7 +13,7 @@ from packaging.utils import canonicalize_name
 pytestmark = pytest.mark.unit
 tomllib = pytest.importorskip("tomllib")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LOCK = ROOT / "deploy" / "requirements.lock"
 
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests."""
+"""Data for the trainer tests."""
 
 import pytest
 

@@ -25,7 +25,7 @@ from streams.roles.assigner import assign_batch
 from streams.roles.logger import decode_interactions, history_version
 from streams.roles.text import encode_text_batch
 from streams.roles.writer import decode_sid_batch
-from tests.unit.test_roles import _Codebooks, _joint, _sids
+from tests.unit.streams.test_roles import _Codebooks, _joint, _sids
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ import pytest
 from sidstream.results import digest
 from sidstream.results.specs import TABLES, check
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("psrq", "trainer", "sidstream", "sidcore", "streams", "encoders", "feature_repo")
 
 

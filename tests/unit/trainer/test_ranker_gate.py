@@ -28,7 +28,7 @@ from trainer.ranker_gate import RankerGateConfig, gate_ranker, holdout_fraction,
 from trainer.train_loop import TrainConfig
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_weighted_auc_is_sklearns_with_ties_and_weights() -> None:

@@ -27,7 +27,7 @@ from sidcore.config import CodebookSettings
 pytestmark = pytest.mark.unit
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def blobs(n: int = 3000, d: int = 16, centres: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from streams.runtime import RoleHandler
 from streams.topology import DATA_TOPICS, ROLE_TABLE, ROLES, TOPIC_TABLE, dlq, role, roles_markdown
 
 pytestmark = pytest.mark.unit
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_docs_role_table_is_the_generated_one() -> None:
