@@ -131,6 +131,17 @@ def _run_shards(settings: Settings, version: str, kept_topic: str, identity_topi
     return [json.loads((work / f"shard-{i}" / "outcome.json").read_text()) for i in range(shards)]
 
 
+def shard_partitions(bootstrap: str, kept_topic: str, shard: int, of: int, timeout_s: float) -> list[int]:
+    """The kept topic's partitions p with p % of == shard."""
+    from confluent_kafka import Consumer
+
+    meta = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{kept_topic}.backfill"})
+    try:
+        return [p for p in sorted(meta.list_topics(kept_topic, timeout=timeout_s).topics[kept_topic].partitions) if p % of == shard]
+    finally:
+        meta.close()
+
+
 class BackfillShardFailed(RuntimeError):
     """A shard of a sharded backfill failed; nothing was switched."""
 
@@ -160,16 +171,7 @@ def backfill_shard(
     started = time.perf_counter()
     kept = KeptEmbeddings(work / "kept.sqlite", wait_s=0)
     stall_s = settings.stream.restore_stall_s
-    partitions = None
-    if of > 1:
-        from confluent_kafka import Consumer
-
-        meta = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": f"backfill-{version}"})
-        try:
-            partitions = [p for p in sorted(meta.list_topics(kept_topic, timeout=stall_s).topics[kept_topic].partitions)
-                          if p % of == shard]
-        finally:
-            meta.close()
+    partitions = None if of == 1 else shard_partitions(settings.kafka.bootstrap, kept_topic, shard, of, stall_s)
     # all of the kept topic or RestoreIncomplete: a short copy would make a version live with tracks missing
     kept.restore_from(settings.kafka.bootstrap, kept_topic, partitions, stall_s=stall_s)
     total = kept.track_count()

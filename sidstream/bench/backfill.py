@@ -29,19 +29,15 @@ def command(n: int, shards: str, as_json: bool) -> None:
     from confluent_kafka import Producer
     from rich.console import Console
 
-    from psrq import joint_embedding, load_codebook_set
+    from psrq import joint_embedding
     from sidcore.config import get_settings
     from sidcore.registry import Registry
     from sidstream.harness import PipelineRun
     from streams import avro_codec
     from streams.admin.broker import local_broker
-    from streams.assign import code_tracks
-    from streams.backfill import _rows, run_backfill
-    from streams.codebooks import ActiveCodebooks
-    from streams.records import BatchResult, vector_to_bytes
-    from streams.sinks.store import open_store
-    from streams.sinks.writer import FeastSink
-    from streams.state.kept import KeptEmbeddings, kept_key
+    from streams.backfill import run_backfill
+    from streams.records import vector_to_bytes
+    from streams.state.kept import kept_key
     from trainer.jobs import register_codebook_set
 
     console = Console(stderr=True)
@@ -85,14 +81,32 @@ def command(n: int, shards: str, as_json: bool) -> None:
     first = by_shards[min(by_shards, key=int)]
     for row in by_shards.values():
         row["vs_fewest_shards"] = round(row["tracks_per_s"] / first["tracks_per_s"], 3)
-    # the stages alone, same data, same process
+    restore_s, code_s, write_s = _stages(s, run, run_dir, version)
+    out = {"bench": "backfill", "tracks": n, "with_audio": int(with_audio.sum()), "store": s.feast_profile,
+           "chunk": s.stream.backfill_chunk, "backfill_s": first["seconds"], "tracks_per_s": first["tracks_per_s"],
+           "by_shards": by_shards, "cores": os.cpu_count(),
+           "stages_tracks_per_s": {"restore_from_topic": round(n / restore_s, 1), "code": round(n / code_s, 1),
+                                   "feast_write": round(n / write_s, 1)}}
+    click.echo(json.dumps(out) if as_json else json.dumps(out, indent=2))
+
+
+def _stages(s: Any, run: Any, run_dir: Any, version: Any) -> tuple[float, float, float]:
+    """The backfill's three stages alone, same data, same process: restore, code, Feast write (s)."""
+    from psrq import joint_embedding, load_codebook_set
+    from streams.assign import code_tracks
+    from streams.backfill import _rows
+    from streams.codebooks import ActiveCodebooks
+    from streams.identity import TableIdentities
+    from streams.records import BatchResult
+    from streams.sinks.store import open_store
+    from streams.sinks.writer import FeastSink
+    from streams.state.kept import KeptEmbeddings
+
     kept = KeptEmbeddings(run_dir / "stage-kept.sqlite", wait_s=0)
     t0 = time.perf_counter()
     kept.restore_from(s.kafka.bootstrap, run.names.kept)
     restore_s = time.perf_counter() - t0
     active = ActiveCodebooks(version.version, load_codebook_set(version.path))
-    from streams.identity import TableIdentities
-
     code_s, rows, identities = 0.0, [], TableIdentities()  # in memory: this stage alone, no claim round trips
     for chunk_ids, entries in kept.iter_tracks(chunk=s.stream.backfill_chunk):
         t1 = time.perf_counter()
@@ -104,10 +118,4 @@ def command(n: int, shards: str, as_json: bool) -> None:
     t2 = time.perf_counter()
     for chunk in rows:
         sink.write(chunk)
-    write_s = time.perf_counter() - t2
-    out = {"bench": "backfill", "tracks": n, "with_audio": int(with_audio.sum()), "store": s.feast_profile,
-           "chunk": s.stream.backfill_chunk, "backfill_s": first["seconds"], "tracks_per_s": first["tracks_per_s"],
-           "by_shards": by_shards, "cores": os.cpu_count(),
-           "stages_tracks_per_s": {"restore_from_topic": round(n / restore_s, 1), "code": round(n / code_s, 1),
-                                   "feast_write": round(n / write_s, 1)}}
-    click.echo(json.dumps(out) if as_json else json.dumps(out, indent=2))
+    return restore_s, code_s, time.perf_counter() - t2

@@ -316,6 +316,45 @@ def _reliability(ctx: Context) -> Rendered:
                                *_verbatim(results)]), verdicts, {"data": "Last.fm-2k artists (chaos), generated tracks (soak, backfill)"})
 
 
+SCALE_COMMANDS = ["sidstream bench scale --claims 100000,1000000 --kept 1000000 --buckets 10000,100000 --json",
+                  "sidstream bench backfill --tracks 20000 --shards 1,2 --json"]
+
+
+def _scale(ctx: Context) -> Rendered:
+    results = _run_commands(ctx, SCALE_COMMANDS)
+    scale = next(r for _c, r in results if r.get("bench") == "scale")
+    backfill = next(r for _c, r in results if r.get("bench") == "backfill")
+    lines = ["| identity claims | first catch-up s | claims/s | RSS over baseline MB | restart s | claims read at restart | "
+             "restart RSS MB | in-memory store s / MB |", "|---|---|---|---|---|---|---|---|"]
+    for row in scale["claims"]:
+        f, r, m = row["first_catch_up"], row["restart"], row["in_memory_store"]
+        lines.append(f"| {row['claims']:,} (largest bucket {row['largest_bucket']:,}) | {f['seconds']} | {f['claims_per_s']:,} | "
+                     f"{f['rss_over_baseline_mb']} | {r['seconds']} | {r['claims_read']} | {r['rss_over_baseline_mb']} | "
+                     f"{m['seconds']} / {m['rss_over_baseline_mb']} |")
+    kept = scale.get("kept_restore")
+    if kept:
+        lines += ["", f"Kept embeddings: {kept['records']:,} restored in {kept['seconds']} s ({kept['records_per_s']:,} records/s, "
+                      f"+{kept['rss_over_baseline_mb']} MB)."]
+    lines += ["", "| bucket | K_id | us per assignment (best-first) | rows visited | us (exhaustive) | same codes |", "|---|---|---|---|---|---|"]
+    for s in scale["identity_search"]:
+        lines.append(f"| {s['bucket']:,} | {s['k_id']} | {s['us_per_track']} | {s['rows_visited_per_track']} | "
+                     f"{s.get('exhaustive_us_per_track', '—')} | {s.get('same_codes_as_exhaustive', '—')} |")
+    lines += ["", "| backfill shards | tracks/s | per shard | vs one shard |", "|---|---|---|---|"]
+    for k, row in backfill["by_shards"].items():
+        lines.append(f"| {k} | {row['tracks_per_s']} | {', '.join(str(x) for x in row['per_shard_tracks_per_s']) or '—'} | "
+                     f"{row['vs_fewest_shards']} |")
+    restarts = [row["restart"] for row in scale["claims"]]
+    verdicts = {
+        "restart_reads_no_history": "yes" if all(r["claims_read"] == 0 for r in restarts) else "no",
+        "restart_under_10s": "yes" if all(r["seconds"] < 10 for r in restarts) else "no",
+        "catch_up_rss_under_500mb": "yes" if all(row["first_catch_up"]["rss_over_baseline_mb"] < 500 for row in scale["claims"]) else "no",
+        "search_equals_exhaustive": "yes" if all(s.get("same_codes_as_exhaustive", True) for s in scale["identity_search"]) else "no",
+        "two_shards_at_least_1.7x": "yes" if backfill["by_shards"].get("2", {}).get("vs_fewest_shards", 0) >= 1.7 else "no",
+    }
+    return Rendered("\n".join([*lines, "", "Verdicts: " + ", ".join(f"`{k}` {v}" for k, v in verdicts.items()) + ".", "",
+                               "JSON lines:", "", *_verbatim(results)]), verdicts, {"data": "generated claims, kept embeddings and catalogue"})
+
+
 def _throughput(ctx: Context) -> Rendered:
     results = _run_commands(ctx, ["sidstream bench train --quick --json" if ctx.quick else "sidstream bench train --json"])
     r = results[0][1]
@@ -342,6 +381,7 @@ TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
               strict=("sidstream/bench/ids.py",)),
     TableSpec("pipeline", "pipeline.md", "Pipeline", MACHINE_SOURCES, _pipeline, machine_bound=True, in_quick=False),
     TableSpec("reliability", "reliability.md", "Reliability", MACHINE_SOURCES, _reliability, machine_bound=True, in_quick=False),
+    TableSpec("scale", "scale.md", "State at scale", MACHINE_SOURCES, _scale, machine_bound=True, in_quick=False),
 )}
 
 
@@ -384,7 +424,7 @@ def regenerate(ctx: Context, tables: list[TableSpec], progress: Callable[[str], 
                   + ". Do not edit inside this block: `sidstream results regenerate` rewrites it.*\n\n")
         write_block(ctx.out / t.doc, t.name, meta, header + rendered.markdown, t.title)
         timings[t.name] = round(time.perf_counter() - started, 1)
-    if any(t.machine_bound and t.name in ("pipeline", "reliability") for t in tables):
+    if any(t.machine_bound and t.name in ("pipeline", "reliability", "scale") for t in tables):
         _stop_results_broker(ctx)
     done = [t for t in tables if not t.machine_bound and t.probes and t.name not in failed]
     if done:
