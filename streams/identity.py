@@ -260,14 +260,17 @@ class KafkaIdentities(TableIdentities):
     def _apply(self, msgs: list[Any]) -> None:
         """Apply the claims of `msgs` (in log order) and the partitions' next offsets in one
         transaction of the store."""
-        claims: list[dict[str, Any]] = []
+        claims: list[dict[str, Any] | tuple[str, str, str, int, str]] = []
         moved: dict[int, int] = {}
         for msg in msgs:
             if msg.error() is not None:
                 raise RuntimeError(f"reading {self.topic}: {msg.error()}")
             moved[msg.partition()] = msg.offset() + 1
-            if msg.value() is None:
-                continue  # a tombstone: a pruned version's claim (streams.sinks.prune)
+            if msg.value() is None:  # a tombstone: a pruned version's claim (streams.sinks.prune)
+                parts = (msg.key() or b"").decode(errors="replace").split("|", 4)  # version|modality|prefix|code|track
+                if len(parts) == 5 and parts[3].isdigit():
+                    claims.append((parts[0], parts[1], parts[2], int(parts[3]), parts[4]))
+                continue
             try:
                 _, rec = avro_codec.decode(msg.value(), expected="IdentityClaim")
             except avro_codec.DecodeError as exc:
@@ -275,9 +278,9 @@ class KafkaIdentities(TableIdentities):
                 continue
             claims.append(rec)
         if moved:
-            self.store.apply(self.topic, claims, moved)
+            self.store.apply_log(self.topic, claims, moved)
             self._next.update(moved)
-            self.claims_read += len(claims)
+            self.claims_read += sum(isinstance(c, dict) for c in claims)
 
     def catch_up(self, targets: dict[int, int] | None = None) -> int:
         """Read until every partition's next offset reaches `targets` (default: its high

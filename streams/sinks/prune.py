@@ -12,7 +12,8 @@ after a version goes live, the versions outside the last `codebook.keep_versions
   DELETE per chunk on Feast's table; Redis: DEL of Feast's hash keys), the same keys Feast's own
   writes compute (feast.infra.key_encoding_utils.serialize_entity_key);
 - **identity claims** of the version: a tombstone per claim key on the compacted ``sids.identity``
-  topic, so compaction drops them and a restarted assigner does not read them.
+  topic, so compaction drops them, and every assigner's claims store deletes them as it reads
+  them (streams.state.identity_store.IdentityStore.apply_log).
   (Kept embeddings are per track, not per version: nothing of a pruned version is kept there.)
 
 Progress is a JSON file (per version: tracks done of total, claims tombstoned, state) written

@@ -97,20 +97,47 @@ class IdentityStore:
         return {p: o for p, o in self._conn.execute("SELECT partition, next_offset FROM applied WHERE topic = ?", (topic,))}
 
     # -- applying claims ----------------------------------------------------------------------
-    def apply(self, topic: str, claims: Sequence[dict[str, Any]], next_offsets: dict[int, int]) -> None:
-        """Apply decoded IdentityClaim records in log order and move the partitions' next offsets,
-        in one transaction."""
-        rows = [(c["codebook_version"], c["modality"], bucket_text(c["prefix"]), int(c["code"]), c["track_id"]) for c in claims]
+    def apply_log(self, topic: str, entries: Sequence[dict[str, Any] | tuple[str, str, str, int, str]],
+                  next_offsets: dict[int, int]) -> None:
+        """Apply a stretch of the log in order, in one transaction: decoded IdentityClaim records
+        (dicts) and tombstones (version, modality, bucket, code, track: a pruned version's claims,
+        streams.sinks.prune, deleted from the store); then move the partitions' next offsets."""
         with self._conn:
-            self._conn.executemany("INSERT OR IGNORE INTO capacity VALUES (?, ?, ?)",
-                                   {(c["codebook_version"], c["modality"], int(c["capacity"])) for c in claims})
-            self._conn.executemany("INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?)", rows)
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO held SELECT version, modality, bucket, track, code FROM claims "
-                "WHERE version = ? AND modality = ? AND bucket = ? AND code = ? AND track = ?", rows)
+            run: list[dict[str, Any]] = []
+            for entry in entries:
+                if isinstance(entry, dict):
+                    run.append(entry)
+                    continue
+                self._insert(run)
+                run = []
+                self._conn.execute("DELETE FROM claims WHERE version = ? AND modality = ? AND bucket = ? AND code = ? AND track = ?",
+                                   entry)
+                self._conn.execute("DELETE FROM held WHERE version = ? AND modality = ? AND bucket = ? AND code = ? AND track = ?",
+                                   entry)
+                mask = self._masks.pop(entry[:3], None)
+                if mask is not None:
+                    self._mask_bytes -= mask.nbytes
+            self._insert(run)
             self._conn.executemany(
                 "INSERT INTO applied VALUES (?, ?, ?) ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(topic, p, o) for p, o in next_offsets.items()])
+
+    def apply(self, topic: str, claims: Sequence[dict[str, Any]], next_offsets: dict[int, int]) -> None:
+        """Apply decoded IdentityClaim records in log order and move the partitions' next offsets,
+        in one transaction."""
+        self.apply_log(topic, claims, next_offsets)
+
+    def _insert(self, claims: Sequence[dict[str, Any]]) -> None:
+        """Claims in log order (inside the caller's transaction); cached masks follow."""
+        if not claims:
+            return
+        rows = [(c["codebook_version"], c["modality"], bucket_text(c["prefix"]), int(c["code"]), c["track_id"]) for c in claims]
+        self._conn.executemany("INSERT OR IGNORE INTO capacity VALUES (?, ?, ?)",
+                               {(c["codebook_version"], c["modality"], int(c["capacity"])) for c in claims})
+        self._conn.executemany("INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?)", rows)
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO held SELECT version, modality, bucket, track, code FROM claims "
+            "WHERE version = ? AND modality = ? AND bucket = ? AND code = ? AND track = ?", rows)
         for v, m, b, code, _ in rows:
             mask = self._masks.get((v, m, b))
             if mask is not None and code < len(mask):

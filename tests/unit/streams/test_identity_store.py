@@ -73,3 +73,17 @@ def test_a_second_process_on_the_same_home_gets_its_own_slot(tmp_path) -> None:
     assert again == first
     lock2.close()
     lock3.close()
+
+
+def test_a_tombstone_deletes_its_claim_and_the_tracks_held_code(tmp_path) -> None:
+    """A pruned version's claims come back as tombstones (streams.sinks.prune): applied in log
+    order, each deletes its claim and, if it was the track's held code, the held row."""
+    store = IdentityStore(tmp_path / "id.sqlite")
+    c = {"codebook_version": "v1", "modality": "text", "prefix": [1, 2], "capacity": 8, "track_id": "a", "code": 3}
+    store.apply("ids", [c, {**c, "track_id": "b", "code": 4}], {0: 2})
+    t = store.table("v1", "text")
+    assert t.taken_mask((1, 2)).nonzero()[0].tolist() == [3, 4]  # mask cached
+    store.apply_log("ids", [("v1", "text", "1-2", 3, "a")], {0: 3})
+    assert t.held((1, 2), "a") is None and t.owner((1, 2), 3) is None and t.held((1, 2), "b") == 4
+    assert t.taken_mask((1, 2)).nonzero()[0].tolist() == [4]  # the cached mask was dropped, re-read
+    assert store.claim_count() == 1 and store.next_offsets("ids") == {0: 3}
