@@ -16,7 +16,7 @@ import faust
 from streams.event_time import DEFAULT_POLICY, TimePolicy, admit
 from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead
 from streams.runtime import RoleHandler, Runtime
-from streams.sinks.interaction_log import write_interactions
+from streams.sinks.interaction_log import InteractionLog
 from streams.sinks.writer import FeastSink, UserHistoryRow
 from streams.state import OfflineLogsState, RestorableState, TableState
 
@@ -81,6 +81,7 @@ class LoggerRole(RoleHandler):
 
     def __init__(self, log_dir: Path, history_sink: FeastSink | None, policy: TimePolicy = DEFAULT_POLICY) -> None:
         self.log_dir, self.history_sink, self.policy = log_dir, history_sink, policy
+        self.log = InteractionLog(log_dir)
         self.history: Any = None
 
     def bind(self, app: faust.App, rt: Runtime) -> None:
@@ -91,8 +92,8 @@ class LoggerRole(RoleHandler):
 
     async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
         ok, dead = decode_interactions(raws, self.policy)
-        await rt.blocking(self.role, write_interactions, self.log_dir, [rec for _, rec in ok],
-                          [(raw.topic, raw.partition, raw.offset) for raw, _ in ok])
+        logged = await rt.blocking(self.role, self.log.write, [rec for _, rec in ok],
+                                   [(raw.topic, raw.partition, raw.offset) for raw, _ in ok])
         changed: dict[str, tuple[RawRecord, dict[str, Any]]] = {}
         for raw, rec in ok:
             key = rec["user_id"].encode()
@@ -113,4 +114,6 @@ class LoggerRole(RoleHandler):
             for row, reason in written.rejected:  # the user's last record of the batch carries the reason
                 dead.append(DeadLetter(changed[row.user_id][0], f"user {row.user_id}: the online store rejected the "
                                        f"history row: {reason}", "store_rejected", None))
-        return BatchResult(dead=dead, stored=len(ok))
+        result = BatchResult(dead=dead, stored=len(ok))
+        result.supersede("already_logged", logged.superseded)
+        return result

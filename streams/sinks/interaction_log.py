@@ -1,8 +1,9 @@
 """The interaction logger's offline sink: every interaction exactly once in Parquet.
 
-Rows are keyed by (user_id, item_id, timestamp, label); a retried or replayed batch, with the
-same or other batch boundaries, adds nothing that is already there (streams.sinks.offline).
-The trainer reads ``<root>/*.parquet``.
+`InteractionLog.write(records, sources)` (the sink contract, streams.sinks.contract) appends the
+decoded Interaction records to an OfflineLog, exactly once per source record: a retried or
+replayed batch, with the same or other batch boundaries, adds nothing that is already there
+(streams.sinks.offline). The trainer reads ``<root>/*.parquet``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from streams.sinks.offline import OfflineLog, SourceRef
+from streams.sinks.contract import SourceRef, WriteResult
+from streams.sinks.offline import OfflineLog
 
 INTERACTION_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("label", pa.int8())]
@@ -29,17 +31,26 @@ def interaction_log(root: Path) -> OfflineLog:
     return _LOGS[root]
 
 
-def write_interactions(root: Path, records: Sequence[dict[str, Any]], sources: Sequence[SourceRef] | None = None) -> int:
-    """Append decoded Interaction records (`sources`: the Kafka record of each, the exactly-once
-    key: streams.sinks.offline); returns how many rows were new."""
-    if not records:
-        return 0
-    df = pd.DataFrame(
-        {
-            "user_id": [r["user_id"] for r in records],
-            "item_id": [r["track_id"] for r in records],
-            "timestamp": pd.array([r["event_time"] for r in records], dtype="int64"),
-            "label": pd.array([r["label"] for r in records], dtype="int8"),
-        }
-    )
-    return interaction_log(root).append(df, sources)
+class InteractionLog:
+    """The interaction log as a sink (streams.sinks.contract): decoded Interaction records in,
+    each stored once offline; a record already stored (a replay) counts as superseded."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def warm_up(self) -> None:
+        interaction_log(self.root)
+
+    def write(self, rows: Sequence[dict[str, Any]], sources: Sequence[SourceRef] | None = None) -> WriteResult:
+        if not rows:
+            return WriteResult()
+        df = pd.DataFrame(
+            {
+                "user_id": [r["user_id"] for r in rows],
+                "item_id": [r["track_id"] for r in rows],
+                "timestamp": pd.array([r["event_time"] for r in rows], dtype="int64"),
+                "label": pd.array([r["label"] for r in rows], dtype="int8"),
+            }
+        )
+        written = interaction_log(self.root).append(df, sources)
+        return WriteResult(offline=written, superseded=len(rows) - written)

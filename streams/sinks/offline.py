@@ -34,7 +34,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SourceRef = tuple[str, int, int]  # the Kafka record a row came from: topic, partition, offset
+from streams.sinks.contract import SourceRef
+
 _PART = re.compile(r"^part-(?P<topic>.+)-p(?P<partition>\d+)-o(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 _OPEN: weakref.WeakSet[OfflineLog] = weakref.WeakSet()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ import pandas as pd
 from feast import FeatureStore
 
 from streams.event_time import MAX_SAFE_MS
-from streams.sinks.offline import OfflineLog, SourceRef
+from streams.sinks.contract import SourceRef, WriteResult
+from streams.sinks.offline import OfflineLog
 from streams.sinks.reader import stored_order
 from streams.sinks.schema import HISTORY_VIEW, SID_VIEW, ViewSpec, view_spec
 from streams.sinks.store import is_transient_store_error, store_lock
@@ -125,18 +126,6 @@ def greater(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _COLUMNS: dict[str, Callable[[Sequence[Any]], dict[str, list[Any]]]] = {SID_VIEW: _sid_columns, HISTORY_VIEW: _history_columns}
-
-
-@dataclass
-class WriteResult:
-    """What one write did: rows written online, rows appended offline, and the rows the store
-    rejected for good (with the reason), which the caller dead-letters."""
-
-    online: int = 0
-    offline: int = 0
-    rejected: list[tuple[Any, str]] = field(default_factory=list)
-    # rows not written because their entity has a row at least as new (stored, or later in the batch)
-    superseded: int = 0
 
 
 class FeastSink:

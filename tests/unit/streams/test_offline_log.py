@@ -120,12 +120,12 @@ def test_a_failed_write_leaves_nothing_and_its_retry_writes(tmp_path, monkeypatc
 def test_the_trainer_reads_only_its_window_pushed_into_the_scan(tmp_path) -> None:
     """read_interaction_logs(since_ms=...) gives exactly the rows of the full read inside the
     window (the filter runs in pyarrow's Parquet scan, not on a full frame)."""
-    from streams.sinks.interaction_log import write_interactions
+    from streams.sinks.interaction_log import InteractionLog
     from trainer.dataset import read_interaction_logs
 
     records = [{"user_id": f"u{i % 7}", "track_id": f"t{i}", "event_time": 1_000 + 10 * i, "label": i % 2} for i in range(300)]
     for start in range(0, 300, 100):  # three part files
-        write_interactions(tmp_path, records[start : start + 100])
+        InteractionLog(tmp_path).write(records[start : start + 100])
     full = read_interaction_logs(tmp_path)
     window = read_interaction_logs(tmp_path, since_ms=2_000)
     expected = full[full["timestamp"] >= 2_000].sort_values("timestamp").reset_index(drop=True)
