@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +40,18 @@ class KafkaSettings(_Frozen):
     partitions: int = Field(4, ge=1, description="partitions per topic (Faust: one worker per partition)")
     topic_prefix: str = ""
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, description="topic/producer limit; inline audio must fit")
+    # Replicas of every topic `sidstream topics create` makes and of Faust's internal topics
+    # (changelogs, leader). 1 fits the local single broker; a cluster sets 3 and 2 (deploy/k8s:
+    # a write is acked by 2 replicas, so one broker can fail without losing it).
+    replication_factor: int = Field(1, ge=1, description="replicas per topic (topics create, Faust's internal topics)")
+    min_insync_replicas: int = Field(1, ge=1, description="replicas that must ack a write (acks=all), <= replication_factor")
+
+    @model_validator(mode="after")
+    def _isr_within_replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"kafka.min_insync_replicas ({self.min_insync_replicas}) exceeds kafka.replication_factor "
+                             f"({self.replication_factor}): no write could ever be acknowledged")
+        return self
 
     @property
     def bootstrap(self) -> str:

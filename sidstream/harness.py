@@ -58,7 +58,8 @@ class PipelineRun:
 
     def create_topics(self) -> None:
         k = self.settings.kafka
-        create_topics(k.bootstrap, self.names, k.partitions, max_message_bytes=k.max_message_bytes)
+        create_topics(k.bootstrap, self.names, k.partitions, max_message_bytes=k.max_message_bytes,
+                      replication_factor=k.replication_factor, min_insync_replicas=k.min_insync_replicas)
 
     def start_workers(self, groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS, timeout_s: float = 180.0,
                       metrics_ports: dict[tuple[str, ...], int] | None = None) -> None:

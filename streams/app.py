@@ -42,6 +42,7 @@ def build_app(settings: Settings, names: TopicNames, handlers: Mapping[str, Role
         key_serializer="raw",
         store="memory://",
         topic_partitions=s.kafka.partitions,
+        topic_replication_factor=s.kafka.replication_factor,  # its changelogs and leader topic too
         topic_allow_declare=True,  # Faust declares its own internal topics (changelogs, leader)
         web_enabled=False,
         broker_commit_every=100,

@@ -20,7 +20,8 @@ def create(partitions: int | None) -> None:
     """Create missing topics on the configured broker."""
     s = get_settings()
     names = TopicNames(s.kafka.topic_prefix)
-    created = create_topics(s.kafka.bootstrap, names, partitions or s.kafka.partitions, max_message_bytes=s.kafka.max_message_bytes)
+    created = create_topics(s.kafka.bootstrap, names, partitions or s.kafka.partitions, max_message_bytes=s.kafka.max_message_bytes,
+                            replication_factor=s.kafka.replication_factor, min_insync_replicas=s.kafka.min_insync_replicas)
     click.echo(f"created {len(created)} topics; {len(names.all()) - len(created)} existed")
 
 

@@ -93,10 +93,22 @@ class TopicNames:
         return [*data, *((None, dlq(name)) for _, name in data), *other]
 
 
+def topic_config(spec: TopicSpec | None, max_message_bytes: int, min_insync_replicas: int) -> dict[str, str]:
+    """The broker config of one pipeline topic (`create_topics`; deploy/k8s/topics.yaml holds the same)."""
+    # records carry inline audio, and dead letters carry the original bytes: allow large ones
+    config = {"max.message.bytes": str(max_message_bytes), "min.insync.replicas": str(min_insync_replicas)}
+    if spec is not None and spec.compacted:
+        # kept: the latest embedding per (track, modality); identity: every claim (keys hold the track)
+        config["cleanup.policy"] = "compact"
+    return config
+
+
 def create_topics(
-    bootstrap: str, names: TopicNames, partitions: int, timeout_s: float = 30.0, max_message_bytes: int = 16 * 1024 * 1024
+    bootstrap: str, names: TopicNames, partitions: int, timeout_s: float = 30.0, max_message_bytes: int = 16 * 1024 * 1024,
+    replication_factor: int = 1, min_insync_replicas: int = 1,
 ) -> list[str]:
-    """Create every pipeline topic that does not exist yet; returns the names created."""
+    """Create every pipeline topic that does not exist yet, with `replication_factor` replicas and
+    `min_insync_replicas`; returns the names created."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = []
@@ -105,12 +117,8 @@ def create_topics(
             continue
         # the control topic is a single ordered log; everything else is keyed by track/user id
         n = 1 if spec is not None and spec.single_partition else partitions
-        # records carry inline audio, and dead letters carry the original bytes: allow large ones
-        config = {"max.message.bytes": str(max_message_bytes)}
-        if spec is not None and spec.compacted:
-            # kept: the latest embedding per (track, modality); identity: every claim (keys hold the track)
-            config["cleanup.policy"] = "compact"
-        wanted.append(NewTopic(topic, num_partitions=n, replication_factor=1, config=config))
+        config = topic_config(spec, max_message_bytes, min_insync_replicas)
+        wanted.append(NewTopic(topic, num_partitions=n, replication_factor=replication_factor, config=config))
     if not wanted:
         return []
     futures = admin.create_topics(wanted, operation_timeout=timeout_s)
