@@ -51,6 +51,23 @@ class BucketFull(RuntimeError):
     """Every composite identity code of a bucket is taken."""
 
 
+def bucket_full(bucket: Hashable, capacity: int) -> BucketFull:
+    """The error of a bucket whose every composite identity code is taken."""
+    return BucketFull(f"identity bucket {bucket} is full ({capacity} codes taken); refit with a larger identity codebook")
+
+
+def nearest_free_code(row: F32, taken: np.ndarray | None, reserved: Sequence[int] = ()) -> int | None:
+    """argmin of `row` [capacity] over the codes neither `taken` (bool mask) nor `reserved`;
+    None when every code is. The one masking rule of the tables and queries below."""
+    if taken is None and not reserved:
+        return int(np.argmin(row))
+    masked = row.copy() if taken is None else np.where(taken, np.inf, row)
+    if reserved:
+        masked[np.asarray(list(reserved), dtype=np.int64)] = np.inf
+    code = int(np.argmin(masked))
+    return code if np.isfinite(masked[code]) else None
+
+
 def bucket_keys(semantic: I64) -> list[tuple[int, ...]]:
     """One hashable key per row: its semantic prefix."""
     return [tuple(row) for row in np.asarray(semantic, dtype=np.int64).tolist()]
@@ -98,15 +115,9 @@ class IdentityTable:
 
     def nearest_free(self, bucket: Hashable, distances: F32, reserved: Sequence[int] = ()) -> int:
         """argmin of `distances` [capacity] over the bucket's free codes (minus `reserved`)."""
-        taken = self._taken.get(bucket)
-        if taken is None and not reserved:
-            return int(np.argmin(distances))
-        masked = distances.copy() if taken is None else np.where(taken, np.inf, distances)
-        if reserved:
-            masked[np.asarray(reserved, dtype=np.int64)] = np.inf
-        code = int(np.argmin(masked))
-        if not np.isfinite(masked[code]):
-            raise BucketFull(f"identity bucket {bucket} is full ({self.capacity} codes taken); refit with a larger identity codebook")
+        code = nearest_free_code(distances, self._taken.get(bucket), reserved)
+        if code is None:
+            raise bucket_full(bucket, self.capacity)
         return code
 
     def taken_mask(self, bucket: Hashable) -> np.ndarray | None:
@@ -134,14 +145,7 @@ class DenseQuery:
 
     def nearest_free(self, i: int, taken: np.ndarray | None, reserved: Sequence[int] = ()) -> int | None:
         """Item i's nearest code that is neither taken nor reserved; None when there is none."""
-        row = self.distances[i]
-        if taken is None and not reserved:
-            return int(np.argmin(row))
-        masked = row.copy() if taken is None else np.where(taken, np.inf, row)
-        if reserved:
-            masked[np.asarray(reserved, dtype=np.int64)] = np.inf
-        code = int(np.argmin(masked))
-        return code if np.isfinite(masked[code]) else None
+        return nearest_free_code(self.distances[i], taken, reserved)
 
 
 class CompositeQuery:
@@ -167,13 +171,9 @@ class CompositeQuery:
 
     def nearest_free(self, i: int, taken: np.ndarray | None, reserved: Sequence[int] = ()) -> int | None:
         dA = self.dA[i]
-        reserved_set = {int(r) for r in reserved}
         if self.part is None:  # one identity layer: the row is the whole search
-            masked = dA.copy() if taken is None else np.where(taken, np.inf, dA)
-            if reserved_set:
-                masked[np.fromiter(reserved_set, dtype=np.int64)] = np.inf
-            code = int(np.argmin(masked))
-            return code if np.isfinite(masked[code]) else None
+            return nearest_free_code(dA, taken, reserved)
+        reserved_set = {int(r) for r in reserved}
         part, G, K2 = self.part[i], self.G, self.K2
         assert G is not None and self.gmin is not None
         lb = (dA + part.min()) + self.gmin
@@ -218,8 +218,7 @@ def assign_in_order(
             else:
                 found = query.nearest_free(i, table.taken_mask(bucket))
                 if found is None:
-                    raise BucketFull(f"identity bucket {bucket} is full ({table.capacity} codes taken); "
-                                     "refit with a larger identity codebook")
+                    raise bucket_full(bucket, table.capacity)
                 code = found
             table.claim(bucket, item, code)
         out[i] = code

@@ -128,7 +128,14 @@ def _run_shards(settings: Settings, version: str, kept_topic: str, identity_topi
     if failed:
         raise BackfillShardFailed(f"{len(failed)} of {shards} backfill shard(s) failed, the version is not switched "
                                   f"(a rerun resumes them): {'; '.join(failed)}")
-    return [json.loads((work / f"shard-{i}" / "outcome.json").read_text()) for i in range(shards)]
+    return [json.loads((shard_dir(settings, version, i, shards) / "outcome.json").read_text()) for i in range(shards)]
+
+
+def shard_dir(settings: Settings, version: str, shard: int, of: int) -> Path:
+    """Where a shard keeps its scratch store, checkpoint, report and outcome (one shard keeps the
+    unsharded layout, which `sidstream status` reads)."""
+    base = settings.home / "work" / f"backfill-{version}"
+    return base if of == 1 else base / f"shard-{shard}"
 
 
 def shard_partitions(bootstrap: str, kept_topic: str, shard: int, of: int, timeout_s: float) -> list[int]:
@@ -160,8 +167,7 @@ def backfill_shard(
     chunk = chunk or settings.stream.backfill_chunk
     registry = Registry(settings.registry_dir)
     target = registry.get(CODEBOOKS, version)
-    base = settings.home / "work" / f"backfill-{version}"
-    work = base if of == 1 else base / f"shard-{shard}"  # one shard keeps the layout `sidstream status` reads
+    work = shard_dir(settings, version, shard, of)
     work.mkdir(parents=True, exist_ok=True)
     state_path, report_path = work / "state.json", work / "report.json"
     if report_path.is_file():
@@ -304,9 +310,8 @@ if __name__ == "__main__":  # one shard of a sharded backfill (run_backfill star
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path, version_arg, kept_arg, identity_arg, shard_arg, of_arg, chunk_arg, fail_arg = sys.argv[1:9]
-    out = backfill_shard(Settings.model_validate_json(Path(path).read_text()), version_arg, kept_arg,
-                         None if identity_arg == "-" else identity_arg, int(shard_arg), int(of_arg), int(chunk_arg) or None,
-                         None, int(fail_arg) or None)
+    shard_settings = Settings.model_validate_json(Path(path).read_text())
+    out = backfill_shard(shard_settings, version_arg, kept_arg, None if identity_arg == "-" else identity_arg, int(shard_arg),
+                         int(of_arg), int(chunk_arg) or None, None, int(fail_arg) or None)
     # this run's outcome (`skipped` when an earlier run finished the shard), read by run_backfill
-    _save(Settings.model_validate_json(Path(path).read_text()).home / "work" / f"backfill-{version_arg}" / f"shard-{shard_arg}"
-          / "outcome.json", out)
+    _save(shard_dir(shard_settings, version_arg, int(shard_arg), int(of_arg)) / "outcome.json", out)

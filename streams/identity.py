@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from psrq.identity import BucketFull, IdentityTable, as_query, bucket_keys
+from psrq.identity import IdentityTable, as_query, bucket_full, bucket_keys
 from streams import avro_codec
-from streams.records import RestoreIncomplete
+from streams.records import RestoreIncomplete, next_messages
 from streams.state.identity_store import IdentityStore, open_slot
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,7 @@ class TableIdentities:
                     else:
                         found = queries[k].nearest_free(i, table.taken_mask(key), taken)
                         if found is None:
-                            failed[i] = str(BucketFull(f"identity bucket {key} is full ({r.capacity} codes taken); "
-                                                       "refit with a larger identity codebook"))
+                            failed[i] = str(bucket_full(key, r.capacity))
                             continue
                         code = found
                     taken.append(code)
@@ -291,12 +290,7 @@ class KafkaIdentities(TableIdentities):
         before = self.claims_read
         last_progress = time.monotonic()
         while any(self._next[p] < off for p, off in targets.items()):
-            # consume(n, timeout) waits out its whole timeout unless n messages came, so it only
-            # drains what is already here; poll() returns as soon as one claim arrives
-            msgs = self._consumer.consume(num_messages=5000, timeout=0)
-            if not msgs:
-                msg = self._consumer.poll(timeout=POLL_S)
-                msgs = [] if msg is None else [msg]
+            msgs = next_messages(self._consumer, POLL_S)
             if msgs:
                 last_progress = time.monotonic()
                 self._apply(msgs)

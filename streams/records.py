@@ -125,3 +125,15 @@ class RestoreIncomplete(TimeoutError):
         detail = ", ".join(f"partition {p}: at {at} of {high}" for p, (at, high) in sorted(behind.items()))
         super().__init__(f"{what}: not caught up after {stall_s:g} s without progress ({detail or 'watermarks unknown'})"
                          + (f": {cause}" if cause else ""))
+
+
+def next_messages(consumer: Any, wait_s: float, max_messages: int = 5000) -> list[Any]:
+    """What the consumer has ready (up to `max_messages`), else the first message within `wait_s`.
+
+    confluent-kafka's consume(n, timeout) waits out its whole timeout unless n messages came, so it
+    only drains what is already here; poll() returns as soon as one message arrives."""
+    msgs = consumer.consume(num_messages=max_messages, timeout=0)
+    if msgs:
+        return list(msgs)
+    msg = consumer.poll(wait_s)
+    return [] if msg is None else [msg]

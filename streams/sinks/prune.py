@@ -140,6 +140,18 @@ def tombstone_claims(bootstrap: str, topic: str, version: str, stall_s: float = 
     return sent
 
 
+def _read_progress(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_progress(path: Path, state: dict[str, Any]) -> None:
+    """Atomically (temp file + rename): a killed prune leaves the old progress or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
 class Pruner:
     """Deletes old versions' rows, chunk by chunk, with its progress in `progress_path`."""
 
@@ -149,23 +161,15 @@ class Pruner:
     @staticmethod
     def forget(progress_path: Path, version: str) -> None:
         """Drop `version`'s progress (it is being backfilled again, so its rows come back)."""
-        path = Path(progress_path)
-        if not path.is_file():
-            return
-        state = json.loads(path.read_text())
+        state = _read_progress(Path(progress_path))
         if state.pop(version, None) is not None:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-            tmp.replace(path)
+            _write_progress(Path(progress_path), state)
 
     def progress(self) -> dict[str, Any]:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        return _read_progress(self.path)
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-        tmp.replace(self.path)
+        _write_progress(self.path, state)
 
     def prune(self, keep: set[str], claims: Callable[[str], int] | None = None,
               on_progress: Callable[[str, int, int], None] | None = None, fail_after_chunks: int | None = None) -> dict[str, Any]:

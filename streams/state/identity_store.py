@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from psrq.identity import BucketFull
+from psrq.identity import bucket_full, nearest_free_code
 
 
 def bucket_text(key: Hashable) -> str:
@@ -208,12 +208,7 @@ class StoredTable:
     def nearest_free(self, bucket: Hashable, distances: np.ndarray, reserved: Sequence[int] = ()) -> int:
         """argmin of `distances` [capacity] over the bucket's free codes (minus `reserved`), the
         rule of psrq.identity.IdentityTable.nearest_free."""
-        taken = self.store.taken(self.version, self.modality, bucket_text(bucket), self.capacity)
-        masked = np.where(taken, np.inf, distances)
-        if reserved:
-            masked[np.asarray(reserved, dtype=np.int64)] = np.inf
-        code = int(np.argmin(masked))
-        if not np.isfinite(masked[code]):
-            raise BucketFull(f"identity bucket {tuple(bucket)} is full ({self.capacity} codes taken); "  # type: ignore[call-overload]
-                             "refit with a larger identity codebook")
+        code = nearest_free_code(distances, self.taken_mask(bucket), reserved)
+        if code is None:
+            raise bucket_full(bucket, self.capacity)
         return code

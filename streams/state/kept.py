@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from streams import avro_codec
-from streams.records import RestoreIncomplete
+from streams.records import RestoreIncomplete, next_messages
 
 KEY_SEP = "\x1f"
 
@@ -163,11 +163,7 @@ class KeptEmbeddings:
         last_progress = time.monotonic()
         try:
             while position < high:
-                # consume(n, t) waits its whole timeout unless n came: drain what is here, else poll
-                msgs = consumer.consume(num_messages=5000, timeout=0)
-                if not msgs:
-                    msg = consumer.poll(0.2)
-                    msgs = [] if msg is None else [msg]
+                msgs = next_messages(consumer, 0.2)
                 batch: list[tuple[str, str, dict[str, Any]]] = []
                 for msg in msgs:
                     if msg.error():
