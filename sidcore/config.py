@@ -34,28 +34,51 @@ class _Frozen(BaseModel):
 class KafkaSettings(_Frozen):
     version: str = "3.9.1"
     host: str = "127.0.0.1"
-    port: int = 19092
-    controller_port: int = 19093
+    # The local cluster's node n (1-based) listens on port + 2(n-1) and controller_port + 2(n-1):
+    # 19092 / 19093, 19094 / 19095, 19096 / 19097 for three nodes (streams.admin.broker).
+    port: int = Field(19092, ge=1, le=65535)
+    controller_port: int = Field(19093, ge=1, le=65535)
+    brokers: int = Field(1, ge=1, le=9, description="nodes of the local KRaft cluster (sidstream broker start --brokers)")
+    # A cluster the project did not start (managed, company, Kubernetes): its bootstrap list,
+    # comma-separated; unset, the local cluster's nodes are the list.
+    bootstrap_servers: str | None = Field(None, description="host:port,... of an external cluster (default: the local nodes)")
     heap: str = "512m"
     partitions: int = Field(4, ge=1, description="partitions per topic (Faust: one worker per partition)")
     topic_prefix: str = ""
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, description="topic/producer limit; inline audio must fit")
     # Replicas of every topic `sidstream topics create` makes and of Faust's internal topics
-    # (changelogs, leader). 1 fits the local single broker; a cluster sets 3 and 2 (deploy/k8s:
-    # a write is acked by 2 replicas, so one broker can fail without losing it).
-    replication_factor: int = Field(1, ge=1, description="replicas per topic (topics create, Faust's internal topics)")
-    min_insync_replicas: int = Field(1, ge=1, description="replicas that must ack a write (acks=all), <= replication_factor")
+    # (changelogs, leader). Unset, they follow the local cluster: min(3, brokers) replicas, and 2
+    # of them must ack a write when there are 3 (one broker can fail without losing it), else 1.
+    replication_factor: int = Field(0, ge=0, description="replicas per topic (0: min(3, brokers))")
+    min_insync_replicas: int = Field(0, ge=0, description="replicas that must ack a write (acks=all); 0: 2 when 3 replicas, else 1")
 
     @model_validator(mode="after")
     def _isr_within_replicas(self) -> KafkaSettings:
+        # 0 follows the local cluster; the object stays frozen to everyone after validation
+        if self.replication_factor == 0:
+            object.__setattr__(self, "replication_factor", min(3, self.brokers))
+        if self.min_insync_replicas == 0:
+            object.__setattr__(self, "min_insync_replicas", 2 if self.replication_factor >= 3 else 1)
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError(f"kafka.min_insync_replicas ({self.min_insync_replicas}) exceeds kafka.replication_factor "
                              f"({self.replication_factor}): no write could ever be acknowledged")
+        ports = {p for n in range(1, self.brokers + 1) for p in self.node_ports(n)}
+        if len(ports) != 2 * self.brokers or max(ports) > 65535:
+            raise ValueError(f"kafka.port {self.port} and kafka.controller_port {self.controller_port} give "
+                             f"{self.brokers} node(s) overlapping or invalid ports: node n uses port + 2(n-1) "
+                             "and controller_port + 2(n-1)")
         return self
+
+    def node_ports(self, node: int) -> tuple[int, int]:
+        """(client port, controller port) of local node `node` (1-based)."""
+        return self.port + 2 * (node - 1), self.controller_port + 2 * (node - 1)
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        """Every broker clients may start from, comma-separated (one that is down is skipped)."""
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        return ",".join(f"{self.host}:{self.node_ports(n)[0]}" for n in range(1, self.brokers + 1))
 
 
 class StreamSettings(_Frozen):
@@ -292,10 +315,28 @@ def get_settings() -> Settings:
     global _current
     if _current is None:
         try:
-            _current = Settings()
+            _current = with_local_cluster(Settings())
         except ValidationError as exc:
             raise SettingsError(_one_line(exc)) from None
     return _current
+
+
+def with_local_cluster(settings: Settings) -> Settings:
+    """`settings` with kafka.brokers of the local cluster its home runs (`sidstream broker start
+    --brokers N` notes N in <home>/kafka/local.json until `broker stop`), unless brokers or an
+    external bootstrap list were set: every later command then talks to (and replicates over) all N nodes."""
+    k = settings.kafka
+    marker = settings.home / "kafka" / "local.json"
+    if "brokers" in k.model_fields_set or k.bootstrap_servers is not None or not marker.is_file():
+        return settings
+    try:
+        brokers = int(json.loads(marker.read_text())["brokers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return settings
+    if brokers == k.brokers:
+        return settings
+    explicit = k.model_dump(include=k.model_fields_set)
+    return settings.model_copy(update={"kafka": KafkaSettings(**{**explicit, "brokers": brokers})})
 
 
 def use_settings(settings: Settings | None) -> None:

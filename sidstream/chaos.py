@@ -1,5 +1,5 @@
-"""`sidstream chaos`: the real pipeline (real broker, real Feast, one process per role) on N
-tracks with B bad records mixed in, one fault injected mid-stream, recovery with no person,
+"""`sidstream chaos`: the real pipeline (real broker or a local cluster of them, real Feast, one
+process per role or several: --replicas) on N tracks with B bad records mixed in, one fault injected mid-stream, recovery with no person,
 and one JSON line that says what was lost, duplicated or changed.
 
 Definitions (each number is measured, none is derived from another):
@@ -15,6 +15,9 @@ Definitions (each number is measured, none is derived from another):
   which a fault may change: they are checked by shared_ids instead);
 - shared_ids: good tracks whose final full text ID another track also holds (must be 0);
 - recovery_s: end of the fault -> last good track readable;
+- max_gap_s: the longest time, from the fault landing to the last good track readable, in which
+  no new track became readable (a cluster drill must keep it short: the stream does not wait for
+  a broker to come back);
 - in_flight_at_fault: produced minus readable at the moment the fault lands.
 """
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -39,7 +41,7 @@ from rich.console import Console
 
 from psrq import load_codebook_set
 from sidcore.catalog import Track, lastfm_tracks
-from sidcore.config import Settings, get_settings
+from sidcore.config import KafkaSettings, Settings, get_settings
 from sidcore.registry import Registry
 from sidstream.harness import PipelineRun
 from streams import avro_codec
@@ -48,9 +50,13 @@ from streams.sinks.reader import read_sids
 from streams.sinks.store import open_store
 from trainer.bootstrap import ensure_codebooks
 
-FAULTS = ("none", "kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down", "slow-encoder")
+FAULTS = ("none", "kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down", "slow-encoder",
+          "kill-leader", "stop-broker", "kill-replica", "stop-replica")
 CHAOS_GROUPS = (("text",), ("assigner",), ("writer",))
 FAULT_GROUP = {"kill-encoder": ("text",), "kill-assigner": ("assigner",), "kill-writer": ("writer",)}
+CLUSTER_FAULTS = ("kill-leader", "stop-broker")  # need a cluster: kafka.brokers >= 2
+REPLICA_FAULTS = ("kill-replica", "stop-replica")  # need two replicas of the roles they drill
+STOP_BROKER_S = 20.0  # stop-broker: how long the broker's JVM stays paused
 
 
 def bad_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes, str]]:
@@ -128,7 +134,7 @@ def _hold_sqlite_lock(db: Path, seconds: float) -> None:
 def run_chaos(
     settings: Settings, fault: str, tracks: list[Track], n_bad: int, rate: float, run_dir: Path,
     clean_codes: dict[str, list[int]] | None = None, fault_at_share: float = 1 / 3, timeout_s: float = 300.0,
-    on_status: Callable[[str], None] | None = None, seed: int = 0,
+    on_status: Callable[[str], None] | None = None, seed: int = 0, replicas: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline once with `fault` ("none": a clean run); returns the result dict
     (with "codes": the final text SID of every good track)."""
@@ -141,11 +147,13 @@ def run_chaos(
                                     "stream": settings.stream.model_copy(update={"slowdown_file": slow_flag})})
     if fault == "feast-down" and s.feast_profile != "local":
         raise click.UsageError("--fault feast-down drills the SQLite online store (feast_profile=local)")
+    replicas = dict(replicas or {})
+    _check_drill(fault, s, replicas)
     run = PipelineRun(s, run_dir)
     run.create_topics()
     store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
-    say("starting workers (text | assigner | writer)...")
-    run.start_workers(CHAOS_GROUPS)
+    say(f"starting workers (text | assigner | writer; replicas {replicas or 'one each'})...")
+    run.start_workers(CHAOS_GROUPS, replicas=replicas)
     bad = bad_records(n_bad, seed)
     rng = random.Random(seed)
     items: list[Any] = list(tracks)
@@ -161,9 +169,13 @@ def run_chaos(
     feeder = threading.Thread(target=_produce, args=(run, items, rate, produced_at), daemon=True)
     t_start = time.time()
     feeder.start()
-    result: dict[str, Any] = {"fault": fault, "produced": len(tracks), "bad_injected": len(bad)}
-    fault_end = time.time()
+    result: dict[str, Any] = {"fault": fault, "produced": len(tracks), "bad_injected": len(bad),
+                              "brokers": s.kafka.brokers, "replication_factor": s.kafka.replication_factor,
+                              "min_insync_replicas": s.kafka.min_insync_replicas,
+                              "replicas": {r: run.replica_count((r,)) for g in CHAOS_GROUPS for r in g}}
+    fault_start = fault_end = time.time()
     lag_trace: list[int] = []
+    down: list[int] = []  # broker nodes the fault left down: started again after the measurement
     try:
         # the fault lands once a share of the tracks is in flight (or everything is produced)
         target = fault_at_share * len(tracks)
@@ -171,7 +183,8 @@ def run_chaos(
             time.sleep(0.01)
         result["in_flight_at_fault"] = len(produced_at) - len(poller.readable_at)
         say(f"fault {fault} with {result['in_flight_at_fault']} tracks in flight")
-        _inject(fault, run, s, slow_flag, lag_trace)
+        fault_start = time.time()
+        result.update(_inject(fault, run, s, slow_flag, lag_trace, down))
         fault_end = time.time()
         deadline = time.monotonic() + timeout_s
         while len(poller.readable_at) < len(tracks) and time.monotonic() < deadline:
@@ -189,9 +202,12 @@ def run_chaos(
     finally:
         poller.stop_event.set()
         run.stop_workers()
+        for node in down:  # the cluster whole again for the next drill
+            local_broker(s).start_node(node)
     codes = {t: list(v) for t, v in zip(final["track_id"], final["text_sid"], strict=True) if v is not None and len(v)}
     result.update(_outcome(codes, len(tracks), dead, s.feast_dir, clean_codes, load_codebook_set(live.path).codebooks["text"].semantic_layers))
     result.update({"recovery_s": round(max(poller.readable_at.values(), default=fault_end) - fault_end, 2),
+                   "max_gap_s": max_gap_s(fault_start, list(poller.readable_at.values())),
                    "wall_s": round(time.time() - t_start, 1)})
     if fault == "slow-encoder":
         result["lag"] = {"at_fault": lag_trace[0] if lag_trace else None, "max": max(lag_trace, default=None),
@@ -218,19 +234,79 @@ def _produce(run: PipelineRun, items: list[Any], rate: float, produced_at: dict[
     producer.flush(120)
 
 
-def _inject(fault: str, run: PipelineRun, s: Settings, slow_flag: Path, lag_trace: list[int]) -> None:
+def max_gap_s(fault_start: float, readable_at: list[float]) -> float:
+    """The longest time, from the fault to the last track readable, in which no new track became readable."""
+    times = sorted([fault_start, *(t for t in readable_at if t >= fault_start)])
+    return round(max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0), 2)
+
+
+def _check_drill(fault: str, s: Settings, replicas: dict[str, int]) -> None:
+    """A drill that needs a cluster or replicas refuses to run without them, in one line."""
+    if fault in CLUSTER_FAULTS and s.kafka.brokers < 2:
+        raise click.UsageError(f"--fault {fault} drills a cluster: run it with --brokers 3")
+    if fault in CLUSTER_FAULTS and s.kafka.min_insync_replicas >= s.kafka.replication_factor:
+        raise click.UsageError(f"--fault {fault}: with min.insync.replicas {s.kafka.min_insync_replicas} of "
+                               f"{s.kafka.replication_factor} replicas no write is acknowledged while a broker is down")
+    needs = {"kill-replica": ("text", "assigner", "writer"), "stop-replica": ("assigner",)}.get(fault, ())
+    missing = [r for r in needs if replicas.get(r, 1) < 2]
+    if missing:
+        raise click.UsageError(f"--fault {fault} needs two replicas of {', '.join(missing)}: --replicas "
+                               + ",".join(f"{r}=2" for r in needs))
+
+
+def _busiest_node(run: PipelineRun, s: Settings) -> int:
+    """The broker node that leads the most partitions of the metadata, SID and identity topics."""
+    topics = {run.names.metadata, run.names.sids, run.names.identity}
+    leads = local_broker(s).leaders()
+    return max(leads, key=lambda n: (sum(p.rsplit("/", 1)[0] in topics for p in leads[n]), -n))
+
+
+def _inject(fault: str, run: PipelineRun, s: Settings, slow_flag: Path, lag_trace: list[int],
+            down: list[int]) -> dict[str, Any]:
     """Apply `fault` to the running pipeline and return when it is over (the workers, the
-    broker, the store or the encoder are back)."""
+    broker, the store or the encoder are back; a killed leader or replica stays down, its
+    partners carry on): what the drill did, for the result."""
     if fault in FAULT_GROUP:
         run.kill_and_restart(FAULT_GROUP[fault], wait_ready=False)
-    elif fault == "kill-broker":
+    elif fault == "kill-broker":  # every node at once: a whole outage, then a restart
         broker = local_broker(s)
-        pid = broker.pid()
-        if pid is None:
+        if any(pid is None for pid in broker.pids().values()):
             raise click.UsageError("kill-broker needs the broker that `sidstream broker start` runs for this home")
-        os.kill(pid, signal.SIGKILL)
+        for node in broker.nodes:
+            node.kill()
         time.sleep(10.0)
         broker.start()
+    elif fault == "kill-leader":
+        node = _busiest_node(run, s)
+        local_broker(s).kill(node)
+        down.append(node)
+        return {"killed_node": node}
+    elif fault == "stop-broker":
+        node = _busiest_node(run, s)
+        broker = local_broker(s)
+        broker.kill(node, signal.SIGSTOP)
+        try:
+            time.sleep(STOP_BROKER_S)
+        finally:
+            broker.kill(node, signal.SIGCONT)
+        return {"stopped_node": node, "stopped_s": STOP_BROKER_S}
+    elif fault == "kill-replica":  # one replica of each role in turn; each partner takes its partitions
+        killed = []
+        for roles in CHAOS_GROUPS:
+            name = run.workers((roles,))[-1][0]
+            run.kill(name)
+            killed.append(name)
+            time.sleep(3.0)
+        return {"killed_workers": killed}
+    elif fault == "stop-replica":  # a zombie: paused past its session, it wakes holding claims it lost
+        name = run.workers((("assigner",),))[-1][0]
+        paused_s = s.stream.session_timeout_s + 10.0
+        run.signal(name, signal.SIGSTOP)
+        try:
+            time.sleep(paused_s)
+        finally:
+            run.signal(name, signal.SIGCONT)
+        return {"stopped_worker": name, "stopped_s": paused_s}
     elif fault == "feast-down":
         _hold_sqlite_lock(s.feast_dir / "data" / "online.db", 15.0)
     elif fault == "slow-encoder":
@@ -241,6 +317,7 @@ def _inject(fault: str, run: PipelineRun, s: Settings, slow_flag: Path, lag_trac
             lag_trace.append(_consumer_lag(s.kafka.bootstrap, group, run.names.metadata))
             time.sleep(1.0)
         slow_flag.unlink()
+    return {}
 
 
 def _outcome(codes: dict[str, list[int]], produced: int, dead: dict[str, list[dict[str, Any]]], feast_dir: Path,
@@ -309,10 +386,26 @@ def clean_run_codes(settings: Settings, tracks: list[Track], rate: float, root: 
 @click.option("--fault-at", "fault_at", type=click.FloatRange(0, 1), default=1 / 3, show_default=True,
               help="inject once this share of the tracks is in flight (or all are produced)")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait for recovery")
+@click.option("--brokers", type=click.IntRange(1, 9), default=None,
+              help="Kafka nodes of the local cluster the drill runs on (default kafka.brokers); replication "
+                   "follows it (min(3, N) replicas, 2 in sync when 3) unless kafka.replication_factor is set")
+@click.option("--replicas", "replicas_spec", default=None, metavar="ROLE=N,...",
+              help="worker processes per role, e.g. text=2,assigner=2,writer=2 (default one each)")
 @click.option("--json", "as_json", is_flag=True, help="end with exactly one JSON line")
-def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, timeout: float, as_json: bool) -> None:
+def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, timeout: float, brokers: int | None,
+          replicas_spec: str | None, as_json: bool) -> None:
     """Inject one fault into the running pipeline and measure what it cost."""
+    from sidstream.harness import parse_replicas
+
     s = get_settings()
+    if brokers is not None and brokers != s.kafka.brokers:
+        explicit = s.kafka.model_dump(include=s.kafka.model_fields_set)
+        s = s.model_copy(update={"kafka": KafkaSettings(**{**explicit, "brokers": brokers})})
+    try:
+        replicas = parse_replicas(replicas_spec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _check_drill(fault, s, replicas)
     console = Console(stderr=True)
     local_broker(s).start()
     ensure_codebooks(s, [], on_status=console.print)
@@ -320,7 +413,8 @@ def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, t
     root = s.home / "chaos"
     clean = clean_run_codes(s, tracks, rate, root, on_status=console.print)
     run_dir = root / f"{fault}-{time.strftime('%Y%m%dT%H%M%S')}"
-    result = run_chaos(s, fault, tracks, n_bad, rate, run_dir, clean, fault_at, timeout, on_status=console.print)
+    result = run_chaos(s, fault, tracks, n_bad, rate, run_dir, clean, fault_at, timeout, on_status=console.print,
+                       replicas=replicas)
     result.pop("codes")
     line = json.dumps(result)
     if as_json:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,18 +29,49 @@ log = logging.getLogger(__name__)
 WORKER_GROUPS = (("text", "audio"), ("assigner", "writer"))
 
 
+def parse_replicas(spec: str | None) -> dict[str, int]:
+    """`text=2,assigner=2,writer=2` -> {role: worker processes}; roles not named run one."""
+    from streams.topology import ROLES
+
+    out: dict[str, int] = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        role, sep, count = part.partition("=")
+        role = role.strip()
+        if not sep or role not in ROLES or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"--replicas {spec!r}: expected ROLE=N,... with ROLE one of {', '.join(ROLES)} and N >= 1")
+        out[role] = int(count)
+    return out
+
+
+def worker_name(roles: tuple[str, ...], replica: int = 0) -> str:
+    """A worker process's name: its roles joined, and `-r<i>` for replica i > 0."""
+    return "-".join(roles) + (f"-r{replica}" if replica else "")
+
+
 @dataclass
 class PipelineRun:
     settings: Settings
     run_dir: Path
     prefix: str = field(default_factory=lambda: f"run{uuid.uuid4().hex[:8]}-")
-    processes: dict[tuple[str, ...], subprocess.Popen[bytes]] = field(default_factory=dict)
-    metrics_ports: dict[tuple[str, ...], int] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # worker name -> process
+    metrics_ports: dict[tuple[str, ...], int] = field(default_factory=dict)  # the first replica of a group's
     groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS  # the worker processes, set by start_workers
+    # role -> worker processes in the role's consumer group (a group of roles runs the most any of them asks)
+    replicas: dict[str, int] = field(default_factory=dict)
 
     @property
     def names(self) -> TopicNames:
         return TopicNames(self.prefix)
+
+    def replica_count(self, roles: tuple[str, ...]) -> int:
+        return max(self.replicas.get(r, 1) for r in roles)
+
+    def workers(self, groups: tuple[tuple[str, ...], ...] | None = None) -> list[tuple[str, tuple[str, ...]]]:
+        """(name, roles) of every worker process of `groups` (default: the run's), replicas included."""
+        return [(worker_name(roles, i), roles) for roles in (self.groups if groups is None else groups)
+                for i in range(self.replica_count(roles))]
 
     @property
     def worker_settings(self) -> Settings:
@@ -49,7 +81,7 @@ class PipelineRun:
         s = self.settings
         update: dict[str, Any] = {"kafka": s.kafka.model_copy(update={"topic_prefix": self.prefix})}
         if s.encoders.threads is None:
-            encoding = sum(1 for roles in self.groups if {"text", "audio"} & set(roles)) or 1
+            encoding = sum(1 for _, roles in self.workers() if {"text", "audio"} & set(roles)) or 1
             update["encoders"] = s.encoders.model_copy(update={"threads": max(1, (os.cpu_count() or 2) // encoding)})
         return s.model_copy(update=update)
 
@@ -62,45 +94,58 @@ class PipelineRun:
                       replication_factor=k.replication_factor, min_insync_replicas=k.min_insync_replicas)
 
     def start_workers(self, groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS, timeout_s: float = 180.0,
-                      metrics_ports: dict[tuple[str, ...], int] | None = None) -> None:
-        """Start one worker process per role group and wait until each has its partitions."""
+                      metrics_ports: dict[tuple[str, ...], int] | None = None,
+                      replicas: dict[str, int] | None = None) -> None:
+        """Start every worker process of `groups` (`replicas` per role, default one) and wait until
+        each has joined its consumer group."""
         self.metrics_ports.update(metrics_ports or {})
+        self.replicas.update(replicas or {})
         self.groups = groups
-        for roles in groups:
-            self._spawn(roles)
+        for name, roles in self.workers():
+            self._spawn(name, roles)
         self.wait_ready(groups, timeout_s)
 
-    def _spawn(self, roles: tuple[str, ...]) -> None:
+    def _spawn(self, name: str, roles: tuple[str, ...]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.settings_file()
-        name = "-".join(roles)
         (self.run_dir / f"{name}.ready").unlink(missing_ok=True)
         logf = open(self.run_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - owned by the child
         cmd = [sys.executable, "-m", "sidstream.cli", "--settings", str(settings_file), "--log-level", "INFO",
                "worker", "run", "--roles", ",".join(roles), "--ready-file", str(self.run_dir / f"{name}.ready")]
-        if roles in self.metrics_ports:
+        if roles in self.metrics_ports and name == worker_name(roles):
             cmd += ["--metrics-port", str(self.metrics_ports[roles])]
-        self.processes[roles] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.processes[name] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def wait_ready(self, groups: tuple[tuple[str, ...], ...], timeout_s: float = 180.0) -> None:
+    def wait_ready(self, groups: tuple[tuple[str, ...], ...], timeout_s: float = 180.0, names: list[str] | None = None) -> None:
+        """Wait until every worker of `groups` (or the workers `names`) wrote its ready file."""
+        names = [n for n, _ in self.workers(groups)] if names is None else names
         deadline = time.monotonic() + timeout_s
-        while not all((self.run_dir / f"{'-'.join(r)}.ready").exists() for r in groups):
-            for roles in groups:
-                p = self.processes[roles]
+        while not all((self.run_dir / f"{n}.ready").exists() for n in names):
+            for n in names:
+                p = self.processes[n]
                 if p.poll() is not None:
-                    raise RuntimeError(f"worker {roles} exited with {p.returncode}: {self.worker_log_tail(roles)}")
+                    raise RuntimeError(f"worker {n} exited with {p.returncode}: {self.worker_log_tail(n)}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers not ready after {timeout_s:.0f}s")
             time.sleep(0.2)
 
-    def kill_and_restart(self, roles: tuple[str, ...], wait_ready: bool = True) -> None:
-        """kill -9 one worker group (no clean shutdown, no final commit) and start it again."""
-        p = self.processes[roles]
+    def kill_and_restart(self, roles: tuple[str, ...], wait_ready: bool = True, replica: int = 0) -> None:
+        """kill -9 one worker (no clean shutdown, no final commit) and start it again."""
+        name = worker_name(roles, replica)
+        self.kill(name)
+        self._spawn(name, roles)
+        if wait_ready:
+            self.wait_ready((roles,), names=[name])
+
+    def kill(self, name: str) -> None:
+        """kill -9 one worker and leave it dead (its partners take its partitions)."""
+        p = self.processes[name]
         p.kill()
         p.wait()
-        self._spawn(roles)
-        if wait_ready:
-            self.wait_ready((roles,))
+
+    def signal(self, name: str, sig: int) -> None:
+        """Send `sig` to one worker (SIGSTOP / SIGCONT: a zombie replica)."""
+        self.processes[name].send_signal(sig)
 
     def kill_all(self) -> None:
         for p in self.processes.values():
@@ -109,13 +154,15 @@ class PipelineRun:
             p.wait()
         self.processes.clear()
 
-    def worker_log_tail(self, roles: tuple[str, ...], chars: int = 3000) -> str:
-        path = self.run_dir / f"worker-{'-'.join(roles)}.log"
+    def worker_log_tail(self, name: str | tuple[str, ...], chars: int = 3000) -> str:
+        name = worker_name(name) if isinstance(name, tuple) else name
+        path = self.run_dir / f"worker-{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def stop_workers(self, timeout_s: float = 30.0) -> None:
         for p in self.processes.values():
             if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a paused (drilled) worker cannot act on SIGTERM
                 p.terminate()
         for p in self.processes.values():
             try:

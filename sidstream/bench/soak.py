@@ -52,7 +52,7 @@ def _record_times_s(bootstrap: str, topic: str) -> list[float]:
 def _sample(run: PipelineRun, port: int, samples: list[dict[str, float]], stop: threading.Event) -> None:
     """Every second until `stop`: each worker's RSS (MB) and the assigner's join-table size."""
     t0 = time.monotonic()
-    procs = {"-".join(r): psutil.Process(p.pid) for r, p in run.processes.items()}
+    procs = {name: psutil.Process(p.pid) for name, p in run.processes.items()}
     while not stop.is_set():
         row = {"t": time.monotonic() - t0}
         for name, proc in procs.items():

@@ -1,5 +1,6 @@
 """The broker: a real Apache Kafka 3.9.x (KRaft) started by the project's own manager
-(streams.admin.broker) once per test session on free loopback ports."""
+(streams.admin.broker) once per test session on free loopback ports; and, for the cluster
+tests, a three-node KRaft cluster of the same jars (started only when a test asks for it)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(n: int, attempts: int = 50) -> int:
+    """The first of `n` consecutive loopback ports that are all free now."""
+    for _ in range(attempts):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free loopback ports in {attempts} attempts")
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
     from streams.admin.broker import LocalBroker
@@ -25,3 +47,16 @@ def kafka_broker(tmp_path_factory):
     broker.start(timeout_s=120)
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory):
+    """Three combined controller+broker nodes (3 replicas, 2 in sync), small heaps; stopped by pid."""
+    from streams.admin.broker import LocalBroker
+
+    base = free_port_block(6)  # node n: client base + 2(n-1), controller base + 1 + 2(n-1)
+    settings = KafkaSettings(port=base, controller_port=base + 1, brokers=3, partitions=2, heap="320m")
+    cluster = LocalBroker(settings, tmp_path_factory.mktemp("kafka3"), Settings().cache_dir)
+    cluster.start(timeout_s=180)
+    yield cluster
+    cluster.stop()
