@@ -45,7 +45,7 @@ from sidcore.config import KafkaSettings, Settings, get_settings
 from sidcore.registry import Registry
 from sidstream.harness import PipelineRun
 from streams import avro_codec
-from streams.admin.broker import local_broker
+from streams.admin.broker import LocalBroker, local_broker
 from streams.sinks.reader import read_sids
 from streams.sinks.store import open_store
 from trainer.bootstrap import ensure_codebooks
@@ -135,9 +135,11 @@ def run_chaos(
     settings: Settings, fault: str, tracks: list[Track], n_bad: int, rate: float, run_dir: Path,
     clean_codes: dict[str, list[int]] | None = None, fault_at_share: float = 1 / 3, timeout_s: float = 300.0,
     on_status: Callable[[str], None] | None = None, seed: int = 0, replicas: dict[str, int] | None = None,
+    broker: LocalBroker | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline once with `fault` ("none": a clean run); returns the result dict
-    (with "codes": the final text SID of every good track)."""
+    (with "codes": the final text SID of every good track). `broker`: the local Kafka the broker
+    faults act on (default: the one `sidstream broker start` runs for the settings' home)."""
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
     say = on_status or (lambda _: None)
@@ -149,6 +151,7 @@ def run_chaos(
         raise click.UsageError("--fault feast-down drills the SQLite online store (feast_profile=local)")
     replicas = dict(replicas or {})
     _check_drill(fault, s, replicas)
+    broker = broker or local_broker(s)
     run = PipelineRun(s, run_dir)
     run.create_topics()
     store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
@@ -184,7 +187,7 @@ def run_chaos(
         result["in_flight_at_fault"] = len(produced_at) - len(poller.readable_at)
         say(f"fault {fault} with {result['in_flight_at_fault']} tracks in flight")
         fault_start = time.time()
-        result.update(_inject(fault, run, s, slow_flag, lag_trace, down))
+        result.update(_inject(fault, run, s, broker, slow_flag, lag_trace, down))
         fault_end = time.time()
         deadline = time.monotonic() + timeout_s
         while len(poller.readable_at) < len(tracks) and time.monotonic() < deadline:
@@ -203,7 +206,7 @@ def run_chaos(
         poller.stop_event.set()
         run.stop_workers()
         for node in down:  # the cluster whole again for the next drill
-            local_broker(s).start_node(node)
+            broker.start_node(node)
     codes = {t: list(v) for t, v in zip(final["track_id"], final["text_sid"], strict=True) if v is not None and len(v)}
     result.update(_outcome(codes, len(tracks), dead, s.feast_dir, clean_codes, load_codebook_set(live.path).codebooks["text"].semantic_layers))
     result.update({"recovery_s": round(max(poller.readable_at.values(), default=fault_end) - fault_end, 2),
@@ -254,14 +257,14 @@ def _check_drill(fault: str, s: Settings, replicas: dict[str, int]) -> None:
                                + ",".join(f"{r}=2" for r in needs))
 
 
-def _busiest_node(run: PipelineRun, s: Settings) -> int:
+def _busiest_node(run: PipelineRun, broker: LocalBroker) -> int:
     """The broker node that leads the most partitions of the metadata, SID and identity topics."""
     topics = {run.names.metadata, run.names.sids, run.names.identity}
-    leads = local_broker(s).leaders()
+    leads = broker.leaders()
     return max(leads, key=lambda n: (sum(p.rsplit("/", 1)[0] in topics for p in leads[n]), -n))
 
 
-def _inject(fault: str, run: PipelineRun, s: Settings, slow_flag: Path, lag_trace: list[int],
+def _inject(fault: str, run: PipelineRun, s: Settings, broker: LocalBroker, slow_flag: Path, lag_trace: list[int],
             down: list[int]) -> dict[str, Any]:
     """Apply `fault` to the running pipeline and return when it is over (the workers, the
     broker, the store or the encoder are back; a killed leader or replica stays down, its
@@ -269,7 +272,6 @@ def _inject(fault: str, run: PipelineRun, s: Settings, slow_flag: Path, lag_trac
     if fault in FAULT_GROUP:
         run.kill_and_restart(FAULT_GROUP[fault], wait_ready=False)
     elif fault == "kill-broker":  # every node at once: a whole outage, then a restart
-        broker = local_broker(s)
         if any(pid is None for pid in broker.pids().values()):
             raise click.UsageError("kill-broker needs the broker that `sidstream broker start` runs for this home")
         for node in broker.nodes:
@@ -277,13 +279,12 @@ def _inject(fault: str, run: PipelineRun, s: Settings, slow_flag: Path, lag_trac
         time.sleep(10.0)
         broker.start()
     elif fault == "kill-leader":
-        node = _busiest_node(run, s)
-        local_broker(s).kill(node)
+        node = _busiest_node(run, broker)
+        broker.kill(node)
         down.append(node)
         return {"killed_node": node}
     elif fault == "stop-broker":
-        node = _busiest_node(run, s)
-        broker = local_broker(s)
+        node = _busiest_node(run, broker)
         broker.kill(node, signal.SIGSTOP)
         try:
             time.sleep(STOP_BROKER_S)

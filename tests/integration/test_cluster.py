@@ -22,7 +22,7 @@ def test_topics_on_three_brokers_have_three_replicas_and_two_in_sync(kafka_clust
     per partition and min.insync.replicas 2, as the brokers themselves report them."""
     from confluent_kafka.admin import AdminClient, ConfigResource
 
-    from streams.admin.topics import TopicNames, create_topics
+    from streams.admin.topics import TopicNames, create_topics, wait_until_ready
 
     k = kafka_cluster.settings
     assert (k.brokers, k.replication_factor, k.min_insync_replicas) == (3, 3, 2)
@@ -31,6 +31,7 @@ def test_topics_on_three_brokers_have_three_replicas_and_two_in_sync(kafka_clust
                             min_insync_replicas=k.min_insync_replicas)
     assert {names.identity, names.name("embeddings.kept"), names.name("tracks.metadata.dlq")} <= set(created)
     admin = AdminClient({"bootstrap.servers": k.bootstrap})
+    wait_until_ready(admin, created)  # this client may ask another node than create_topics' did
     topics = admin.list_topics(timeout=10).topics
     assert len(admin.list_topics(timeout=10).brokers) == 3
     configs = admin.describe_configs([ConfigResource("topic", t) for t in created])
@@ -88,7 +89,8 @@ def test_kill_leader_keeps_the_stream_going_without_a_restart(cluster_env, kafka
     from sidstream.chaos import run_chaos
 
     s, tracks, clean, root = cluster_env
-    r = run_chaos(s, "kill-leader", tracks, N_BAD, RATE, root / "runs" / "kill-leader", clean, timeout_s=240)
+    r = run_chaos(s, "kill-leader", tracks, N_BAD, RATE, root / "runs" / "kill-leader", clean, timeout_s=240,
+                  broker=kafka_cluster)
     _assert_nothing_lost(r)
     assert r["brokers"] == 3 and r["replication_factor"] == 3 and r["min_insync_replicas"] == 2
     assert r["killed_node"] in (1, 2, 3)
