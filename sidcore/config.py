@@ -322,18 +322,19 @@ def get_settings() -> Settings:
 
 
 def with_local_cluster(settings: Settings) -> Settings:
-    """`settings` with kafka.brokers of the local cluster its home runs (`sidstream broker start
-    --brokers N` notes N in <home>/kafka/local.json until `broker stop`), unless brokers or an
+    """`settings` with kafka.brokers of the local cluster its home runs on kafka.port (`sidstream
+    broker start --brokers N` notes N and the port in <home>/kafka/local.json until `broker stop`), unless brokers or an
     external bootstrap list were set: every later command then talks to (and replicates over) all N nodes."""
     k = settings.kafka
     marker = settings.home / "kafka" / "local.json"
     if "brokers" in k.model_fields_set or k.bootstrap_servers is not None or not marker.is_file():
         return settings
     try:
-        brokers = int(json.loads(marker.read_text())["brokers"])
+        local = json.loads(marker.read_text())
+        brokers, port = int(local["brokers"]), int(local["port"])
     except (OSError, ValueError, KeyError, TypeError):
         return settings
-    if brokers == k.brokers:
+    if brokers == k.brokers or port != k.port:  # a cluster on other ports is not this one
         return settings
     explicit = k.model_dump(include=k.model_fields_set)
     return settings.model_copy(update={"kafka": KafkaSettings(**{**explicit, "brokers": brokers})})

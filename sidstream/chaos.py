@@ -209,7 +209,8 @@ def run_chaos(
             broker.start_node(node)
     codes = {t: list(v) for t, v in zip(final["track_id"], final["text_sid"], strict=True) if v is not None and len(v)}
     result.update(_outcome(codes, len(tracks), dead, s.feast_dir, clean_codes, load_codebook_set(live.path).codebooks["text"].semantic_layers))
-    result.update({"recovery_s": round(max(poller.readable_at.values(), default=fault_end) - fault_end, 2),
+    # 0: every track was readable before the fault ended (a replica paused past its session: its partner took over)
+    result.update({"recovery_s": round(max(0.0, max(poller.readable_at.values(), default=fault_end) - fault_end), 2),
                    "max_gap_s": max_gap_s(fault_start, list(poller.readable_at.values())),
                    "wall_s": round(time.time() - t_start, 1)})
     if fault == "slow-encoder":

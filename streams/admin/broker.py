@@ -321,6 +321,7 @@ class LocalBroker:
         running = self.pids()
         if all(p is not None for p in running.values()) and self.is_reachable():
             log.info("reusing the local Kafka cluster (pids %s) on %s", running, self.settings.bootstrap)
+            self._note_running()
             return running[1]
         foreign = [n for n in self.nodes if n.pid() is None and _port_open(self.settings.host, n.ports[0])]
         if foreign and all(p is None for p in running.values()):
@@ -342,10 +343,14 @@ class LocalBroker:
             node.format(cluster_id)
             procs[node.node_id] = node.spawn()
         self._wait_serving([n for n in self.nodes if n.node_id in procs], procs, timeout_s)
+        self._note_running()
+        return self.pid()
+
+    def _note_running(self) -> None:
         if self.pointer is not None:
             self.pointer.parent.mkdir(parents=True, exist_ok=True)
-            self.pointer.write_text(json.dumps({"brokers": self.settings.brokers, "home": str(self.home)}) + "\n")
-        return self.pid()
+            self.pointer.write_text(json.dumps({"brokers": self.settings.brokers, "port": self.settings.port,
+                                                "home": str(self.home)}) + "\n")
 
     def _broker_count(self) -> int:
         from confluent_kafka.admin import AdminClient
