@@ -260,7 +260,7 @@ class _CacheMetrics:
                                 value=c.hit_rate)
 
 
-SETTINGS_ENV = "SIDSTREAM_SERVE_SETTINGS_FILE"  # how uvicorn's worker processes get the parent's settings
+SETTINGS_ENV = "SIDSERVE_WORKER_SETTINGS"  # (not SIDSTREAM_*: those are settings) how uvicorn's worker processes get the parent's settings
 
 
 def worker_app() -> FastAPI:

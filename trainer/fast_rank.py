@@ -58,11 +58,21 @@ class _Dice(_Layer):
         assert bn.running_mean is not None and bn.running_var is not None
         self.mean = bn.running_mean.detach().numpy().astype(np.float32)
         self.inv = (1.0 / np.sqrt(bn.running_var.detach().numpy() + bn.eps)).astype(np.float32)
+        self.neg_inv = -self.inv
         self.alpha = m.alpha.detach().numpy().copy()
+        self.one_minus_alpha = (1 - self.alpha).astype(np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-(x - self.mean) * self.inv))
-        return p * x + (1 - p) * self.alpha * x
+        # p*x + (1-p)*alpha*x = x * (alpha + p*(1-alpha)), in place on one temporary
+        y = x - self.mean
+        y *= self.neg_inv
+        np.exp(y, out=y)
+        y += 1
+        np.reciprocal(y, out=y)  # p
+        y *= self.one_minus_alpha
+        y += self.alpha
+        y *= x
+        return y
 
 
 class _PReLU(_Layer):
@@ -147,6 +157,14 @@ class FastRanker:
         tail_w = np.concatenate([first.w[cuts[n_att + j] : cuts[n_att + j + 1]] for j in range(len(self.tail))])
         self.tail_index = np.concatenate([np.arange(self.width)[self.slices[f]] for f in self.tail])
         self.tail_w, self.first_b = tail_w, first.b
+        # the embedding tables as numpy, for items computed per request (outside `table`)
+        if isinstance(model, MCCA):
+            self.id_table = model.id_emb.weight.detach().numpy().copy()
+            self.sid_tables = {m: [t.weight.detach().numpy().copy() for t in model.sid_emb[m].tables] for m in model.attended}
+        else:
+            self.id_table = model.id_emb.weight.detach().numpy().copy()
+            self.sid_tables = ({model.config.sid_codebook: [t.weight.detach().numpy().copy() for t in model.sid_emb.tables]}
+                               if model.sid_emb is not None else {})
         self.rows: dict[str, int] = {}  # track -> row of `table`
         self.table = np.zeros((0, self.width), dtype=np.float32)
 
@@ -174,6 +192,24 @@ class FastRanker:
             else:
                 parts = {"r": model.item_repr(ids, {f"codes:{m}": c for m, c in codes.items()}, "codes:")}
             return torch.cat([parts[f].float() for f in self.features], dim=-1).numpy()
+
+    def vectors_np(self, tracks: Sequence[str], sids: Iterable[SidRow | None]) -> np.ndarray:
+        """`vectors` by numpy gathers (per-request misses: no torch dispatch); the same sums in the
+        same order as the model's modules."""
+        ids = np.fromiter(map(self.id_rows.get, tracks, repeat(0)), dtype=np.int64, count=len(tracks))
+        codes = self.codes(sids)
+        sid = {}
+        for m, tables in self.sid_tables.items():
+            c = codes[m]
+            e = None
+            for layer, table in enumerate(tables):
+                col = c[:, layer]
+                rows = table[np.where(col < 0, table.shape[0] - 1, col)]
+                e = rows if e is None else e + rows
+            sid[m] = e
+        parts = ({"id": self.id_table[ids], **sid} if "id" in self.features
+                 else {"r": np.concatenate([self.id_table[ids], *sid.values()], axis=1)})
+        return np.concatenate([parts[f] for f in self.features], axis=1).astype(np.float32, copy=False)
 
     def precompute(self, tracks: Sequence[str], sids: Sequence[SidRow], chunk: int = 4096) -> None:
         """The table of item vectors for `tracks` (their SID rows under the ranker's version)."""
@@ -229,6 +265,6 @@ class FastRanker:
             names = [tracks[i] for i in miss]
             have = [i for i, t in zip(miss, names, strict=True) if t in sids]
             if have:
-                out[have] = self.vectors([tracks[i] for i in have], [sids[tracks[i]] for i in have])
+                out[have] = self.vectors_np([tracks[i] for i in have], [sids[tracks[i]] for i in have])
                 rows[have] = 0
         return rows, out
