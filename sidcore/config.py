@@ -182,6 +182,8 @@ class ServeSettings(_Frozen):
     # defaults); items past this many are computed per request from their (cached) SIDs.
     item_vectors: int = Field(1_000_000, ge=0, description="most vocabulary items whose vectors are precomputed per live ranker")
     workers: int = Field(1, ge=1, description="uvicorn worker processes of `sidstream serve` (each with its own caches)")
+    fast_path: bool = Field(True, description="/rank by precomputed item vectors and numpy scoring; False: the model's "
+                                              "forward on the padded batch (the reference path)")
 
 
 class TrainSettings(_Frozen):

@@ -135,7 +135,7 @@ def ranked(settings: Settings, state: ServingState, store: Any, cache: SidCache,
         raise HTTPException(503, "no live ranker: run `sidstream train ranker` (or `train all`)")
     history = read_histories(store, [req.user_id]).get(req.user_id, [])[-snap.history_len :]
     version = snap.ranker_codebooks or ""
-    if snap.fast is not None:
+    if snap.fast is not None and settings.serve.fast_path:
         tracks = [*req.candidate_track_ids, *history]
         outside = [tracks[i] for i in (snap.fast.lookup(tracks) < 0).nonzero()[0]]
         out = snap.fast.rank(req.candidate_track_ids, history, snap.history_len,

@@ -18,6 +18,9 @@ when achieved_rps >= 95 % of the target with no errors and p99 <= `--p99-limit-m
   rank                          POST /rank, 100 candidates (90 % catalogue, 10 % cold tracks),
                                 a user with 20 history items, at each rate; the ladder goes on
                                 past 1,000 until a rate is not sustained
+  rank.reference_path           the path before issue 34 in the same run: serve.fast_path = false
+                                (the model's forward on the padded batch) and no SID cache, at
+                                100 requests/s and unthrottled
   rank.cold_cache               the miss path: a second server with serve.sid_cache_entries = 0
                                 and serve.item_vectors = 0 (every request reads all 120 SIDs
                                 from the store and computes every vector) at 100 requests/s
@@ -364,6 +367,17 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
     out["rank"]["cold_cache"] = {"settings": {"serve.sid_cache_entries": 0, "serve.item_vectors": 0},
                                  "store_reads_per_request": 2, "sids_read_per_request": 100 + out["rank_request"]["history_items"],
                                  **point}
+    ref = settings.model_copy(update={"serve": settings.serve.model_copy(update={"sid_cache_entries": 0, "fast_path": False})})
+    (work / "reference").mkdir(exist_ok=True)
+    with ServerProcess(ref, work / "reference") as server:
+        httpx.post(f"{server.url}/rank", content=bodies["rank"], headers={"content-type": "application/json"}).raise_for_status()
+        out["rank"]["reference_path"] = {
+            "settings": {"serve.sid_cache_entries": 0, "serve.fast_path": False},
+            "at_100": hey_point(f"{server.url}/rank", bodies["rank"], 100, seconds, work),
+            "unthrottled_16_connections": hey_point(f"{server.url}/rank", bodies["rank"], None, seconds, work, concurrency=16)}
+    fast_max = out["rank"]["unthrottled_16_connections"]["achieved_rps"]
+    out["rank"]["unthrottled_over_reference_path"] = round(
+        fast_max / max(out["rank"]["reference_path"]["unthrottled_16_connections"]["achieved_rps"], 1e-9), 2)
     out["goals"] = goals(out)
     return out
 
@@ -432,11 +446,16 @@ def render(out: dict[str, Any]) -> str:
     c = out["rank"]["cold_cache"]
     lines.append(f"| rank, cold (no cache, no item vectors) | {c['target_rps']} | {c['achieved_rps']} | {c['p50_ms']} | {c['p99_ms']} | "
                  f"{c['p999_ms']} | {c['errors']} |")
+    ref = out["rank"]["reference_path"]
+    for label, p in (("100", ref["at_100"]), ("unthrottled (16 conn.)", ref["unthrottled_16_connections"])):
+        lines.append(f"| rank, reference path (model forward, no cache) | {label} | {p['achieved_rps']} | {p['p50_ms']} | "
+                     f"{p['p99_ms']} | {p['p999_ms']} | {p['errors']} |")
     for n in ("1", "100"):
         r = out[f"raw_feast_{n}"]
         lines.append(f"| raw Feast read, {n} track(s), in-process, back to back | — | — | {r['p50_ms']} | {r['p99_ms']} | {r['p999_ms']} | — |")
     lines += ["", f"max sustained /rank: {out['rank']['max_sustained_rps']:,} rps (p99 <= {out['p99_limit_ms']} ms); "
                   f"/features 1: {out['features_1']['max_sustained_rps']:,}; /features 100: {out['features_100']['max_sustained_rps']:,}; "
                   f"SID cache hit rate {out['cache_hit_rate']}; scoring µs (model forward / fast path): "
-                  f"{out['scoring_us']['model_forward']} / {out['scoring_us']['fast_path']}; load generator {out['load_generator']}"]
+                  f"{out['scoring_us']['model_forward']} / {out['scoring_us']['fast_path']}; /rank unthrottled, fast / reference path: "
+                  f"{out['rank']['unthrottled_over_reference_path']}x; load generator {out['load_generator']}"]
     return "\n".join(lines)

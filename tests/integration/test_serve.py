@@ -91,6 +91,14 @@ def test_rank_fast_path_equals_the_models_forward_over_http(served):
         for x in got["scored"]:
             assert x["cold"] == want[x["track_id"]][1]
             assert abs(x["score"] - want[x["track_id"]][0]) < 1e-5
+    # serve.fast_path = false: the same app answers by the model's forward, the same scores
+    slow = create_app(s.model_copy(update={"serve": s.serve.model_copy(update={"fast_path": False})}), store=store, watch=False)
+    body = {"user_id": ids["users"][0], "candidate_track_ids": ids["items"][:40] + ids["new"][:5]}
+    with ServerThread(slow) as server, httpx.Client(base_url=server.url, timeout=30) as other:
+        a, b = client.post("/rank", json=body).json(), other.post("/rank", json=body).json()
+    assert [x["track_id"] for x in a["scored"]] and {x["track_id"] for x in a["scored"]} == {x["track_id"] for x in b["scored"]}
+    ref_scores = {x["track_id"]: x["score"] for x in b["scored"]}
+    assert all(abs(x["score"] - ref_scores[x["track_id"]]) < 1e-5 for x in a["scored"])
 
 
 def test_bad_requests_get_a_clear_4xx(served):
