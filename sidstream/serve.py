@@ -183,8 +183,13 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     live_auc = Gauge("sidstream_live_ranker_auc", "the live ranker's AUC on its gate's held-out window (NaN: none)",
                      registry=metrics)
     app = FastAPI(title="sidstream", version="1")
-    # scoring holds the GIL for most of its ~10 ms: more threads than cores only thrash, so
-    # /rank requests beyond `serve.rank_threads` wait their turn (queueing, not failing)
+    # Concurrency [measured, docs/scaling.md "Serving"]: scoring is ~1 ms of numpy that mostly
+    # holds the GIL, so /rank requests beyond `serve.rank_threads` wait their turn (queueing, not
+    # failing). /rank stays on a pool thread rather than the event loop: running it inline saved
+    # nothing measurable (hey, unthrottled, 2 cores: 359-379 vs 364-408 rps) and the pool keeps
+    # /health and /metrics answering while a request scores. Micro-batching across requests is
+    # not done: each request has its own history, so a batch saves only numpy's per-call overhead.
+    # More processes: `serve.workers` (uvicorn workers, each with its own caches) or replicas.
     rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
     app.state.serving = state
     app.state.sid_cache = cache
