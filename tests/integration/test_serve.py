@@ -208,3 +208,22 @@ def test_feast_feature_server_answers_for_the_ranker_service(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_two_uvicorn_workers_serve(served, tmp_path):
+    """`sidstream serve` with serve.workers = 2: two worker processes under the parent, loaded
+    with the parent's settings (through the settings file), answering /rank."""
+    import psutil
+
+    from sidstream.bench.online import ServerProcess
+
+    s, ids, _, _, _ = served
+    two = s.model_copy(update={"serve": s.serve.model_copy(update={"workers": 2})})
+    with ServerProcess(two, tmp_path / "workers") as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        body = {"user_id": ids["users"][0], "candidate_track_ids": ids["items"][:20]}
+        answers = [c.post("/rank", json=body) for _ in range(10)]
+        assert all(r.status_code == 200 for r in answers) and len(answers[0].json()["scored"]) == 20
+        assert c.get("/health").json()["ranker_version"] == ids["ranker_version"]
+        workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                   if any("spawn_main" in part for part in p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in psutil.Process(server.proc.pid).children(recursive=True)]
