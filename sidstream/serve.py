@@ -4,7 +4,7 @@
     POST /rank {"user_id": u, "candidate_track_ids": [...], "top_k": k}   scores from the live ranker
     GET  /health     store reachable, ranker and codebook versions (no broker involved)
     GET  /metrics    Prometheus text
-    GET|POST /ping   an empty answer: the cost of the HTTP hop alone (bench online)
+    GET|POST /ping   an empty answer: the liveness probe, and the cost of the HTTP hop alone
 
 Choice: one FastAPI app, not Feast's feature server beside a scoring app. /rank needs the
 online rows anyway (candidates' SIDs, the user's history and the history's SIDs), so one
