@@ -13,6 +13,7 @@ need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v hey >/dev/null 2>&1 || need+=(hey)   # the HTTP load generator of `sidstream bench online`
 [ -d /usr/share/games/singularity/music ] || need+=(singularity-music)
 python3 -c "import venv" 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

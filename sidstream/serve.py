@@ -4,7 +4,7 @@
     POST /rank {"user_id": u, "candidate_track_ids": [...], "top_k": k}   scores from the live ranker
     GET  /health     store reachable, ranker and codebook versions (no broker involved)
     GET  /metrics    Prometheus text
-    GET|POST /ping   an empty answer: the cost of the HTTP hop alone (bench online)
+    GET|POST /ping   an empty answer: the liveness probe, and the cost of the HTTP hop alone
 
 Choice: one FastAPI app, not Feast's feature server beside a scoring app. /rank needs the
 online rows anyway (candidates' SIDs, the user's history and the history's SIDs), so one
@@ -15,11 +15,19 @@ Versions: the registry's LIVE pointers are checked every `serve.reload_s` second
 background thread; a new ranker (and the codebook version it was trained on) is loaded beside
 the old one and swapped in as one reference, so a request sees either the old pair or the new
 pair, never a mix, and none fails during the switch.
+
+Hot path (issue 34): tracks' SIDs come from an in-process cache keyed by (track, codebook
+version) (streams.sinks.sid_cache: rows never change under a version, so no invalidation; a miss
+is one batched store read), and a ranker that goes live gets its vocabulary's item vectors
+precomputed (trainer.fast_rank), so /rank is one history read, row gathers and a small numpy
+attention; the model's own forward (`trainer.serving.rank`) is the reference it is tested
+against, and the fallback for a model kind without a fast path.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,10 +43,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field, ValidationError
 
-from sidcore.config import Settings
+from sidcore.config import Settings, dump_settings, get_settings, load_settings
 from streams.sinks.reader import SERVED_SIDS, read_histories, read_track_sids
+from streams.sinks.sid_cache import SidCache
 from streams.sinks.store import open_store
 from trainer.serving import ServingState, rank
 
@@ -93,7 +103,7 @@ def parse(model: type[BaseModel], body: bytes) -> Any:
         raise HTTPException(422, [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]) from None
 
 
-def features(settings: Settings, state: ServingState, store: Any, req: FeaturesRequest) -> Response:
+def features(settings: Settings, state: ServingState, store: Any, cache: SidCache, req: FeaturesRequest) -> Response:
     """SIDs under the live codebook version and histories, for /features."""
     n = len(req.track_ids) + len(req.user_ids)
     if n == 0:
@@ -103,7 +113,7 @@ def features(settings: Settings, state: ServingState, store: Any, req: FeaturesR
     snap = state.snapshot
     if req.track_ids and snap.live_codebooks is None:
         raise HTTPException(503, "no live codebook version")
-    sids = read_track_sids(store, list(dict.fromkeys(req.track_ids)), snap.live_codebooks or "")
+    sids = cache.get_many(req.track_ids, snap.live_codebooks) if req.track_ids else {}
     hist = read_histories(store, list(dict.fromkeys(req.user_ids)))
     return as_json({
         "codebook_version": snap.live_codebooks,
@@ -112,9 +122,11 @@ def features(settings: Settings, state: ServingState, store: Any, req: FeaturesR
     })
 
 
-def ranked(settings: Settings, state: ServingState, store: Any, req: RankRequest) -> Response:
-    """The live ranker's scores of the candidates, for /rank: two store reads (the history, then
-    the SIDs of candidates and history under the ranker's codebook version), then `rank`."""
+def ranked(settings: Settings, state: ServingState, store: Any, cache: SidCache, req: RankRequest) -> Response:
+    """The live ranker's scores of the candidates, for /rank: the history (one store read), the
+    SIDs under the ranker's codebook version of the tracks without precomputed item vectors (from
+    the cache; its misses in one store read), then the fast path (or `rank`, the model's forward,
+    for a ranker without one)."""
     if len(req.candidate_track_ids) > settings.serve.max_candidates:
         raise HTTPException(413, f"{len(req.candidate_track_ids)} candidates; the limit is {settings.serve.max_candidates} "
                                  "(settings.serve.max_candidates)")
@@ -122,15 +134,21 @@ def ranked(settings: Settings, state: ServingState, store: Any, req: RankRequest
     if snap.model is None:
         raise HTTPException(503, "no live ranker: run `sidstream train ranker` (or `train all`)")
     history = read_histories(store, [req.user_id]).get(req.user_id, [])[-snap.history_len :]
-    sids = read_track_sids(store, list(dict.fromkeys([*req.candidate_track_ids, *history])), snap.ranker_codebooks or "")
-    out = rank(snap, sids, history, req.candidate_track_ids)
+    version = snap.ranker_codebooks or ""
+    if snap.fast is not None and settings.serve.fast_path:
+        tracks = [*req.candidate_track_ids, *history]
+        outside = [tracks[i] for i in (snap.fast.lookup(tracks) < 0).nonzero()[0]]
+        out = snap.fast.rank(req.candidate_track_ids, history, snap.history_len,
+                             cache.get_many(outside, version) if outside else {})
+    else:
+        out = rank(snap, cache.get_many([*req.candidate_track_ids, *history], version), history, req.candidate_track_ids)
     if req.top_k is not None:
         out["scored"] = out["scored"][: req.top_k]
     return as_json({"ranker_version": snap.ranker_version, "codebook_version": snap.ranker_codebooks,
                     "user_id": req.user_id, **out})
 
 
-def health(settings: Settings, state: ServingState, store: Any) -> Response:
+def health(settings: Settings, state: ServingState, store: Any, cache: SidCache) -> Response:
     snap = state.snapshot
     try:
         read_histories(store, ["__health__"])
@@ -154,8 +172,10 @@ def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
 def create_app(settings: Settings, store: Any = None, state: ServingState | None = None, watch: bool = True) -> FastAPI:
     if store is None:
         store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
-    state = state or ServingState(settings)
+    state = state or ServingState(settings, read_sids=lambda tracks, version: read_track_sids(store, tracks, version))
+    cache = SidCache.over_store(store, settings.serve.sid_cache_entries)
     metrics = CollectorRegistry()
+    metrics.register(_CacheMetrics(cache))
     requests = Counter("sidstream_serve_requests", "HTTP requests", ["endpoint", "status"], registry=metrics)
     latency = Histogram("sidstream_serve_seconds", "request latency", ["endpoint"], registry=metrics,
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
@@ -163,12 +183,18 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     live_auc = Gauge("sidstream_live_ranker_auc", "the live ranker's AUC on its gate's held-out window (NaN: none)",
                      registry=metrics)
     app = FastAPI(title="sidstream", version="1")
-    # scoring holds the GIL for most of its ~10 ms: more threads than cores only thrash, so
-    # /rank requests beyond `serve.rank_threads` wait their turn (queueing, not failing)
+    # Concurrency [measured, docs/scaling.md "Serving"]: scoring is ~1 ms of numpy that mostly
+    # holds the GIL, so /rank requests beyond `serve.rank_threads` wait their turn (queueing, not
+    # failing). /rank stays on a pool thread rather than the event loop: running it inline saved
+    # nothing measurable (hey, unthrottled, 2 cores: 359-379 vs 364-408 rps) and the pool keeps
+    # /health and /metrics answering while a request scores. Micro-batching across requests is
+    # not done: each request has its own history, so a batch saves only numpy's per-call overhead.
+    # More processes: `serve.workers` (uvicorn workers, each with its own caches) or replicas.
     rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
     app.state.serving = state
+    app.state.sid_cache = cache
     app.add_middleware(Measure, latency=latency, requests=requests)
-    on = _Routes(settings, state, store)
+    on = _Routes(settings, state, store, cache)
 
     @app.api_route("/ping", methods=["GET", "POST"])
     async def ping_endpoint(request: Request) -> Response:
@@ -212,16 +238,51 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
 
 
 class _Routes:
-    """Calls an endpoint's function with the app's settings, serving state and store."""
+    """Calls an endpoint's function with the app's settings, serving state, store and SID cache."""
 
-    def __init__(self, settings: Settings, state: ServingState, store: Any) -> None:
-        self.settings, self.state, self.store = settings, state, store
+    def __init__(self, settings: Settings, state: ServingState, store: Any, cache: SidCache) -> None:
+        self.settings, self.state, self.store, self.cache = settings, state, store, cache
 
     def __call__(self, fn: Callable[..., Response], *args: Any) -> Response:
-        return fn(self.settings, self.state, self.store, *args)
+        return fn(self.settings, self.state, self.store, self.cache, *args)
+
+
+class _CacheMetrics:
+    """The SID cache's hits, misses, store reads, entries and hit rate, read at scrape time."""
+
+    def __init__(self, cache: SidCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Any:
+        c = self.cache
+        yield CounterMetricFamily("sidstream_serve_sid_cache_hits", "SID rows answered from the cache", value=c.hits)
+        yield CounterMetricFamily("sidstream_serve_sid_cache_misses", "SID rows not in the cache (read from the store)",
+                                  value=c.misses)
+        yield CounterMetricFamily("sidstream_serve_sid_cache_store_reads", "batched store reads filling misses",
+                                  value=c.store_reads)
+        yield GaugeMetricFamily("sidstream_serve_sid_cache_entries", "(track, version) rows held", value=len(c))
+        yield GaugeMetricFamily("sidstream_serve_sid_cache_hit_rate", "hits / lookups since start (NaN: none yet)",
+                                value=c.hit_rate)
+
+
+SETTINGS_ENV = "SIDSERVE_WORKER_SETTINGS"  # (not SIDSTREAM_*: those are settings) how uvicorn's worker processes get the parent's settings
+
+
+def worker_app() -> FastAPI:
+    """The app of one uvicorn worker process (`serve.workers` > 1), on the settings the parent wrote."""
+    path = os.environ.get(SETTINGS_ENV)
+    return create_app(load_settings(path) if path else get_settings())
 
 
 def run(settings: Settings, host: str, port: int) -> None:
     import uvicorn  # lazy: only the serve command runs a server
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    if settings.serve.workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        return
+    # each worker is its own process with its own SID cache and item vectors
+    settings_dir = settings.home / "serve"
+    settings_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[SETTINGS_ENV] = str(dump_settings(settings, settings_dir / f"settings-{os.getpid()}.json"))
+    uvicorn.run("sidstream.serve:worker_app", factory=True, workers=settings.serve.workers, host=host, port=port,
+                log_level="warning")

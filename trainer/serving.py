@@ -16,12 +16,15 @@ import torch
 
 from sidcore.config import Settings
 from sidcore.registry import Registry
+from trainer.fast_rank import FastRanker
 from trainer.features import HISTORY_LEN
 from trainer.jobs import load_ranker
 
 log = logging.getLogger(__name__)
 
 Sids = dict[str, dict[str, list[int] | None]]  # track -> {text_sid, audio_sid, joint_sid}
+SidReader = Callable[[list[str], str], Sids]  # (tracks, codebook version) -> rows of the tracks found
+PRECOMPUTE_READ = 1000  # tracks per store read while a new ranker's item vectors are precomputed
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Snapshot:
     layers: dict[str, int]  # codebook -> semantic layers the ranker embeds
     history_len: int
     gate: dict[str, Any] | None = None  # the ranker gate's decision on the live ranker (its manifest)
+    fast: FastRanker | None = None  # the ranker's serving fast path, its vocabulary's item vectors precomputed
 
 
 EMPTY = Snapshot(None, None, None, None, {}, {}, HISTORY_LEN)
@@ -43,10 +47,13 @@ EMPTY = Snapshot(None, None, None, None, {}, {}, HISTORY_LEN)
 
 class ServingState:
     """Holds the current Snapshot; `refresh` loads newly promoted versions, `start` every
-    `settings.serve.reload_s` seconds on a background thread."""
+    `settings.serve.reload_s` seconds on a background thread. With `read_sids`, a new ranker's
+    item vectors are precomputed (up to `serve.item_vectors` of its vocabulary) before it is
+    swapped in."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, read_sids: SidReader | None = None) -> None:
         self.settings = settings
+        self.read_sids = read_sids
         self.registry = Registry(settings.registry_dir)
         self.snapshot = EMPTY
         self.switches = 0
@@ -66,7 +73,7 @@ class ServingState:
             return False
         if ranker_v == cur.ranker_version:
             new = Snapshot(live_cb, cur.ranker_version, cur.ranker_codebooks, cur.model, cur.id_rows, cur.layers, cur.history_len,
-                           cur.gate)
+                           cur.gate, cur.fast)
         elif rk is None:
             new = Snapshot(live_cb, None, None, None, {}, {}, HISTORY_LEN)
         else:
@@ -74,15 +81,39 @@ class ServingState:
             model.eval()
             torch.set_num_threads(self.settings.serve.torch_threads)
             sizes = manifest.get("codebook_sizes") or {}
-            new = Snapshot(live_cb, rk.version, manifest.get("codebook_version"), model,
-                           {item: i + 1 for i, item in enumerate(vocab)}, {m: len(k) for m, k in sizes.items()}, HISTORY_LEN,
-                           manifest.get("gate"))
+            id_rows = {item: i + 1 for i, item in enumerate(vocab)}
+            layers = {m: len(k) for m, k in sizes.items()}
+            fast = self._fast(model, id_rows, layers, manifest.get("codebook_version"))
+            new = Snapshot(live_cb, rk.version, manifest.get("codebook_version"), model, id_rows, layers, HISTORY_LEN,
+                           manifest.get("gate"), fast)
         self.snapshot = new  # one reference: a request holds the old or the new snapshot
         self.switches += 1
         if self.on_switch is not None:
             self.on_switch()
         log.info("serving ranker %s (codebooks %s); live codebooks %s", new.ranker_version, new.ranker_codebooks, live_cb)
         return True
+
+    def _fast(self, model: Any, id_rows: dict[str, int], layers: dict[str, int], version: str | None) -> FastRanker | None:
+        """The fast path with the item vectors of the vocabulary's first `serve.item_vectors`
+        tracks that have SIDs under the ranker's codebook version (None: no fast path for this
+        model kind; /rank then runs the model's forward)."""
+        try:
+            fast = FastRanker(model, id_rows, layers)
+        except TypeError as exc:
+            log.warning("no serving fast path: %s", exc)
+            return None
+        if self.read_sids is None or version is None:
+            return fast
+        vocab = list(id_rows)[: self.settings.serve.item_vectors]
+        tracks: list[str] = []
+        rows: list[dict[str, list[int] | None]] = []
+        for start in range(0, len(vocab), PRECOMPUTE_READ):
+            found = self.read_sids(vocab[start : start + PRECOMPUTE_READ], version)
+            tracks += found
+            rows += found.values()
+        fast.precompute(tracks, rows)
+        log.info("precomputed item vectors of %d tracks (%.1f MB)", len(tracks), fast.table.nbytes / 1e6)
+        return fast
 
     def start(self) -> None:
         def loop() -> None:

@@ -17,8 +17,9 @@ import pytest
 from sidcore.config import Settings
 from sidstream.bench.online import ServerThread, _free_port, prepare_online
 from sidstream.serve import create_app
-from streams.sinks.reader import read_sids
+from streams.sinks.reader import read_histories, read_sids, read_track_sids
 from streams.sinks.store import open_store
+from trainer.serving import rank
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +72,35 @@ def test_features_and_rank_over_http(served):
     assert anon["history_len"] == 0 and len(anon["scored"]) == 10
 
 
+def test_rank_fast_path_equals_the_models_forward_over_http(served):
+    """/rank (precomputed item vectors, cached SIDs, numpy scoring) answers what the model's own
+    forward (`trainer.serving.rank` on the rows read straight from the store) gives."""
+    s, ids, store, client, app = served
+    snap = app.state.serving.snapshot
+    assert snap.fast is not None and len(snap.fast.rows) > 0  # the vocabulary's vectors were precomputed
+    for user in ids["users"][:3] + ["brand-new-user"]:
+        candidates = ids["items"][::3][:60] + ids["new"][:10] + ["nobody:1"]
+        r = client.post("/rank", json={"user_id": user, "candidate_track_ids": candidates})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        history = read_histories(store, [user]).get(user, [])[-snap.history_len :]
+        ref = rank(snap, read_track_sids(store, [*candidates, *history], snap.ranker_codebooks), history, candidates)
+        assert got["unknown"] == ref["unknown"] == ["nobody:1"] and got["history_len"] == ref["history_len"]
+        want = {x["track_id"]: (x["score"], x["cold"]) for x in ref["scored"]}
+        assert [x["track_id"] for x in got["scored"]] and {x["track_id"] for x in got["scored"]} == set(want)
+        for x in got["scored"]:
+            assert x["cold"] == want[x["track_id"]][1]
+            assert abs(x["score"] - want[x["track_id"]][0]) < 1e-5
+    # serve.fast_path = false: the same app answers by the model's forward, the same scores
+    slow = create_app(s.model_copy(update={"serve": s.serve.model_copy(update={"fast_path": False})}), store=store, watch=False)
+    body = {"user_id": ids["users"][0], "candidate_track_ids": ids["items"][:40] + ids["new"][:5]}
+    with ServerThread(slow) as server, httpx.Client(base_url=server.url, timeout=30) as other:
+        a, b = client.post("/rank", json=body).json(), other.post("/rank", json=body).json()
+    assert [x["track_id"] for x in a["scored"]] and {x["track_id"] for x in a["scored"]} == {x["track_id"] for x in b["scored"]}
+    ref_scores = {x["track_id"]: x["score"] for x in b["scored"]}
+    assert all(abs(x["score"] - ref_scores[x["track_id"]]) < 1e-5 for x in a["scored"])
+
+
 def test_bad_requests_get_a_clear_4xx(served):
     _, ids, _, client, _ = served
     r = client.post("/rank", content=b"{not json", headers={"content-type": "application/json"})
@@ -94,8 +124,11 @@ def test_health_and_metrics(served):
     gate = h.json()["ranker_gate"]  # the live ranker's gate metrics, from its manifest
     assert 0 <= gate["candidate_auc"] <= 1 and len(gate["candidate_interval"]) == 2 and gate["rows"] > 0
     client.post("/features", json={"track_ids": ids["items"][:2]})
+    client.post("/features", json={"track_ids": ids["items"][:2]})  # both rows from the SID cache now
     m = client.get("/metrics").text
     assert 'sidstream_serve_requests_total{endpoint="/features",status="200"}' in m
+    assert "sidstream_serve_sid_cache_hits_total 2.0" in m and "sidstream_serve_sid_cache_misses_total 2.0" in m
+    assert "sidstream_serve_sid_cache_entries 2.0" in m and "sidstream_serve_sid_cache_hit_rate 0.5" in m
     assert f"sidstream_live_ranker_auc {float(gate['candidate_auc'])}" in m
 
 
@@ -175,3 +208,22 @@ def test_feast_feature_server_answers_for_the_ranker_service(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_two_uvicorn_workers_serve(served, tmp_path):
+    """`sidstream serve` with serve.workers = 2: two worker processes under the parent, loaded
+    with the parent's settings (through the settings file), answering /rank."""
+    import psutil
+
+    from sidstream.bench.online import ServerProcess
+
+    s, ids, _, _, _ = served
+    two = s.model_copy(update={"serve": s.serve.model_copy(update={"workers": 2})})
+    with ServerProcess(two, tmp_path / "workers") as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        body = {"user_id": ids["users"][0], "candidate_track_ids": ids["items"][:20]}
+        answers = [c.post("/rank", json=body) for _ in range(10)]
+        assert all(r.status_code == 200 for r in answers) and len(answers[0].json()["scored"]) == 20
+        assert c.get("/health").json()["ranker_version"] == ids["ranker_version"]
+        workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                   if any("spawn_main" in part for part in p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in psutil.Process(server.proc.pid).children(recursive=True)]
