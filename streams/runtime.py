@@ -197,6 +197,7 @@ class Runtime:
     async def _assigned(self, sender: object, assigned: Any, **_: object) -> None:
         """Restore every role's state for the input partitions the worker now owns, on the
         role's thread, before those partitions' first batch."""
+        await self._start_uncommitted_at_earliest(assigned)
         for role, handler in self._handlers.values():
             inputs = {self.names.name(t) for t in role.inputs}
             mine: dict[str, list[int]] = {}
@@ -206,6 +207,25 @@ class Runtime:
             owned = {t: sorted(p) for t, p in mine.items()}
             for state in handler.states():
                 await self._restore(role.name, state, owned)
+
+    async def _start_uncommitted_at_earliest(self, assigned: Any) -> None:
+        """An input partition nobody ever committed (its replica died before its first commit)
+        starts at its earliest offset, set explicitly. Left to the consumer's reset policy, a
+        partition a surviving replica took over that way was not fetched until new records
+        arrived on it: the kill-replica drill lost that partition's tracks."""
+        inputs = {self.names.name(t) for role, _ in self._handlers.values() for t in role.inputs}
+        if not any(tp.topic in inputs for tp in assigned):
+            return
+        consumer = self.app.consumer
+        committed = await consumer.seek_to_committed()  # what Faust does next anyway; returns the offsets
+        fresh = [tp for tp in assigned if tp.topic in inputs and (committed.get(tp) is None or committed[tp] < 0)]
+        if not fresh:
+            return
+        earliest = await consumer.earliest_offsets(*fresh)
+        for tp in fresh:
+            await consumer.seek(tp, max(0, earliest.get(tp) or 0))
+        log.info("starting uncommitted partitions at their earliest offsets: %s",
+                 {f"{tp.topic}/{tp.partition}": earliest.get(tp) for tp in fresh})
 
     async def _restore(self, role: str, state: Any, owned: dict[str, list[int]]) -> bool:
         """One state's restore on the role's thread; a failure is remembered (and the role's
