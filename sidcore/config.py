@@ -333,10 +333,10 @@ def get_settings() -> Settings:
 
 def with_local_cluster(settings: Settings) -> Settings:
     """`settings` with kafka.brokers of the local cluster its home runs on kafka.port (`sidstream
-    broker start --brokers N` notes N and the port in <home>/kafka/local.json until `broker stop`), unless brokers or an
+    broker start --brokers N` notes N in <home>/kafka/local-<port>.json until `broker stop`), unless brokers or an
     external bootstrap list were set: every later command then talks to (and replicates over) all N nodes."""
     k = settings.kafka
-    marker = settings.home / "kafka" / "local.json"
+    marker = settings.home / "kafka" / f"local-{k.port}.json"  # streams.admin.broker.local_cluster_pointer
     if "brokers" in k.model_fields_set or k.bootstrap_servers is not None or not marker.is_file():
         return settings
     try:

@@ -32,7 +32,7 @@ def broker() -> None:
 @broker.command()
 @click.option("--brokers", type=click.IntRange(1, 9), default=None,
               help="nodes of the local cluster (default kafka.brokers, or what this home runs); each node n "
-                   "listens on kafka.port + 2(n-1); later commands find the count in <home>/kafka/cluster.json")
+                   "listens on kafka.port + 2(n-1); later commands of this home find N in <home>/kafka/local-<port>.json")
 @click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for the broker(s)")
 def start(brokers: int | None, timeout: float) -> None:
     """Resolve jars (once), format storage (once), start every node and wait until each serves metadata."""

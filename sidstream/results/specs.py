@@ -230,10 +230,11 @@ def _results_env(ctx: Context) -> dict[str, str]:
     return {"SIDSTREAM_HOME": str(ctx.cache_dir / "home"), **RESULTS_KAFKA}
 
 
-def _stop_results_broker(ctx: Context) -> None:
-    """Stop the broker the machine tables' commands started (their home owns it)."""
+def _stop_results_broker(ctx: Context, env: dict[str, str] | None = None) -> None:
+    """Stop the broker the machine tables' commands started (their home owns it); `env`: that of
+    the commands that started it, when not the default one."""
     proc = subprocess.run([sys.executable, "-m", "sidstream.cli", "broker", "stop"], capture_output=True, text=True,
-                          cwd=ctx.root, env={**os.environ, **_results_env(ctx)})
+                          cwd=ctx.root, env={**os.environ, **_results_env(ctx), **(env or {})})
     if proc.returncode != 0:
         log.warning("could not stop the results broker: %s", proc.stderr.strip()[-500:])
 
@@ -314,6 +315,42 @@ def _reliability(ctx: Context) -> Rendered:
     return Rendered("\n".join([*lines, "", "Verdicts: " + ", ".join(f"`{k}` {v}" for k, v in verdicts.items()) + ".", "",
                                "JSON lines:", "",
                                *_verbatim(results)]), verdicts, {"data": "Last.fm-2k artists (chaos), generated tracks (soak, backfill)"})
+
+
+# the cluster drills: three brokers of their own (ports 19292.., so the one-node results broker
+# on 19192 can run beside them), replication 3 / 2 in sync, the faults a cluster adds and the six
+# faults of the reliability table again
+CLUSTER_KAFKA = {"SIDSTREAM_KAFKA__PORT": "19292", "SIDSTREAM_KAFKA__CONTROLLER_PORT": "19293",
+                 "SIDSTREAM_KAFKA__BROKERS": "3", "SIDSTREAM_KAFKA__HEAP": "384m"}
+CLUSTER_COMMANDS = ["sidstream chaos --brokers 3 --fault kill-leader --json",
+                    "sidstream chaos --brokers 3 --fault stop-broker --json",
+                    "sidstream chaos --brokers 3 --replicas text=2,assigner=2,writer=2 --fault kill-replica --json",
+                    "sidstream chaos --brokers 3 --replicas assigner=2 --fault stop-replica --json",
+                    *(f"sidstream chaos --brokers 3 --fault {f} --json" for f in
+                      ("kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down")),
+                    "sidstream chaos --brokers 3 --fault slow-encoder --tracks 1500 --rate 60 --fault-at 0 --json"]
+
+
+def _cluster(ctx: Context) -> Rendered:
+    try:
+        results = _run_commands(ctx, CLUSTER_COMMANDS, env=CLUSTER_KAFKA)
+    finally:
+        _stop_results_broker(ctx, CLUSTER_KAFKA)
+    lines = ["| drill | brokers | replication / in sync | replicas | in flight | lost | DLQ / bad | duplicated final | "
+             "mismatched | shared IDs | recovery s | max gap s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _cmd, r in results:
+        reps = ",".join(f"{k}={v}" for k, v in r["replicas"].items() if v > 1) or "1 each"
+        lines.append(f"| {r['fault']} | {r['brokers']} | {r['replication_factor']} / {r['min_insync_replicas']} | {reps} | "
+                     f"{r['in_flight_at_fault']} | {r['lost']} | {r['dlq']} / {r['bad_injected']} | {r['duplicated_final']} | "
+                     f"{r['mismatched']} | {r['shared_ids']} | {r['recovery_s']} | {r['max_gap_s']} |")
+    clean = all(r["lost"] == 0 and r["duplicated_final"] == 0 and r["duplicate_offline_rows"] == 0 and not r["mismatched"]
+                and r["shared_ids"] == 0 and r["dlq"] == r["bad_injected"] for _c, r in results)
+    leader = [r for _c, r in results if r["fault"] in ("kill-leader", "stop-broker")]
+    verdicts = {"nothing_lost_on_the_cluster": "yes" if clean else "no",
+                "leader_faults_gap_within_10s": "yes" if leader and all(r["max_gap_s"] <= 10.0 for r in leader) else "no"}
+    return Rendered("\n".join([*lines, "", "Verdicts: " + ", ".join(f"`{k}` {v}" for k, v in verdicts.items()) + ".", "",
+                               "JSON lines:", "", *_verbatim(results)]), verdicts,
+                    {"data": "Last.fm-2k artists (chaos) on a local three-broker KRaft cluster"})
 
 
 SCALE_COMMANDS = ["sidstream bench scale --claims 100000,1000000 --kept 1000000 --buckets 10000,100000 --json",
@@ -401,6 +438,8 @@ TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
               strict=("sidstream/bench/ids.py",)),
     TableSpec("pipeline", "pipeline.md", "Pipeline", MACHINE_SOURCES, _pipeline, machine_bound=True, in_quick=False),
     TableSpec("reliability", "reliability.md", "Reliability", MACHINE_SOURCES, _reliability, machine_bound=True, in_quick=False),
+    TableSpec("cluster", "reliability.md", "Reliability on a cluster", MACHINE_SOURCES, _cluster, machine_bound=True,
+              in_quick=False),
     TableSpec("scale", "scale.md", "State at scale", MACHINE_SOURCES, _scale, machine_bound=True, in_quick=False),
     TableSpec("serving", "serving.md", "Serving at fixed request rates", MACHINE_SOURCES, _serving, machine_bound=True,
               in_quick=False),

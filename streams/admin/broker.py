@@ -495,4 +495,10 @@ def local_broker(settings: Settings) -> LocalBroker:
     (each size its own storage: a quorum's voters are fixed when it is formatted), the jar cache."""
     base = settings.home / "kafka"
     n = settings.kafka.brokers
-    return LocalBroker(settings.kafka, base if n == 1 else base / f"{n}-nodes", settings.cache_dir, pointer=base / "local.json")
+    return LocalBroker(settings.kafka, base if n == 1 else base / f"{n}-nodes", settings.cache_dir,
+                       pointer=local_cluster_pointer(settings.home, settings.kafka.port))
+
+
+def local_cluster_pointer(home: Path, port: int) -> Path:
+    """Where `start` notes how many nodes the local Kafka on `port` has (read by every later command)."""
+    return home / "kafka" / f"local-{port}.json"
