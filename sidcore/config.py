@@ -247,7 +247,7 @@ class Settings(BaseSettings):
     audio_dir: Path | None = None  # None: Debian's singularity-music recordings when installed
     registry_root: Path | None = None  # default <home>/registry
     feast_root: Path | None = None  # default <home>/feast
-    feast_profile: Literal["local", "redis"] = "local"  # local: SQLite + Parquet
+    feast_profile: Literal["local", "redis", "redis_cluster"] = "local"  # local: SQLite + Parquet; redis_cluster: redis_url lists nodes
     redis_url: str = "127.0.0.1:6379"
     kafka: KafkaSettings = KafkaSettings()
     stream: StreamSettings = StreamSettings()

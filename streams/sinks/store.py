@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 PROJECT = "sidstream"
-PROFILES = ("local", "redis")
+PROFILES = ("local", "redis", "redis_cluster")
 _STAMP = ".applied"
 
 
@@ -41,6 +41,8 @@ def store_config(data_dir: Path, profile: str = "local", redis_url: str = "127.0
         # rows stored before the event-time policy, which Feast's check would keep); one round trip
         else {"type": "redis", "connection_string": redis_url, "skip_dedup": True}
     )
+    if profile == "redis_cluster":  # Feast's own cluster client; redis_url lists the nodes (host:port,...)
+        online["redis_type"] = "redis_cluster"
     return {
         "project": PROJECT,
         "provider": "local",
@@ -144,4 +146,6 @@ def is_transient_store_error(exc: BaseException) -> bool:
         import redis.exceptions as redis_errors
     except ImportError:  # pragma: no cover - redis comes with feast[redis]
         return False
-    return isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError))
+    # a cluster failing a primary over answers CLUSTERDOWN / TRYAGAIN until its replica is promoted
+    return isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError,
+                            redis_errors.ClusterDownError, redis_errors.TryAgainError, redis_errors.ClusterError))

@@ -17,15 +17,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_port_block(n: int, attempts: int = 50) -> int:
-    """The first of `n` consecutive loopback ports that are all free now."""
+def free_port_block(n: int, attempts: int = 50, bus_offset: int | None = None) -> int:
+    """The first of `n` consecutive loopback ports that are all free now. `bus_offset`: each port
+    + offset must be free too (Redis Cluster's bus: port + 10000, so the block stays <= 55535)."""
+    import random
+
     for _ in range(attempts):
-        base = free_port()
+        base = free_port() if bus_offset is None else random.randint(20000, 65535 - bus_offset - n)
         if base + n > 65535:
             continue
+        wanted = [*range(base, base + n), *(range(base + bus_offset, base + bus_offset + n) if bus_offset else ())]
         socks = []
         try:
-            for p in range(base, base + n):
+            for p in wanted:
                 sock = socket.socket()
                 socks.append(sock)
                 sock.bind(("127.0.0.1", p))
