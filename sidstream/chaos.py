@@ -46,12 +46,13 @@ from sidcore.registry import Registry
 from sidstream.harness import PipelineRun
 from streams import avro_codec
 from streams.admin.broker import LocalBroker, local_broker
+from streams.admin.redis_cluster import LocalRedisCluster
 from streams.sinks.reader import read_sids
 from streams.sinks.store import open_store
 from trainer.bootstrap import ensure_codebooks
 
 FAULTS = ("none", "kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down", "slow-encoder",
-          "kill-leader", "stop-broker", "kill-replica", "stop-replica")
+          "kill-leader", "stop-broker", "kill-replica", "stop-replica", "redis-primary-down")
 CHAOS_GROUPS = (("text",), ("assigner",), ("writer",))
 FAULT_GROUP = {"kill-encoder": ("text",), "kill-assigner": ("assigner",), "kill-writer": ("writer",)}
 CLUSTER_FAULTS = ("kill-leader", "stop-broker")  # need a cluster: kafka.brokers >= 2
@@ -135,11 +136,12 @@ def run_chaos(
     settings: Settings, fault: str, tracks: list[Track], n_bad: int, rate: float, run_dir: Path,
     clean_codes: dict[str, list[int]] | None = None, fault_at_share: float = 1 / 3, timeout_s: float = 300.0,
     on_status: Callable[[str], None] | None = None, seed: int = 0, replicas: dict[str, int] | None = None,
-    broker: LocalBroker | None = None,
+    broker: LocalBroker | None = None, redis_cluster: LocalRedisCluster | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline once with `fault` ("none": a clean run); returns the result dict
     (with "codes": the final text SID of every good track). `broker`: the local Kafka the broker
-    faults act on (default: the one `sidstream broker start` runs for the settings' home)."""
+    faults act on (default: the one `sidstream broker start` runs for the settings' home);
+    `redis_cluster`: the Redis Cluster the redis-primary-down fault acts on (its settings use it)."""
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
     say = on_status or (lambda _: None)
@@ -149,6 +151,8 @@ def run_chaos(
                                     "stream": settings.stream.model_copy(update={"slowdown_file": slow_flag})})
     if fault == "feast-down" and s.feast_profile != "local":
         raise click.UsageError("--fault feast-down drills the SQLite online store (feast_profile=local)")
+    if fault == "redis-primary-down" and (redis_cluster is None or s.feast_profile != "redis_cluster"):
+        raise click.UsageError("--fault redis-primary-down drills a Redis Cluster (feast_profile=redis_cluster)")
     replicas = dict(replicas or {})
     _check_drill(fault, s, replicas)
     broker = broker or local_broker(s)
@@ -187,7 +191,7 @@ def run_chaos(
         result["in_flight_at_fault"] = len(produced_at) - len(poller.readable_at)
         say(f"fault {fault} with {result['in_flight_at_fault']} tracks in flight")
         fault_start = time.time()
-        result.update(_inject(fault, run, s, broker, slow_flag, lag_trace, down))
+        result.update(_inject(fault, run, s, broker, slow_flag, lag_trace, down, redis_cluster))
         fault_end = time.time()
         deadline = time.monotonic() + timeout_s
         while len(poller.readable_at) < len(tracks) and time.monotonic() < deadline:
@@ -266,7 +270,7 @@ def _busiest_node(run: PipelineRun, broker: LocalBroker) -> int:
 
 
 def _inject(fault: str, run: PipelineRun, s: Settings, broker: LocalBroker, slow_flag: Path, lag_trace: list[int],
-            down: list[int]) -> dict[str, Any]:
+            down: list[int], redis_cluster: LocalRedisCluster | None = None) -> dict[str, Any]:
     """Apply `fault` to the running pipeline and return when it is over (the workers, the
     broker, the store or the encoder are back; a killed leader or replica stays down, its
     partners carry on): what the drill did, for the result."""
@@ -300,6 +304,12 @@ def _inject(fault: str, run: PipelineRun, s: Settings, broker: LocalBroker, slow
             killed.append(name)
             time.sleep(3.0)
         return {"killed_workers": killed}
+    elif fault == "redis-primary-down":  # kill -9 a primary: its replica is promoted after the node timeout
+        assert redis_cluster is not None
+        victim = redis_cluster.primaries_now()[0]
+        redis_cluster.kill(victim)
+        failover_s = redis_cluster.wait_failover(victim)
+        return {"killed_redis_primary": victim, "failover_s": round(failover_s, 2)}
     elif fault == "stop-replica":  # a zombie: paused past its session, it wakes holding claims it lost
         name = run.workers((("assigner",),))[-1][0]
         paused_s = s.stream.session_timeout_s + 10.0
@@ -393,9 +403,11 @@ def clean_run_codes(settings: Settings, tracks: list[Track], rate: float, root: 
                    "follows it (min(3, N) replicas, 2 in sync when 3) unless kafka.replication_factor is set")
 @click.option("--replicas", "replicas_spec", default=None, metavar="ROLE=N,...",
               help="worker processes per role, e.g. text=2,assigner=2,writer=2 (default one each)")
+@click.option("--redis-port", type=click.IntRange(1024, 55530), default=17000, show_default=True,
+              help="redis-primary-down: the first of the six ports of the drill's own Redis Cluster")
 @click.option("--json", "as_json", is_flag=True, help="end with exactly one JSON line")
 def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, timeout: float, brokers: int | None,
-          replicas_spec: str | None, as_json: bool) -> None:
+          replicas_spec: str | None, redis_port: int, as_json: bool) -> None:
     """Inject one fault into the running pipeline and measure what it cost."""
     from sidstream.harness import parse_replicas
 
@@ -409,14 +421,22 @@ def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, t
         raise click.UsageError(str(exc)) from None
     _check_drill(fault, s, replicas)
     console = Console(stderr=True)
+    redis_cluster = None
+    if fault == "redis-primary-down":  # the drill's own Redis Cluster (3 primaries + 3 replicas) on redis_port..+5
+        redis_cluster = LocalRedisCluster(s.home / "redis-cluster", redis_port)
+        s = s.model_copy(update={"feast_profile": "redis_cluster", "redis_url": redis_cluster.start()})
     local_broker(s).start()
     ensure_codebooks(s, [], on_status=console.print)
     tracks = lastfm_tracks(s.lastfm_source, n_tracks)
     root = s.home / "chaos"
     clean = clean_run_codes(s, tracks, rate, root, on_status=console.print)
     run_dir = root / f"{fault}-{time.strftime('%Y%m%dT%H%M%S')}"
-    result = run_chaos(s, fault, tracks, n_bad, rate, run_dir, clean, fault_at, timeout, on_status=console.print,
-                       replicas=replicas)
+    try:
+        result = run_chaos(s, fault, tracks, n_bad, rate, run_dir, clean, fault_at, timeout, on_status=console.print,
+                           replicas=replicas, redis_cluster=redis_cluster)
+    finally:
+        if redis_cluster is not None:
+            redis_cluster.stop()
     result.pop("codes")
     line = json.dumps(result)
     if as_json:

@@ -326,6 +326,7 @@ CLUSTER_COMMANDS = ["sidstream chaos --brokers 3 --fault kill-leader --json",
                     "sidstream chaos --brokers 3 --fault stop-broker --json",
                     "sidstream chaos --brokers 3 --replicas text=2,assigner=2,writer=2 --fault kill-replica --json",
                     "sidstream chaos --brokers 3 --replicas assigner=2 --fault stop-replica --json",
+                    "sidstream chaos --brokers 3 --fault redis-primary-down --json",
                     *(f"sidstream chaos --brokers 3 --fault {f} --json" for f in
                       ("kill-encoder", "kill-assigner", "kill-writer", "kill-broker", "feast-down")),
                     "sidstream chaos --brokers 3 --fault slow-encoder --tracks 1500 --rate 60 --fault-at 0 --json"]

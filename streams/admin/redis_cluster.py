@@ -122,6 +122,17 @@ class LocalRedisCluster:
         return sorted(int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in (ln.split() for ln in out.splitlines())
                       if "master" in f[2] and "fail" not in f[2])
 
+    def wait_failover(self, victim: int, timeout_s: float = 60.0) -> float:
+        """After `victim` (a primary) died: until the cluster has flagged it failed, promoted its
+        replica and is ok again; returns the seconds that took."""
+        started = time.monotonic()
+        while victim in self.primaries_now():
+            if time.monotonic() - started > timeout_s:
+                raise RedisClusterError(f"primary {victim} was not failed over within {timeout_s:.0f}s")
+            time.sleep(0.1)
+        self.wait_ok(timeout_s - (time.monotonic() - started))
+        return time.monotonic() - started
+
     def kill(self, port: int) -> int:
         """kill -9 one node (a drill); returns its pid."""
         pid = self.pid(port)
