@@ -19,7 +19,7 @@ import faust
 
 from sidcore.config import Settings
 from streams import compat
-from streams.admin.topics import TopicNames
+from streams.admin.topics import TOPIC_TABLE, TopicNames, dlq, message_limits
 from streams.batching import RetryPolicy
 from streams.runtime import RoleHandler, Runtime
 from streams.topology import ROLE_TABLE, ROLES
@@ -59,6 +59,9 @@ def build_app(settings: Settings, names: TopicNames, handlers: Mapping[str, Role
     rt = Runtime(app, names, RetryPolicy(budget_s=s.stream.retry_budget_s),
                  (s.stream.batch_size, s.stream.batch_timeout_s, s.stream.batch_linger_s),
                  s.kafka.max_message_bytes, s.kafka.partitions)
+    with_dlq = {t.name for t in TOPIC_TABLE if t.data}
+    dlqs = sorted({dlq(names.name(t)) for role in ROLE_TABLE if role.name in handlers for t in role.inputs if t in with_dlq})
+    rt.dlq_limits = message_limits(s.kafka.bootstrap, dlqs)
     for role in ROLE_TABLE:
         if role.name in handlers:
             rt.run(role, handlers[role.name])

@@ -68,6 +68,8 @@ class Runtime:
         self.app, self.names, self.policy = app, names, policy
         self.batch_size, self.batch_within, self.batch_linger = batch
         self.max_message_bytes = max_message_bytes
+        # DLQ topic -> max.message.bytes the broker reports (streams.admin.topics.message_limits)
+        self.dlq_limits: dict[str, int] = {}
         self.partitions = partitions
         # Each role's blocking work runs on one thread of its own (not asyncio's shared pool): a batch
         # is processed at a time anyway, and one thread keeps glibc to one malloc arena per role, so
@@ -174,7 +176,7 @@ class Runtime:
                 kept.append((partition, fut))
                 futures.append(fut)
         for dead in result.dead:
-            value = dead.encode(role.name, self.max_message_bytes)
+            value = dead.encode(role.name, self.dead_letter_limit(dlq(dead.source.topic)))
             futures.append(await send(dlq(dead.source.topic), (dead.track_id or "").encode(), value, None, None, None))
         if futures:
             await asyncio.gather(*futures)  # delivery confirmed before the batch's offsets are acked
@@ -188,6 +190,11 @@ class Runtime:
         for partition, fut in kept:
             last[partition] = max(last.get(partition, -1), fut.result().offset)
         return last
+
+    def dead_letter_limit(self, topic: str) -> int:
+        """The largest message a dead letter to `topic` may be: the settings' limit, or the topic's
+        own when the broker reports a lower one."""
+        return min(self.max_message_bytes, self.dlq_limits.get(topic, self.max_message_bytes))
 
     async def dead_letter_all(self, role: Role, events: Sequence[Any], reason: str) -> None:
         """A batch that exhausted its retries goes to the dead-letter topics whole, with the reason."""

@@ -135,6 +135,25 @@ def create_topics(
     return created
 
 
+def message_limits(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, int]:
+    """Each topic's `max.message.bytes` as the broker reports it (topics it cannot describe are left
+    out): a dead letter is sized against its DLQ topic's real limit, which a cluster built from
+    other manifests may set lower than the settings."""
+    from confluent_kafka.admin import ConfigResource
+
+    if not topics:
+        return {}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    out: dict[str, int] = {}
+    for resource, fut in admin.describe_configs([ConfigResource("topic", t) for t in topics],
+                                                request_timeout=timeout_s).items():
+        try:
+            out[resource.name] = int(fut.result(timeout=timeout_s)["max.message.bytes"].value)
+        except Exception as exc:  # noqa: BLE001 - a topic not described keeps the settings' limit
+            log.warning("max.message.bytes of %s unknown (%s): dead letters sized against the settings", resource.name, exc)
+    return out
+
+
 def wait_until_ready(admin: Any, topics: list[str], timeout_s: float = 30.0) -> None:
     """Return once every topic is in the broker's metadata with a leader for each partition.
 

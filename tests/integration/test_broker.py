@@ -69,3 +69,17 @@ def test_identity_reader_waits_for_its_topic_then_names_it(kafka_broker):
     with pytest.raises(RuntimeError, match="identity topic 'no-such-identity' does not exist"):
         KafkaIdentities(kafka_broker.settings.bootstrap, "no-such-identity", timeout_s=1.0)
     assert time.monotonic() - started >= 1.0  # it looked again until its timeout, then failed
+
+
+def test_message_limits_are_what_the_broker_reports(kafka_broker):
+    """A DLQ topic made elsewhere with a lower max.message.bytes than the settings: the runtime
+    learns the topic's own limit from the broker (dead letters are sized against it)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.admin.topics import message_limits, wait_until_ready
+
+    topic = f"limits-{uuid.uuid4().hex[:6]}.dlq"
+    admin = AdminClient({"bootstrap.servers": kafka_broker.settings.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": str(1 << 20)})])[topic].result(30)
+    wait_until_ready(admin, [topic])
+    assert message_limits(kafka_broker.settings.bootstrap, [topic, "no-such-topic.dlq"]) == {topic: 1 << 20}
