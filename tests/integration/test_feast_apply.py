@@ -1,4 +1,4 @@
-"""`feast apply` accepts feature_repo/ as it is in the tree, and both profiles are valid configs."""
+"""`feast apply` accepts feature_repo/ as it is in the tree, and every profile is a valid config."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def test_feast_cli_applies_the_feature_repo_as_is(tmp_path):
     assert (checkout / "feature_repo" / "data" / "online.db").exists()
 
 
-@pytest.mark.parametrize("yaml_path", ["feature_store.yaml", "profiles/redis/feature_store.yaml"])
+@pytest.mark.parametrize("yaml_path", ["feature_store.yaml", "profiles/redis/feature_store.yaml",
+                                       "profiles/redis_cluster/feature_store.yaml"])
 def test_profiles_are_valid_feast_configs(yaml_path):
     from feast.repo_config import RepoConfig
 
