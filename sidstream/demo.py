@@ -24,7 +24,7 @@ from rich.table import Table
 
 from sidcore.catalog import Track, audio_tracks, lastfm_tracks
 from sidcore.config import Settings, get_settings
-from sidstream.harness import WORKER_GROUPS, PipelineRun, wait_until_readable
+from sidstream.harness import WORKER_GROUPS, PipelineRun, parse_replicas, wait_until_readable
 from streams import avro_codec
 from streams.sinks.reader import read_sids
 from trainer.bootstrap import ensure_codebooks
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout_s: float, console: Console,
-             retrain: bool = False, rounds: int = 1) -> dict[str, Any]:
+             retrain: bool = False, rounds: int = 1, replicas: dict[str, int] | None = None) -> dict[str, Any]:
     from streams.admin.broker import local_broker
     from streams.sinks.store import open_store
 
@@ -66,7 +66,7 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
     store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
     groups = (("text", "audio"), ("assigner", "writer", "logger")) if retrain else WORKER_GROUPS
     with console.status("starting workers (encoders | assigner + Feast writer)..."):
-        run.start_workers(groups)
+        run.start_workers(groups, replicas=replicas)
     try:
         producer = run.producer()
         produced_at = producer.send_metadata(tracks + audio)
@@ -198,14 +198,20 @@ def _print_summary(console: Console, s: dict[str, Any], dead: dict[str, Any], sa
 @click.option("--retrain", is_flag=True, help="then log interactions and turn the retraining loop once (CronJob's command)")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="with --retrain: turns of the loop; each after the first streams 30 held-back tracks first (a new version)")
+@click.option("--replicas", "replicas_spec", default=None, metavar="ROLE=N,...",
+              help="worker processes per role (a group of roles runs the most of its roles'), e.g. text=2,assigner=2")
 def demo(n_tracks: int, n_audio: int, audio_dir: Path | None, no_bad: bool, timeout: float, as_json: bool, keep: bool,
-         retrain: bool, rounds: int) -> None:
+         retrain: bool, rounds: int, replicas_spec: str | None) -> None:
     """Stream real tracks through encoders and the PSRQ assigner into a local Feast store."""
+    try:
+        replicas = parse_replicas(replicas_spec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     settings = get_settings()
     if audio_dir is not None:
         settings = settings.model_copy(update={"audio_dir": audio_dir})
     console = Console(stderr=as_json)
-    summary = run_demo(settings, n_tracks, n_audio, not no_bad, timeout, console, retrain, rounds)
+    summary = run_demo(settings, n_tracks, n_audio, not no_bad, timeout, console, retrain, rounds, replicas)
     if not keep:
         _clean_old_runs(settings.home / "demo", keep_last=1)
     if as_json:

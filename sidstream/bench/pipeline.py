@@ -37,9 +37,11 @@ from sidstream.bench import p50_p99
 @click.option("--warmup-tracks", type=click.IntRange(min=0), default=100, show_default=True,
               help="tracks sent first (copies of catalog tracks under other ids, same rate) and timed apart: a "
                    "fresh pipeline's first second is not its steady state")
+@click.option("--replicas", "replicas_spec", default=None, metavar="ROLE=N,...",
+              help="worker processes per role, e.g. text=2 (default one each)")
 @click.option("--json", "as_json", is_flag=True)
 def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: float, warmup_tracks: int,
-            as_json: bool) -> None:
+            replicas_spec: str | None, as_json: bool) -> None:
     """Throughput of the text encoder alone and of the full pipeline, their ratio, and p50/p99.
 
     The pipeline's workers start fresh; `--warmup-tracks` tracks go through it first, at the
@@ -52,7 +54,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
     from encoders.parts import threads_by_size
     from sidcore.catalog import lastfm_tracks
     from sidcore.config import get_settings
-    from sidstream.harness import PipelineRun
+    from sidstream.harness import PipelineRun, parse_replicas
     from streams.admin.broker import local_broker
     from streams.sinks.store import open_store
     from trainer.bootstrap import ensure_codebooks
@@ -78,7 +80,11 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
     run = PipelineRun(s2, run_dir)
     run.create_topics()
     store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis_url)
-    run.start_workers(groups=(("text",), ("assigner", "writer")))
+    try:
+        replicas = parse_replicas(replicas_spec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    run.start_workers(groups=(("text",), ("assigner", "writer")), replicas=replicas)
     try:
         producer = run.producer()
         readable = functools.partial(_stream, producer, store, version=version, poll_s=poll_ms / 1000, rate=rate,
