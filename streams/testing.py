@@ -103,11 +103,31 @@ class FakeTopic:
 
 
 @dataclass
+class FakeConsumer:
+    """The part of Faust's consumer the runtime uses on assignment: committed offsets (`committed`,
+    partition -> offset; absent: never committed), the earliest offsets, and the seeks it made."""
+
+    committed: dict[Any, int] = field(default_factory=dict)
+    earliest: dict[Any, int] = field(default_factory=dict)
+    seeks: list[tuple[Any, int]] = field(default_factory=list)
+
+    async def seek_to_committed(self) -> dict[Any, int]:
+        return dict(self.committed)
+
+    async def earliest_offsets(self, *partitions: Any) -> dict[Any, int]:
+        return {tp: self.earliest.get(tp, 0) for tp in partitions}
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+
+@dataclass
 class FakeApp:
-    """The part of `faust.App` the runtime uses: a producer, the assignment signal, `topic` and
-    `agent` (recorded, never run: `drive` hands the batches to `Runtime.finish_batch` itself)."""
+    """The part of `faust.App` the runtime uses: a producer, a consumer, the assignment signal,
+    `topic` and `agent` (recorded, never run: `drive` hands the batches to `Runtime.finish_batch` itself)."""
 
     producer: FakeProducer = field(default_factory=FakeProducer)
+    consumer: FakeConsumer = field(default_factory=FakeConsumer)
     on_partitions_assigned: FakeSignal = field(default_factory=FakeSignal)
     agents: dict[str, tuple[FakeTopic, Callable[..., Any]]] = field(default_factory=dict)
 

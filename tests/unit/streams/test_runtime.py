@@ -136,6 +136,30 @@ def test_assignment_restores_each_roles_state_for_its_own_input_partitions() -> 
     assert writer.state.calls == [{"p.sids.assigned": [1]}]
 
 
+def test_assigned_partitions_nobody_committed_start_at_their_earliest_offset() -> None:
+    """A replica that dies before its first commit leaves its partitions uncommitted; the partner
+    that takes them over seeks each to its earliest offset explicitly (Faust, left to the reset
+    policy, did not fetch such a partition until new records arrived: the kill-replica drill lost
+    its tracks). Committed partitions and topics no role reads are left to Faust."""
+    @dataclass(frozen=True)
+    class TP:
+        topic: str
+        partition: int
+
+    class Plain(RoleHandler):
+        async def process(self, rt: Runtime, raws: list[RawRecord]) -> BatchResult:
+            return BatchResult()
+
+    rt = _runtime(FakeProducer())
+    rt._handlers = {"assigner": (role("assigner"), Plain())}
+    done, fresh, trimmed, other = (TP("p.embeddings.text", 0), TP("p.embeddings.text", 1), TP("p.embeddings.audio", 0),
+                                   TP("p.sids.assigned", 0))
+    rt.app.consumer.committed = {done: 42, fresh: -1001}
+    rt.app.consumer.earliest = {trimmed: 7}
+    asyncio.run(rt._assigned(None, {done, fresh, trimmed, other}))
+    assert sorted(rt.app.consumer.seeks, key=str) == sorted([(fresh, 0), (trimmed, 7)], key=str)
+
+
 def test_a_restore_that_stops_short_holds_the_roles_batches_until_it_completes() -> None:
     """A state whose restore raised (RestoreIncomplete) is never taken for complete: before the
     role's next batch the runtime restores it again, pausing between tries, and only returns
