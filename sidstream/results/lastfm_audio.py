@@ -14,8 +14,9 @@ joint embedding, embedding 64, 3 epochs at lr 1e-3, batch 512.
 
 Runs go to their own pool (one torch and one faiss thread per process, as the Last.fm runs) and are
 kept on disk by (run, code fingerprint, data fingerprint), so an interrupted regeneration resumes.
-`budget_s` (env LASTFM_AUDIO_BUDGET_S) stops scheduling after that many seconds; the table then
-renders the complete seeds it has and says so (verdict `complete` = no).
+`budget_s` (env LASTFM_AUDIO_BUDGET_S) stops scheduling after that many seconds (0: run nothing,
+render the kept runs); the table then renders the complete seeds it has and says so (verdict
+`complete` = no).
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def execute(runs: Iterable[AudioRun], lastfm: Path, audio: Path, jobs: int, cach
     done = {r: json.loads(path(r).read_text()) for r in wanted if path(r).is_file()}
     todo = [r for r in wanted if r not in done]
     log.info("lastfm-audio: %d runs, %d kept, %d to run with %d processes", len(wanted), len(done), len(todo), jobs)
-    if not todo:
+    if not todo or (budget_s is not None and budget_s <= 0):  # a budget of 0: render what is kept
         return done
     started = time.perf_counter()
     tasks = [(r, str(lastfm), str(audio), str(cache_dir / "codes")) for r in todo]
@@ -326,7 +327,7 @@ def render(results: dict[AudioRun, dict[str, Any]], plan: Plan, chosen: dict[str
         rows, v = compare(results, e, k, seeds[e])
         lines += ["", f"Paired comparisons, {e} ({seeds[e]} seeds; Holm over the {len(CLAIMS)} claims, separately for Cold and "
                   "All AUC; verdict at p (Holm) < 0.05):", "", *rows]
-        verdicts.update({(f"{key}" if e == head else f"{e}:{key}"): val for key, val in v.items()})
+        verdicts.update({(key if e == head else f"{e}.{key}"): val for key, val in v.items()})
     lines += ["", "Analysis (codebook seed 0, chosen K): first-layer tag purity per codebook (label = the artist's top tag), "
               "NMI between first-layer codes, the text half's share of the joint embedding's variance, and the audio "
               "coverage of the cold test items.", "",

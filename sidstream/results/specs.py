@@ -157,11 +157,9 @@ def _lastfm_audio(ctx: Context) -> Rendered:
     chosen: dict[str, tuple[int, dict[int, float]]] = {}
 
     def left() -> float | None:
-        return None if deadline is None else max(1.0, deadline - time.perf_counter())
+        return None if deadline is None else max(0.0, deadline - time.perf_counter())
 
     for enc in plan.encoders:
-        if deadline is not None and time.perf_counter() > deadline:
-            break
         val = la.val_runs(plan, enc)
         results.update(la.execute(val, ctx.lastfm_dir, audio, ctx.jobs, ctx.cache_dir, key, left()))
         if not all(r in results for r in val):

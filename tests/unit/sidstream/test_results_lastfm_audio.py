@@ -42,7 +42,7 @@ def test_table_from_validation_choice_to_verdicts(synthetic, tmp_path):
     md, verdicts = la.render(results, plan, chosen, notes)
     for a, b, _ in la.CLAIMS:
         assert verdicts[f"{a}_vs_{b}_cold"] in ("better", "worse", "level")
-        assert f"whisper:{a}_vs_{b}_all" in verdicts
+        assert f"whisper.{a}_vs_{b}_all" in verdicts
     assert verdicts["complete"] == "yes"
     for m, label in la.MODELS:
         assert f"| {label} (`{m}`) |" in md
@@ -57,6 +57,9 @@ def test_a_stopped_regeneration_renders_whole_seeds_only(synthetic, tmp_path):
     runs = la.test_runs(plan, "vggish", 4)
     results.update(la.execute(runs[: 2 * len(la.MODELS) + 3], tmp_path, tmp_path, 1, tmp_path, "k"))
     assert la.complete_seeds(results, plan, "vggish", 4) == 2
+    # a budget of 0 runs nothing: it renders what is kept
+    kept = la.execute(runs, tmp_path, tmp_path, 1, tmp_path, "k", budget_s=0)
+    assert set(kept) == set(runs[: 2 * len(la.MODELS) + 3])
     md, verdicts = la.render(results, plan, chosen, {})
     assert verdicts["complete"] == "no" and "vggish 2 of 3" in md
     assert np.isfinite(la._vec(results, "vggish", "mcca", 4, 2)).all()
