@@ -63,7 +63,8 @@ def convert() -> None:
 
 
 @convert.command("lastfm")
-@click.option("--src", type=click.Path(path_type=Path), default=None, help="Last.fm-2k folder [settings.lastfm_dir]")
+@click.option("--src", type=click.Path(path_type=Path), default=None,
+              help="Last.fm-2k folder [settings.lastfm_dir, else ../shared/data/lastfm-2k when present]")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--neg-per-pos", default=1, show_default=True, help="sampled negatives per positive")
 @click.option("--seed", default=0, show_default=True)
@@ -84,7 +85,9 @@ def convert_lastfm_cmd(src: Path | None, out: Path, neg_per_pos: int, seed: int,
     from trainer.embeddings import TextEncoding
     from trainer.lastfm_convert import convert_lastfm, embed_items
 
-    folder = src or _settings().lastfm_dir
+    folder = src or _settings().lastfm_source
+    if folder is None:
+        raise UserError("no Last.fm-2k folder: pass --src DIR or set SIDSTREAM_LASTFM_DIR (default ../shared/data/lastfm-2k, not present)")
     text = TextEncoding.from_settings(_settings())
     if audio is not None:
         from trainer.lastfm_audio import convert_lastfm_audio, resolve_audio_dir
