@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "SIDSTREAM_"
 DEFAULT_LASTFM_DIR = REPO_ROOT.parent / "shared" / "data" / "lastfm-2k"
 DEFAULT_AUDIO_DIR = Path("/usr/share/games/singularity/music")
+DEFAULT_LASTFM_AUDIO_DIR = REPO_ROOT.parent / "shared" / "data" / "lastfm-2k-audio"
 
 
 class SettingsError(ValueError):
@@ -245,6 +246,8 @@ class Settings(BaseSettings):
     # None: ../shared/data/lastfm-2k when present, else the shipped sample; "sample": always the sample
     lastfm_dir: Literal["sample"] | Path | None = None
     audio_dir: Path | None = None  # None: Debian's singularity-music recordings when installed
+    # pre-computed audio embeddings of Last.fm-2k artists (VGGish / Whisper); None: ../shared/data/lastfm-2k-audio
+    lastfm_audio_dir: Path | None = None
     registry_root: Path | None = None  # default <home>/registry
     feast_root: Path | None = None  # default <home>/feast
     feast_profile: Literal["local", "redis", "redis_cluster"] = "local"  # local: SQLite + Parquet; redis_cluster: redis_url lists nodes
@@ -260,7 +263,7 @@ class Settings(BaseSettings):
         check_env_keys(os.environ)
         super().__init__(**values)
 
-    @field_validator("lastfm_dir", "audio_dir")
+    @field_validator("lastfm_dir", "audio_dir", "lastfm_audio_dir")
     @classmethod
     def _configured_folder_exists(cls, value: Any) -> Any:
         if value is not None and value != "sample" and not Path(value).is_dir():
@@ -285,6 +288,14 @@ class Settings(BaseSettings):
         if isinstance(self.lastfm_dir, Path):
             return self.lastfm_dir
         return DEFAULT_LASTFM_DIR if (DEFAULT_LASTFM_DIR / "artists.dat").is_file() else None
+
+    @property
+    def lastfm_audio_source(self) -> Path | None:
+        """The Last.fm-2k audio-embeddings folder: the configured one, else the default when
+        present, else None (the caller says to set SIDSTREAM_LASTFM_AUDIO_DIR)."""
+        if self.lastfm_audio_dir is not None:
+            return self.lastfm_audio_dir
+        return DEFAULT_LASTFM_AUDIO_DIR if (DEFAULT_LASTFM_AUDIO_DIR / "items.tsv").is_file() else None
 
     @property
     def audio_source(self) -> Path:

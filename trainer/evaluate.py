@@ -5,10 +5,14 @@ several seeds (the seed drives the codebook fit, the initialisation and the batc
 results are mean ± std of All AUC, Cold AUC, Logloss and GAUC.
 
 Model names: ``din``; ``din+<method>`` (method in psrq, rq, vq, pq, rqvae; SIDs of the text
-codebook, or the first modality there is); ``mcca`` (PSRQ codebooks), ``mcca+<method>``,
-``mcca-no-msc``, ``mcca-no-mjc``. Options after ``@``, comma-separated: a bare number sets
-PSRQ's prefix weight (``din+psrq@0.5``), ``k=<K>`` the codebook size per layer and
-``layers=<L>`` the layer count (``din+vq@k=120``, ``din+rq@k=5``).
+codebook, or the first modality there is); ``din-sum+<method>`` (DIN over IDs ⊕ the *sum* of
+every codebook's SID embedding: text, audio and joint, no cross attention); ``mcca`` (PSRQ
+codebooks), ``mcca+<method>``, and MCCA's ablations ``mcca-no-msc`` (joint codebook only),
+``mcca-no-mjc`` (no joint codebook), ``mcca-no-audio`` / ``mcca-no-text`` (without that
+modality's specific codebook; the joint one stays the query). Options after ``@``,
+comma-separated: a bare number sets PSRQ's prefix weight (``din+psrq@0.5``), ``k=<K>`` the
+codebook size per layer, ``layers=<L>`` the layer count (``din+vq@k=120``, ``din+rq@k=5``) and,
+for ``din+``, ``m=<modality>`` the codebook whose SIDs DIN sees (``din+psrq@m=joint``).
 
 Two seeds drive a run: the codebook seed (the k-means fits) and the ranker seed (initialisation
 and batch order). ``run_one`` takes both, so the two sources of variance can be varied apart.
@@ -46,6 +50,7 @@ class ModelSpec:
     name: str
     model: ModelConfig
     codebook: CodebookSettings | None  # None: IDs only
+    codebooks: tuple[str, ...] | None = None  # which modalities' codebooks to fit (None: the model's default)
 
 
 def parse_spec(name: str, model_base: ModelConfig, codebook_base: CodebookSettings, modalities: list[str]) -> ModelSpec:
@@ -53,6 +58,7 @@ def parse_spec(name: str, model_base: ModelConfig, codebook_base: CodebookSettin
     base, _, options = name.partition("@")
     head, _, method = base.partition("+")
     update: dict[str, Any] = {"method": method or codebook_base.method}
+    on: str | None = None
     for option in filter(None, (o.strip() for o in options.split(","))):
         key, eq, value = option.partition("=")
         try:
@@ -60,21 +66,32 @@ def parse_spec(name: str, model_base: ModelConfig, codebook_base: CodebookSettin
                 update["alpha"] = float(key)
             elif key in ("k", "layers"):
                 update["codebook_size" if key == "k" else "layers"] = int(value)
+            elif key == "m" and head == "din":
+                if value not in modalities:
+                    raise ValueError(f"no {value!r} modality (have {', '.join(modalities)})")
+                on = value
             else:
                 raise ValueError(f"unknown option {key!r}")
         except ValueError as exc:
-            raise ValueError(f"model {name!r}: bad option {option!r} ({exc}); expected <alpha>, k=<K> or layers=<L>") from exc
+            raise ValueError(f"model {name!r}: bad option {option!r} ({exc}); expected <alpha>, k=<K>, layers=<L> "
+                             "or (din+) m=<modality>") from exc
     cb = CodebookSettings.model_validate({**codebook_base.model_dump(), **update})
     if head == "din":
         if not method:
             return ModelSpec(name, replace(model_base, kind="din", sid_codebook=None), None)
-        sid = "text" if "text" in modalities else modalities[0]
-        return ModelSpec(name, replace(model_base, kind="din", sid_codebook=sid), cb)
-    ablations = {"mcca": (True, True), "mcca-no-msc": (False, True), "mcca-no-mjc": (True, False)}
+        sid = on or ("text" if "text" in modalities else modalities[0])
+        return ModelSpec(name, replace(model_base, kind="din", sid_codebook=sid), cb, (sid,))
+    if head == "din-sum" and method:
+        return ModelSpec(name, replace(model_base, kind="din-sum", sid_codebook=None), cb)
+    ablations = {"mcca": (True, True), "mcca-no-msc": (False, True), "mcca-no-mjc": (True, False),
+                 "mcca-no-audio": (True, True), "mcca-no-text": (True, True)}
     if head in ablations:
         specific, joint = ablations[head]
-        return ModelSpec(name, replace(model_base, kind="mcca", use_specific=specific, use_joint=joint), cb)
-    raise ValueError(f"unknown model {name!r}; expected din, din+<method>, mcca, mcca-no-msc, mcca-no-mjc")
+        dropped = {"mcca-no-audio": "audio", "mcca-no-text": "text", "mcca-no-mjc": "joint"}.get(head)
+        keep = tuple(m for m in modalities if m != dropped) if dropped else None
+        return ModelSpec(name, replace(model_base, kind="mcca", use_specific=specific, use_joint=joint), cb, keep)
+    raise ValueError(f"unknown model {name!r}; expected din, din+<method>, din-sum+<method>, mcca, mcca-no-msc, "
+                     "mcca-no-mjc, mcca-no-audio, mcca-no-text")
 
 
 @dataclass
@@ -132,8 +149,8 @@ def run_one(
     sizes: dict[str, list[int]] = {}
     if spec.codebook is not None:
         wanted = prep.embeddings
-        if spec.model.kind == "din":
-            wanted = {spec.model.sid_codebook: prep.embeddings[spec.model.sid_codebook]}
+        if spec.codebooks is not None:
+            wanted = {m: prep.embeddings[m] for m in spec.codebooks}
         codes, sizes = cached_codes(wanted, spec.codebook.model_copy(update={"seed": codebook_seed}), cache_dir)
     lookup = Lookup(prep.vocab.rows(prep.catalog.tolist()), codes)
     import torch

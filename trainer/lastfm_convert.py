@@ -16,6 +16,7 @@ The choices, fixed here and documented in docs/evaluation.md:
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +66,15 @@ def sample_negatives(
     return out
 
 
-def convert_lastfm(src: Path, neg_per_pos: int = 1, seed: int = 0, top_tags: int = 5) -> Dataset:
-    """Build the Last.fm-2k dataset (no embeddings; see `embed_items`)."""
+def convert_lastfm(src: Path, neg_per_pos: int = 1, seed: int = 0, top_tags: int = 5,
+                   keep_artists: Collection[int] | None = None) -> Dataset:
+    """Build the Last.fm-2k dataset (no embeddings; see `embed_items`). `keep_artists`: restrict
+    the items (hence positives and negatives) to these artist ids (the audio subset,
+    trainer.lastfm_audio); the protocol is otherwise the same."""
     artists = artist_items(src, top_tags)
     artists["artist_id"] = artists["item_id"].str.removeprefix("lastfm:").astype("int64")
+    if keep_artists is not None:
+        artists = artists[artists["artist_id"].isin(list(keep_artists))].reset_index(drop=True)
     plays_all = read_plays(src)
     plays = plays_all[plays_all["artist_id"].isin(artists["artist_id"])].reset_index(drop=True)
     tags = read_tag_assignments(src)

@@ -63,20 +63,44 @@ def convert() -> None:
 
 
 @convert.command("lastfm")
-@click.option("--src", type=click.Path(path_type=Path), default=None, help="Last.fm-2k folder [settings.lastfm_dir]")
+@click.option("--src", type=click.Path(path_type=Path), default=None,
+              help="Last.fm-2k folder [settings.lastfm_dir, else ../shared/data/lastfm-2k when present]")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--neg-per-pos", default=1, show_default=True, help="sampled negatives per positive")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--embed/--no-embed", default=True, show_default=True, help="write text embeddings (shared encoder, cached)")
-def convert_lastfm_cmd(src: Path | None, out: Path, neg_per_pos: int, seed: int, embed: bool) -> None:
-    """Last.fm-2k -> interactions.csv, items.jsonl, embeddings/ (artists as items)."""
-    from trainer.dataset import write_dataset
+@click.option("--audio", "audio", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+              help="keep only the artists with audio embeddings and write embeddings/audio.npy; DIR: the audio folder "
+                   "[SIDSTREAM_LASTFM_AUDIO_DIR, else ../shared/data/lastfm-2k-audio]")
+@click.option("--encoder", "audio_encoder", type=click.Choice(["vggish", "whisper"]), default="vggish", show_default=True,
+              help="with --audio: which audio embeddings (recorded in dataset.json)")
+def convert_lastfm_cmd(src: Path | None, out: Path, neg_per_pos: int, seed: int, embed: bool, audio: str | None,
+                       audio_encoder: str) -> None:
+    """Last.fm-2k -> interactions.csv, items.jsonl, embeddings/ (artists as items).
+
+    With --audio: the subset of artists that have audio embeddings, same protocol
+    (docs/evaluation.md), with embeddings/audio.npy from --encoder."""
+    from sidstream.cli import UserError
+    from trainer.dataset import DatasetContractError, write_dataset
     from trainer.embeddings import TextEncoding
     from trainer.lastfm_convert import convert_lastfm, embed_items
 
-    ds = convert_lastfm(src or _settings().lastfm_dir, neg_per_pos=neg_per_pos, seed=seed)
-    if embed:
-        ds = embed_items(ds, TextEncoding.from_settings(_settings()))
+    folder = src or _settings().lastfm_source
+    if folder is None:
+        raise UserError("no Last.fm-2k folder: pass --src DIR or set SIDSTREAM_LASTFM_DIR (default ../shared/data/lastfm-2k, not present)")
+    text = TextEncoding.from_settings(_settings())
+    if audio is not None:
+        from trainer.lastfm_audio import convert_lastfm_audio, resolve_audio_dir
+
+        try:
+            audio_dir = resolve_audio_dir(Path(audio) if audio else None, _settings().lastfm_audio_source)
+            ds = convert_lastfm_audio(folder, audio_dir, audio_encoder, text, neg_per_pos, seed, embed_text=embed)
+        except DatasetContractError as exc:
+            raise UserError(str(exc)) from exc
+    else:
+        ds = convert_lastfm(folder, neg_per_pos=neg_per_pos, seed=seed)
+        if embed:
+            ds = embed_items(ds, text)
     write_dataset(out, ds)
     _echo_json({k: v for k, v in ds.info.items() if k != "choices"} | {"out": str(out), "fingerprint": ds.fingerprint()})
 
@@ -132,16 +156,24 @@ def verify_cmd(src: Path | None) -> None:
 @click.option("--test-fraction", default=0.2, show_default=True)
 @click.option("--threads", default=0, help="torch threads (0: torch's default)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write results.json, table.md, plot.png here")
+@click.option("--modalities", default=None, metavar="A,B",
+              help="the embeddings/<name>.npy arrays playing the text and audio roles (both required when given) "
+                   "[text,audio; audio optional]")
+@click.option("--embed-text", is_flag=True, help="no text.npy: encode the items' text with the shared text encoder")
 def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool, epochs: int | None, lr: float,
              batch_size: int, codebook_size: int | None, layers: int, alpha: float, activation: str,
-             test_fraction: float, threads: int, out: Path | None) -> None:
-    """Train and score models over seeds: All AUC, Cold AUC, Logloss, GAUC (mean ± std)."""
+             test_fraction: float, threads: int, out: Path | None, modalities: str | None, embed_text: bool) -> None:
+    """Train and score models over seeds: All AUC, Cold AUC, Logloss, GAUC (mean ± std).
+
+    Models see two modalities by role: text and audio (--modalities A,B names the arrays), and
+    their joint codebook; results name each modality by its given name (the joint one "A+B")."""
     import torch
 
     from sidstream.cli import UserError
     from trainer.dataset import DatasetContractError, load_dataset
     from trainer.embeddings import TextEncoding
-    from trainer.evaluate import QUICK_MODEL, evaluate, plot_results, prepare, results_table
+    from trainer.evaluate import QUICK_MODEL, evaluate, parse_spec, plot_results, prepare, results_table
+    from trainer.modalities import assign_roles, given_names, model_name_to_roles, parse_modalities
     from trainer.models import ModelConfig
     from trainer.train_loop import TrainConfig
 
@@ -155,18 +187,29 @@ def eval_cmd(data_dir: Path, models: str, seeds: int, quick: bool, as_json: bool
                                   "layers": layers, "alpha": alpha})
     train_config = TrainConfig(epochs=epochs or (1 if quick else EVAL_EPOCHS), lr=lr, batch_size=batch_size)
     try:
-        dataset = load_dataset(data_dir)
+        dataset, roles = assign_roles(load_dataset(data_dir), parse_modalities(modalities),
+                                      TextEncoding.from_settings(_settings()) if embed_text else None)
     except DatasetContractError as exc:
         raise UserError(str(exc)) from exc
-    prep = prepare(dataset, test_fraction, max_rows=20_000 if quick else None, text=TextEncoding.from_settings(_settings()))
+    prep = prepare(dataset, test_fraction, max_rows=20_000 if quick else None)
     cache = _settings().cache_dir / "codes"
-    emit = _echo_json if as_json else None
+    specs = [model_name_to_roles(n, roles) for n in names]
+    given = dict(zip(specs, names, strict=True))
+    try:
+        for spec in specs:
+            parse_spec(spec, model_base, codebook, prep.modalities)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    emit = (lambda r: _echo_json(given_names({**r, "model": given[r["model"]]}, roles))) if as_json else None
     with _progress(not quick) as on_progress:
         on_step = (lambda s, t, loss: on_progress("training", s, t)) if on_progress else None
-        results = evaluate(prep, names, seeds, model_base, codebook, train_config, cache, emit, on_step)
+        results = evaluate(prep, specs, seeds, model_base, codebook, train_config, cache, emit, on_step)
+    results = [given_names({**r, "model": n}, roles) for r, n in zip(results, names, strict=True)]
+    described = prep.describe()
+    described["modalities"] = {role: roles[role] for role in described["modalities"] if role in roles}
     summary = {
         "summary": True, "models": names, "seeds": seeds, "quick": quick, "data": str(data_dir),
-        **prep.describe(), "epochs": train_config.epochs, "lr": lr, "batch_size": batch_size,
+        **described, "epochs": train_config.epochs, "lr": lr, "batch_size": batch_size,
         "codebook": codebook.model_dump(), "model_config": model_base.to_dict(),
         "best_all_auc": max(results, key=lambda r: r["all_auc"])["model"],
         "best_cold_auc": max(results, key=lambda r: r["cold_auc"])["model"],

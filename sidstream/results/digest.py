@@ -12,6 +12,8 @@ thread, in a fresh process:
 - ``ids``: the ID study (psrq_id, TIGER, RQ) on the same groups, timing columns left out;
 - ``evaluation``: one epoch of every headline model on the trainer's synthetic data (AUC, cold
   AUC, GAUC, log loss);
+- ``evaluation_multimodal``: one epoch of every model of the audio table (sidstream.results.lastfm_audio)
+  on a synthetic text + audio data set;
 - ``lastfm_convert``: the Last.fm converter on a small generated HetRec folder (the interactions'
   exact hash) and the shipped MiniLM's embeddings of its item texts.
 
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROBES = ("settings", "quantizers", "ids", "evaluation", "lastfm_convert")
+PROBES = ("settings", "quantizers", "ids", "evaluation", "evaluation_multimodal", "lastfm_convert")
 RTOL, ATOL = 1e-3, 2e-4
 FILE = "behaviour.json"
 _TIMING = re.compile(r"(^|_)(s|ms|seconds|per_s|wall_s|online_ms|fit_s|samples_per_s)$")
@@ -104,6 +106,24 @@ def _evaluation() -> dict[str, Any]:
     return out
 
 
+def _evaluation_multimodal() -> dict[str, Any]:
+    from sidcore.config import CodebookSettings
+    from sidstream.results.lastfm_audio import MODELS
+    from trainer.evaluate import QUICK_MODEL, parse_spec, prepare, run_one
+    from trainer.models import ModelConfig
+    from trainer.synthetic import make_synthetic
+    from trainer.train_loop import TrainConfig
+
+    prep = prepare(make_synthetic(n_users=120, n_items=240, events_per_user=20, modalities=("text", "audio"), seed=0))
+    codebook = CodebookSettings(method="psrq", codebook_size=8, layers=3, alpha=1.0)
+    out = {}
+    for model, _ in MODELS:
+        spec = parse_spec(model, ModelConfig(activation="dice", **QUICK_MODEL), codebook, prep.modalities)
+        res = run_one(prep, spec, 0, TrainConfig(epochs=1, lr=1e-3), None)
+        out[model] = {k: res[k] for k in ("all_auc", "cold_auc", "gauc", "logloss")} | {"distinct_sids": res["distinct_sids"]}
+    return out
+
+
 def write_hetrec(folder: Path, users: int = 40, artists: int = 60, tags: int = 12, seed: int = 0) -> Path:
     """A small generated folder in the HetRec Last.fm-2k format (not the real data)."""
     import numpy as np
@@ -141,7 +161,7 @@ def _lastfm_convert() -> dict[str, Any]:
 
 
 _RUNNERS: dict[str, Callable[[], dict[str, Any]]] = {
-    "settings": _settings, "quantizers": _quantizers, "ids": _ids, "evaluation": _evaluation, "lastfm_convert": _lastfm_convert,
+    "settings": _settings, "quantizers": _quantizers, "ids": _ids, "evaluation": _evaluation, "evaluation_multimodal": _evaluation_multimodal, "lastfm_convert": _lastfm_convert,
 }
 
 

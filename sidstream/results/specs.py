@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sidstream.results import digest, lastfm
+from sidstream.results import digest, lastfm, lastfm_audio
 from sidstream.results.blocks import read_blocks, read_claims, write_block
 from sidstream.results.fingerprint import commit, machine, source_fingerprint, tree_fingerprint
 from sidstream.results.runs import DataSource, Run, execute
@@ -130,6 +130,48 @@ def _eval_table(name: str) -> TableSpec:
 
     return TableSpec(name, "lastfm.md", title, lastfm.SOURCES, produce, plan, settings=_codebook_defaults,
                      probes=("settings", "quantizers", "evaluation", "lastfm_convert"), strict=LASTFM_RENDER_SOURCES)
+
+
+# ----------------------------------------------------------------------- Last.fm with audio
+def _lastfm_audio_dir() -> Path:
+    from sidcore.config import get_settings
+    from trainer.lastfm_audio import resolve_audio_dir
+
+    return resolve_audio_dir(None, get_settings().lastfm_audio_source)
+
+
+def _lastfm_audio(ctx: Context) -> Rendered:
+    """The multimodal table: K chosen on validation per encoder, then the paired test runs
+    (sidstream.results.lastfm_audio); LASTFM_AUDIO_BUDGET_S bounds the seconds spent on runs."""
+    la = lastfm_audio
+    if ctx.lastfm_dir is None:
+        raise FileNotFoundError("the lastfm-audio table needs the Last.fm-2k folder (--lastfm or SIDSTREAM_LASTFM_DIR)")
+    audio = _lastfm_audio_dir()
+    plan = la.FULL
+    audio_fp = tree_fingerprint(audio)
+    settings = json.dumps([_codebook_defaults(), la.EPOCHS, la.LR, la.BATCH, la.MODEL_BASE], sort_keys=True)
+    key = "/".join((source_fingerprint(ctx.root, la.RUN_SOURCES, settings)[0], ctx.lastfm_fingerprint, audio_fp))
+    budget = float(os.environ["LASTFM_AUDIO_BUDGET_S"]) if os.environ.get("LASTFM_AUDIO_BUDGET_S") else None
+    deadline = None if budget is None else time.perf_counter() + budget
+    results: dict[Any, dict[str, Any]] = {}
+    chosen: dict[str, tuple[int, dict[int, float]]] = {}
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.perf_counter())
+
+    for enc in plan.encoders:
+        val = la.val_runs(plan, enc)
+        results.update(la.execute(val, ctx.lastfm_dir, audio, ctx.jobs, ctx.cache_dir, key, left()))
+        if not all(r in results for r in val):
+            break
+        chosen[enc] = la.choose_k(results, plan, enc)
+        results.update(la.execute(la.test_runs(plan, enc, chosen[enc][0]), ctx.lastfm_dir, audio, ctx.jobs,
+                                  ctx.cache_dir, key, left()))
+    notes = {e: la.analysis(str(ctx.lastfm_dir), str(audio), e, k) for e, (k, _) in chosen.items()}
+    markdown, verdicts = la.render(results, plan, chosen, notes)
+    fps = {r["data_fingerprint"] for r in results.values()}
+    return Rendered(markdown, verdicts, {"data": "lastfm-2k+audio", "data_fingerprint": ctx.lastfm_fingerprint,
+                                         "audio_fingerprint": audio_fp, "dataset_fingerprint": ",".join(sorted(fps))})
 
 
 # -------------------------------------------------------------------------------- quantizers
@@ -428,6 +470,10 @@ MACHINE_SOURCES = ("sidstream/results/specs.py",)
 
 TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
     *(_eval_table(name) for name in lastfm.TABLES),
+    TableSpec("lastfm-audio", "lastfm-audio.md", "Last.fm-2k with audio: the paper's multimodal claim",
+              lastfm_audio.SOURCES, _lastfm_audio, settings=_codebook_defaults, in_quick=False,
+              probes=("settings", "quantizers", "evaluation", "evaluation_multimodal", "lastfm_convert"),
+              strict=("sidstream/results/lastfm_audio.py", "sidstream/results/stats.py", "trainer/lastfm_audio.py")),
     TableSpec("lastfm-throughput", "lastfm.md", "Training throughput", MACHINE_SOURCES, _throughput, machine_bound=True),
     TableSpec("quantizers", "quantizers.md", "Quantizers on Last.fm-2k", ("sidstream/results/quantizers.py", "psrq/*.py",
               "trainer/lastfm_convert.py", "trainer/embeddings.py", "sidcore/datasets/*.py", "encoders/text.py"), _quantizers,
@@ -552,6 +598,20 @@ class Finding:
     problem: str
 
 
+def _audio_data_findings(t: TableSpec, meta: dict[str, Any], data_fp: str | None) -> list[Finding]:
+    """The lastfm-audio table's two data folders, each re-checked when present."""
+    out = []
+    if data_fp is not None and meta.get("data_fingerprint") != data_fp:
+        out.append(Finding(t.name, t.doc, f"stale: data fingerprint {meta.get('data_fingerprint')} recorded, {data_fp} now"))
+    try:
+        audio_fp = tree_fingerprint(_lastfm_audio_dir())
+    except (FileNotFoundError, ValueError):
+        return out  # no audio folder here: its fingerprint is not re-checked
+    if meta.get("audio_fingerprint") != audio_fp:
+        out.append(Finding(t.name, t.doc, f"stale: audio data fingerprint {meta.get('audio_fingerprint')} recorded, {audio_fp} now"))
+    return out
+
+
 def check(root: Path, folder: Path, lastfm_dir: Path | None, only: tuple[str, ...] = (),
           allow_quick: bool = False) -> tuple[list[Finding], list[str]]:
     """(problems, notes): missing or stale blocks, claims that disagree with their verdicts.
@@ -590,6 +650,8 @@ def check(root: Path, folder: Path, lastfm_dir: Path | None, only: tuple[str, ..
                 else:
                     problems.append(Finding(t.name, t.doc, f"stale: code fingerprint {meta.get('code_fingerprint')} recorded, "
                                             f"{now} now; {why}"))
+            if meta.get("data") == "lastfm-2k+audio":
+                problems += _audio_data_findings(t, meta, data_fp)
             if data_fp is not None and meta.get("data") == "lastfm-2k" and meta.get("data_fingerprint") != data_fp:
                 problems.append(Finding(t.name, t.doc, f"stale: data fingerprint {meta.get('data_fingerprint')} recorded, {data_fp} now"))
     for doc, blocks in blocks_by_doc.items():

@@ -9,7 +9,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What to build. `kind`: "din" (IDs, plus `sid_codebook`'s semantic IDs if set) or "mcca".
+    """What to build. `kind`: "din" (IDs, plus `sid_codebook`'s semantic IDs if set),
+    "din-sum" (IDs ⊕ the sum of every codebook's SID embedding) or "mcca".
 
     MCCA ablations: `use_specific=False` drops the modality-specific codebooks (MSC),
     `use_joint=False` drops the modal-joint codebook (MJC) and its shared query.
