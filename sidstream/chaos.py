@@ -269,6 +269,15 @@ def _busiest_node(run: PipelineRun, broker: LocalBroker) -> int:
     return max(leads, key=lambda n: (sum(p.rsplit("/", 1)[0] in topics for p in leads[n]), -n))
 
 
+def _paused(send: Callable[[int], Any], seconds: float) -> None:
+    """SIGSTOP a process through `send` for `seconds`, then SIGCONT it, whatever happens meanwhile."""
+    send(signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        send(signal.SIGCONT)
+
+
 def _inject(fault: str, run: PipelineRun, s: Settings, broker: LocalBroker, slow_flag: Path, lag_trace: list[int],
             down: list[int], redis_cluster: LocalRedisCluster | None = None) -> dict[str, Any]:
     """Apply `fault` to the running pipeline and return when it is over (the workers, the
@@ -290,11 +299,7 @@ def _inject(fault: str, run: PipelineRun, s: Settings, broker: LocalBroker, slow
         return {"killed_node": node}
     elif fault == "stop-broker":
         node = _busiest_node(run, broker)
-        broker.kill(node, signal.SIGSTOP)
-        try:
-            time.sleep(STOP_BROKER_S)
-        finally:
-            broker.kill(node, signal.SIGCONT)
+        _paused(lambda sig: broker.kill(node, sig), STOP_BROKER_S)
         return {"stopped_node": node, "stopped_s": STOP_BROKER_S}
     elif fault == "kill-replica":  # one replica of each role in turn; each partner takes its partitions
         killed = []
@@ -313,11 +318,7 @@ def _inject(fault: str, run: PipelineRun, s: Settings, broker: LocalBroker, slow
     elif fault == "stop-replica":  # a zombie: paused past its session, it wakes holding claims it lost
         name = run.workers((("assigner",),))[-1][0]
         paused_s = s.stream.session_timeout_s + 10.0
-        run.signal(name, signal.SIGSTOP)
-        try:
-            time.sleep(paused_s)
-        finally:
-            run.signal(name, signal.SIGCONT)
+        _paused(lambda sig: run.signal(name, sig), paused_s)
         return {"stopped_worker": name, "stopped_s": paused_s}
     elif fault == "feast-down":
         _hold_sqlite_lock(s.feast_dir / "data" / "online.db", 15.0)

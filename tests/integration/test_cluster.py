@@ -9,12 +9,9 @@ import uuid
 
 import pytest
 
-from sidcore.config import Settings
+from tests.plugins.chaos import N_BAD, RATE, assert_nothing_lost, chaos_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-N_TRACKS, N_BAD, RATE = 240, 12, 400.0
-
 
 def test_topics_on_three_brokers_have_three_replicas_and_two_in_sync(kafka_cluster):
     """`create_topics` with the cluster's settings (replication 3, min ISR 2 by default for three
@@ -54,32 +51,7 @@ def test_status_lists_every_node_and_the_partitions_it_leads(kafka_cluster):
 
 @pytest.fixture(scope="module")
 def cluster_env(kafka_cluster, tmp_path_factory):
-    from sidcore.catalog import lastfm_tracks
-    from sidstream.chaos import clean_run_codes
-    from trainer.bootstrap import ensure_codebooks
-
-    root = tmp_path_factory.mktemp("cluster-chaos")
-    s = Settings(
-        home=root / "home", kafka=kafka_cluster.settings, lastfm_dir="sample",
-        stream={"batch_size": 32, "batch_timeout_s": 0.05, "session_timeout_s": 6.0, "retry_budget_s": 90.0},
-        codebook={"codebook_size": 16},
-    )  # fmt: skip
-    ensure_codebooks(s, [])
-    tracks = lastfm_tracks(None, N_TRACKS)
-    clean = clean_run_codes(s, tracks, RATE, root / "runs")
-    assert len(clean) == N_TRACKS
-    return s, tracks, clean, root
-
-
-def _assert_nothing_lost(r: dict) -> None:
-    summary = {k: v for k, v in r.items() if k != "codes"}
-    print(summary)
-    assert r["in_flight_at_fault"] >= N_TRACKS / 3, summary
-    assert r["lost"] == 0, summary
-    assert r["duplicated_final"] == 0 and r["duplicate_offline_rows"] == 0, summary
-    assert r["mismatched"] == 0, summary
-    assert r["shared_ids"] == 0, summary
-    assert r["dlq"] == r["bad_injected"] == N_BAD, summary
+    return chaos_env(kafka_cluster.settings, tmp_path_factory.mktemp("cluster-chaos"))
 
 
 def test_kill_leader_keeps_the_stream_going_without_a_restart(cluster_env, kafka_cluster):
@@ -91,7 +63,7 @@ def test_kill_leader_keeps_the_stream_going_without_a_restart(cluster_env, kafka
     s, tracks, clean, root = cluster_env
     r = run_chaos(s, "kill-leader", tracks, N_BAD, RATE, root / "runs" / "kill-leader", clean, timeout_s=240,
                   broker=kafka_cluster)
-    _assert_nothing_lost(r)
+    assert_nothing_lost(r)
     assert r["brokers"] == 3 and r["replication_factor"] == 3 and r["min_insync_replicas"] == 2
     assert r["killed_node"] in (1, 2, 3)
     assert r["max_gap_s"] <= 10.0, r["max_gap_s"]
@@ -107,6 +79,6 @@ def test_kill_replica_partner_takes_over_each_role(cluster_env):
     replicas = {"text": 2, "assigner": 2, "writer": 2}
     r = run_chaos(s, "kill-replica", tracks, N_BAD, RATE, root / "runs" / "kill-replica", clean, timeout_s=240,
                   replicas=replicas)
-    _assert_nothing_lost(r)
+    assert_nothing_lost(r)
     assert r["replicas"] == replicas
     assert r["killed_workers"] == ["text-r1", "assigner-r1", "writer-r1"]
