@@ -78,6 +78,7 @@ class Runtime:
         self._trimmed: dict[str, float] = {}
         self._handlers: dict[str, tuple[Role, RoleHandler]] = {}
         self._events: dict[str, dict[tuple[str, int, int], Any]] = {}  # the batch each role is processing
+        self._owned: set[Any] = set()  # the partitions of the last assignment
         # states whose restore stopped short: role -> {state name: (state, owned partitions)}
         self._unrestored: dict[str, dict[str, tuple[Any, dict[str, list[int]]]]] = {}
         app.on_partitions_assigned.connect(self._assigned)
@@ -221,11 +222,14 @@ class Runtime:
         partition a surviving replica took over that way was not fetched until new records
         arrived on it: the kill-replica drill lost that partition's tracks."""
         inputs = {self.names.name(t) for role, _ in self._handlers.values() for t in role.inputs}
-        if not any(tp.topic in inputs for tp in assigned):
+        # only partitions new to this worker: one it kept goes on from where it is (Faust's own seek)
+        new = [tp for tp in assigned if tp.topic in inputs and tp not in self._owned]
+        self._owned = set(assigned)
+        if not new:
             return
         consumer = self.app.consumer
         committed = await consumer.seek_to_committed()  # what Faust does next anyway; returns the offsets
-        fresh = [tp for tp in assigned if tp.topic in inputs and (committed.get(tp) is None or committed[tp] < 0)]
+        fresh = [tp for tp in new if committed.get(tp) is None or committed[tp] < 0]
         if not fresh:
             return
         earliest = await consumer.earliest_offsets(*fresh)

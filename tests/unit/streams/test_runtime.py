@@ -140,7 +140,8 @@ def test_assigned_partitions_nobody_committed_start_at_their_earliest_offset() -
     """A replica that dies before its first commit leaves its partitions uncommitted; the partner
     that takes them over seeks each to its earliest offset explicitly (Faust, left to the reset
     policy, did not fetch such a partition until new records arrived: the kill-replica drill lost
-    its tracks). Committed partitions and topics no role reads are left to Faust."""
+    its tracks). Committed partitions, partitions the worker already had, and topics no role reads
+    are left to Faust."""
     @dataclass(frozen=True)
     class TP:
         topic: str
@@ -158,6 +159,11 @@ def test_assigned_partitions_nobody_committed_start_at_their_earliest_offset() -
     rt.app.consumer.earliest = {trimmed: 7}
     asyncio.run(rt._assigned(None, {done, fresh, trimmed, other}))
     assert sorted(rt.app.consumer.seeks, key=str) == sorted([(fresh, 0), (trimmed, 7)], key=str)
+    # a later rebalance: partitions this worker kept go on from where they are (still uncommitted or not)
+    rt.app.consumer.seeks.clear()
+    taken_over = TP("p.embeddings.text", 2)
+    asyncio.run(rt._assigned(None, {done, fresh, trimmed, taken_over}))
+    assert rt.app.consumer.seeks == [(taken_over, 0)]
 
 
 def test_a_restore_that_stops_short_holds_the_roles_batches_until_it_completes() -> None:
