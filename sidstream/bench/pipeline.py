@@ -59,6 +59,10 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
     from streams.sinks.store import open_store
     from trainer.bootstrap import ensure_codebooks
 
+    try:  # before any work: a typo is reported at once
+        replicas = parse_replicas(replicas_spec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     n = 300 if quick else n
     s = get_settings()
     console = Console(stderr=True)
@@ -80,10 +84,6 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
     run = PipelineRun(s2, run_dir)
     run.create_topics()
     store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis_url)
-    try:
-        replicas = parse_replicas(replicas_spec)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
     run.start_workers(groups=(("text",), ("assigner", "writer")), replicas=replicas)
     try:
         producer = run.producer()
