@@ -101,9 +101,13 @@ class PipelineRun:
         self.metrics_ports.update(metrics_ports or {})
         self.replicas.update(replicas or {})
         self.groups = groups
-        for name, roles in self.workers():
-            self._spawn(name, roles)
-        self.wait_ready(groups, timeout_s)
+        try:
+            for name, roles in self.workers():
+                self._spawn(name, roles)
+            self.wait_ready(groups, timeout_s)
+        except BaseException:  # one worker failed to start: stop the others, orphan none
+            self.stop_workers()
+            raise
 
     def _spawn(self, name: str, roles: tuple[str, ...]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -118,3 +118,27 @@ def test_a_dead_letter_is_sized_against_its_dlq_topic_s_own_limit():
     small = avro_codec.decode(big.encode("w", rt.dead_letter_limit("t.dlq")), expected="DeadLetter")[1]
     whole = avro_codec.decode(big.encode("w", rt.dead_letter_limit("other.dlq")), expected="DeadLetter")[1]
     assert len(small["original"]) == DLQ_EXCERPT_BYTES and len(whole["original"]) == 2 << 20
+
+
+def test_workers_started_before_one_fails_to_start_are_stopped(tmp_path, monkeypatch):
+    """A worker that exits while the run waits for every worker to be ready raises, and the
+    workers already started are stopped by their pids, not left running (a chaos run once left
+    its text worker behind when the assigner failed at start)."""
+    import subprocess
+    import sys
+
+    from sidstream.harness import PipelineRun
+
+    run = PipelineRun(Settings(home=tmp_path), tmp_path, replicas={"text": 2})
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, roles: tuple[str, ...]) -> None:
+        code = "import sys; sys.exit(3)" if name == "assigner" else "import time; time.sleep(60)"
+        started.append(subprocess.Popen([sys.executable, "-c", code]))
+        run.processes[name] = started[-1]
+
+    monkeypatch.setattr(run, "_spawn", spawn)
+    with pytest.raises(RuntimeError, match="worker assigner exited with 3"):
+        run.start_workers((("text",), ("assigner",)), timeout_s=30)
+    assert len(started) == 3 and all(p.poll() is not None for p in started)
+    assert run.processes == {}
