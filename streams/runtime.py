@@ -233,8 +233,10 @@ class Runtime:
         if not fresh:
             return
         earliest = await consumer.earliest_offsets(*fresh)
-        for tp in fresh:
-            await consumer.seek(tp, max(0, earliest.get(tp) or 0))
+        # seek_wait, not seek: it runs on the consumer's own thread. `seek` changed the fetcher's
+        # buffers from this thread while the fetcher read them, and crashed it once (KeyError in
+        # aiokafka's fetched_records: the kill-assigner drill's restarted assigner died)
+        await consumer.seek_wait({tp: max(0, earliest.get(tp) or 0) for tp in fresh})
         log.info("starting uncommitted partitions at their earliest offsets: %s",
                  {f"{tp.topic}/{tp.partition}": earliest.get(tp) for tp in fresh})
 

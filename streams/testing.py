@@ -117,8 +117,8 @@ class FakeConsumer:
     async def earliest_offsets(self, *partitions: Any) -> dict[Any, int]:
         return {tp: self.earliest.get(tp, 0) for tp in partitions}
 
-    async def seek(self, partition: Any, offset: int) -> None:
-        self.seeks.append((partition, offset))
+    async def seek_wait(self, partitions: dict[Any, int]) -> None:
+        self.seeks.extend(partitions.items())
 
 
 @dataclass
