@@ -355,7 +355,16 @@ def with_local_cluster(settings: Settings) -> Settings:
         brokers, port = int(local["brokers"]), int(local["port"])
     except (OSError, ValueError, KeyError, TypeError):
         return settings
-    if brokers == k.brokers or port != k.port:  # a cluster on other ports is not this one
+    if port != k.port:  # a cluster on other ports is not this one
+        return settings
+    return with_brokers(settings, brokers)
+
+
+def with_brokers(settings: Settings, brokers: int | None) -> Settings:
+    """`settings` for a local cluster of `brokers` nodes (None: unchanged): the kafka fields that
+    were set stay, the ones derived from the node count (bootstrap list, replication) follow it."""
+    k = settings.kafka
+    if brokers is None or brokers == k.brokers:
         return settings
     explicit = k.model_dump(include=k.model_fields_set)
     return settings.model_copy(update={"kafka": KafkaSettings(**{**explicit, "brokers": brokers})})

@@ -41,7 +41,7 @@ from rich.console import Console
 
 from psrq import load_codebook_set
 from sidcore.catalog import Track, lastfm_tracks
-from sidcore.config import KafkaSettings, Settings, get_settings
+from sidcore.config import Settings, get_settings, with_brokers
 from sidcore.registry import Registry
 from sidstream.harness import PipelineRun
 from streams import avro_codec
@@ -413,9 +413,7 @@ def chaos(fault: str, n_tracks: int, n_bad: int, rate: float, fault_at: float, t
     from sidstream.harness import parse_replicas
 
     s = get_settings()
-    if brokers is not None and brokers != s.kafka.brokers:
-        explicit = s.kafka.model_dump(include=s.kafka.model_fields_set)
-        s = s.model_copy(update={"kafka": KafkaSettings(**{**explicit, "brokers": brokers})})
+    s = with_brokers(s, brokers)
     try:
         replicas = parse_replicas(replicas_spec)
     except ValueError as exc:

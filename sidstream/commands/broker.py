@@ -7,15 +7,13 @@ import sys
 
 import click
 
-from sidcore.config import KafkaSettings, get_settings
+from sidcore.config import get_settings, with_brokers
 from streams.admin.broker import BrokerError, LocalBroker, local_broker
 
 
 def _cluster(brokers: int | None = None) -> LocalBroker:
     s = get_settings()
-    if brokers is not None and brokers != s.kafka.brokers:
-        explicit = s.kafka.model_dump(include=s.kafka.model_fields_set)
-        s = s.model_copy(update={"kafka": KafkaSettings(**{**explicit, "brokers": brokers})})
+    s = with_brokers(s, brokers)
     return local_broker(s)
 
 
