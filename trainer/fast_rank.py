@@ -31,7 +31,7 @@ from torch import nn
 
 from trainer.models.din import DIN
 from trainer.models.layers import MLP, ActivationUnit, Dice, PReLU
-from trainer.models.mcca import MCCA
+from trainer.models.mcca import JOINT, MCCA, SPECIFIC
 
 SidRow = Mapping[str, Sequence[int] | None]  # {text_sid, audio_sid, joint_sid}
 
@@ -152,10 +152,13 @@ class FastRanker:
         self.model, self.id_rows, self.layers = model, id_rows, dict(layers)
         if isinstance(model, MCCA):
             d = model.config.emb_dim
-            self.features = {"id": d, **{m: d for m in model.attended}}
-            atts = [(m, model.query_codebook or m, model.sid_attention[m]) for m in model.attended]
+            # "query": the shared query (MCCA._query: the joint embedding, a specific one where the
+            # track has no joint code), beside the plain embeddings the history's keys are
+            self.features = {"id": d, **{m: d for m in model.attended}, **({"query": d} if model.query_codebook else {})}
+            atts = [(m, "query" if model.query_codebook else m, model.sid_attention[m]) for m in model.attended]
             atts.append(("id", "id", model.id_attention))
-            self.tail = ["id", *model.target_codebooks]  # the MLP's item-side inputs after the interests
+            # the MLP's item-side inputs after the interests
+            self.tail = ["id", *(["query"] if model.query_codebook else model.target_codebooks)]
         elif isinstance(model, DIN):
             self.features = {"r": model.id_emb.embedding_dim * (2 if model.sid_emb is not None else 1)}
             atts = [("r", "r", model.attention)]
@@ -209,6 +212,8 @@ class FastRanker:
         with torch.inference_mode():
             if isinstance(model, MCCA):
                 parts = {"id": model.id_emb(ids), **{m: model.sid_emb[m](codes[m]) for m in model.attended}}
+                if model.query_codebook:
+                    parts["query"] = model._query({f"codes:{m}": c for m, c in codes.items()}, parts)
             else:
                 parts = {"r": model.item_repr(ids, {f"codes:{m}": c for m, c in codes.items()}, "codes:")}
             return torch.cat([parts[f].float() for f in self.features], dim=-1).numpy()
@@ -229,7 +234,20 @@ class FastRanker:
             sid[m] = e
         parts = ({"id": self.id_table[ids], **sid} if "id" in self.features
                  else {"r": np.concatenate([self.id_table[ids], *sid.values()], axis=1)})
+        if "query" in self.features:
+            parts["query"] = self._query_np(codes, sid)
         return np.concatenate([parts[f] for f in self.features], axis=1).astype(np.float32, copy=False)
+
+    def _query_np(self, codes: Mapping[str, np.ndarray], sid: Mapping[str, np.ndarray]) -> np.ndarray:
+        """MCCA._query in numpy: the joint embedding, else text, else audio where joint is missing."""
+        model: Any = self.model
+        query = sid[model.query_codebook]
+        if model.query_codebook != JOINT:
+            return query
+        missing = codes[JOINT][:, 0] < 0
+        for m in reversed([m for m in SPECIFIC if m in model.attended]):
+            query = np.where((missing & (codes[m][:, 0] >= 0))[:, None], sid[m], query)
+        return query
 
     def precompute(self, tracks: Sequence[str], sids: Sequence[SidRow], chunk: int = 4096) -> None:
         """The table of item vectors for `tracks` (their SID rows under the ranker's version)."""

@@ -10,7 +10,11 @@ y      = sigmoid(MLP([h_t, h_a, h_o, h_r, e^r(target), e^o(target)]))
 Whichever modalities the data set has are used. With a single modality the joint embedding
 l2(x) ⊕ nothing is that modality itself, so the joint codebook would duplicate it: the one
 codebook then plays both roles (its h_m once, its target embedding as the query) [choice,
-docs/evaluation.md]. Ablations: use_specific=False keeps only the joint codebook (no MSC);
+docs/evaluation.md]. The same rule holds per track: a track without a joint code (one of its
+modalities missing, so no joint embedding) is queried by its own text code, else its audio code,
+when those codebooks are attended: it is a single-modality track [choice, docs/evaluation.md].
+Without it every such track shares the joint table's one "missing" row as its query and its
+target embedding, and the network cannot see which track it scores. Ablations: use_specific=False keeps only the joint codebook (no MSC);
 use_joint=False lets each codebook attend with its own target embedding (no MJC).
 """
 
@@ -63,12 +67,26 @@ class MCCA(nn.Module):
         """Logits [B] (apply sigmoid for probabilities)."""
         mask = batch["hist_mask"]
         target_e = {m: self.sid_emb[m](batch[f"codes:{m}"]) for m in self.attended}
-        query = target_e[self.query_codebook] if self.query_codebook else None
+        query = self._query(batch, target_e) if self.query_codebook else None
         interests = []
         for m in self.attended:
             keys = self.sid_emb[m](batch[f"hist_codes:{m}"])
             interests.append(self.sid_attention[m](keys, query if query is not None else target_e[m], mask))
         target_id = self.id_emb(batch["item"])
         interests.append(self.id_attention(self.id_emb(batch["hist_item"]), target_id, mask))
-        parts = [*interests, target_id, *(target_e[m] for m in self.target_codebooks)]
+        targets = [query] if query is not None else [target_e[m] for m in self.target_codebooks]
+        parts = [*interests, target_id, *targets]
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    def _query(self, batch: dict[str, torch.Tensor], target_e: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The shared query: the target's joint embedding; for a target without a joint code, its
+        text embedding, else its audio one (per row; a codebook's code -1 = the track has none)."""
+        assert self.query_codebook is not None
+        query = target_e[self.query_codebook]
+        if self.query_codebook != JOINT:
+            return query
+        missing = batch[f"codes:{JOINT}"][..., 0] < 0
+        for m in reversed([m for m in SPECIFIC if m in self.attended]):  # text wins over audio
+            use = missing & (batch[f"codes:{m}"][..., 0] >= 0)
+            query = torch.where(use.unsqueeze(-1), target_e[m], query)
+        return query

@@ -67,6 +67,26 @@ def test_mcca_roles_follow_the_available_codebooks():
         mcca_roles(full, [])
 
 
+def test_mcca_queries_a_track_without_a_joint_code_by_its_text_code():
+    """A target with no joint code (one modality missing) is scored by its text code: two such
+    targets that differ only in their text SID get different logits, equal to those of a model whose
+    query is the text embedding; targets with a joint code are untouched by the rule."""
+    model = build_model(ModelConfig(kind="mcca", emb_dim=8), 20, {m: [8, 8] for m in ("text", "audio", "joint")}).eval()
+    batch = _batch(b=2, codebooks=("text", "audio", "joint"))
+    for k, v in batch.items():  # the same user, target ID and audio; only the text code differs
+        batch[k] = v[:1].expand(2, *v.shape[1:]).clone()
+    batch["codes:joint"][:] = -1
+    batch["codes:audio"][:] = -1
+    batch["codes:text"] = torch.tensor([[1, 2], [3, 4]])
+    logits = model(batch)
+    assert not torch.isclose(logits[0], logits[1])
+    query = model._query(batch, {m: model.sid_emb[m](batch[f"codes:{m}"]) for m in model.attended})
+    assert torch.equal(query, model.sid_emb["text"](batch["codes:text"]))
+    with_joint = dict(batch, **{"codes:joint": torch.tensor([[5, 6], [5, 6]])})
+    query = model._query(with_joint, {m: model.sid_emb[m](with_joint[f"codes:{m}"]) for m in model.attended})
+    assert torch.equal(query, model.sid_emb["joint"](with_joint["codes:joint"]))
+
+
 def test_history_is_last_positives_strictly_before():
     df = pd.DataFrame({"user_id": ["a"] * 5 + ["b"], "item_id": ["x", "y", "z", "w", "x", "y"],
                        "timestamp": [1, 2, 2, 3, 3, 1], "label": [1, 1, 0, 1, 0, 1]})
