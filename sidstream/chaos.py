@@ -23,6 +23,7 @@ Definitions (each number is measured, none is derived from another):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -142,19 +143,10 @@ def run_chaos(
     (with "codes": the final text SID of every good track). `broker`: the local Kafka the broker
     faults act on (default: the one `sidstream broker start` runs for the settings' home);
     `redis_cluster`: the Redis Cluster the redis-primary-down fault acts on (its settings use it)."""
-    if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
     say = on_status or (lambda _: None)
-
     slow_flag = run_dir / "slowdown"
-    s = settings.model_copy(update={"feast_root": run_dir / "feast", "registry_root": settings.registry_dir,
-                                    "stream": settings.stream.model_copy(update={"slowdown_file": slow_flag})})
-    if fault == "feast-down" and s.feast_profile != "local":
-        raise click.UsageError("--fault feast-down drills the SQLite online store (feast_profile=local)")
-    if fault == "redis-primary-down" and (redis_cluster is None or s.feast_profile != "redis_cluster"):
-        raise click.UsageError("--fault redis-primary-down drills a Redis Cluster (feast_profile=redis_cluster)")
     replicas = dict(replicas or {})
-    _check_drill(fault, s, replicas)
+    s = _drill_settings(settings, fault, run_dir, slow_flag, replicas, redis_cluster)
     broker = broker or local_broker(s)
     run = PipelineRun(s, run_dir)
     run.create_topics()
@@ -162,10 +154,7 @@ def run_chaos(
     say(f"starting workers (text | assigner | writer; replicas {replicas or 'one each'})...")
     run.start_workers(CHAOS_GROUPS, replicas=replicas)
     bad = bad_records(n_bad, seed)
-    rng = random.Random(seed)
-    items: list[Any] = list(tracks)
-    for record in bad:
-        items.insert(rng.randrange(len(items) + 1), record)
+    items = _mixed(tracks, bad, seed)
     produced_at: dict[str, int] = {}
 
     live = Registry(s.registry_dir).live("codebooks")
@@ -194,13 +183,14 @@ def run_chaos(
         result.update(_inject(fault, run, s, broker, slow_flag, lag_trace, down, redis_cluster))
         fault_end = time.time()
         deadline = time.monotonic() + timeout_s
+        text_lag = functools.partial(_consumer_lag, s.kafka.bootstrap, f"{run.prefix}sidstream-text", run.names.metadata)
         while len(poller.readable_at) < len(tracks) and time.monotonic() < deadline:
             if fault == "slow-encoder":
-                lag_trace.append(_consumer_lag(s.kafka.bootstrap, f"{run.prefix}sidstream-text", run.names.metadata))
+                lag_trace.append(text_lag())
             time.sleep(0.5)
         if fault == "slow-encoder":
             time.sleep(2.0)  # a commit interval, so that the lag reflects the last batches
-            lag_trace.append(_consumer_lag(s.kafka.bootstrap, f"{run.prefix}sidstream-text", run.names.metadata))
+            lag_trace.append(text_lag())
         feeder.join(timeout=30)
         poller.stop_event.set()
         poller.join(timeout=10)
@@ -222,6 +212,31 @@ def run_chaos(
                          "end": lag_trace[-1] if lag_trace else None}
     result["codes"] = codes
     return result
+
+
+def _drill_settings(settings: Settings, fault: str, run_dir: Path, slow_flag: Path, replicas: dict[str, int],
+                    redis_cluster: LocalRedisCluster | None) -> Settings:
+    """The run's settings (its own Feast folder, the slow-down flag), after checking that the
+    fault can be drilled on them."""
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
+    s = settings.model_copy(update={"feast_root": run_dir / "feast", "registry_root": settings.registry_dir,
+                                    "stream": settings.stream.model_copy(update={"slowdown_file": slow_flag})})
+    if fault == "feast-down" and s.feast_profile != "local":
+        raise click.UsageError("--fault feast-down drills the SQLite online store (feast_profile=local)")
+    if fault == "redis-primary-down" and (redis_cluster is None or s.feast_profile != "redis_cluster"):
+        raise click.UsageError("--fault redis-primary-down drills a Redis Cluster (feast_profile=redis_cluster)")
+    _check_drill(fault, s, replicas)
+    return s
+
+
+def _mixed(tracks: list[Track], bad: list[Any], seed: int) -> list[Any]:
+    """The tracks with the bad records inserted at seeded random places."""
+    rng = random.Random(seed)
+    items: list[Any] = list(tracks)
+    for record in bad:
+        items.insert(rng.randrange(len(items) + 1), record)
+    return items
 
 
 def _produce(run: PipelineRun, items: list[Any], rate: float, produced_at: dict[str, int]) -> None:

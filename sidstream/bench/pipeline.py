@@ -50,8 +50,6 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
     from rich.console import Console
 
     from encoders.catalog import track_text
-    from encoders.configured import configured_text_encoder
-    from encoders.parts import threads_by_size
     from sidcore.catalog import lastfm_tracks
     from sidcore.config import get_settings
     from sidstream.harness import PipelineRun, parse_replicas
@@ -69,13 +67,8 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
     tracks = lastfm_tracks(s.lastfm_source, n)
     texts = [track_text(t) for t in tracks]
     # the encoder alone, run as a worker runs it (ThreadsBySize: a batch this size is one part per core)
-    te = threads_by_size(configured_text_encoder(s.encoders), os.cpu_count() or 1, s.encoders.busy_batch)
-    te.encode(texts[:32])  # warm-up
     bs = s.stream.batch_size
-    t0 = time.perf_counter()
-    for i in range(0, len(texts), bs):
-        te.encode(texts[i : i + bs])
-    encoder_s = time.perf_counter() - t0
+    encoder_s = _encoder_seconds(s, texts)
 
     local_broker(s).start()
     version = ensure_codebooks(s, [], on_status=console.print)
@@ -124,6 +117,21 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
         "note": "pipeline wall time includes produce, 3 topic hops, the assigner and Feast writes, with encoder and writer processes sharing the cores",
     }
     click.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+def _encoder_seconds(s: Any, texts: list[str]) -> float:
+    """Seconds the text encoder alone takes for `texts`, run as a worker runs it (ThreadsBySize:
+    a batch of the stream's size is one part per core), after a warm-up batch."""
+    from encoders.configured import configured_text_encoder
+    from encoders.parts import threads_by_size
+
+    te = threads_by_size(configured_text_encoder(s.encoders), os.cpu_count() or 1, s.encoders.busy_batch)
+    te.encode(texts[:32])  # warm-up
+    bs = s.stream.batch_size
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), bs):
+        te.encode(texts[i : i + bs])
+    return time.perf_counter() - t0
 
 
 def _stream(producer: Any, store: Any, tracks: list[Any], *, version: str, poll_s: float, rate: float,
