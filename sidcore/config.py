@@ -52,6 +52,11 @@ class KafkaSettings(_Frozen):
     # of them must ack a write when there are 3 (one broker can fail without losing it), else 1.
     replication_factor: int = Field(0, ge=0, description="replicas per topic (0: min(3, brokers))")
     min_insync_replicas: int = Field(0, ge=0, description="replicas that must ack a write (acks=all); 0: 2 when 3 replicas, else 1")
+    # A broker that hangs (paused JVM, frozen host) keeps its TCP connections open and answers
+    # nothing: clients notice only when a request times out. The workers' data-path requests
+    # (fetch, produce, metadata, offsets) give up after this long and go to the partition's new
+    # leader; group coordination (JoinGroup may wait a whole rebalance) keeps the longer timeout.
+    request_timeout_s: float = Field(4.0, ge=1, le=120, description="data-path request timeout of the workers' Kafka clients")
 
     @model_validator(mode="after")
     def _isr_within_replicas(self) -> KafkaSettings:

@@ -35,7 +35,7 @@ def build_app(settings: Settings, names: TopicNames, handlers: Mapping[str, Role
     s = settings
     datadir = s.home / "faust" / (app_id or "sidstream")
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = compat.app_class(s.stream.fetch_wait_ms)(
+    app = compat.app_class(s.stream.fetch_wait_ms, s.kafka.request_timeout_s)(
         app_id or f"{s.kafka.topic_prefix}sidstream",
         broker=f"kafka://{s.kafka.bootstrap}",
         value_serializer="raw",
