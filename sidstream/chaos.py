@@ -47,6 +47,7 @@ from sidstream.harness import PipelineRun
 from streams import avro_codec
 from streams.admin.broker import LocalBroker, local_broker
 from streams.admin.redis_cluster import LocalRedisCluster
+from streams.kafka_clients import Brokers, librdkafka
 from streams.sinks.reader import read_sids
 from streams.sinks.store import open_store
 from trainer.bootstrap import ensure_codebooks
@@ -108,8 +109,8 @@ class _Readability(threading.Thread):
             self.stop_event.wait(self.poll_s)
 
 
-def _consumer_lag(bootstrap: str, group: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+def _consumer_lag(bootstrap: Brokers, group: str, topic: str) -> int:
+    c = Consumer(librdkafka(bootstrap, {"group.id": group, "enable.auto.commit": False}))
     try:
         parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
         lag = 0
@@ -196,11 +197,11 @@ def run_chaos(
         deadline = time.monotonic() + timeout_s
         while len(poller.readable_at) < len(tracks) and time.monotonic() < deadline:
             if fault == "slow-encoder":
-                lag_trace.append(_consumer_lag(s.kafka.bootstrap, f"{run.prefix}sidstream-text", run.names.metadata))
+                lag_trace.append(_consumer_lag(s.kafka, f"{run.prefix}sidstream-text", run.names.metadata))
             time.sleep(0.5)
         if fault == "slow-encoder":
             time.sleep(2.0)  # a commit interval, so that the lag reflects the last batches
-            lag_trace.append(_consumer_lag(s.kafka.bootstrap, f"{run.prefix}sidstream-text", run.names.metadata))
+            lag_trace.append(_consumer_lag(s.kafka, f"{run.prefix}sidstream-text", run.names.metadata))
         feeder.join(timeout=30)
         poller.stop_event.set()
         poller.join(timeout=10)
@@ -327,7 +328,7 @@ def _inject(fault: str, run: PipelineRun, s: Settings, broker: LocalBroker, slow
         slow_flag.write_text("10")
         until = time.monotonic() + 20.0
         while time.monotonic() < until:
-            lag_trace.append(_consumer_lag(s.kafka.bootstrap, group, run.names.metadata))
+            lag_trace.append(_consumer_lag(s.kafka, group, run.names.metadata))
             time.sleep(1.0)
         slow_flag.unlink()
     return {}

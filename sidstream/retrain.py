@@ -21,6 +21,7 @@ from sidcore.catalog import Track
 from sidcore.config import Settings
 from streams import avro_codec
 from streams.admin.topics import TopicNames
+from streams.kafka_clients import librdkafka
 
 
 def system_dataset(settings: Settings, scratch: Path) -> tuple[Any, dict[str, str]]:
@@ -95,7 +96,7 @@ def synthetic_interactions(tracks: list[Track], users: int = 300, per_user: int 
 def log_synthetic_interactions(run: Any, tracks: list[Track], seed: int = 0) -> int:
     """Produce `synthetic_interactions` of the streamed tracks through the interactions topic;
     returns how many."""
-    producer = Producer({"bootstrap.servers": run.settings.kafka.bootstrap, "enable.idempotence": True, "acks": "all"})
+    producer = Producer(librdkafka(run.settings.kafka, {"enable.idempotence": True, "acks": "all"}))
     records = synthetic_interactions(tracks, seed=seed)
     for rec in records:
         producer.produce(run.names.interactions, key=rec["user_id"].encode(), value=avro_codec.encode("Interaction", rec))

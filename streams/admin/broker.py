@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidcore.config import REPO_ROOT, KafkaSettings, Settings
+from streams.kafka_clients import librdkafka
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class KafkaNode:
 
         if not _port_open(self.settings.host, self.ports[0]):
             return False
-        admin = AdminClient({"bootstrap.servers": self.address, "socket.timeout.ms": 2000})
+        admin = AdminClient(librdkafka(self.settings.model_copy(update={"bootstrap_servers": self.address}), {"socket.timeout.ms": 2000}))
         try:
             md = admin.list_topics(timeout=timeout_s)
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
@@ -284,7 +285,7 @@ class LocalBroker:
 
         if not any(_port_open(self.settings.host, n.ports[0]) for n in self.nodes):
             return False
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap, "socket.timeout.ms": 2000})
+        admin = AdminClient(librdkafka(self.settings, {"socket.timeout.ms": 2000}))
         try:
             admin.list_topics(timeout=timeout_s)
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
@@ -355,7 +356,7 @@ class LocalBroker:
     def _broker_count(self) -> int:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap, "socket.timeout.ms": 2000})
+        admin = AdminClient(librdkafka(self.settings, {"socket.timeout.ms": 2000}))
         return len(admin.list_topics(timeout=5.0).brokers)
 
     def start_node(self, node_id: int, timeout_s: float = 90.0) -> int:
@@ -409,7 +410,7 @@ class LocalBroker:
         """node id -> the partitions ("topic/p") it leads now, as the cluster's metadata says."""
         from confluent_kafka.admin import AdminClient
 
-        md = AdminClient({"bootstrap.servers": self.settings.bootstrap, "socket.timeout.ms": 3000}).list_topics(timeout=timeout_s)
+        md = AdminClient(librdkafka(self.settings, {"socket.timeout.ms": 3000})).list_topics(timeout=timeout_s)
         out: dict[int, list[str]] = {n.node_id: [] for n in self.nodes}
         for name, topic in sorted(md.topics.items()):
             for p, part in sorted(topic.partitions.items()):
