@@ -506,6 +506,11 @@ def with_local_cluster(settings: Settings) -> Settings:
         return settings
     if port != k.port:  # a cluster on other ports is not this one
         return settings
+    security = local.get("security") if isinstance(local, dict) else None
+    if isinstance(security, dict) and not k.model_fields_set & set(security):
+        # `broker start --secure`: its client log-in (a user, a password file, the CA), unless set here
+        explicit = k.model_dump(include=k.model_fields_set)
+        settings = settings.model_copy(update={"kafka": KafkaSettings(**{**explicit, **security})})
     return with_brokers(settings, brokers)
 
 

@@ -14,6 +14,7 @@ once instead of retrying forever.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import Mapping
@@ -109,7 +110,8 @@ def check_access(kafka: Brokers, timeout_s: float = 15.0) -> None:
     """Return once the cluster answers a metadata request; KafkaAccessError (one line) when it
     refuses this client (log-in, TLS, protocol) or nothing answers within `timeout_s`."""
     errors: list[KafkaError] = []
-    admin = AdminClient(librdkafka(kafka, {"socket.timeout.ms": 3000, "log_level": 0, "error_cb": errors.append,
+    said = _Collected()  # librdkafka's own log lines, kept off stderr: they repeat on every reconnect
+    admin = AdminClient(librdkafka(kafka, {"socket.timeout.ms": 3000, "error_cb": errors.append, "logger": said.logger,
                                            "reconnect.backoff.max.ms": 1000}))
     deadline = time.monotonic() + timeout_s
     last = "no answer"
@@ -120,10 +122,32 @@ def check_access(kafka: Brokers, timeout_s: float = 15.0) -> None:
         except Exception as exc:  # noqa: BLE001 - a KafkaException; the error callback says why
             last = str(exc)
         admin.poll(0.1)
-        refused = _refusal_in(errors)
+        refused = _refusal_in(errors) or said.protocol_mismatch()
         if refused:
             raise KafkaAccessError(refusal_line(kafka, refused))
     raise KafkaAccessError(refusal_line(kafka, f"no answer within {timeout_s:.0f}s ({_refusal_in(errors) or last})"))
+
+
+class _Collected(logging.Handler):
+    """A logger for one client that keeps what librdkafka said."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.logger = logging.Logger("sidstream.kafka.check")  # not registered: nothing else sees it
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def protocol_mismatch(self) -> str | None:
+        """A listener that closes every connection before it answers the first request wants TLS
+        (or SASL) from a client that spoke plaintext."""
+        closed = [line for line in self.lines if "Disconnected" in line and "APIVERSION_QUERY" in line]
+        if len(closed) < 3:
+            return None
+        return ("the broker closed every connection before answering its first request: incorrect security.protocol "
+                f"(it wants TLS or SASL?); {closed[-1].split(': ', 1)[-1]}")
 
 
 def _refusal_in(errors: list[KafkaError]) -> str | None:
