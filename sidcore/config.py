@@ -548,6 +548,26 @@ SECRET_FIELDS: tuple[tuple[str | None, str], ...] = (
     ("kafka", "sasl_password"), ("kafka", "ssl_key_password"), (None, "redis_password"), ("serve", "tokens"))
 
 
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret these settings hold or point to (for redaction and the planted-secret test)."""
+    found = []
+    for section, name in SECRET_FIELDS:
+        owner = settings if section is None else getattr(settings, section)
+        try:
+            value = read_secret(getattr(owner, name), getattr(owner, f"{name}_file"), name)
+        except SettingsError:
+            continue
+        found += [part for part in (value or "").split(",") if len(part.strip()) >= 4] if value else []
+    return found
+
+
+def redact(text: str, settings: Settings) -> str:
+    """`text` with every secret of `settings` replaced by ***."""
+    for secret in secrets_of(settings):
+        text = text.replace(secret, "***")
+    return text
+
+
 def dump_settings(settings: Settings, path: Path) -> Path:
     """Write the whole settings object as JSON (for worker processes). Secrets set inline go to
     files beside it (`<name>.secrets/`, owner-only) that the JSON names through their `*_file`

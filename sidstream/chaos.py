@@ -159,7 +159,7 @@ def run_chaos(
     broker = broker or local_broker(s)
     run = PipelineRun(s, run_dir)
     run.create_topics()
-    store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
+    store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis)
     say(f"starting workers (text | assigner | writer; replicas {replicas or 'one each'})...")
     run.start_workers(CHAOS_GROUPS, replicas=replicas)
     bad = bad_records(n_bad, seed)

@@ -158,7 +158,7 @@ def retrain_once(run: Any, before: str, timeout_s: float = 900.0) -> dict[str, A
         "gate": "passed" if backfill is not None else "not promoted",
         "backfilled": backfill["tracks"] if backfill else 0,
         "backfill_tracks_per_s": backfill["tracks_per_s"] if backfill else None,
-        "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis_url),
+        "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis),
         "ranker_codebook": ranker_manifest.get("codebook_version"),
         "churn": churn,
         "ranker_gate": "passed" if gate.get("passed") else "refused",

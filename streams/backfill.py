@@ -88,7 +88,7 @@ def run_backfill(
     registry.set_pending(CODEBOOKS, None)
     if control_topic is not None:
         _publish(settings, control_topic, version, str(target.path))
-    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
+    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis)
     report_prune = prune_old_versions(settings, registry, identity_topic, store)
     coded = sum(r["coded"] for r in reports)
     report = {"version": version, "tracks": sum(r["tracks"] for r in reports), "coded": coded,
@@ -183,7 +183,7 @@ def backfill_shard(
     kept.restore_from(settings.kafka, kept_topic, partitions, stall_s=stall_s)
     total = kept.track_count()
     active = ActiveCodebooks(version, load_codebook_set(target.path))
-    sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url))
+    sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis))
     live = registry.live(CODEBOOKS)
     hint_version = live.version if live is not None and live.version != version else None
     identities = None

@@ -116,7 +116,7 @@ def _stages(s: Any, run: Any, run_dir: Any, version: Any) -> tuple[float, float,
         code_tracks(result, chunk_ids, entries, active, joint_embedding, identities)
         rows.append(_rows(result))
         code_s += time.perf_counter() - t1
-    sink = FeastSink(open_store(run_dir / "feast-stage", profile=s.feast_profile, redis_url=s.redis_url))
+    sink = FeastSink(open_store(run_dir / "feast-stage", profile=s.feast_profile, redis_url=s.redis))
     t2 = time.perf_counter()
     for chunk in rows:
         sink.write(chunk)

@@ -84,7 +84,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
     s2 = s.model_copy(update={"feast_root": run_dir / "feast", "registry_root": s.registry_dir})
     run = PipelineRun(s2, run_dir)
     run.create_topics()
-    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis_url)
+    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis)
     run.start_workers(groups=(("text",), ("assigner", "writer")), replicas=replicas)
     try:
         producer = run.producer()

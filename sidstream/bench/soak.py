@@ -98,7 +98,7 @@ def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
                               "stream": s.stream.model_copy(update={"audio_wait_s": wait_s})})
     run = PipelineRun(s2, run_dir)
     run.create_topics()
-    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis_url)
+    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis)
     groups = (("text",), ("assigner",), ("writer",))
     port = _free_port()
     run.start_workers(groups, metrics_ports={("assigner",): port})

@@ -57,7 +57,7 @@ def build_handlers(roles: list[str], s: Settings) -> dict[str, RoleHandler]:
         from streams.sinks.store import open_store
         from streams.sinks.writer import FeastSink
 
-        store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
+        store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis)
         if "writer" in roles:
             from streams.roles.writer import WriterRole
 
