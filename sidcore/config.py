@@ -287,7 +287,7 @@ class ServeSettings(_Frozen):
     # wants `Authorization: Bearer <token>`. The file (one token per line) is re-read when it
     # changes, so a token is rotated by adding the new one, moving clients, removing the old one.
     tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens; never printed")
-    token_file: Path | None = Field(None, description="bearer tokens, one per line, re-read on change (a mounted Secret)")
+    tokens_file: Path | None = Field(None, description="bearer tokens, one per line, re-read on change (a mounted Secret)")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="request bodies larger than this are refused (413) unread")
     max_top_k: int = Field(1000, ge=1, description="/rank: largest top_k")
     ssl_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS (uvicorn's ssl_certfile)")
@@ -298,7 +298,7 @@ class ServeSettings(_Frozen):
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("serve.ssl_certfile and serve.ssl_keyfile go together")
         if self.tokens is not None and self.token_file is not None:
-            raise ValueError("serve.tokens and serve.token_file are both set: give the tokens one way")
+            raise ValueError("serve.tokens and serve.tokens_file are both set: give the tokens one way")
         return self
 
 

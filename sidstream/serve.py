@@ -198,7 +198,7 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
     app.state.serving = state
     app.state.sid_cache = cache
-    app.add_middleware(Guard, tokens=TokenSource(settings.serve.tokens, settings.serve.token_file),
+    app.add_middleware(Guard, tokens=TokenSource(settings.serve.tokens, settings.serve.tokens_file),
                        max_body_bytes=settings.serve.max_body_bytes)
     app.add_middleware(Measure, latency=latency, requests=requests)  # outermost: refusals are counted too
     on = _Routes(settings, state, store, cache)
@@ -286,8 +286,8 @@ def run(settings: Settings, host: str, port: int) -> None:
 
     sv = settings.serve
     tls = {"ssl_certfile": str(sv.ssl_certfile), "ssl_keyfile": str(sv.ssl_keyfile)} if sv.ssl_certfile else {}
-    if sv.tokens is None and sv.token_file is None and host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serve on %s answers anyone who reaches it: set serve.token_file (docs/security.md)", host)
+    if sv.tokens is None and sv.tokens_file is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serve on %s answers anyone who reaches it: set serve.tokens_file (docs/security.md)", host)
     if settings.serve.workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", **tls)
         return

@@ -1,6 +1,6 @@
 """Access and size limits in front of `sidstream serve`, as plain ASGI (no per-request thread hop).
 
-- Bearer tokens (settings.serve.tokens or serve.token_file): every route but the probes (/health,
+- Bearer tokens (settings.serve.tokens or serve.tokens_file): every route but the probes (/health,
   /ping) wants `Authorization: Bearer <token>`, compared in constant time with each valid token;
   401 otherwise. The token file is re-read when its modification time or size changes, so
   tokens rotate without a restart (add the new one, move the clients, remove the old one).

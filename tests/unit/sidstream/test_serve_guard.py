@@ -40,7 +40,7 @@ def test_every_route_but_the_probes_wants_the_token(app_with):
 def test_token_file_rotates_without_restart(app_with, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("old-token\n")
-    client = app_with(token_file=tokens)
+    client = app_with(tokens_file=tokens)
     auth = {"Authorization": "Bearer old-token"}
     assert client.get("/metrics", headers=auth).status_code == 200
     tokens.write_text("new-token\n")
