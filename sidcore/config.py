@@ -297,7 +297,7 @@ class ServeSettings(_Frozen):
     def _access_complete(self) -> ServeSettings:
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("serve.ssl_certfile and serve.ssl_keyfile go together")
-        if self.tokens is not None and self.token_file is not None:
+        if self.tokens is not None and self.tokens_file is not None:
             raise ValueError("serve.tokens and serve.tokens_file are both set: give the tokens one way")
         return self
 
