@@ -11,10 +11,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +37,36 @@ class SettingsError(ValueError):
     """Settings that cannot be used; the message is one line naming the key."""
 
 
+class AccessRefused(RuntimeError):
+    """A service (Kafka, Redis) refused the log-in or TLS these settings give; the message is one
+    line naming the setting to look at, never a secret."""
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+def read_secret(value: SecretStr | None, file: Path | None, name: str) -> str | None:
+    """A secret from its inline value or its file (read on every call, so a rotated file is seen;
+    one trailing newline dropped). Errors name the setting and the path, never the content."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is None:
+        return None
+    try:
+        return Path(file).read_text(encoding="utf-8").removesuffix("\n")
+    except OSError as exc:
+        raise SettingsError(f"{name}_file {file}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _one_source(model: BaseModel, *names: str) -> None:
+    for name in names:
+        if getattr(model, name) is not None and getattr(model, f"{name}_file") is not None:
+            raise ValueError(f"{name} and {name}_file are both set: give the secret one way")
 
 
 class KafkaSettings(_Frozen):
@@ -57,6 +94,44 @@ class KafkaSettings(_Frozen):
     # (fetch, produce, metadata, offsets) give up after this long and go to the partition's new
     # leader; group coordination (JoinGroup may wait a whole rebalance) keeps the longer timeout.
     request_timeout_s: float = Field(4.0, ge=1, le=120, description="data-path request timeout of the workers' Kafka clients")
+    # Security (docs/security.md): every client gets these through streams.kafka_clients, the
+    # one place that turns them into librdkafka, aiokafka and Faust options.
+    security_protocol: KafkaSecurityProtocol = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: SaslMechanism = Field("SCRAM-SHA-512", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_*)")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(None, description="never printed; prefer sasl_password_file")
+    sasl_password_file: Path | None = Field(None, description="file holding the SASL password (a mounted Secret)")
+    ssl_ca_file: Path | None = Field(None, description="PEM CA bundle to verify the brokers (default: the system's)")
+    ssl_cert_file: Path | None = Field(None, description="PEM client certificate (mutual TLS)")
+    ssl_key_file: Path | None = Field(None, description="PEM client private key (mutual TLS)")
+    ssl_key_password: SecretStr | None = None
+    ssl_key_password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> KafkaSettings:
+        _one_source(self, "sasl_password", "ssl_key_password")
+        if self.security_protocol.startswith("SASL_") and (
+                self.sasl_username is None or (self.sasl_password is None and self.sasl_password_file is None)):
+            raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_username and "
+                             "kafka.sasl_password or kafka.sasl_password_file")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("kafka.ssl_cert_file and kafka.ssl_key_file go together (mutual TLS)")
+        return self
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def password(self) -> str | None:
+        """The SASL password (read from its file on every call)."""
+        return read_secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password")
+
+    def key_password(self) -> str | None:
+        return read_secret(self.ssl_key_password, self.ssl_key_password_file, "kafka.ssl_key_password")
 
     @model_validator(mode="after")
     def _isr_within_replicas(self) -> KafkaSettings:
@@ -213,6 +288,23 @@ class ServeSettings(_Frozen):
     workers: int = Field(1, ge=1, description="uvicorn worker processes of `sidstream serve` (each with its own caches)")
     fast_path: bool = Field(True, description="/rank by precomputed item vectors and numpy scoring; False: the model's "
                                               "forward on the padded batch (the reference path)")
+    # Access (docs/security.md): with tokens or a token file, every route but /health and /ping
+    # wants `Authorization: Bearer <token>`. The file (one token per line) is re-read when it
+    # changes, so a token is rotated by adding the new one, moving clients, removing the old one.
+    tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens; never printed")
+    tokens_file: Path | None = Field(None, description="bearer tokens, one per line, re-read on change (a mounted Secret)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="request bodies larger than this are refused (413) unread")
+    max_top_k: int = Field(1000, ge=1, description="/rank: largest top_k")
+    ssl_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS (uvicorn's ssl_certfile)")
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile")
+
+    @model_validator(mode="after")
+    def _access_complete(self) -> ServeSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("serve.ssl_certfile and serve.ssl_keyfile go together")
+        if self.tokens is not None and self.tokens_file is not None:
+            raise ValueError("serve.tokens and serve.tokens_file are both set: give the tokens one way")
+        return self
 
 
 class TrainSettings(_Frozen):
@@ -256,7 +348,12 @@ class Settings(BaseSettings):
     registry_root: Path | None = None  # default <home>/registry
     feast_root: Path | None = None  # default <home>/feast
     feast_profile: Literal["local", "redis", "redis_cluster"] = "local"  # local: SQLite + Parquet; redis_cluster: redis_url lists nodes
+    # host:port[,host:port...] (a cluster lists its nodes), optionally as redis://[user@]... or
+    # rediss://[user@]... (TLS). A password in the URL is refused: it goes in redis_password(_file).
     redis_url: str = "127.0.0.1:6379"
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+    redis_ca_file: Path | None = None  # rediss://: PEM CA that signed the server's certificate (default: the system's)
     kafka: KafkaSettings = KafkaSettings()
     stream: StreamSettings = StreamSettings()
     encoders: EncoderSettings = EncoderSettings()
@@ -267,6 +364,25 @@ class Settings(BaseSettings):
     def __init__(self, **values: Any) -> None:
         check_env_keys(os.environ)
         super().__init__(**values)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        parse_redis_url(value)  # ValueError in one line, without echoing the URL
+        return value
+
+    @model_validator(mode="after")
+    def _one_redis_password(self) -> Settings:
+        _one_source(self, "redis_password")
+        return self
+
+    @property
+    def redis(self) -> RedisTarget:
+        """Where the online store's Redis is and how to log in (the password read now from its source)."""
+        target = parse_redis_url(self.redis_url)
+        return RedisTarget(target.nodes, target.username, target.tls,
+                           read_secret(self.redis_password, self.redis_password_file, "redis_password"),
+                           self.redis_ca_file)
 
     @field_validator("lastfm_dir", "audio_dir", "lastfm_audio_dir")
     @classmethod
@@ -305,6 +421,39 @@ class Settings(BaseSettings):
     @property
     def audio_source(self) -> Path:
         return self.audio_dir if self.audio_dir is not None else DEFAULT_AUDIO_DIR
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A Redis (one node or a cluster's nodes) and its log-in; `password` never appears in repr."""
+
+    nodes: tuple[str, ...]  # host:port each
+    username: str | None = None
+    tls: bool = False
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The nodes as settings.redis_url writes them, without the password."""
+        scheme = "rediss://" if self.tls else ("redis://" if self.username else "")
+        return scheme + (f"{self.username}@" if self.username else "") + ",".join(self.nodes)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """`host:port,...`, `redis://[user@]host:port,...` or `rediss://...` (TLS); a password in it is refused."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    elif scheme not in ("redis", "rediss"):
+        raise ValueError(f"redis_url scheme must be redis:// or rediss://, not {scheme}://")
+    user, at, hosts = rest.rpartition("@")
+    if ":" in user:
+        raise ValueError("redis_url must not hold a password: set redis_password_file (or SIDSTREAM_REDIS_PASSWORD)")
+    nodes = tuple(h.strip() for h in hosts.split(",") if h.strip())
+    if not nodes or any(":" not in n or not n.rsplit(":", 1)[1].isdigit() for n in nodes):
+        raise ValueError("redis_url must list host:port nodes (comma-separated for a cluster)")
+    return RedisTarget(nodes, user if at else None, scheme == "rediss")
 
 
 def check_env_keys(environ: Mapping[str, str]) -> None:
@@ -362,6 +511,11 @@ def with_local_cluster(settings: Settings) -> Settings:
         return settings
     if port != k.port:  # a cluster on other ports is not this one
         return settings
+    security = local.get("security") if isinstance(local, dict) else None
+    if isinstance(security, dict) and not k.model_fields_set & set(security):
+        # `broker start --secure`: its client log-in (a user, a password file, the CA), unless set here
+        explicit = k.model_dump(include=k.model_fields_set)
+        settings = settings.model_copy(update={"kafka": KafkaSettings(**{**explicit, **security})})
     return with_brokers(settings, brokers)
 
 
@@ -394,8 +548,50 @@ def load_settings(path: Path) -> Settings:
         raise SettingsError(f"settings file {path}: {_one_line(exc)}") from None
 
 
+# Secrets that have a `<name>_file` twin: (section, name); None is the top level.
+SECRET_FIELDS: tuple[tuple[str | None, str], ...] = (
+    ("kafka", "sasl_password"), ("kafka", "ssl_key_password"), (None, "redis_password"), ("serve", "tokens"))
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret these settings hold or point to (for redaction and the planted-secret test)."""
+    found = []
+    for section, name in SECRET_FIELDS:
+        owner = settings if section is None else getattr(settings, section)
+        try:
+            value = read_secret(getattr(owner, name), getattr(owner, f"{name}_file"), name)
+        except SettingsError:
+            continue
+        found += [part for part in (value or "").split(",") if len(part.strip()) >= 4] if value else []
+    return found
+
+
+def redact(text: str, settings: Settings) -> str:
+    """`text` with every secret of `settings` replaced by ***."""
+    for secret in secrets_of(settings):
+        text = text.replace(secret, "***")
+    return text
+
+
 def dump_settings(settings: Settings, path: Path) -> Path:
-    """Write the whole settings object as JSON (for worker processes)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(settings.model_dump_json(indent=2), encoding="utf-8")
-    return Path(path)
+    """Write the whole settings object as JSON (for worker processes). Secrets set inline go to
+    files beside it (`<name>.secrets/`, owner-only) that the JSON names through their `*_file`
+    settings: neither the JSON nor the command line that passes its path holds a secret."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(settings.model_dump_json())
+    secrets_dir = path.parent / f"{path.stem}.secrets"
+    for section, name in SECRET_FIELDS:
+        owner = settings if section is None else getattr(settings, section)
+        target = data if section is None else data[section]
+        value = getattr(owner, name)
+        target[name] = None
+        if value is not None:
+            secrets_dir.mkdir(mode=0o700, exist_ok=True)
+            secret_file = secrets_dir / f"{section or 'settings'}.{name}"
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(value.get_secret_value())
+            target[f"{name}_file"] = str(secret_file)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return path

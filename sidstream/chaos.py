@@ -48,6 +48,7 @@ from sidstream.harness import PipelineRun
 from streams import avro_codec
 from streams.admin.broker import LocalBroker, local_broker
 from streams.admin.redis_cluster import LocalRedisCluster
+from streams.kafka_clients import Brokers, librdkafka
 from streams.sinks.reader import read_sids
 from streams.sinks.store import open_store
 from trainer.bootstrap import ensure_codebooks
@@ -109,8 +110,8 @@ class _Readability(threading.Thread):
             self.stop_event.wait(self.poll_s)
 
 
-def _consumer_lag(bootstrap: str, group: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+def _consumer_lag(bootstrap: Brokers, group: str, topic: str) -> int:
+    c = Consumer(librdkafka(bootstrap, {"group.id": group, "enable.auto.commit": False}))
     try:
         parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
         lag = 0
@@ -150,7 +151,7 @@ def run_chaos(
     broker = broker or local_broker(s)
     run = PipelineRun(s, run_dir)
     run.create_topics()
-    store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
+    store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis)
     say(f"starting workers (text | assigner | writer; replicas {replicas or 'one each'})...")
     run.start_workers(CHAOS_GROUPS, replicas=replicas)
     bad = bad_records(n_bad, seed)
@@ -183,7 +184,7 @@ def run_chaos(
         result.update(_inject(fault, run, s, broker, slow_flag, lag_trace, down, redis_cluster))
         fault_end = time.time()
         deadline = time.monotonic() + timeout_s
-        text_lag = functools.partial(_consumer_lag, s.kafka.bootstrap, f"{run.prefix}sidstream-text", run.names.metadata)
+        text_lag = functools.partial(_consumer_lag, s.kafka, f"{run.prefix}sidstream-text", run.names.metadata)
         while len(poller.readable_at) < len(tracks) and time.monotonic() < deadline:
             if fault == "slow-encoder":
                 lag_trace.append(text_lag())
@@ -342,7 +343,7 @@ def _inject(fault: str, run: PipelineRun, s: Settings, broker: LocalBroker, slow
         slow_flag.write_text("10")
         until = time.monotonic() + 20.0
         while time.monotonic() < until:
-            lag_trace.append(_consumer_lag(s.kafka.bootstrap, group, run.names.metadata))
+            lag_trace.append(_consumer_lag(s.kafka, group, run.names.metadata))
             time.sleep(1.0)
         slow_flag.unlink()
     return {}

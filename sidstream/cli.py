@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from pathlib import Path
 
 import click
 
-from sidcore.config import SettingsError, get_settings, load_settings, use_settings
+from sidcore.config import AccessRefused, SettingsError, get_settings, load_settings, use_settings
 from sidcore.logs import setup_logging
 
 # name -> ("module:attribute" of a click command or group, help line)
@@ -79,7 +80,11 @@ def cli(log_level: str, settings_file: Path | None) -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli(standalone_mode=True)
+    except AccessRefused as exc:  # Kafka or Redis refused the credentials: one line, no traceback
+        UserError(str(exc)).show()
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def run_demo(settings: Settings, n_tracks: int, n_audio: int, bad: bool, timeout
     settings = settings.model_copy(update={"feast_root": run_dir / "feast", "registry_root": settings.registry_dir})
     run = PipelineRun(settings, run_dir)
     run.create_topics()
-    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
+    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis)
     groups = (("text", "audio"), ("assigner", "writer", "logger")) if retrain else WORKER_GROUPS
     with console.status("starting workers (encoders | assigner + Feast writer)..."):
         run.start_workers(groups, replicas=replicas)

@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from sidcore.config import Settings, dump_settings
 from streams.admin.topics import TopicNames, create_topics, dlq
+from streams.kafka_clients import Brokers, check_access, librdkafka
 from streams.producer import TrackProducer
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ class PipelineRun:
 
     def create_topics(self) -> None:
         k = self.settings.kafka
-        create_topics(k.bootstrap, self.names, k.partitions, max_message_bytes=k.max_message_bytes,
+        check_access(k)
+        create_topics(k, self.names, k.partitions, max_message_bytes=k.max_message_bytes,
                       replication_factor=k.replication_factor, min_insync_replicas=k.min_insync_replicas)
 
     def start_workers(self, groups: tuple[tuple[str, ...], ...] = WORKER_GROUPS, timeout_s: float = 180.0,
@@ -178,22 +180,22 @@ class PipelineRun:
 
     def producer(self) -> TrackProducer:
         s = self.settings
-        return TrackProducer(s.kafka.bootstrap, self.names.metadata, self.names.audio, s.stream.inline_audio_max_bytes, s.kafka.max_message_bytes)
+        return TrackProducer(s.kafka, self.names.metadata, self.names.audio, s.stream.inline_audio_max_bytes, s.kafka.max_message_bytes)
 
     def dead_letters(self, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
         """Every dead letter of this run, read from the broker: DLQ topic -> decoded records."""
         topics = [dlq(t) for t in (self.names.metadata, self.names.audio, self.names.emb_text, self.names.emb_audio, self.names.sids)]
-        return read_topics(self.settings.kafka.bootstrap, topics, "DeadLetter", timeout_s)
+        return read_topics(self.settings.kafka, topics, "DeadLetter", timeout_s)
 
     def assigned(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Every SID record the assigner emitted in this run, read from the broker."""
-        return read_topics(self.settings.kafka.bootstrap, [self.names.sids], "SidAssigned", timeout_s)[self.names.sids]
+        return read_topics(self.settings.kafka, [self.names.sids], "SidAssigned", timeout_s)[self.names.sids]
 
 
-def topic_messages(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
+def topic_messages(bootstrap: Brokers, topic: str, timeout_s: float = 10.0) -> list[Any]:
     """Every message now in `topic` (each partition up to its high watermark, in offset order),
     as confluent-kafka messages (key, value, timestamp); gives up after `timeout_s`."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    consumer = Consumer(librdkafka(bootstrap, {"group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}))
     out: list[Any] = []
     try:
         md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
@@ -210,7 +212,7 @@ def topic_messages(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[
     return out
 
 
-def read_topics(bootstrap: str, topics: list[str], schema: str, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
+def read_topics(bootstrap: Brokers, topics: list[str], schema: str, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
     """All records now in `topics` (up to each partition's high watermark), decoded as `schema`."""
     from streams import avro_codec
 

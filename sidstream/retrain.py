@@ -21,6 +21,7 @@ from sidcore.catalog import Track
 from sidcore.config import Settings
 from streams import avro_codec
 from streams.admin.topics import TopicNames
+from streams.kafka_clients import librdkafka
 
 
 def system_dataset(settings: Settings, scratch: Path) -> tuple[Any, dict[str, str]]:
@@ -95,7 +96,7 @@ def synthetic_interactions(tracks: list[Track], users: int = 300, per_user: int 
 def log_synthetic_interactions(run: Any, tracks: list[Track], seed: int = 0) -> int:
     """Produce `synthetic_interactions` of the streamed tracks through the interactions topic;
     returns how many."""
-    producer = Producer({"bootstrap.servers": run.settings.kafka.bootstrap, "enable.idempotence": True, "acks": "all"})
+    producer = Producer(librdkafka(run.settings.kafka, {"enable.idempotence": True, "acks": "all"}))
     records = synthetic_interactions(tracks, seed=seed)
     for rec in records:
         producer.produce(run.names.interactions, key=rec["user_id"].encode(), value=avro_codec.encode("Interaction", rec))
@@ -157,7 +158,7 @@ def retrain_once(run: Any, before: str, timeout_s: float = 900.0) -> dict[str, A
         "gate": "passed" if backfill is not None else "not promoted",
         "backfilled": backfill["tracks"] if backfill else 0,
         "backfill_tracks_per_s": backfill["tracks_per_s"] if backfill else None,
-        "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis_url),
+        "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis),
         "ranker_codebook": ranker_manifest.get("codebook_version"),
         "churn": churn,
         "ranker_gate": "passed" if gate.get("passed") else "refused",

@@ -27,6 +27,7 @@ against, and the fallback for a model kind without a fast path.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -46,12 +47,14 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field, ValidationError
 
-from sidcore.config import Settings, dump_settings, get_settings, load_settings
+from sidcore.config import Settings, dump_settings, get_settings, load_settings, redact
+from sidstream.serve_guard import Guard, TokenSource
 from streams.sinks.reader import SERVED_SIDS, read_histories, read_track_sids
 from streams.sinks.sid_cache import SidCache
 from streams.sinks.store import open_store
 from trainer.serving import ServingState, rank
 
+log = logging.getLogger(__name__)
 INLINE_IDS = 4  # /features with this few ids runs on the event loop, larger ones on the thread pool
 
 
@@ -127,6 +130,8 @@ def ranked(settings: Settings, state: ServingState, store: Any, cache: SidCache,
     SIDs under the ranker's codebook version of the tracks without precomputed item vectors (from
     the cache; its misses in one store read), then the fast path (or `rank`, the model's forward,
     for a ranker without one)."""
+    if req.top_k is not None and req.top_k > settings.serve.max_top_k:
+        raise HTTPException(422, f"top_k {req.top_k}; the limit is {settings.serve.max_top_k} (settings.serve.max_top_k)")
     if len(req.candidate_track_ids) > settings.serve.max_candidates:
         raise HTTPException(413, f"{len(req.candidate_track_ids)} candidates; the limit is {settings.serve.max_candidates} "
                                  "(settings.serve.max_candidates)")
@@ -154,7 +159,7 @@ def health(settings: Settings, state: ServingState, store: Any, cache: SidCache)
         read_histories(store, ["__health__"])
         ok, error = True, None
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        ok, error = False, f"{type(exc).__name__}: {exc}"
+        ok, error = False, redact(f"{type(exc).__name__}: {exc}", settings)
     body = {"status": "ok" if ok else "store_unreachable", "store": settings.feast_profile, "store_ok": ok,
             "error": error, "live_codebook_version": snap.live_codebooks, "ranker_version": snap.ranker_version,
             "ranker_codebook_version": snap.ranker_codebooks, "ranker_gate": _gate_summary(snap.gate)}
@@ -171,7 +176,7 @@ def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
 # -- the app ---------------------------------------------------------------------------------------
 def create_app(settings: Settings, store: Any = None, state: ServingState | None = None, watch: bool = True) -> FastAPI:
     if store is None:
-        store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
+        store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis)
     state = state or ServingState(settings, read_sids=lambda tracks, version: read_track_sids(store, tracks, version))
     cache = SidCache.over_store(store, settings.serve.sid_cache_entries)
     metrics = CollectorRegistry()
@@ -193,7 +198,9 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
     app.state.serving = state
     app.state.sid_cache = cache
-    app.add_middleware(Measure, latency=latency, requests=requests)
+    app.add_middleware(Guard, tokens=TokenSource(settings.serve.tokens, settings.serve.tokens_file),
+                       max_body_bytes=settings.serve.max_body_bytes)
+    app.add_middleware(Measure, latency=latency, requests=requests)  # outermost: refusals are counted too
     on = _Routes(settings, state, store, cache)
 
     @app.api_route("/ping", methods=["GET", "POST"])
@@ -277,12 +284,16 @@ def worker_app() -> FastAPI:
 def run(settings: Settings, host: str, port: int) -> None:
     import uvicorn  # lazy: only the serve command runs a server
 
+    sv = settings.serve
+    tls = {"ssl_certfile": str(sv.ssl_certfile), "ssl_keyfile": str(sv.ssl_keyfile)} if sv.ssl_certfile else {}
+    if sv.tokens is None and sv.tokens_file is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serve on %s answers anyone who reaches it: set serve.tokens_file (docs/security.md)", host)
     if settings.serve.workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", **tls)
         return
     # each worker is its own process with its own SID cache and item vectors
     settings_dir = settings.home / "serve"
     settings_dir.mkdir(parents=True, exist_ok=True)
     os.environ[SETTINGS_ENV] = str(dump_settings(settings, settings_dir / f"settings-{os.getpid()}.json"))
     uvicorn.run("sidstream.serve:worker_app", factory=True, workers=settings.serve.workers, host=host, port=port,
-                log_level="warning")
+                log_level="warning", **tls)

@@ -21,6 +21,7 @@ from sidcore.config import Settings
 from streams import compat
 from streams.admin.topics import TOPIC_TABLE, TopicNames, dlq, message_limits
 from streams.batching import RetryPolicy
+from streams.kafka_clients import faust_credentials
 from streams.runtime import RoleHandler, Runtime
 from streams.topology import ROLE_TABLE, ROLES
 
@@ -38,6 +39,7 @@ def build_app(settings: Settings, names: TopicNames, handlers: Mapping[str, Role
     app = compat.app_class(s.stream.fetch_wait_ms, s.kafka.request_timeout_s)(
         app_id or f"{s.kafka.topic_prefix}sidstream",
         broker=f"kafka://{s.kafka.bootstrap}",
+        broker_credentials=faust_credentials(s.kafka),  # the same log-in and TLS as every other client
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
@@ -61,7 +63,7 @@ def build_app(settings: Settings, names: TopicNames, handlers: Mapping[str, Role
                  s.kafka.max_message_bytes, s.kafka.partitions)
     with_dlq = {t.name for t in TOPIC_TABLE if t.data}
     dlqs = sorted({dlq(names.name(t)) for role in ROLE_TABLE if role.name in handlers for t in role.inputs if t in with_dlq})
-    rt.dlq_limits = message_limits(s.kafka.bootstrap, dlqs)
+    rt.dlq_limits = message_limits(s.kafka, dlqs)
     for role in ROLE_TABLE:
         if role.name in handlers:
             rt.run(role, handlers[role.name])

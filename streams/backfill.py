@@ -28,6 +28,7 @@ from sidcore.registry import Registry
 from streams import avro_codec, metrics
 from streams.assign import code_tracks
 from streams.codebooks import ActiveCodebooks
+from streams.kafka_clients import Brokers, librdkafka
 from streams.records import BatchResult
 from streams.state.kept import KeptEmbeddings
 
@@ -87,7 +88,7 @@ def run_backfill(
     registry.set_pending(CODEBOOKS, None)
     if control_topic is not None:
         _publish(settings, control_topic, version, str(target.path))
-    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
+    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis)
     report_prune = prune_old_versions(settings, registry, identity_topic, store)
     coded = sum(r["coded"] for r in reports)
     report = {"version": version, "tracks": sum(r["tracks"] for r in reports), "coded": coded,
@@ -138,11 +139,11 @@ def shard_dir(settings: Settings, version: str, shard: int, of: int) -> Path:
     return base if of == 1 else base / f"shard-{shard}"
 
 
-def shard_partitions(bootstrap: str, kept_topic: str, shard: int, of: int, timeout_s: float) -> list[int]:
+def shard_partitions(bootstrap: Brokers, kept_topic: str, shard: int, of: int, timeout_s: float) -> list[int]:
     """The kept topic's partitions p with p % of == shard."""
     from confluent_kafka import Consumer
 
-    meta = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{kept_topic}.backfill"})
+    meta = Consumer(librdkafka(bootstrap, {"group.id": f"{kept_topic}.backfill"}))
     try:
         return [p for p in sorted(meta.list_topics(kept_topic, timeout=timeout_s).topics[kept_topic].partitions) if p % of == shard]
     finally:
@@ -177,19 +178,19 @@ def backfill_shard(
     started = time.perf_counter()
     kept = KeptEmbeddings(work / "kept.sqlite", wait_s=0)
     stall_s = settings.stream.restore_stall_s
-    partitions = None if of == 1 else shard_partitions(settings.kafka.bootstrap, kept_topic, shard, of, stall_s)
+    partitions = None if of == 1 else shard_partitions(settings.kafka, kept_topic, shard, of, stall_s)
     # all of the kept topic or RestoreIncomplete: a short copy would make a version live with tracks missing
-    kept.restore_from(settings.kafka.bootstrap, kept_topic, partitions, stall_s=stall_s)
+    kept.restore_from(settings.kafka, kept_topic, partitions, stall_s=stall_s)
     total = kept.track_count()
     active = ActiveCodebooks(version, load_codebook_set(target.path))
-    sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url))
+    sink = FeastSink(open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis))
     live = registry.live(CODEBOOKS)
     hint_version = live.version if live is not None and live.version != version else None
     identities = None
     if identity_topic is not None:
         from streams.identity import KafkaIdentities
 
-        identities = KafkaIdentities(settings.kafka.bootstrap, identity_topic, stall_s=stall_s)  # the assigners' arbiter
+        identities = KafkaIdentities(settings.kafka, identity_topic, stall_s=stall_s)  # the assigners' arbiter
         identities.catch_up()
     coded = 0
 
@@ -211,7 +212,7 @@ def backfill_shard(
         if fail_after_tracks is not None and state["done"] >= fail_after_tracks and state["done"] < total:
             raise InjectedBackfillFailure(f"injected failure after {state['done']} of {total} tracks")
     touched: set[str] = set()
-    kept.restore_from(settings.kafka.bootstrap, kept_topic, partitions, stall_s=stall_s, touched=touched)  # changed meanwhile
+    kept.restore_from(settings.kafka, kept_topic, partitions, stall_s=stall_s, touched=touched)  # changed meanwhile
     tail = sorted(touched)
     for i in range(0, len(tail), chunk):
         write(tail[i : i + chunk], kept.entries(tail[i : i + chunk]))
@@ -243,7 +244,7 @@ def prune_old_versions(settings: Settings, registry: Registry, identity_topic: s
     claims = None
     if identity_topic is not None:
         def claims(v: str) -> int:
-            return tombstone_claims(settings.kafka.bootstrap, identity_topic, v, settings.stream.restore_stall_s)
+            return tombstone_claims(settings.kafka, identity_topic, v, settings.stream.restore_stall_s)
     try:
         done = Pruner(store, settings.feast_dir, prune_progress_path(settings), settings.stream.backfill_chunk).prune(keep, claims)
     except Exception as exc:  # noqa: BLE001 - the switch is done; pruning resumes at the next run
@@ -264,7 +265,7 @@ def _publish(settings: Settings, topic: str, version: str, path: str) -> None:
     from streams.control import PublishError, publish_codebook_version
 
     try:
-        publish_codebook_version(settings.kafka.bootstrap, topic, version, path)
+        publish_codebook_version(settings.kafka, topic, version, path)
     except PublishError as exc:  # assigners still see the pointer at their next poll
         log.warning("%s", exc)
 
@@ -279,7 +280,7 @@ def catalog_embeddings(settings: Settings, kept_topic: str, scratch: Path) -> tu
 
     kept = KeptEmbeddings(scratch, wait_s=0)
     try:
-        kept.restore_from(settings.kafka.bootstrap, kept_topic, stall_s=settings.stream.restore_stall_s)
+        kept.restore_from(settings.kafka, kept_topic, stall_s=settings.stream.restore_stall_s)
         n = kept.track_count()
         ids: list[str] = []
         out: dict[str, Any] = {}

@@ -36,6 +36,7 @@ import numpy as np
 
 from psrq.identity import IdentityTable, as_query, bucket_full, bucket_keys
 from streams import avro_codec
+from streams.kafka_clients import Brokers, librdkafka
 from streams.records import RestoreIncomplete, next_messages
 from streams.state.identity_store import IdentityStore, open_slot
 
@@ -177,7 +178,7 @@ class KafkaIdentities(TableIdentities):
     (a slot of its own there, with the offsets it has applied, so a restart reads only the tail),
     or in memory (None: one-off readers such as the backfill and tests, which read the whole topic)."""
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0, stall_s: float = 30.0,
+    def __init__(self, bootstrap: Brokers, topic: str, timeout_s: float = 30.0, stall_s: float = 30.0,
                  state_dir: Path | None = None, cache_mb: int = 64) -> None:
         from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -190,9 +191,9 @@ class KafkaIdentities(TableIdentities):
         self.topic = topic
         self.timeout_s = float(timeout_s)  # a broker request (metadata, watermarks, produce acks)
         self.stall_s = float(stall_s)  # a catch-up fails after this long without a claim read
-        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 0})
-        reader = {"bootstrap.servers": bootstrap, "group.id": f"{topic}.reader", "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "enable.partition.eof": False}
+        self._producer = Producer(librdkafka(bootstrap, {"acks": "all", "enable.idempotence": True, "linger.ms": 0}))
+        reader = librdkafka(bootstrap, {"group.id": f"{topic}.reader", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest", "enable.partition.eof": False})
         self._consumer = Consumer(reader)
         # Watermarks come from a second, never-assigned consumer: the reader always has a long-poll
         # fetch in flight (up to fetch.wait.max.ms), and the broker answers a connection's requests

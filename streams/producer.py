@@ -8,15 +8,16 @@ from confluent_kafka import Producer
 
 from sidcore.catalog import Track
 from streams import avro_codec
+from streams.kafka_clients import Brokers, librdkafka
 from streams.records import now_ms
 
 
 class TrackProducer:
     def __init__(
-        self, bootstrap: str, metadata_topic: str, audio_topic: str, inline_audio_max_bytes: int = 0, max_message_bytes: int = 16 * 1024 * 1024
+        self, bootstrap: Brokers, metadata_topic: str, audio_topic: str, inline_audio_max_bytes: int = 0, max_message_bytes: int = 16 * 1024 * 1024
     ) -> None:
         self._producer = Producer(
-            {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True, "acks": "all", "message.max.bytes": max_message_bytes}
+            librdkafka(bootstrap, {"linger.ms": 5, "enable.idempotence": True, "acks": "all", "message.max.bytes": max_message_bytes})
         )
         self.metadata_topic = metadata_topic
         self.audio_topic = audio_topic

@@ -18,6 +18,8 @@ from typing import Any
 import click
 import numpy as np
 
+from streams.kafka_clients import librdkafka
+
 
 @click.command()
 @click.option("--tracks", "n", type=click.IntRange(min=100), default=20_000, show_default=True)
@@ -55,7 +57,7 @@ def command(n: int, shards: str, as_json: bool) -> None:
     A = (centres_a[rng.integers(0, 32, with_audio.sum())] + 0.3 * rng.standard_normal((with_audio.sum(), 200))).astype(np.float32)
     ids = [f"bf:{i:08d}" for i in range(n)]
     console.print(f"producing {n} kept text and {int(with_audio.sum())} audio embeddings...")
-    p = Producer({"bootstrap.servers": s.kafka.bootstrap, "linger.ms": 20})
+    p = Producer(librdkafka(s.kafka, {"linger.ms": 20}))
     now = int(time.time() * 1000)
     audio_rows = iter(A)
     for i, t in enumerate(ids):
@@ -104,7 +106,7 @@ def _stages(s: Any, run: Any, run_dir: Any, version: Any) -> tuple[float, float,
 
     kept = KeptEmbeddings(run_dir / "stage-kept.sqlite", wait_s=0)
     t0 = time.perf_counter()
-    kept.restore_from(s.kafka.bootstrap, run.names.kept)
+    kept.restore_from(s.kafka, run.names.kept)
     restore_s = time.perf_counter() - t0
     active = ActiveCodebooks(version.version, load_codebook_set(version.path))
     code_s, rows, identities = 0.0, [], TableIdentities()  # in memory: this stage alone, no claim round trips
@@ -114,7 +116,7 @@ def _stages(s: Any, run: Any, run_dir: Any, version: Any) -> tuple[float, float,
         code_tracks(result, chunk_ids, entries, active, joint_embedding, identities)
         rows.append(_rows(result))
         code_s += time.perf_counter() - t1
-    sink = FeastSink(open_store(run_dir / "feast-stage", profile=s.feast_profile, redis_url=s.redis_url))
+    sink = FeastSink(open_store(run_dir / "feast-stage", profile=s.feast_profile, redis_url=s.redis))
     t2 = time.perf_counter()
     for chunk in rows:
         sink.write(chunk)

@@ -87,7 +87,7 @@ def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: 
     now = int(time.time() * 1000)
     rows = [SidRow(t, now, codebooks.version, *(tuple(codes[m][i].tolist()) if m in codes else None for m in ("text", "audio", "joint")))
             for i, t in enumerate(ids)]
-    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
+    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis)
     sink = FeastSink(store)
     for start in range(0, len(rows), 500):
         sink.write(rows[start : start + 500])
@@ -329,7 +329,7 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
 
     generator = load_generator()
     ids = prepare_online(settings, work)
-    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis_url)
+    store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis)
     rng = np.random.default_rng(1)
     version = ids["codebook_version"]
     features = [f"track_sids:{f}" for f in ("text_sid", "audio_sid", "joint_sid")]

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 
 from sidstream.bench import p50_p99
+from streams.kafka_clients import Brokers
 
 
 @click.command()
@@ -76,7 +77,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
     s2 = s.model_copy(update={"feast_root": run_dir / "feast", "registry_root": s.registry_dir})
     run = PipelineRun(s2, run_dir)
     run.create_topics()
-    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis_url)
+    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis)
     run.start_workers(groups=(("text",), ("assigner", "writer")), replicas=replicas)
     try:
         producer = run.producer()
@@ -88,7 +89,7 @@ def command(n: int, quick: bool, rate: float, poll_ms: float, poll_max_duty: flo
         polls: dict[str, float] = {}
         produced, latency = readable(tracks, polls=polls)
         pipeline_s = time.perf_counter() - t1
-        stages = _stage_latencies(s.kafka.bootstrap, run.names, produced, latency)
+        stages = _stage_latencies(s.kafka, run.names, produced, latency)
     finally:
         run.stop_workers()
     lat = np.array(list(latency.values()))
@@ -168,7 +169,7 @@ def _stream(producer: Any, store: Any, tracks: list[Any], *, version: str, poll_
         thread.join()
 
 
-def _stage_latencies(bootstrap: str, names: Any, produced: dict[str, int], latency: dict[str, float]) -> dict[str, Any]:
+def _stage_latencies(bootstrap: Brokers, names: Any, produced: dict[str, int], latency: dict[str, float]) -> dict[str, Any]:
     """Where the time goes, per track (p50/p99 ms): produce -> embeddings.text record (text
     worker), -> sids.assigned record (assigner), -> first readable in Feast (writer + poll).
     Times are the records' broker create timestamps, so all three hops are on one clock."""
@@ -181,7 +182,7 @@ def _stage_latencies(bootstrap: str, names: Any, produced: dict[str, int], laten
     return {"encode": p50_p99(a[:, 1] - a[:, 0]), "assign": p50_p99(a[:, 2] - a[:, 1]), "write_and_read": p50_p99(a[:, 3] - a[:, 2])}
 
 
-def _create_times(bootstrap: str, topic: str) -> dict[str, float]:
+def _create_times(bootstrap: Brokers, topic: str) -> dict[str, float]:
     """track id (record key) -> the record's create timestamp (ms); the first record per key."""
     from sidstream.harness import topic_messages
 

@@ -38,8 +38,10 @@ from typing import Any
 import click
 import numpy as np
 
+from streams.kafka_clients import Brokers, librdkafka
 
-def _produce_claims(bootstrap: str, topic: str, n: int, largest_share: float, capacity: int) -> float:
+
+def _produce_claims(bootstrap: Brokers, topic: str, n: int, largest_share: float, capacity: int) -> float:
     from confluent_kafka import Producer
 
     from streams import avro_codec
@@ -47,8 +49,8 @@ def _produce_claims(bootstrap: str, topic: str, n: int, largest_share: float, ca
 
     part = KafkaIdentities(bootstrap, topic)  # for the partitioning of claims by bucket, as assigners do
     part.close()
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.num.messages": 10000, "acks": 1,
-                  "queue.buffering.max.messages": 1_000_000})
+    p = Producer(librdkafka(bootstrap, {"linger.ms": 50, "batch.num.messages": 10000, "acks": 1,
+                  "queue.buffering.max.messages": 1_000_000}))
     rng = np.random.default_rng(0)
     big = int(n * largest_share)
     started = time.perf_counter()
@@ -186,7 +188,7 @@ def command(claims: str, kept_n: int, largest_share: float, buckets: str, as_jso
         run.create_topics()
         capacity = max(4 * int(n * largest_share), 4096)
         console.print(f"producing {n:,} claims (largest bucket {int(n * largest_share):,}, capacity {capacity:,})...")
-        produce_s = _produce_claims(s.kafka.bootstrap, run.names.identity, n, largest_share, capacity)
+        produce_s = _produce_claims(s.kafka, run.names.identity, n, largest_share, capacity)
         state = run_dir / f"claims-{n}" / "state"
         first = _child(["claims", s.kafka.bootstrap, run.names.identity, str(state)])
         restart = _child(["claims", s.kafka.bootstrap, run.names.identity, str(state)])
@@ -200,7 +202,7 @@ def command(claims: str, kept_n: int, largest_share: float, buckets: str, as_jso
         run = PipelineRun(s_k, run_dir / "kept")
         run.create_topics()
         console.print(f"producing {kept_n:,} kept embeddings...")
-        p = Producer({"bootstrap.servers": s.kafka.bootstrap, "linger.ms": 50, "queue.buffering.max.messages": 1_000_000})
+        p = Producer(librdkafka(s.kafka, {"linger.ms": 50, "queue.buffering.max.messages": 1_000_000}))
         vec = vector_to_bytes(np.ones(8, dtype=np.float32))
         for i in range(kept_n):
             rec = {"track_id": f"k{i:09d}", "event_time": 1, "modality": "text", "model_id": "m", "dim": 8, "vector": vec,

@@ -25,6 +25,7 @@ from sidcore.catalog import Track, lastfm_tracks
 from sidcore.config import get_settings
 from sidstream.harness import PipelineRun, topic_messages, wait_until_readable
 from streams.admin.broker import local_broker
+from streams.kafka_clients import Brokers
 from streams.sinks.store import open_store
 from trainer.bootstrap import ensure_codebooks
 
@@ -44,7 +45,7 @@ def _gauge(port: int, name: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _record_times_s(bootstrap: str, topic: str) -> list[float]:
+def _record_times_s(bootstrap: Brokers, topic: str) -> list[float]:
     """Create timestamps (s) of every record in `topic`."""
     return [m.timestamp()[1] / 1000.0 for m in topic_messages(bootstrap, topic, timeout_s=60)]
 
@@ -97,7 +98,7 @@ def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
                               "stream": s.stream.model_copy(update={"audio_wait_s": wait_s})})
     run = PipelineRun(s2, run_dir)
     run.create_topics()
-    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis_url)
+    store = open_store(s2.feast_dir, profile=s2.feast_profile, redis_url=s2.redis)
     groups = (("text",), ("assigner",), ("writer",))
     port = _free_port()
     run.start_workers(groups, metrics_ports={("assigner",): port})
@@ -128,7 +129,7 @@ def command(n: int, rate: float, wait_s: float, as_json: bool) -> None:
     # the join table holds the tracks that reached the assigner in the last `wait_s`: bound it by
     # the most tracks the assigner emitted in any window of that length (the broker timestamps
     # of its sids.assigned records), plus one batch; the producer's rate x wait is the nominal
-    seen = np.sort(_record_times_s(s.kafka.bootstrap, run.names.sids))
+    seen = np.sort(_record_times_s(s.kafka, run.names.sids))
     peak = int(np.max(np.searchsorted(seen, seen + wait_s) - np.arange(len(seen)))) if len(seen) else 0
     bound = peak + s.stream.batch_size
     join_max = max(r["join"] for r in samples)

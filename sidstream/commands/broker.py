@@ -9,12 +9,13 @@ import click
 
 from sidcore.config import get_settings, with_brokers
 from streams.admin.broker import BrokerError, LocalBroker, local_broker
+from streams.kafka_clients import describe
 
 
-def _cluster(brokers: int | None = None) -> LocalBroker:
+def _cluster(brokers: int | None = None, secure: bool | None = None) -> LocalBroker:
     s = get_settings()
     s = with_brokers(s, brokers)
-    return local_broker(s)
+    return local_broker(s, secure=secure or None)
 
 
 def _fail(exc: Exception) -> None:
@@ -31,17 +32,24 @@ def broker() -> None:
 @click.option("--brokers", type=click.IntRange(1, 9), default=None,
               help="nodes of the local cluster (default kafka.brokers, or what this home runs); each node n "
                    "listens on kafka.port + 2(n-1); later commands of this home find N in <home>/kafka/local-<port>.json")
+@click.option("--secure", is_flag=True, help="a SASL_SSL (SCRAM) client listener with a throwaway CA in "
+              "<home>/kafka[...]-secure/tls; later commands of this home log in through it (docs/security.md)")
 @click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for the broker(s)")
-def start(brokers: int | None, timeout: float) -> None:
+def start(brokers: int | None, secure: bool, timeout: float) -> None:
     """Resolve jars (once), format storage (once), start every node and wait until each serves metadata."""
-    b = _cluster(brokers)
+    b = _cluster(brokers, secure)
     try:
         pid = b.start(timeout_s=timeout)
     except BrokerError as exc:
         _fail(exc)
     who = f"pids {list(b.pids().values())}" if pid is not None else "reused; not started from this home"
     nodes = b.settings.brokers
-    click.echo(f"kafka {b.settings.version} running on {b.settings.bootstrap} ({nodes} node{'s' * (nodes > 1)}, {who})")
+    click.echo(f"kafka {b.settings.version} running on {describe(b.settings)} ({nodes} node{'s' * (nodes > 1)}, {who})")
+    if b.secure:  # where a client elsewhere finds the log-in: file paths only, never the password
+        k = b.settings
+        click.echo(f"clients: SIDSTREAM_KAFKA__SECURITY_PROTOCOL=SASL_SSL SIDSTREAM_KAFKA__SASL_USERNAME={k.sasl_username} "
+                   f"SIDSTREAM_KAFKA__SASL_PASSWORD_FILE={k.sasl_password_file or '<yours>'} "
+                   f"SIDSTREAM_KAFKA__SSL_CA_FILE={k.ssl_ca_file}")
 
 
 @broker.command()

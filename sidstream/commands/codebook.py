@@ -253,7 +253,7 @@ def promote(version: str, backfill: bool, force: bool) -> None:
             return
         registry.promote("codebooks", version)
         try:
-            publish_codebook_version(s.kafka.bootstrap, names.control, version, str(av.path))
+            publish_codebook_version(s.kafka, names.control, version, str(av.path))
         except PublishError as exc:
             click.echo(f"warning: {exc} (assigners pick the version up at their next registry poll)", err=True)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from streams.kafka_clients import Brokers, librdkafka
+
 
 def _topics(topic: str) -> tuple[str, str]:
     """(source topic, its dead-letter topic) for a base name, a full name or a .dlq name."""
@@ -33,7 +35,7 @@ def _read_dead(dlq_topic: str) -> list[dict[str, Any]]:
     from sidstream.harness import read_topics
 
     try:
-        return read_topics(get_settings().kafka.bootstrap, [dlq_topic], "DeadLetter")[dlq_topic]
+        return read_topics(get_settings().kafka, [dlq_topic], "DeadLetter")[dlq_topic]
     except KeyError as exc:
         raise UserError(f"no topic {dlq_topic} on {get_settings().kafka.bootstrap}") from exc
 
@@ -82,13 +84,13 @@ def replay(topic: str, error_types: tuple[str, ...], dry_run: bool) -> None:
     s = get_settings()
     source, dlq_topic = _topics(topic)
     dead = [r for r in _read_dead(dlq_topic) if not error_types or r["error_type"] in error_types]
-    producer = Producer({"bootstrap.servers": s.kafka.bootstrap, "enable.idempotence": True, "acks": "all",
-                         "message.max.bytes": s.kafka.max_message_bytes})
+    producer = Producer(librdkafka(s.kafka, {"enable.idempotence": True, "acks": "all",
+                         "message.max.bytes": s.kafka.max_message_bytes}))
     counts = {"replayed": 0, "from_source": 0, "gone_from_source": 0, "hash_mismatch": 0}
     for r in dead:
         key, value = r.get("original_key"), r["original"]
         if r.get("truncated"):
-            key, value = _read_source(s.kafka.bootstrap, r["source_topic"], r["partition"], r["offset"])
+            key, value = _read_source(s.kafka, r["source_topic"], r["partition"], r["offset"])
             if value is None:
                 counts["gone_from_source"] += 1
                 continue
@@ -105,15 +107,15 @@ def replay(topic: str, error_types: tuple[str, ...], dry_run: bool) -> None:
     click.echo(json.dumps({"source": source, "dead_letters": len(dead), "dry_run": dry_run, **counts}))
 
 
-def _read_source(bootstrap: str, topic: str, partition: int, offset: int) -> tuple[bytes | None, bytes | None]:
+def _read_source(bootstrap: Brokers, topic: str, partition: int, offset: int) -> tuple[bytes | None, bytes | None]:
     """The record at topic[partition]@offset, or (None, None) when the topic no longer holds it."""
     import time
     import uuid
 
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dlq-replay-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False, "auto.offset.reset": "error"})
+    c = Consumer(librdkafka(bootstrap, {"group.id": f"dlq-replay-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "auto.offset.reset": "error"}))
     try:
         low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
         if not low <= offset < high:

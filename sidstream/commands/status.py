@@ -33,7 +33,7 @@ def status_report() -> dict[str, Any]:
         "backfill": backfill,
         "prune": {"keep_versions": s.train.keep_versions,
                   "versions": json.loads(prune.read_text()) if (prune := s.home / "work" / "prune.json").is_file() else {}},
-        "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis_url),
+        "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis),
         "last_training": last_training,
         "last_ranker_gate": None if last_gate is None else {
             "version": last_gate["version"], "decision": last_gate["event"], "reason": last_gate.get("reason"),

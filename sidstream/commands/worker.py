@@ -11,6 +11,7 @@ from sidcore.config import Settings, get_settings
 from streams.admin.topics import TopicNames
 from streams.app import ROLES, build_app
 from streams.event_time import TimePolicy
+from streams.kafka_clients import check_access, describe
 from streams.runtime import RoleHandler
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,16 @@ def build_handlers(roles: list[str], s: Settings) -> dict[str, RoleHandler]:
         if codebooks.live is None:
             raise click.ClickException(f"no live codebook version in {s.registry_dir}; run `sidstream train codebooks` or `sidstream demo`")
         kept = KeptEmbeddings(s.home / "state" / f"{s.kafka.topic_prefix}assigner" / "kept.sqlite", s.stream.audio_wait_s)
-        identities = KafkaIdentities(s.kafka.bootstrap, TopicNames(s.kafka.topic_prefix).identity,
+        identities = KafkaIdentities(s.kafka, TopicNames(s.kafka.topic_prefix).identity,
                                      stall_s=s.stream.restore_stall_s, cache_mb=s.stream.identity_cache_mb,
                                      state_dir=s.home / "state" / f"{s.kafka.topic_prefix}assigner")
         identities.catch_up()
-        handlers["assigner"] = AssignerRole(kept, codebooks, identities, s.kafka.bootstrap, policy, s.stream.restore_stall_s)
+        handlers["assigner"] = AssignerRole(kept, codebooks, identities, s.kafka, policy, s.stream.restore_stall_s)
     if "writer" in roles or "logger" in roles:
         from streams.sinks.store import open_store
         from streams.sinks.writer import FeastSink
 
-        store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis_url)
+        store = open_store(s.feast_dir, profile=s.feast_profile, redis_url=s.redis)
         if "writer" in roles:
             from streams.roles.writer import WriterRole
 
@@ -87,6 +88,7 @@ def run(roles: str, app_id: str | None, metrics_port: int, ready_file: str | Non
     if bad:
         raise click.BadParameter(f"unknown roles {sorted(bad)}; choose from {ROLES}")
     s = get_settings()
+    check_access(s.kafka)  # a refused log-in or TLS stops the worker here, in one line
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -105,7 +107,7 @@ def run(roles: str, app_id: str | None, metrics_port: int, ready_file: str | Non
         async def _ready(sender: object, assigned: object, **_: object) -> None:
             Path(ready_file).write_text("ready\n")
 
-    log.info("worker %s starting on %s (topics prefix %r)", role_list, s.kafka.bootstrap, s.kafka.topic_prefix)
+    log.info("worker %s starting on %s (topics prefix %r)", role_list, describe(s.kafka), s.kafka.topic_prefix)
     worker_ = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     worker_.execute_from_commandline()
     sys.exit(0)

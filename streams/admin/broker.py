@@ -8,6 +8,7 @@ config and data live under ``<home>/kafka`` (``<home>/kafka/node-<n>`` in a clus
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidcore.config import REPO_ROOT, KafkaSettings, Settings
+from streams.admin.broker_security import SecureListener, client_settings, ensure_listener, scram_format_args
+from streams.kafka_clients import librdkafka
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class KafkaNode:
     node_id: int  # 1-based
     home: Path
     libs_dir: Path
+    secure: SecureListener | None = None  # SASL_SSL client listener (streams.admin.broker_security)
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -78,15 +82,17 @@ class KafkaNode:
         voters = ",".join(f"{i}@{s.host}:{s.node_ports(i)[1]}" for i in range(1, n + 1))
         internal_rf = min(3, n)
         self.home.mkdir(parents=True, exist_ok=True)
+        self.config_file.touch(mode=0o600)  # a secured node's file holds its keystore and inter-broker passwords
         self.config_file.write_text("\n".join([
             "process.roles=broker,controller",
             f"node.id={self.node_id}",
             f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://{s.host}:{client},CONTROLLER://{s.host}:{controller}",
-            f"advertised.listeners=PLAINTEXT://{s.host}:{client}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
+            *(self.secure.properties(s.host, client, controller) if self.secure else [
+                f"listeners=PLAINTEXT://{s.host}:{client},CONTROLLER://{s.host}:{controller}",
+                f"advertised.listeners=PLAINTEXT://{s.host}:{client}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT"]),
             f"log.dirs={self.data_dir}",
             f"num.partitions={s.partitions}",
             # the group coordinator's and transactions' own topics survive a broker like the data does
@@ -123,8 +129,9 @@ class KafkaNode:
         """Format this node's KRaft storage once (a formatted node keeps its data)."""
         if (self.data_dir / "meta.properties").is_file():
             return
+        users = scram_format_args(self.settings, self.secure) if self.secure else []
         fmt = subprocess.run(self.java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                                           "-c", str(self.config_file)), capture_output=True, text=True)
+                                           "-c", str(self.config_file), *users), capture_output=True, text=True)
         if fmt.returncode != 0:
             raise BrokerError(f"formatting node {self.node_id}'s KRaft storage failed: {fmt.stdout[-1500:]}{fmt.stderr[-1500:]}")
 
@@ -153,7 +160,7 @@ class KafkaNode:
 
         if not _port_open(self.settings.host, self.ports[0]):
             return False
-        admin = AdminClient({"bootstrap.servers": self.address, "socket.timeout.ms": 2000})
+        admin = AdminClient(librdkafka(self.settings.model_copy(update={"bootstrap_servers": self.address}), {"socket.timeout.ms": 2000}))
         try:
             md = admin.list_topics(timeout=timeout_s)
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
@@ -219,6 +226,13 @@ class LocalBroker:
     # where `start` notes the cluster it runs ({"brokers": N}) and `stop` clears it: later commands
     # of this home read it (sidcore.config.with_local_cluster) and talk to all N nodes
     pointer: Path | None = None
+    # SASL_SSL instead of PLAINTEXT for clients (`broker start --secure`); `settings` are then a
+    # client's of it (broker_security.client_settings: SCRAM user, password, CA)
+    secure: bool = False
+
+    @functools.cached_property
+    def listener(self) -> SecureListener | None:
+        return ensure_listener(self.settings, self.home / "tls") if self.secure else None
 
     @property
     def libs_dir(self) -> Path:
@@ -227,7 +241,7 @@ class LocalBroker:
     @property
     def nodes(self) -> list[KafkaNode]:
         n = self.settings.brokers
-        return [KafkaNode(self.settings, i, self.home if n == 1 else self.home / f"node-{i}", self.libs_dir)
+        return [KafkaNode(self.settings, i, self.home if n == 1 else self.home / f"node-{i}", self.libs_dir, self.listener)
                 for i in range(1, n + 1)]
 
     def node(self, node_id: int) -> KafkaNode:
@@ -284,7 +298,7 @@ class LocalBroker:
 
         if not any(_port_open(self.settings.host, n.ports[0]) for n in self.nodes):
             return False
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap, "socket.timeout.ms": 2000})
+        admin = AdminClient(librdkafka(self.settings, {"socket.timeout.ms": 2000}))
         try:
             admin.list_topics(timeout=timeout_s)
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
@@ -349,13 +363,18 @@ class LocalBroker:
     def _note_running(self) -> None:
         if self.pointer is not None:
             self.pointer.parent.mkdir(parents=True, exist_ok=True)
-            self.pointer.write_text(json.dumps({"brokers": self.settings.brokers, "port": self.settings.port,
-                                                "home": str(self.home)}) + "\n")
+            note: dict[str, object] = {"brokers": self.settings.brokers, "port": self.settings.port, "home": str(self.home)}
+            if self.secure:  # later commands of this home log in the same way (files only, never a password)
+                k = self.settings
+                note["security"] = {"security_protocol": k.security_protocol, "sasl_mechanism": k.sasl_mechanism,
+                                    "sasl_username": k.sasl_username, "ssl_ca_file": str(k.ssl_ca_file),
+                                    **({"sasl_password_file": str(k.sasl_password_file)} if k.sasl_password_file else {})}
+            self.pointer.write_text(json.dumps(note) + "\n")
 
     def _broker_count(self) -> int:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap, "socket.timeout.ms": 2000})
+        admin = AdminClient(librdkafka(self.settings, {"socket.timeout.ms": 2000}))
         return len(admin.list_topics(timeout=5.0).brokers)
 
     def start_node(self, node_id: int, timeout_s: float = 90.0) -> int:
@@ -409,7 +428,7 @@ class LocalBroker:
         """node id -> the partitions ("topic/p") it leads now, as the cluster's metadata says."""
         from confluent_kafka.admin import AdminClient
 
-        md = AdminClient({"bootstrap.servers": self.settings.bootstrap, "socket.timeout.ms": 3000}).list_topics(timeout=timeout_s)
+        md = AdminClient(librdkafka(self.settings, {"socket.timeout.ms": 3000})).list_topics(timeout=timeout_s)
         out: dict[int, list[str]] = {n.node_id: [] for n in self.nodes}
         for name, topic in sorted(md.topics.items()):
             for p, part in sorted(topic.partitions.items()):
@@ -490,13 +509,19 @@ def _kraft_cluster_id(new_uuid=uuid.uuid4) -> str:
             return cluster_id
 
 
-def local_broker(settings: Settings) -> LocalBroker:
+def local_broker(settings: Settings, secure: bool | None = None) -> LocalBroker:
     """The local Kafka of these settings: one node in <home>/kafka, N nodes in <home>/kafka/N-nodes
-    (each size its own storage: a quorum's voters are fixed when it is formatted), the jar cache."""
+    (each size its own storage: a quorum's voters are fixed when it is formatted), the jar cache.
+    Secured (`secure`, or None: when the settings ask for SASL_SSL) it lives in <that>-secure:
+    its storage holds the SCRAM users made when it was formatted."""
     base = settings.home / "kafka"
     n = settings.kafka.brokers
-    return LocalBroker(settings.kafka, base if n == 1 else base / f"{n}-nodes", settings.cache_dir,
-                       pointer=local_cluster_pointer(settings.home, settings.kafka.port))
+    secure = settings.kafka.security_protocol == "SASL_SSL" if secure is None else secure
+    home = (base if n == 1 else base / f"{n}-nodes")
+    home = home.with_name(home.name + "-secure") if secure else home
+    kafka = client_settings(settings.kafka, home / "tls") if secure else settings.kafka
+    return LocalBroker(kafka, home, settings.cache_dir, pointer=local_cluster_pointer(settings.home, settings.kafka.port),
+                       secure=secure)
 
 
 def local_cluster_pointer(home: Path, port: int) -> Path:

@@ -9,6 +9,8 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.kafka_clients import Brokers, librdkafka
+
 # the names and their properties live in the topology table (streams.topology); re-exported here
 from streams.topology import (
     CODEBOOKS_CONTROL,
@@ -104,12 +106,12 @@ def topic_config(spec: TopicSpec | None, max_message_bytes: int, min_insync_repl
 
 
 def create_topics(
-    bootstrap: str, names: TopicNames, partitions: int, timeout_s: float = 30.0, max_message_bytes: int = 16 * 1024 * 1024,
+    bootstrap: Brokers, names: TopicNames, partitions: int, timeout_s: float = 30.0, max_message_bytes: int = 16 * 1024 * 1024,
     replication_factor: int = 1, min_insync_replicas: int = 1,
 ) -> list[str]:
     """Create every pipeline topic that does not exist yet, with `replication_factor` replicas and
     `min_insync_replicas`; returns the names created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(librdkafka(bootstrap))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = []
     for spec, topic in names.specs():
@@ -135,7 +137,7 @@ def create_topics(
     return created
 
 
-def message_limits(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, int]:
+def message_limits(bootstrap: Brokers, topics: list[str], timeout_s: float = 10.0) -> dict[str, int]:
     """Each topic's `max.message.bytes` as the broker reports it (topics it cannot describe are left
     out): a dead letter is sized against its DLQ topic's real limit, which a cluster built from
     other manifests may set lower than the settings."""
@@ -143,7 +145,7 @@ def message_limits(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -
 
     if not topics:
         return {}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(librdkafka(bootstrap))
     out: dict[str, int] = {}
     for resource, fut in admin.describe_configs([ConfigResource("topic", t) for t in topics],
                                                 request_timeout=timeout_s).items():
@@ -177,8 +179,8 @@ def _ready(meta: Any) -> bool:
             and all(p.leader >= 0 and p.error is None for p in meta.partitions.values()))
 
 
-def delete_topics(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def delete_topics(bootstrap: Brokers, topics: list[str], timeout_s: float = 30.0) -> None:
+    admin = AdminClient(librdkafka(bootstrap))
     if not topics:
         return
     for fut in admin.delete_topics(topics, operation_timeout=timeout_s).values():

@@ -22,6 +22,7 @@ from streams.assign import IdentityResolver, JointEmbedding, code_tracks
 from streams.codebooks import ActiveCodebooks, LiveCodebooks
 from streams.event_time import DEFAULT_POLICY, TimePolicy, admit
 from streams.identity import KafkaIdentities
+from streams.kafka_clients import Brokers
 from streams.records import BatchResult, DeadLetter, RawRecord, decode_or_dead, vector_from_bytes
 from streams.runtime import RoleHandler, Runtime
 from streams.state import IdentityState, KeptState, RestorableState
@@ -121,7 +122,7 @@ class AssignerRole(RoleHandler):
     role = "assigner"
 
     def __init__(self, kept: KeptEmbeddings, codebooks: LiveCodebooks, identities: KafkaIdentities | None,
-                 bootstrap: str, policy: TimePolicy = DEFAULT_POLICY, stall_s: float = 30.0) -> None:
+                 bootstrap: Brokers, policy: TimePolicy = DEFAULT_POLICY, stall_s: float = 30.0) -> None:
         if codebooks.live is None:
             raise ValueError("the assigner needs a live codebook version")
         self.kept, self.codebooks, self.identities, self.bootstrap = kept, codebooks, identities, bootstrap

@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow.dataset as pads
 from feast import FeatureStore
 
+from streams.kafka_clients import Brokers, librdkafka
 from streams.sinks.schema import SID_VIEW
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,13 @@ def delete_online_rows(store: FeatureStore, track_ids: Sequence[str], version: s
     raise NotImplementedError(f"pruning is not implemented for the {kind} online store")
 
 
-def tombstone_claims(bootstrap: str, topic: str, version: str, stall_s: float = 30.0) -> int:
+def tombstone_claims(bootstrap: Brokers, topic: str, version: str, stall_s: float = 30.0) -> int:
     """Produce a tombstone for every identity claim of `version` on the compacted claims topic."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}.pruner", "enable.auto.commit": False,
-                         "enable.partition.eof": False})
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    consumer = Consumer(librdkafka(bootstrap, {"group.id": f"{topic}.pruner", "enable.auto.commit": False,
+                         "enable.partition.eof": False}))
+    producer = Producer(librdkafka(bootstrap, {"acks": "all", "enable.idempotence": True}))
     prefix = f"{version}|".encode()
     sent = 0
     try:

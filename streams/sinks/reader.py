@@ -12,7 +12,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from streams.sinks.schema import HISTORY_VIEW, SID_VIEW, ViewSpec, view_spec
-from streams.sinks.store import open_store
+from streams.sinks.store import Redis, open_store
 
 
 def stored_order(store: FeatureStore, view: ViewSpec, entity_rows: Sequence[dict[str, str]]) -> np.ndarray:
@@ -63,7 +63,7 @@ def _read(store: FeatureStore, view: ViewSpec, entity_rows: list[dict[str, str]]
     return response.to_df()[columns]
 
 
-def rows_by_version(feast_dir: Path, profile: str, redis_url: str) -> dict[str, int]:
+def rows_by_version(feast_dir: Path, profile: str, redis_url: Redis) -> dict[str, int]:
     """Online SID rows per codebook version, over every track the offline log has seen."""
     parts = sorted((feast_dir / "data" / "offline" / SID_VIEW).glob("part-*.parquet"))
     if not parts:

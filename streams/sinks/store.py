@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib
+import json
 import logging
 import sqlite3
 import sys
@@ -20,6 +21,9 @@ from typing import Any
 import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource, PushSource
+from feast.repo_config import RepoConfig
+
+from sidcore.config import RedisTarget, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,31 @@ PROFILES = ("local", "redis", "redis_cluster")
 _STAMP = ".applied"
 
 
-def store_config(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0.1:6379") -> dict[str, Any]:
+Redis = str | RedisTarget  # a plain "host:port,..." string: no log-in, no TLS
+
+
+def connection_string(redis: Redis, with_password: bool = True) -> str:
+    """Feast's Redis connection string (nodes, then `key=value` options for redis-py): TLS, the
+    CA, the ACL user and the password. `with_password=False`: what may be written to disk."""
+    if isinstance(redis, str):
+        return redis
+    options = [*redis.nodes]
+    if redis.tls:
+        options += ["ssl=true", "ssl_cert_reqs=required"]
+        if redis.ca_file is not None:
+            options.append(f"ssl_ca_certs={redis.ca_file}")
+    if redis.username:
+        options.append(f"username={redis.username}")
+    if redis.password is not None and with_password:
+        if "," in redis.password or redis.password.strip() != redis.password:
+            raise SettingsError("redis_password cannot hold a comma or surrounding spaces (Feast's connection string "
+                                "splits on commas)")
+        options.append(f"password={json.dumps(redis.password)}")  # quoted: Feast json-decodes each value
+    return ",".join(options)
+
+
+def store_config(data_dir: Path, profile: str = "local", redis_url: Redis = "127.0.0.1:6379",
+                 with_password: bool = True) -> dict[str, Any]:
     """The feature_store.yaml content for a profile, with absolute paths under data_dir."""
     if profile not in PROFILES:
         raise ValueError(f"unknown Feast profile {profile!r}; choose from {PROFILES}")
@@ -39,7 +67,7 @@ def store_config(data_dir: Path, profile: str = "local", redis_url: str = "127.0
         if profile == "local"
         # skip_dedup: the writer's own newer-row check decides, the same on both stores (and heals
         # rows stored before the event-time policy, which Feast's check would keep); one round trip
-        else {"type": "redis", "connection_string": redis_url, "skip_dedup": True}
+        else {"type": "redis", "connection_string": connection_string(redis_url, with_password), "skip_dedup": True}
     )
     if profile == "redis_cluster":  # Feast's own cluster client; redis_url lists the nodes (host:port,...)
         online["redis_type"] = "redis_cluster"
@@ -53,9 +81,10 @@ def store_config(data_dir: Path, profile: str = "local", redis_url: str = "127.0
     }
 
 
-def open_store(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0.1:6379") -> FeatureStore:
+def open_store(data_dir: Path, profile: str = "local", redis_url: Redis = "127.0.0.1:6379") -> FeatureStore:
     """Materialise a runnable repo under data_dir, apply it (skipped when nothing changed),
-    and return its FeatureStore. Safe to call from several processes at once."""
+    and return its FeatureStore. Safe to call from several processes at once. The Redis password
+    stays in memory: the feature_store.yaml written to disk has none (`feast` CLI users add theirs)."""
     repo = Path(data_dir).resolve()
     if repo == DEFINITIONS_DIR:
         raise ValueError("open_store materialises a copy: give it a data directory, not feature_repo/ itself")
@@ -65,7 +94,7 @@ def open_store(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0
         raise FileNotFoundError(
             f"no Feast definitions in {DEFINITIONS_DIR}: run from a checkout (or image) that has feature_repo/"
         )
-    files["feature_store.yaml"] = yaml.safe_dump(store_config(repo, profile, redis_url), sort_keys=False)
+    files["feature_store.yaml"] = yaml.safe_dump(store_config(repo, profile, redis_url, with_password=False), sort_keys=False)
     fingerprint = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()
     with open(repo / ".apply.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # other workers opening the same dir wait for one apply
@@ -73,7 +102,7 @@ def open_store(data_dir: Path, profile: str = "local", redis_url: str = "127.0.0
             path = repo / name
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
-        store = FeatureStore(repo_path=str(repo))
+        store = FeatureStore(repo_path=str(repo), config=RepoConfig(**store_config(repo, profile, redis_url), repo_path=repo))
         stamp = repo / "data" / _STAMP
         online_db = repo / "data" / "online.db"
         up_to_date = (

@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streams import metrics
+from streams.kafka_clients import Brokers
 from streams.state.kept import KeptEmbeddings
 
 if TYPE_CHECKING:  # streams.identity imports streams.state.identity_store: no runtime import back
@@ -42,7 +43,7 @@ class RestorableState(Protocol):
 class KeptState:
     name = "kept embeddings"
 
-    def __init__(self, kept: KeptEmbeddings, bootstrap: str, topic: str, stall_s: float = 30.0) -> None:
+    def __init__(self, kept: KeptEmbeddings, bootstrap: Brokers, topic: str, stall_s: float = 30.0) -> None:
         self.kept, self.bootstrap, self.topic, self.stall_s = kept, bootstrap, topic, stall_s
 
     def restore(self, partitions: dict[str, list[int]]) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from streams import avro_codec
+from streams.kafka_clients import Brokers, librdkafka
 from streams.records import RestoreIncomplete, next_messages
 
 KEY_SEP = "\x1f"
@@ -119,7 +120,7 @@ class KeptEmbeddings:
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM kept").fetchone()[0])
 
-    def restore_from(self, bootstrap: str, topic: str, partitions: Iterable[int] | None = None, stall_s: float = 30.0,
+    def restore_from(self, bootstrap: Brokers, topic: str, partitions: Iterable[int] | None = None, stall_s: float = 30.0,
                      touched: set[str] | None = None) -> int:
         """Catch the disk tier up with the compacted topic (from where it stopped, per partition,
         to the high watermark when called; None: every partition); returns how many records were
@@ -130,8 +131,8 @@ class KeptEmbeddings:
         it read and where it got to, so a retry continues from there."""
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kept-restore-{id(self)}",
-                             "enable.auto.commit": False, "enable.partition.eof": False})
+        consumer = Consumer(librdkafka(bootstrap, {"group.id": f"kept-restore-{id(self)}",
+                             "enable.auto.commit": False, "enable.partition.eof": False}))
         read = 0
         behind: dict[int, tuple[int, int]] = {}
         try:

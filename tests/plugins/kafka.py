@@ -64,3 +64,23 @@ def kafka_cluster(tmp_path_factory):
     cluster.start(timeout_s=180)
     yield cluster
     cluster.stop()
+
+
+SECURE_KAFKA_USER = "sidstream-test"
+SECURE_KAFKA_PASSWORD = "PLANTED-kafka-5ecret-91c2"  # tests grep everything for it
+
+
+@pytest.fixture(scope="session")
+def secure_kafka_broker(tmp_path_factory):
+    """The project's broker with a SASL_SSL (SCRAM-SHA-512) listener and a throwaway CA
+    (`sidstream broker start --secure`); its settings are a client's that logs in."""
+    from streams.admin.broker import LocalBroker
+    from streams.admin.broker_security import client_settings
+
+    home = tmp_path_factory.mktemp("kafka-secure")
+    plain = KafkaSettings(port=free_port(), controller_port=free_port(), partitions=2, heap="384m",
+                          sasl_username=SECURE_KAFKA_USER, sasl_password=SECURE_KAFKA_PASSWORD)
+    broker = LocalBroker(client_settings(plain, home / "tls"), home, Settings().cache_dir, secure=True)
+    broker.start(timeout_s=120)
+    yield broker
+    broker.stop()
