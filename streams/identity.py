@@ -36,7 +36,7 @@ import numpy as np
 
 from psrq.identity import IdentityTable, as_query, bucket_full, bucket_keys
 from streams import avro_codec
-from streams.kafka_clients import Brokers, librdkafka
+from streams.kafka_clients import Brokers, data_path_timeouts, librdkafka
 from streams.records import RestoreIncomplete, next_messages
 from streams.state.identity_store import IdentityStore, open_slot
 
@@ -191,9 +191,10 @@ class KafkaIdentities(TableIdentities):
         self.topic = topic
         self.timeout_s = float(timeout_s)  # a broker request (metadata, watermarks, produce acks)
         self.stall_s = float(stall_s)  # a catch-up fails after this long without a claim read
-        self._producer = Producer(librdkafka(bootstrap, {"acks": "all", "enable.idempotence": True, "linger.ms": 0}))
+        self._producer = Producer(librdkafka(bootstrap, {"acks": "all", "enable.idempotence": True, "linger.ms": 0,
+                                                        **data_path_timeouts(bootstrap, producer=True)}))
         reader = librdkafka(bootstrap, {"group.id": f"{topic}.reader", "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "enable.partition.eof": False})
+                  "auto.offset.reset": "earliest", "enable.partition.eof": False, **data_path_timeouts(bootstrap)})
         self._consumer = Consumer(reader)
         # Watermarks come from a second, never-assigned consumer: the reader always has a long-poll
         # fetch in flight (up to fetch.wait.max.ms), and the broker answers a connection's requests

@@ -61,6 +61,19 @@ def librdkafka(kafka: Brokers, extra: Mapping[str, Any] | None = None) -> dict[s
     return {**conf, **(extra or {})}
 
 
+def data_path_timeouts(kafka: Brokers, producer: bool = False) -> dict[str, Any]:
+    """librdkafka timeouts of a client on the stream's data path (the assigner's identity claims,
+    track producers): a request to a broker that hangs (a paused JVM keeps its connections open and
+    answers nothing) is given up after kafka.request_timeout_s, the connection is dropped and the
+    metadata refreshed, so the client follows the partition's new leader instead of waiting (by
+    default 30-60 s). `producer`: also the produce-ack timeout (a producer-only property)."""
+    timeout_ms = int(1000 * (KafkaSettings() if isinstance(kafka, str) else kafka).request_timeout_s)
+    out: dict[str, Any] = {"socket.timeout.ms": max(timeout_ms, 1500)}  # librdkafka: >= fetch.wait.max.ms + 1 s
+    if producer:
+        out["request.timeout.ms"] = timeout_ms
+    return out
+
+
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     """The TLS context of aiokafka (Faust): verifies the broker (and its name) against ssl_ca_file
     or the system's CAs, and presents the client certificate when one is set."""

@@ -8,7 +8,7 @@ from confluent_kafka import Producer
 
 from sidcore.catalog import Track
 from streams import avro_codec
-from streams.kafka_clients import Brokers, librdkafka
+from streams.kafka_clients import Brokers, data_path_timeouts, librdkafka
 from streams.records import now_ms
 
 
@@ -17,7 +17,8 @@ class TrackProducer:
         self, bootstrap: Brokers, metadata_topic: str, audio_topic: str, inline_audio_max_bytes: int = 0, max_message_bytes: int = 16 * 1024 * 1024
     ) -> None:
         self._producer = Producer(
-            librdkafka(bootstrap, {"linger.ms": 5, "enable.idempotence": True, "acks": "all", "message.max.bytes": max_message_bytes})
+            librdkafka(bootstrap, {"linger.ms": 5, "enable.idempotence": True, "acks": "all", "message.max.bytes": max_message_bytes,
+                                   **data_path_timeouts(bootstrap, producer=True)})
         )
         self.metadata_topic = metadata_topic
         self.audio_topic = audio_topic

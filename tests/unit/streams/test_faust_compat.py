@@ -42,3 +42,47 @@ def test_consumer_hooks_exist_and_are_used_by_faust() -> None:
     assert "_new_transport" in inspect.getsource(faust.App)
     app_cls = compat.app_class(123)
     assert issubclass(app_cls, faust.App)
+
+
+def test_request_timeout_hooks_exist_and_are_used_by_aiokafka() -> None:
+    from aiokafka import client as aioclient
+    from aiokafka import conn as aioconn
+
+    assert "_new_producer" in inspect.getsource(driver.Producer)
+    assert "self._request_timeout_ms" in inspect.getsource(aioclient.AIOKafkaClient._get_conn)
+    assert "group=" in inspect.getsource(aioclient.AIOKafkaClient.send)  # coordination has its own connections
+    assert "self._request_timeout" in inspect.getsource(aioconn.AIOKafkaConnection.send)
+    assert "_do_version_lookup" in inspect.getsource(aioconn.AIOKafkaConnection.connect)
+
+
+def test_a_bound_client_gives_up_on_a_broker_that_accepts_but_never_answers() -> None:
+    """What a SIGSTOPped broker looks like to a client: the kernel accepts the TCP connection and
+    nothing ever answers. A client bound to 1 s fails its set-up (ApiVersions) in about that long;
+    the same client unbound waits its own timeout (here 60 s: cut off at 5 s)."""
+    import asyncio
+    import socket
+    import time
+
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaConnectionError
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # accepts (kernel), never reads
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        async def bootstrap(bound: bool) -> float:
+            client = AIOKafkaClient(bootstrap_servers=address, request_timeout_ms=60_000)
+            if bound:
+                compat.bound_data_requests(client, 1.0)
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(client.bootstrap(), 5.0)
+            except (KafkaConnectionError, asyncio.TimeoutError):
+                pass
+            finally:
+                await client.close()
+            return time.monotonic() - t0
+
+        assert asyncio.run(bootstrap(True)) < 3.0
+        assert asyncio.run(bootstrap(False)) >= 4.9

@@ -83,3 +83,17 @@ def test_every_confluent_client_in_the_code_takes_its_config_from_kafka_clients(
                     if f"{arg.id} = librdkafka(" not in source:
                         offenders.append(f"{path.relative_to(REPO_ROOT)}:{call.lineno} ({arg.id})")
     assert not offenders, f"clients built without streams.kafka_clients.librdkafka: {offenders}"
+
+
+def test_data_path_timeouts_follow_the_setting() -> None:
+    """A hung broker is given up after kafka.request_timeout_s by the data-path librdkafka clients
+    (the produce-ack timeout on producers only), and the options pass through `librdkafka`."""
+    from sidcore.config import KafkaSettings
+    from streams.kafka_clients import data_path_timeouts, librdkafka
+
+    kafka = KafkaSettings(request_timeout_s=6)
+    assert data_path_timeouts(kafka) == {"socket.timeout.ms": 6000}
+    assert data_path_timeouts(kafka, producer=True) == {"socket.timeout.ms": 6000, "request.timeout.ms": 6000}
+    assert data_path_timeouts("127.0.0.1:1")["socket.timeout.ms"] == int(KafkaSettings().request_timeout_s * 1000)
+    conf = librdkafka(kafka, {"acks": "all", **data_path_timeouts(kafka, producer=True)})
+    assert conf["socket.timeout.ms"] == 6000 and conf["bootstrap.servers"] == kafka.bootstrap
