@@ -17,7 +17,9 @@ CUSTOM = {
     ("kafka.strimzi.io/v1beta2", "Kafka"): ("kafka",),
     ("kafka.strimzi.io/v1beta2", "KafkaNodePool"): ("replicas", "roles", "storage"),
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"): ("topicName", "partitions", "replicas"),
+    ("kafka.strimzi.io/v1beta2", "KafkaUser"): ("authentication",),
     ("keda.sh/v1alpha1", "ScaledObject"): ("scaleTargetRef", "triggers"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): ("secretTargetRef",),
 }
 
 
