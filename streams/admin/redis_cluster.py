@@ -5,6 +5,11 @@ Each node has its own folder (config, nodes.conf, pid, log) under `home/node-<po
 persisted beyond the cluster's own state (no RDB, no AOF: the online store is rebuilt from the
 offline log and `embeddings.kept`). The nodes fail a silent primary over to its replica after
 `node_timeout_ms`.
+
+Secured (`password`, `tls`): every node requires the password (`requirepass`, and `masterauth`
+for its replication) and speaks TLS only, the cluster bus and replication included; the secrets
+go in each node's owner-only config file, never on a command line, and `redis-cli` gets the
+password through REDISCLI_AUTH.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from streams.admin.certs import ServerCert
 
 
 class RedisClusterError(RuntimeError):
@@ -43,6 +50,8 @@ class LocalRedisCluster:
     primaries: int = 3
     replicas: int = 1  # per primary
     node_timeout_ms: int = 2000
+    password: str | None = None  # requirepass + masterauth (config file only)
+    tls: ServerCert | None = None  # TLS only: clients, cluster bus, replication
 
     @property
     def ports(self) -> list[int]:
@@ -50,8 +59,37 @@ class LocalRedisCluster:
 
     @property
     def url(self) -> str:
-        """The Feast connection string: every node (the client finds the slots itself)."""
-        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        """settings.redis_url of the cluster: every node (the client finds the slots itself),
+        `rediss://` when it speaks TLS (the password goes in settings.redis_password)."""
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return f"rediss://{nodes}" if self.tls else nodes
+
+    def _cli(self, *args: str) -> list[str]:
+        tls = ["--tls", "--cacert", str(self.tls.ca_file)] if self.tls else []
+        return [_require("redis-cli"), *tls, *args]
+
+    def _cli_env(self) -> dict[str, str]:
+        return {**os.environ, "REDISCLI_AUTH": self.password} if self.password else dict(os.environ)
+
+    def _config(self, port: int) -> str:
+        d = self.node_dir(port)
+        lines = ["bind 127.0.0.1", "cluster-enabled yes", f"cluster-config-file {d / 'nodes.conf'}",
+                 f"cluster-node-timeout {self.node_timeout_ms}", f"cluster-port {port + 10000}", 'save ""',
+                 "appendonly no", f"dir {d}", "daemonize yes", f"pidfile {d / 'redis.pid'}", f"logfile {d / 'redis.log'}"]
+        if self.tls:
+            lines += ["port 0", f"tls-port {port}", f"tls-cert-file {self.tls.cert_file}", f"tls-key-file {self.tls.key_file}",
+                      f"tls-ca-cert-file {self.tls.ca_file}", "tls-auth-clients no", "tls-cluster yes", "tls-replication yes"]
+        else:
+            lines.append(f"port {port}")
+        if self.password:
+            lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
+        return "\n".join(lines) + "\n"
+
+    def ping(self, port: int) -> bool:
+        if not self.tls and not self.password:
+            return _ping(port).startswith(b"+PONG")
+        proc = subprocess.run(self._cli("-p", str(port), "ping"), capture_output=True, text=True, timeout=5, env=self._cli_env())
+        return proc.stdout.strip() == "PONG"
 
     def node_dir(self, port: int) -> Path:
         return self.home / f"node-{port}"
@@ -73,34 +111,34 @@ class LocalRedisCluster:
                 continue
             d = self.node_dir(port)
             d.mkdir(parents=True, exist_ok=True)
-            subprocess.run([server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                            "--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout", str(self.node_timeout_ms),
-                            "--save", "", "--appendonly", "no", "--dir", str(d), "--daemonize", "yes",
-                            "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log")],
-                           check=True, capture_output=True)  # fmt: skip
+            conf = d / "redis.conf"
+            conf.touch(mode=0o600)
+            conf.chmod(0o600)
+            conf.write_text(self._config(port))
+            subprocess.run([server, str(conf)], check=True, capture_output=True)
         deadline = time.monotonic() + timeout_s
         for port in self.ports:
             while True:
                 try:
-                    if _ping(port).startswith(b"+PONG"):
+                    if self.ping(port):
                         break
-                except OSError:
+                except (OSError, subprocess.TimeoutExpired):
                     pass
                 if time.monotonic() > deadline:
                     raise RedisClusterError(f"redis-server on port {port} did not answer; see {self.node_dir(port) / 'redis.log'}")
                 time.sleep(0.05)
         if self.cluster_info(self.ports[0]).get("cluster_known_nodes") != str(len(self.ports)):
-            cli = _require("redis-cli")
-            proc = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                                   "--cluster-replicas", str(self.replicas), "--cluster-yes"], capture_output=True, text=True)
+            proc = subprocess.run(self._cli("--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                                            "--cluster-replicas", str(self.replicas), "--cluster-yes"),
+                                  capture_output=True, text=True, env=self._cli_env())
             if proc.returncode != 0:
                 raise RedisClusterError(f"redis-cli --cluster create failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
         self.wait_ok(deadline - time.monotonic())
         return self.url
 
     def cluster_info(self, port: int) -> dict[str, str]:
-        cli = _require("redis-cli")
-        proc = subprocess.run([cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=5)
+        proc = subprocess.run(self._cli("-p", str(port), "cluster", "info"), capture_output=True, text=True, timeout=5,
+                              env=self._cli_env())
         return dict(line.strip().split(":", 1) for line in proc.stdout.splitlines() if ":" in line)
 
     def wait_ok(self, timeout_s: float = 30.0) -> None:
@@ -116,9 +154,9 @@ class LocalRedisCluster:
 
     def primaries_now(self) -> list[int]:
         """The ports of the nodes that are primaries now (failovers change them)."""
-        cli = _require("redis-cli")
         live = next(p for p in self.ports if self.pid(p) is not None)
-        out = subprocess.run([cli, "-p", str(live), "cluster", "nodes"], capture_output=True, text=True, timeout=5).stdout
+        out = subprocess.run(self._cli("-p", str(live), "cluster", "nodes"), capture_output=True, text=True, timeout=5,
+                             env=self._cli_env()).stdout
         return sorted(int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in (ln.split() for ln in out.splitlines())
                       if "master" in f[2] and "fail" not in f[2])
 

@@ -76,3 +76,66 @@ def test_stream_writes_to_a_redis_cluster_survives_a_primary_kill_and_serve_read
     raw = read_sids(store, ids, version).set_index("track_id")
     assert all(rows[t]["found"] for t in ids)
     assert all(rows[t]["text_sid"] == list(raw.at[t, "text_sid"]) for t in ids)
+
+
+CLUSTER_PASSWORD = "PLANTED-cluster-5ecret-c41f"
+
+
+@pytest.fixture(scope="module")
+def secured_redis_cluster(tmp_path_factory):
+    """3 + 3 nodes that speak TLS only (clients, cluster bus, replication) and require a password."""
+    from streams.admin.certs import make_server_cert
+    from streams.admin.redis_cluster import LocalRedisCluster
+    from tests.plugins.kafka import free_port_block
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server / redis-cli not on PATH (apt-get install redis-server)")
+    home = tmp_path_factory.mktemp("redis-cluster-tls")
+    cluster = LocalRedisCluster(home, free_port_block(6, bus_offset=10000), password=CLUSTER_PASSWORD,
+                                tls=make_server_cert(home / "tls"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def test_the_stream_writes_to_a_redis_cluster_over_tls_with_a_password(kafka_broker, secured_redis_cluster, tmp_path):
+    """The `redis_cluster` profile over rediss:// with a password: the writer stores every track,
+    the password is in no file the store wrote, and a wrong password is refused in one line."""
+    from pydantic import SecretStr
+
+    from sidcore.catalog import lastfm_tracks
+    from sidstream.harness import PipelineRun, wait_until_readable
+    from streams.sinks.store import open_store
+    from trainer.bootstrap import ensure_codebooks
+
+    cluster = secured_redis_cluster
+    s = Settings(home=tmp_path / "home", kafka=kafka_broker.settings, lastfm_dir="sample",
+                 feast_profile="redis_cluster", redis_url=cluster.url, redis_password=SecretStr(CLUSTER_PASSWORD),
+                 redis_ca_file=cluster.tls.ca_file, stream={"batch_size": 16, "batch_timeout_s": 0.05},
+                 codebook={"codebook_size": 16})
+    assert s.redis.tls and s.redis.password == CLUSTER_PASSWORD
+    version = ensure_codebooks(s, [])
+    run = PipelineRun(s.model_copy(update={"feast_root": tmp_path / "feast"}), tmp_path / "run")
+    run.create_topics()
+    store = open_store(run.settings.feast_dir, profile="redis_cluster", redis_url=s.redis)
+    tracks = lastfm_tracks(None, 24)
+    run.start_workers((("text",), ("assigner", "writer")))
+    try:
+        producer = run.producer()
+        produced = producer.send_metadata(tracks)
+        producer.flush()
+        expected = {t.track_id: "text_sid" for t in tracks}
+        assert len(wait_until_readable(store, expected, produced, 120, version)) == len(expected)
+        assert not any(run.dead_letters().values())
+    finally:
+        run.stop_workers()
+    written = [p for p in (tmp_path / "feast").rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".py")]
+    assert written and not any(CLUSTER_PASSWORD in p.read_text(errors="replace") for p in written)
+
+    wrong = dataclasses.replace(s.redis, password="not-the-password")
+    with pytest.raises(Exception) as refused:  # redis-py's AuthenticationError, surfaced by Feast's cluster client
+        open_store(tmp_path / "feast-wrong", profile="redis_cluster", redis_url=wrong).get_online_features(
+            features=["track_sids:text_sid"], entity_rows=[{"track_id": tracks[0].track_id}]).to_dict()
+    said = f"{type(refused.value).__name__}: {refused.value}"
+    assert "auth" in said.lower() or "password" in said.lower(), said
+    assert "\n" not in said.strip() and CLUSTER_PASSWORD not in said and "not-the-password" not in said
