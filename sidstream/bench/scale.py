@@ -130,8 +130,15 @@ def _rss_mb() -> float:
 
 
 def child_main(argv: list[str]) -> None:
-    """python -m sidstream.bench.scale claims BOOTSTRAP TOPIC STATE_DIR|- | kept BOOTSTRAP TOPIC SQLITE"""
-    kind, bootstrap, topic, where = argv[:4]
+    """python -m sidstream.bench.scale claims SETTINGS_JSON TOPIC STATE_DIR|- | kept SETTINGS_JSON TOPIC SQLITE
+
+    SETTINGS_JSON: the run's settings file (`PipelineRun.settings_file`: secrets in owner-only
+    files beside it), so a child connects as the parent does (SASL/TLS included), and no
+    credential is on its command line."""
+    from sidcore.config import load_settings
+
+    kind, settings_json, topic, where = argv[:4]
+    bootstrap = load_settings(Path(settings_json)).kafka
     if kind == "claims":
         from streams.identity import KafkaIdentities
 
@@ -190,9 +197,10 @@ def command(claims: str, kept_n: int, largest_share: float, buckets: str, as_jso
         console.print(f"producing {n:,} claims (largest bucket {int(n * largest_share):,}, capacity {capacity:,})...")
         produce_s = _produce_claims(s.kafka, run.names.identity, n, largest_share, capacity)
         state = run_dir / f"claims-{n}" / "state"
-        first = _child(["claims", s.kafka.bootstrap, run.names.identity, str(state)])
-        restart = _child(["claims", s.kafka.bootstrap, run.names.identity, str(state)])
-        memory = _child(["claims", s.kafka.bootstrap, run.names.identity, "-"])
+        settings_json = str(run.settings_file())
+        first = _child(["claims", settings_json, run.names.identity, str(state)])
+        restart = _child(["claims", settings_json, run.names.identity, str(state)])
+        memory = _child(["claims", settings_json, run.names.identity, "-"])
         rows.append({"claims": n, "largest_bucket": int(n * largest_share), "capacity": capacity, "produce_s": round(produce_s, 1),
                      "first_catch_up": first, "restart": restart, "in_memory_store": memory})
         console.print(rows[-1])
@@ -215,7 +223,7 @@ def command(claims: str, kept_n: int, largest_share: float, buckets: str, as_jso
                 except BufferError:
                     p.poll(0.1)
         p.flush(300)
-        kept_row = {"kept": kept_n, **_child(["kept", s.kafka.bootstrap, run.names.kept, str(run_dir / "kept" / "kept.sqlite")])}
+        kept_row = {"kept": kept_n, **_child(["kept", str(run.settings_file()), run.names.kept, str(run_dir / "kept" / "kept.sqlite")])}
         console.print(kept_row)
     search = []
     for size in [int(x) for x in buckets.split(",") if x]:
