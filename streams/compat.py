@@ -10,10 +10,11 @@ fails when an upgrade moves or renames one, instead of the behaviour lapsing sil
 - `AIOKafkaConsumerThread._create_worker_consumer`, `Consumer._new_consumer_thread`,
   `App._new_transport`, and aiokafka's `AIOKafkaConsumer._fetch_max_wait_ms`: the broker long-poll
   cap (settings.stream.fetch_wait_ms; Faust builds its consumer with 1.5 s and no setting).
-- `Producer._new_producer`, aiokafka's `AIOKafkaClient._get_conn` and `AIOKafkaConnection._request_timeout`:
-  the data-path request timeout (settings.kafka.request_timeout_s). aiokafka has one request
-  timeout per client, which Faust must set above the session timeout for the group's JoinGroup;
-  a hung broker then stalls fetches, produces and metadata for that long (90 s).
+- `Producer._new_producer`, aiokafka's `AIOKafkaClient._request_timeout_ms`, `_get_conn`, `send`
+  and `AIOKafkaConnection._request_timeout`: the request timeout (settings.kafka.request_timeout_s).
+  aiokafka has one request timeout per client, which Faust must set above the session timeout for
+  the group's JoinGroup; a hung broker then stalled fetches, produces, metadata and commits for that
+  long (90 s).
 """
 
 from __future__ import annotations
@@ -42,26 +43,38 @@ def remove_processor(stream: Any, processor: Callable[..., Any]) -> None:
     stream._processors.remove(processor)  # noqa: SLF001
 
 
+# The requests a broker answers only when a rebalance completes (JoinGroup, SyncGroup: up to the
+# rebalance timeout); they keep the client's long timeout, every other request gets the short one.
+REBALANCE_API_KEYS = frozenset({11, 14})
+
+
 def bound_data_requests(client: Any, timeout_s: float) -> None:
-    """Requests on an aiokafka client's data connections (fetch, produce, metadata, list offsets)
-    and every connection's set-up (connect, ApiVersions) time out after `timeout_s`; requests on
-    its coordination connections (heartbeat, commit, JoinGroup, which may wait a whole rebalance)
-    keep the client's own timeout. A timed-out request closes its connection and forces a
-    metadata refresh, so the client finds the partition's new leader. The set-up matters as much:
-    aiokafka opens connections under one client-wide lock, and a paused broker accepts the TCP
-    connection (the kernel does) but never answers ApiVersions, so a reconnect to it with the long
-    timeout stalled every new connection of the client."""
-    long_s = client._request_timeout_ms / 1000  # noqa: SLF001
+    """Every request of an aiokafka client, and the set-up of every connection (connect,
+    ApiVersions), times out after `timeout_s`, but JoinGroup and SyncGroup, which keep the
+    client's own timeout. A timed-out request closes its connection and forces a metadata refresh
+    (data) or a coordinator lookup (heartbeat, commit), so the client follows the new leader or
+    coordinator instead of waiting for a hung broker. The set-up matters as much: aiokafka opens
+    connections under one client-wide lock, and a paused broker accepts the TCP connection (the
+    kernel does) but never answers ApiVersions, so one reconnect with the long timeout stalled
+    every new connection of the client; and a commit waiting on a paused coordinator held up the
+    consumer thread's other calls."""
+    long_s = max(client._request_timeout_ms / 1000, timeout_s)  # noqa: SLF001
     client._request_timeout_ms = int(timeout_s * 1000)  # noqa: SLF001 - read when a connection is made
-    get_conn = client._get_conn  # noqa: SLF001
+    get_conn, send = client._get_conn, client.send  # noqa: SLF001
 
-    async def _get_conn(node_id: Any, *, group: ConnectionGroup = ConnectionGroup.DEFAULT, no_hint: bool = False) -> Any:
-        conn = await get_conn(node_id, group=group, no_hint=no_hint)
-        if conn is not None and group == ConnectionGroup.COORDINATION:
-            conn._request_timeout = max(long_s, timeout_s)  # noqa: SLF001 - read by every send on the connection
-        return conn
+    async def _send(node_id: Any, request: Any, *, group: ConnectionGroup = ConnectionGroup.DEFAULT) -> Any:
+        if getattr(request, "API_KEY", None) not in REBALANCE_API_KEYS:
+            return await send(node_id, request, group=group)
+        conn = await get_conn(node_id, group=group)
+        if conn is None:
+            return await send(node_id, request, group=group)  # raises NodeNotReadyError as aiokafka does
+        conn._request_timeout = long_s  # noqa: SLF001 - captured when the request is sent
+        try:
+            return await send(node_id, request, group=group)
+        finally:
+            conn._request_timeout = timeout_s  # noqa: SLF001
 
-    client._get_conn = _get_conn  # noqa: SLF001
+    client.send = _send
 
 
 def app_class(fetch_wait_ms: int, request_timeout_s: float = 90.0) -> type[faust.App]:

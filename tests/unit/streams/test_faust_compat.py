@@ -53,6 +53,12 @@ def test_request_timeout_hooks_exist_and_are_used_by_aiokafka() -> None:
     assert "group=" in inspect.getsource(aioclient.AIOKafkaClient.send)  # coordination has its own connections
     assert "self._request_timeout" in inspect.getsource(aioconn.AIOKafkaConnection.send)
     assert "_do_version_lookup" in inspect.getsource(aioconn.AIOKafkaConnection.connect)
+    from aiokafka.protocol.group import JoinGroupRequest, SyncGroupRequest
+
+    # the requests that keep the long timeout, by their Kafka API keys
+    assert {JoinGroupRequest.API_KEY, SyncGroupRequest.API_KEY} == compat.REBALANCE_API_KEYS
+    coordinator = inspect.getsource(__import__("aiokafka.consumer.group_coordinator", fromlist=["x"]))
+    assert "JoinGroupRequest(" in coordinator and "self._client.send(" in coordinator
 
 
 def test_a_bound_client_gives_up_on_a_broker_that_accepts_but_never_answers() -> None:
