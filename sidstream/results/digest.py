@@ -6,7 +6,8 @@ byte changed in them makes it stale. Beside it, `docs/results/behaviour.json` re
 of small deterministic probes run on the code that made the tables, one torch and one faiss
 thread, in a fresh process:
 
-- ``settings``: the defaults of CodebookSettings, ModelConfig and TrainConfig (exact);
+- ``settings``: the defaults of CodebookSettings (less the refit_* settings, which only warm refits
+  read), ModelConfig and TrainConfig (exact);
 - ``quantizers``: every quantizer variant of the quantizer study fitted on the planted groups
   (K = 8, 3 layers): per-layer purity, utilisation, entropy, reconstruction, distinct IDs, churn;
 - ``ids``: the ID study (psrq_id, TIGER, RQ) on the same groups, timing columns left out;
@@ -46,6 +47,7 @@ from typing import Any
 PROBES = ("settings", "quantizers", "ids", "evaluation", "evaluation_multimodal", "lastfm_convert")
 RTOL, ATOL = 1e-3, 2e-4
 FILE = "behaviour.json"
+REFIT_SETTINGS = {"refit", "refit_iters", "refit_margin", "refit_max_drift", "refit_max_utilisation_drop"}
 _TIMING = re.compile(r"(^|_)(s|ms|seconds|per_s|wall_s|online_ms|fit_s|samples_per_s)$")
 
 
@@ -75,7 +77,9 @@ def _settings() -> dict[str, Any]:
     from trainer.models import ModelConfig
     from trainer.train_loop import TrainConfig
 
-    return {"codebook": CodebookSettings().model_dump(mode="json"), "model": ModelConfig().to_dict(),
+    # the refit_* settings steer warm refits only (psrq.fitting.refit_codebook); no table here refits
+    codebook = CodebookSettings().model_dump(mode="json", exclude=REFIT_SETTINGS)
+    return {"codebook": codebook, "model": ModelConfig().to_dict(),
             "train": asdict(TrainConfig())}
 
 
