@@ -40,7 +40,7 @@ class NotWarm(ValueError):
 @dataclass(frozen=True)
 class WarmOptions:
     iters: int = 3  # warm Lloyd iterations per layer
-    margin: float = 0.01  # fit-time margin: keep the starting code unless another is > margin closer
+    margin: float = 0.02  # fit-time margin: keep the starting code unless another is > margin closer
     device: str = "cpu"
     kmeans_backend: str = "auto"
 

@@ -182,7 +182,7 @@ class CodebookSettings(_Frozen):
     refit: Literal["warm", "fresh"] = Field("warm", description="warm: start a refit from the parent version's codebooks; "
                                                                "fresh: fit anew and align the codes to the parent")
     refit_iters: int = Field(3, ge=1, description="warm refit: Lloyd iterations per layer from the parent's centroids")
-    refit_margin: float = Field(0.01, ge=0, lt=1, description="warm refit: during fitting a row keeps its code unless "
+    refit_margin: float = Field(0.02, ge=0, lt=1, description="warm refit: during fitting a row keeps its code unless "
                                                                 "another centroid is more than this share closer")
     refit_max_drift: float = Field(0.005, ge=0, le=1, description="drift guard: fresh fit instead when the warm one's "
                                                                    "reconstruction is below (1 - this) x the fresh fit's")

@@ -65,12 +65,24 @@ class Request:
     hint_version: str | None = None
 
 
+def _unclaimed_mask(table: Any, hint_table: Any, key: tuple[int, ...], capacity: int) -> np.ndarray | None:
+    """The codes a track without a hint must not take in bucket `key`: those taken in `table`, and
+    those held in the same-numbered bucket under the hint version (their tracks may still claim
+    them back: a kept semantic path keeps its identity code, whichever track is coded first)."""
+    mine = table.taken_mask(key)
+    theirs = hint_table.taken_mask(key) if hint_table is not None else None
+    if theirs is None or len(theirs) != capacity:
+        return mine
+    return theirs if mine is None else (mine | theirs)
+
+
 class TableIdentities:
     """The decision rules on an in-memory table, claims applied at once (one process owns the
     table: unit tests, offline tools). `KafkaIdentities` applies the same rules through the log."""
 
     def __init__(self) -> None:
         self.tables: dict[tuple[str, str], IdentityTable] = {}
+        self.hint_collisions = 0  # tracks whose hint was already taken (they claimed their nearest free code)
 
     def table(self, version: str, modality: str, capacity: int) -> IdentityTable:
         t = self.tables.get((version, modality))
@@ -132,18 +144,24 @@ class TableIdentities:
             for k, (r, table, hint_table, keys, out, failed, todo) in enumerate(states):
                 reserved: dict[tuple[int, ...], list[int]] = {}
                 rows: list[int] = []
-                for i in todo:
+                hints = {i: hint_table.held(keys[i], r.track_ids[i]) if hint_table is not None else None for i in todo}
+                # tracks with a hint (their semantic path kept) claim before any track without one
+                for i in [i for i in todo if hints[i] is not None] + [i for i in todo if hints[i] is None]:
                     key, track = keys[i], r.track_ids[i]
                     held = table.held(key, track)
                     if held is not None:
                         out[i] = held
                         continue
                     taken = reserved.setdefault(key, [])
-                    hint = hint_table.held(key, track) if hint_table is not None else None
+                    hint = hints[i]
                     if hint is not None and hint < r.capacity and table.owner(key, hint) is None and hint not in taken:
                         code = hint
                     else:
-                        found = queries[k].nearest_free(i, table.taken_mask(key), taken)
+                        if hint is not None:
+                            self.hint_collisions += 1
+                        found = queries[k].nearest_free(i, _unclaimed_mask(table, hint_table, key, r.capacity), taken)
+                        if found is None:
+                            found = queries[k].nearest_free(i, table.taken_mask(key), taken)
                         if found is None:
                             failed[i] = str(bucket_full(key, r.capacity))
                             continue
