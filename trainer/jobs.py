@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from psrq.fitting import fit_codebook, fit_codebook_set, present_rows
+from psrq.fitting import fit_codebook_set, present_rows, refit_codebook
 from sidcore.config import CodebookSettings, Settings
 from sidcore.registry import ArtifactVersion, Registry
 from trainer import ddp
@@ -152,11 +152,23 @@ def _compatible_parent(q: Any, parent_set: Any, modality: str) -> Any:
     return parent
 
 
-def _align(q: Any, parent_set: Any, modality: str, X: np.ndarray) -> Any:
-    from psrq.align import align_to_parent
+def _parent_codebook(parent_set: Any, modality: str) -> Any:
+    return None if parent_set is None else parent_set.codebooks.get(modality)
 
-    parent = _compatible_parent(q, parent_set, modality)
-    return q if parent is None else align_to_parent(q, parent, X, by="codes")
+
+def kept_shares(parent: Any, child: Any, X: np.ndarray) -> dict[str, Any]:
+    """What a refit keeps of the parent's IDs on X: the share of rows whose full semantic path is
+    unchanged, per semantic layer, and (psrq_id) whether K_id, the identity codes' meaning, is kept
+    (a track with a kept path then claims its old identity code first: streams.identity)."""
+    def semantic(q: Any) -> np.ndarray:
+        codes = q.semantic_encode(X) if hasattr(q, "semantic_encode") else q.encode(X)
+        return np.asarray(codes)[:, : q.semantic_layers]
+
+    same = semantic(child) == semantic(parent)
+    out: dict[str, Any] = {"path": float(same.all(axis=1).mean()), "layers": same.mean(axis=0).astype(float).tolist()}
+    if hasattr(child, "identity_size"):
+        out["identity_size_kept"] = bool(child.identity_size == parent.identity_size)
+    return out
 
 
 def _churn(q: Any, parent_set: Any, modality: str, X: np.ndarray) -> dict[str, Any] | None:
@@ -199,13 +211,19 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
             codebooks[modality], _ = load_codebook(step_dir)
             log.info("codebooks: %s loaded from %s", modality, step_dir)
         else:
-            q = _align(fit_codebook(X, config.codebook), parent_set, modality, X)  # stable IDs: renumber codes to agree with the parent
-            save_codebook(q, step_dir)
+            # stable IDs: a warm refit from the parent's codebooks (or a fresh fit aligned to them)
+            q, refit = refit_codebook(X, config.codebook, _parent_codebook(parent_set, modality))
+            save_codebook(q, step_dir, extra={"refit": refit})
             codebooks[modality] = q
         metrics[modality] = _codebook_metrics(codebooks[modality], X)
+        refit = json.loads((step_dir / "manifest.json").read_text()).get("extra", {}).get("refit")
+        if refit is not None:
+            metrics[modality]["refit"] = refit
         churn = _churn(codebooks[modality], parent_set, modality, X)
         if churn is not None:
             metrics[modality]["churn_vs_parent"] = churn
+            metrics[modality]["kept"] = kept_shares(_compatible_parent(codebooks[modality], parent_set, modality),
+                                                    codebooks[modality], X)
         if on_progress:
             on_progress("codebooks", done + 1, len(modalities))
         if config.fail_after_steps is not None and done + 1 >= config.fail_after_steps:
