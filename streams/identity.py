@@ -119,8 +119,11 @@ class TableIdentities:
         """Composite identity code per track (int64 [n], -1 where it failed) and {row: reason}.
 
         Each track keeps the code it holds in its bucket; otherwise it takes the code it holds
-        under `hint_version` in the same-numbered bucket (a refit aligned to its parent) if that
-        is free, else its nearest free code."""
+        under `hint_version` in the same-numbered bucket (its semantic path survived the refit)
+        if that is free, else its nearest free code. Tracks with a hint claim before tracks
+        without one, and a track without a hint takes no code held in its bucket under
+        `hint_version` while another is free, so a kept path keeps its identity code whichever
+        track is coded first (a hint found taken anyway is counted in `hint_collisions`)."""
         return self.resolve_many([Request(version, modality, capacity, track_ids, prefixes, distances, hint_version)])[0]
 
     def resolve_many(self, requests: Sequence[Request]) -> list[tuple[np.ndarray, dict[int, str]]]:
