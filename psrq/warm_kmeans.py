@@ -21,6 +21,7 @@ CPU they give the same codes (tests/unit/psrq/test_warm.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,13 @@ def reseed_empty(C: F32, assign: I64, own: np.ndarray, points: Any, k: int) -> N
         counts[j] = 1
 
 
+def _row_point(R: F32, prefixes: F32 | None, path_idx: I64 | None) -> Callable[[int], F32]:
+    """Row i in the centroids' space: R[i], or [R[i] ⊕ prefixes[path_idx[i]]]."""
+    if prefixes is None or path_idx is None:
+        return lambda i: R[i]
+    return lambda i: np.concatenate([R[i], prefixes[path_idx[i]]])
+
+
 def warm_lloyd(
     R: F32, C0: F32, k: int, iters: int, margin: float, prefixes: F32 | None = None, path_idx: I64 | None = None,
 ) -> tuple[F32, I64]:
@@ -103,9 +111,7 @@ def warm_lloyd(
         table = prefix_table(prefixes, np.ascontiguousarray(C[:, d:])) if prefixed else None  # type: ignore[arg-type]
         return _distances(R, np.ascontiguousarray(C[:, :d]), table, path_idx)
 
-    def point(i: int) -> F32:
-        return np.concatenate([R[i], prefixes[path_idx[i]]]) if prefixed else R[i]  # type: ignore[index]
-
+    point = _row_point(R, prefixes, path_idx)
     D = dist(C[: len(C0)])
     old = D.argmin(axis=1).astype(np.int64)
     assign = old.copy()
@@ -153,8 +159,7 @@ def torch_warm_lloyd(
 
     def reseed(C: torch.Tensor, assign: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
         host_C, host_a, host_own = C.cpu().numpy().copy(), assign.cpu().numpy().copy(), own.cpu().numpy().copy()
-        reseed_empty(host_C, host_a, host_own, lambda i: np.concatenate([R[i], prefixes[path_idx[i]]]) if prefixed
-                     else R[i], k)  # type: ignore[index]
+        reseed_empty(host_C, host_a, host_own, _row_point(R, prefixes, path_idx), k)
         assign.copy_(torch.from_numpy(host_a).to(dev))
         return torch.from_numpy(host_C).to(dev)
 
