@@ -14,8 +14,11 @@ on all of it. Per method, the median over seeds of:
   fits' (the same data, every seed);
 - guard_fallbacks (warm): seeds where the drift guard (psrq.fitting.drift_reasons) would take the
   fresh fit instead.
-auc_live_on_new / auc_retrained (the live ranker on the child's IDs vs a retrained ranker) are
-not measured by this bench yet (null).
+- auc_live_on_new / auc_retrained (psrq_id, Last.fm only; sidstream.bench.refit_auc): the median
+  Cold AUC of the live ranker trained on the parent's SIDs and scored on the child's without
+  retraining, and of the same ranker retrained on the child's (warm: both; fresh: the live ranker
+  on the fresh + aligned child's SIDs, not retrained); "auc" adds the paired difference
+  live_on_new - retrained with its 95 % interval. `--auc-seeds 0` skips the rankers.
 
 Data: `--input EMB.npy` (rows = items), else the Last.fm-2k artists' text embeddings through
 `settings.lastfm_source` (as `bench ids` reads them). K and L default to the settings' codebook.
@@ -30,6 +33,8 @@ from typing import Any
 
 import click
 import numpy as np
+
+from sidstream.bench.refit_auc import auc_runs, auc_summary
 
 METHODS = ("psrq_id", "psrq", "rq", "vq", "pq")
 
@@ -123,6 +128,15 @@ def run_refit(X: np.ndarray, methods: tuple[str, ...], k: int, layers: int, grow
     return out
 
 
+def add_auc(out: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """The live-ranker comparison's medians into psrq_id's rows (sidstream.bench.refit_auc)."""
+    summary = auc_summary(runs)
+    row = out["methods"]["psrq_id"]
+    row["warm"].update(auc_live_on_new=summary["auc_live_on_new"], auc_retrained=summary["auc_retrained"])
+    row["fresh"]["auc_live_on_new"] = summary["auc_live_on_fresh"]
+    out["auc"] = {**summary, "seeds": len(runs), "per_seed": runs}
+
+
 def table(out: dict[str, Any]) -> str:
     lines = ["| method | refit | kept path | kept per layer | kept unique ID | recon / fresh median | guard fallbacks |",
              "|---|---|---|---|---|---|---|"]
@@ -133,6 +147,12 @@ def table(out: dict[str, Any]) -> str:
             fallbacks = f"{r['guard_fallbacks']}/{out['seeds']}" if kind == "warm" else "—"
             lines.append(f"| {method} | {kind} | {r['kept_path']:.4f} | {' / '.join(f'{v:.4f}' for v in r['kept_layers'])} | "
                          f"{unique} | {r['recon_ratio']:.4f} | {fallbacks} |")
+    if "auc" in out:
+        a, d = out["auc"], out["auc"]["live_on_new_minus_retrained"]
+        lines.append(f"\npsrq_id Cold AUC (median of {a['seeds']} seeds): live ranker on the parent's IDs {a['auc_live_on_old']:.4f}, "
+                     f"on the warm child's {a['auc_live_on_new']:.4f}, on the fresh child's {a['auc_live_on_fresh']:.4f}; retrained "
+                     f"on the warm child's {a['auc_retrained']:.4f}; live on new - retrained {d['mean_diff']:+.4f} "
+                     f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
     return "\n".join(lines)
 
 
@@ -158,9 +178,12 @@ def load_items(path: Path | None) -> tuple[np.ndarray, str]:
 @click.option("--layers", type=int, default=None, help="semantic layers [settings.codebook.layers]")
 @click.option("--codebook-size", "k", type=int, default=None, help="K per layer [settings.codebook.codebook_size]")
 @click.option("--methods", default=",".join(METHODS), show_default=True, help="comma-separated quantizer methods")
+@click.option("--auc-seeds", type=int, default=None,
+              help="psrq_id on Last.fm: seeds of the live-ranker comparison [--seeds; 0: skip; never with --input]")
+@click.option("--epochs", type=int, default=3, show_default=True, help="ranker epochs of the comparison")
 @click.option("--json", "as_json", is_flag=True, help="print only the JSON line")
 def command(path: Path | None, grow: float, seeds: int, layers: int | None, k: int | None, methods: str,
-            as_json: bool) -> None:
+            auc_seeds: int | None, epochs: int, as_json: bool) -> None:
     """IDs kept by a refit when the catalogue grows: warm-started vs fresh + aligned, per method."""
     from sidcore.config import get_settings
 
@@ -170,8 +193,12 @@ def command(path: Path | None, grow: float, seeds: int, layers: int | None, k: i
     unknown = sorted(set(chosen) - set(METHODS))
     if unknown:
         raise click.ClickException(f"unknown method(s) {unknown}; warm refits exist for {', '.join(METHODS)}")
-    out = run_refit(X, chosen, k or base.codebook_size, layers or base.layers, grow, seeds, base)
+    k, layers = k or base.codebook_size, layers or base.layers
+    out = run_refit(X, chosen, k, layers, grow, seeds, base)
     out["data"] = what
+    auc_seeds = seeds if auc_seeds is None else auc_seeds
+    if path is None and auc_seeds > 0 and "psrq_id" in chosen:
+        add_auc(out, auc_runs(get_settings().lastfm_source, k, layers, grow, auc_seeds, epochs, base))
     if not as_json:
         click.echo(table(out))
     click.echo(json.dumps(out))
