@@ -15,6 +15,8 @@ thread, in a fresh process:
   AUC, GAUC, log loss);
 - ``evaluation_multimodal``: one epoch of every model of the audio table (sidstream.results.lastfm_audio)
   on a synthetic text + audio data set;
+- ``refit``: the refit study (sidstream.results.refit, every method warm and fresh + aligned) on the
+  planted groups, K = 8, 2 seeds, without the rankers;
 - ``lastfm_convert``: the Last.fm converter on a small generated HetRec folder (the interactions'
   exact hash) and the shipped MiniLM's embeddings of its item texts.
 
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROBES = ("settings", "quantizers", "ids", "evaluation", "evaluation_multimodal", "lastfm_convert")
+PROBES = ("settings", "quantizers", "ids", "evaluation", "evaluation_multimodal", "lastfm_convert", "refit")
 RTOL, ATOL = 1e-3, 2e-4
 FILE = "behaviour.json"
 REFIT_SETTINGS = {"refit", "refit_iters", "refit_margin", "refit_max_drift", "refit_max_utilisation_drop"}
@@ -97,6 +99,13 @@ def _ids() -> dict[str, Any]:
 
     X, labels = quantizers.synthetic_items()
     return dict(run_ids(None, 8, 3, 0, 200, 0, 1, items=(None, X, labels)))
+
+
+def _refit() -> dict[str, Any]:
+    from sidstream.results import quantizers, refit
+
+    X, _ = quantizers.synthetic_items()
+    return dict(refit.run(X, {**refit.QUICK, "seeds": 2}))
 
 
 def _evaluation() -> dict[str, Any]:
@@ -166,6 +175,7 @@ def _lastfm_convert() -> dict[str, Any]:
 
 _RUNNERS: dict[str, Callable[[], dict[str, Any]]] = {
     "settings": _settings, "quantizers": _quantizers, "ids": _ids, "evaluation": _evaluation, "evaluation_multimodal": _evaluation_multimodal, "lastfm_convert": _lastfm_convert,
+    "refit": _refit,
 }
 
 
