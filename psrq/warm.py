@@ -74,6 +74,8 @@ def check_warm(parent: Quantizer, method: str, dim: int, sizes: list[int], optio
         for key in ("alpha", "anchor", "prefix_scale", "identity_layers"):
             if key in options and key in p and options[key] != p[key]:
                 raise NotWarm(f"{key} changed: {p[key]} -> {options[key]}")
+        if options.get("identity_size") not in (None, p.get("identity_size")):  # set by hand: a new shape
+            raise NotWarm(f"identity_size changed: {p.get('identity_size')} -> {options['identity_size']}")
 
 
 def _fit_rows(X: F32, k: int, seed: int, max_points_per_centroid: int) -> F32:

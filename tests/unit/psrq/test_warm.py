@@ -116,6 +116,14 @@ def test_a_method_change_falls_back_to_the_fresh_fit_and_says_why():
         warm_child(X, _spec("rqvae"), fit_codebook(X[:400], _spec("rqvae").model_copy(update={"method": "rq"})))
 
 
+def test_an_identity_size_set_by_hand_is_a_shape_change():
+    X = _catalogue()
+    parent = fit_codebook(X[:2000], _spec("psrq_id"))
+    child, record = refit_codebook(X, _spec("psrq_id", identity_size=parent.identity_size + 4), parent)
+    assert record["taken"] == "fresh" and record["reason"].startswith("identity_size changed")
+    assert child.identity_size == parent.identity_size + 4
+
+
 def test_refit_fresh_setting_and_no_parent_fit_fresh():
     X = _catalogue()
     parent = fit_codebook(X[:2000], _spec("psrq"))
