@@ -258,6 +258,16 @@ class CodebookSettings(_Frozen):
     gate_min_utilisation: float = Field(0.02, ge=0, le=1, description="least share of codes used, per layer")
     gate_max_collision_rate: float = Field(1.0, ge=0, le=1, description="most share of items sharing their SID")
     gate_min_recon_cosine: float = Field(0.0, ge=-1, le=1, description="least mean cosine(x, decode(encode(x)))")
+    # refits (psrq.fitting.refit_codebook, docs/psrq.md "Refits that keep IDs"): a fresh fit reads none of these
+    refit: Literal["warm", "fresh"] = Field("warm", description="warm: start a refit from the parent version's codebooks; "
+                                                               "fresh: fit anew and align the codes to the parent")
+    refit_iters: int = Field(3, ge=1, description="warm refit: Lloyd iterations per layer from the parent's centroids")
+    refit_margin: float = Field(0.02, ge=0, lt=1, description="warm refit: during fitting a row keeps its code unless "
+                                                                "another centroid is more than this share closer")
+    refit_max_drift: float = Field(0.005, ge=0, le=1, description="drift guard: fresh fit instead when the warm one's "
+                                                                   "reconstruction is below (1 - this) x the fresh fit's")
+    refit_max_utilisation_drop: float = Field(0.1, ge=0, le=1, description="drift guard: fresh fit instead when a warm "
+                                                                            "layer uses this share of codes fewer than fresh")
 
     def options(self) -> dict[str, object]:
         """Method-specific constructor options for psrq.make_quantizer."""

@@ -151,6 +151,8 @@ def retrain_once(run: Any, before: str, timeout_s: float = 900.0) -> dict[str, A
     s = run.worker_settings
     ranker_manifest = Registry(s.registry_dir).get("ranker", ranker["version"]).manifest
     churn = {m: (v.get("churn_vs_parent") or {}).get("full_sid") for m, v in (codebooks["metrics"] or {}).items()}
+    kept = {m: {"refit": (v.get("refit") or {}).get("taken"), "path": (v.get("kept") or {}).get("path")}
+            for m, v in (codebooks["metrics"] or {}).items()}
     gate = ranker_manifest.get("gate") or {}
     return {
         "before_version": before,
@@ -161,6 +163,7 @@ def retrain_once(run: Any, before: str, timeout_s: float = 900.0) -> dict[str, A
         "rows_by_version": rows_by_version(s.feast_dir, s.feast_profile, s.redis),
         "ranker_codebook": ranker_manifest.get("codebook_version"),
         "churn": churn,
+        "kept": kept,
         "ranker_gate": "passed" if gate.get("passed") else "refused",
         "ranker_auc": gate.get("candidate_auc"),
         "live_ranker_auc": gate.get("live_auc"),

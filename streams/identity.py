@@ -66,12 +66,24 @@ class Request:
     hint_version: str | None = None
 
 
+def _unclaimed_mask(table: Any, hint_table: Any, key: tuple[int, ...], capacity: int) -> np.ndarray | None:
+    """The codes a track without a hint must not take in bucket `key`: those taken in `table`, and
+    those held in the same-numbered bucket under the hint version (their tracks may still claim
+    them back: a kept semantic path keeps its identity code, whichever track is coded first)."""
+    mine = table.taken_mask(key)
+    theirs = hint_table.taken_mask(key) if hint_table is not None else None
+    if theirs is None or len(theirs) != capacity:
+        return mine
+    return theirs if mine is None else (mine | theirs)
+
+
 class TableIdentities:
     """The decision rules on an in-memory table, claims applied at once (one process owns the
     table: unit tests, offline tools). `KafkaIdentities` applies the same rules through the log."""
 
     def __init__(self) -> None:
         self.tables: dict[tuple[str, str], IdentityTable] = {}
+        self.hint_collisions = 0  # tracks whose hint was already taken (they claimed their nearest free code)
 
     def table(self, version: str, modality: str, capacity: int) -> IdentityTable:
         t = self.tables.get((version, modality))
@@ -108,8 +120,11 @@ class TableIdentities:
         """Composite identity code per track (int64 [n], -1 where it failed) and {row: reason}.
 
         Each track keeps the code it holds in its bucket; otherwise it takes the code it holds
-        under `hint_version` in the same-numbered bucket (a refit aligned to its parent) if that
-        is free, else its nearest free code."""
+        under `hint_version` in the same-numbered bucket (its semantic path survived the refit)
+        if that is free, else its nearest free code. Tracks with a hint claim before tracks
+        without one, and a track without a hint takes no code held in its bucket under
+        `hint_version` while another is free, so a kept path keeps its identity code whichever
+        track is coded first (a hint found taken anyway is counted in `hint_collisions`)."""
         return self.resolve_many([Request(version, modality, capacity, track_ids, prefixes, distances, hint_version)])[0]
 
     def resolve_many(self, requests: Sequence[Request]) -> list[tuple[np.ndarray, dict[int, str]]]:
@@ -133,18 +148,24 @@ class TableIdentities:
             for k, (r, table, hint_table, keys, out, failed, todo) in enumerate(states):
                 reserved: dict[tuple[int, ...], list[int]] = {}
                 rows: list[int] = []
-                for i in todo:
+                hints = {i: hint_table.held(keys[i], r.track_ids[i]) if hint_table is not None else None for i in todo}
+                # tracks with a hint (their semantic path kept) claim before any track without one
+                for i in [i for i in todo if hints[i] is not None] + [i for i in todo if hints[i] is None]:
                     key, track = keys[i], r.track_ids[i]
                     held = table.held(key, track)
                     if held is not None:
                         out[i] = held
                         continue
                     taken = reserved.setdefault(key, [])
-                    hint = hint_table.held(key, track) if hint_table is not None else None
+                    hint = hints[i]
                     if hint is not None and hint < r.capacity and table.owner(key, hint) is None and hint not in taken:
                         code = hint
                     else:
-                        found = queries[k].nearest_free(i, table.taken_mask(key), taken)
+                        if hint is not None:
+                            self.hint_collisions += 1
+                        found = queries[k].nearest_free(i, _unclaimed_mask(table, hint_table, key, r.capacity), taken)
+                        if found is None:
+                            found = queries[k].nearest_free(i, table.taken_mask(key), taken)
                         if found is None:
                             failed[i] = str(bucket_full(key, r.capacity))
                             continue

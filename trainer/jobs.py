@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from psrq.fitting import fit_codebook, fit_codebook_set, present_rows
+from psrq.fitting import fit_codebook_set, present_rows, refit_codebook
 from sidcore.config import CodebookSettings, Settings
 from sidcore.registry import ArtifactVersion, Registry
 from trainer import ddp
@@ -34,7 +34,14 @@ from trainer.features import IdVocab, Lookup
 from trainer.graphed import train_model_graphed, use_cuda_graph
 from trainer.metrics import ranking_metrics
 from trainer.models import ModelConfig, build_model
-from trainer.ranker_gate import RankerGateConfig, RankerGateResult, gate_ranker, holdout_fraction
+from trainer.ranker_gate import (
+    WARM_CHILD,
+    RankerGateConfig,
+    RankerGateResult,
+    gate_ranker,
+    holdout_fraction,
+    serving_codebooks,
+)
 from trainer.train_loop import InjectedFailure, TrainConfig, predict, train_model
 
 log = logging.getLogger(__name__)
@@ -152,11 +159,23 @@ def _compatible_parent(q: Any, parent_set: Any, modality: str) -> Any:
     return parent
 
 
-def _align(q: Any, parent_set: Any, modality: str, X: np.ndarray) -> Any:
-    from psrq.align import align_to_parent
+def _parent_codebook(parent_set: Any, modality: str) -> Any:
+    return None if parent_set is None else parent_set.codebooks.get(modality)
 
-    parent = _compatible_parent(q, parent_set, modality)
-    return q if parent is None else align_to_parent(q, parent, X, by="codes")
+
+def kept_shares(parent: Any, child: Any, X: np.ndarray) -> dict[str, Any]:
+    """What a refit keeps of the parent's IDs on X: the share of rows whose full semantic path is
+    unchanged, per semantic layer, and (psrq_id) whether K_id, the identity codes' meaning, is kept
+    (a track with a kept path then claims its old identity code first: streams.identity)."""
+    def semantic(q: Any) -> np.ndarray:
+        codes = q.semantic_encode(X) if hasattr(q, "semantic_encode") else q.encode(X)
+        return np.asarray(codes)[:, : q.semantic_layers]
+
+    same = semantic(child) == semantic(parent)
+    out: dict[str, Any] = {"path": float(same.all(axis=1).mean()), "layers": same.mean(axis=0).astype(float).tolist()}
+    if hasattr(child, "identity_size"):
+        out["identity_size_kept"] = bool(child.identity_size == parent.identity_size)
+    return out
 
 
 def _churn(q: Any, parent_set: Any, modality: str, X: np.ndarray) -> dict[str, Any] | None:
@@ -199,13 +218,19 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
             codebooks[modality], _ = load_codebook(step_dir)
             log.info("codebooks: %s loaded from %s", modality, step_dir)
         else:
-            q = _align(fit_codebook(X, config.codebook), parent_set, modality, X)  # stable IDs: renumber codes to agree with the parent
-            save_codebook(q, step_dir)
+            # stable IDs: a warm refit from the parent's codebooks (or a fresh fit aligned to them)
+            q, refit = refit_codebook(X, config.codebook, _parent_codebook(parent_set, modality))
+            save_codebook(q, step_dir, extra={"refit": refit})
             codebooks[modality] = q
         metrics[modality] = _codebook_metrics(codebooks[modality], X)
+        refit = json.loads((step_dir / "manifest.json").read_text()).get("extra", {}).get("refit")
+        if refit is not None:
+            metrics[modality]["refit"] = refit
         churn = _churn(codebooks[modality], parent_set, modality, X)
         if churn is not None:
             metrics[modality]["churn_vs_parent"] = churn
+            metrics[modality]["kept"] = kept_shares(_compatible_parent(codebooks[modality], parent_set, modality),
+                                                    codebooks[modality], X)
         if on_progress:
             on_progress("codebooks", done + 1, len(modalities))
         if config.fail_after_steps is not None and done + 1 >= config.fail_after_steps:
@@ -396,12 +421,15 @@ def train_ranker(config: JobConfig, on_progress: OnProgress | None = None) -> Ar
 def _gate(registry: Registry, live: ArtifactVersion | None, ds: Dataset, prep: Any, probs: np.ndarray,
           config: JobConfig) -> RankerGateResult:
     """The ranker gate on the held-out window: the candidate's scores against the live ranker's
-    (with the codebook version it was trained on: the serving pair), when it can be scored."""
+    (with the codebook version it reads: the serving pair), when it can be scored."""
     live_probs, why = None, None
     if live is not None:
-        try:
+        try:  # the live ranker as it is served: on its own codebook version, or on the warm child it was let serve
+            cb = registry.live(CODEBOOKS)
+            reads = serving_codebooks(registry.events(RANKER), live.version, live.manifest.get("codebook_version"),
+                                      cb.version if cb else None)
             live_probs = score_ranker(registry, live, ds, prep, config.train.device, config.train.data_path,
-                                      config.text_encoding)
+                                      config.text_encoding, reads)
         except Exception as exc:  # noqa: BLE001 - an unscorable live ranker is reported, the candidate still gated
             why = f"{type(exc).__name__}: {exc}"
             log.warning("ranker gate: the live ranker %s cannot be scored on this window (%s); gating on chance only",
@@ -414,11 +442,11 @@ def _gate(registry: Registry, live: ArtifactVersion | None, ds: Dataset, prep: A
 
 
 def score_ranker(registry: Registry, ranker: ArtifactVersion, ds: Dataset, prep: Any, device: Any = None,
-                 data_path: Any = None, text: TextEncoding | None = None) -> np.ndarray:
+                 data_path: Any = None, text: TextEncoding | None = None, codebook_version: str | None = None) -> np.ndarray:
     """A registered ranker's scores of `prep.test`, with its own ID vocabulary and the SIDs of
-    the codebook version it was trained on (`text`: as in item_codes)."""
+    the codebook version it was trained on, or of `codebook_version` (`text`: as in item_codes)."""
     model, vocab, manifest = load_ranker(ranker)
-    cb_version = manifest.get("codebook_version")
+    cb_version = codebook_version or manifest.get("codebook_version")
     codes: dict[str, np.ndarray] = {}
     if cb_version is not None:
         codes, _ = item_codes(registry.get(CODEBOOKS, cb_version), ds, prep.catalog.tolist(), text)
@@ -462,9 +490,43 @@ def load_ranker(version: ArtifactVersion) -> tuple[torch.nn.Module, list[str], d
     return model, vocab, version.manifest
 
 
+def judge_warm_child(config: JobConfig, child: ArtifactVersion) -> RankerGateResult | None:
+    """May the live ranker serve `child` before it is retrained? Only when `child` is a warm refit
+    (every modality) of the codebook version the ranker was trained on; then the ranker gate
+    decides, on the held-out window, between the live ranker scored on the child's IDs (the
+    candidate) and on its own version's (the live pair): the same intervals and bounds as a
+    retrained candidate. The decision is a ranker event (`warm_child`) that `sidstream serve`
+    reads (trainer.ranker_gate.serving_codebooks); None when there is nothing to decide."""
+    registry = Registry(config.registry)
+    ranker = registry.live(RANKER)
+    trained_on = ranker.manifest.get("codebook_version") if ranker is not None else None
+    if ranker is None or trained_on is None or child.manifest.get("parent_version") != trained_on:
+        return None
+    event = {"event": WARM_CHILD, "ranker": ranker.version, "codebook_version": child.version, "parent_version": trained_on}
+    taken = {m: (v.get("refit") or {}).get("taken") for m, v in (child.manifest.get("metrics") or {}).items()}
+    if not taken or any(t != "warm" for t in taken.values()):
+        registry.log_event(RANKER, {**event, "passed": False, "reason": f"not a warm child: {taken}"})
+        return None
+    ds = load_source(config)
+    prep = prepare(ds, holdout_fraction(ds.interactions["timestamp"].to_numpy(), config.ranker_gate.holdout_days,
+                                        config.test_fraction), text=config.text_encoding)
+    on = {v: score_ranker(registry, ranker, ds, prep, config.train.device, config.train.data_path, config.text_encoding, v)
+          for v in (trained_on, child.version)}
+    g = config.ranker_gate
+    result = gate_ranker(prep.test.users, prep.test.labels, on[child.version], on[trained_on], trained_on,
+                         g.min_auc_lift, g.max_auc_drop, g.confidence, g.rounds, seed=config.train.seed)
+    registry.log_event(RANKER, {**event, "passed": result.passed, "gate": result.to_dict()})
+    log.info("live ranker %s on the warm child %s: %s", ranker.version, child.version,
+             "serves it until a retrained ranker passes the gate" if result.passed else "; ".join(result.reasons))
+    return result
+
+
 def train_all(config: JobConfig, on_progress: OnProgress | None = None) -> tuple[ArtifactVersion, ArtifactVersion | None]:
-    """Codebooks then ranker (the ranker uses the codebooks just registered; they must be promoted)."""
+    """Codebooks, the live ranker judged on a warm child (judge_warm_child), then the ranker (it
+    uses the codebooks just registered; they must be promoted)."""
     codebooks = train_codebooks(replace(config, promote=True), on_progress) if ddp.is_main() else None
+    if codebooks is not None and config.codebook_version is None:
+        judge_warm_child(config, codebooks)
     ddp.barrier()
     ranker = train_ranker(replace(config, codebook_version=codebooks.version if codebooks else None), on_progress)
     assert codebooks is not None or not ddp.is_main()

@@ -144,3 +144,20 @@ def gate_ranker(users: np.ndarray, labels: np.ndarray, candidate: np.ndarray, li
                                   f"-gate_max_auc_drop {max_auc_drop}")
     result.passed = not result.reasons
     return result
+
+
+WARM_CHILD = "warm_child"  # the ranker event recording the decision on a warm child (trainer.jobs.judge_warm_child)
+
+
+def serving_codebooks(events: list[dict[str, Any]], ranker_version: str, trained_on: str | None,
+                      live_codebooks: str | None) -> str | None:
+    """The codebook version whose SIDs `ranker_version` reads: the live version when the ranker's
+    last warm-child decision for it passed (the live ranker was gated on the child's IDs against its
+    own parent's: docs/architecture.md, "A warm child with its parent's ranker"), else the version
+    it was trained on."""
+    if live_codebooks is None or live_codebooks == trained_on:
+        return trained_on
+    for e in reversed(events):
+        if e.get("event") == WARM_CHILD and e.get("ranker") == ranker_version and e.get("codebook_version") == live_codebooks:
+            return live_codebooks if e.get("passed") else trained_on
+    return trained_on

@@ -1,6 +1,8 @@
 """Scoring for ranking services: the live ranker and its codebook version as one snapshot, swapped
 as a whole when the registry's LIVE pointers move, and the scores of a user's candidates from the
-rows the caller read (SIDs under the ranker's codebook version, the user's history).
+rows the caller read (SIDs under the ranker's codebook version -- the one it was trained on, or the
+live warm child the ranker gate let it serve: trainer.ranker_gate.serving_codebooks -- and the
+user's history).
 `sidstream serve` (the app layer) reads the store (streams.sinks.reader) and calls `rank`."""
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sidcore.registry import Registry
 from trainer.fast_rank import FastRanker
 from trainer.features import HISTORY_LEN
 from trainer.jobs import load_ranker
+from trainer.ranker_gate import serving_codebooks
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class Snapshot:
 
     live_codebooks: str | None
     ranker_version: str | None
-    ranker_codebooks: str | None  # the codebook version the ranker was trained on (its SIDs)
+    ranker_codebooks: str | None  # the codebook version whose SIDs the ranker reads (trainer.ranker_gate.serving_codebooks)
     model: Any
     id_rows: dict[str, int]
     layers: dict[str, int]  # codebook -> semantic layers the ranker embeds
@@ -69,11 +72,14 @@ class ServingState:
         cur = self.snapshot
         live_cb = cb.version if cb else None
         ranker_v = rk.version if rk else None
-        if live_cb == cur.live_codebooks and ranker_v == cur.ranker_version:
+        reads = None if rk is None else serving_codebooks(self.registry.events("ranker"), rk.version,
+                                                          rk.manifest.get("codebook_version"), live_cb)
+        if live_cb == cur.live_codebooks and ranker_v == cur.ranker_version and reads == cur.ranker_codebooks:
             return False
         if ranker_v == cur.ranker_version:
-            new = Snapshot(live_cb, cur.ranker_version, cur.ranker_codebooks, cur.model, cur.id_rows, cur.layers, cur.history_len,
-                           cur.gate, cur.fast)
+            fast = cur.fast if reads == cur.ranker_codebooks else self._fast(cur.model, cur.id_rows, cur.layers, reads)
+            new = Snapshot(live_cb, cur.ranker_version, reads, cur.model, cur.id_rows, cur.layers, cur.history_len,
+                           cur.gate, fast)
         elif rk is None:
             new = Snapshot(live_cb, None, None, None, {}, {}, HISTORY_LEN)
         else:
@@ -83,9 +89,8 @@ class ServingState:
             sizes = manifest.get("codebook_sizes") or {}
             id_rows = {item: i + 1 for i, item in enumerate(vocab)}
             layers = {m: len(k) for m, k in sizes.items()}
-            fast = self._fast(model, id_rows, layers, manifest.get("codebook_version"))
-            new = Snapshot(live_cb, rk.version, manifest.get("codebook_version"), model, id_rows, layers, HISTORY_LEN,
-                           manifest.get("gate"), fast)
+            fast = self._fast(model, id_rows, layers, reads)
+            new = Snapshot(live_cb, rk.version, reads, model, id_rows, layers, HISTORY_LEN, manifest.get("gate"), fast)
         self.snapshot = new  # one reference: a request holds the old or the new snapshot
         self.switches += 1
         if self.on_switch is not None:

@@ -17,6 +17,7 @@ _BENCHES = {
     "catalog": "sidstream.bench.catalog",
     "online": "sidstream.bench.online",
     "scale": "sidstream.bench.scale",
+    "refit": "sidstream.bench.refit",
 }
 
 

@@ -100,15 +100,15 @@ def codebook() -> None:
 @click.option("--kmeans-backend", type=click.Choice(["auto", "faiss", "torch"]), default=None,
               help="auto: faiss on cpu, torch on cuda [settings.codebook.kmeans_backend]")
 @click.option("--normalisation", default="none", show_default=True, help="recorded in the manifest")
-@click.option("--parent", type=click.Path(path_type=Path), default=None, help="parent version to align codes to")
+@click.option("--parent", type=click.Path(path_type=Path), default=None, help="parent version: refit from it (codebook.refit: warm, or fresh and aligned)")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @_guarded
 def fit(input_path: Path, normalisation: str, parent: Path | None, out_dir: Path, **overrides: Any) -> None:
     """Fit a codebook on X.npy and write a versioned artifact directory (settings.codebook,
     with the options given on top; K is capped as in every fit: psrq.fitting)."""
-    from psrq.align import align_to_parent, churn_report
+    from psrq.align import churn
     from psrq.artifact import load_codebook, save_codebook
-    from psrq.fitting import fit_codebook
+    from psrq.fitting import fit_codebook, refit_codebook
     from psrq.health import health_report
     from sidcore.config import get_settings
 
@@ -120,16 +120,19 @@ def fit(input_path: Path, normalisation: str, parent: Path | None, out_dir: Path
         parent_q, _ = load_codebook(parent)
         if parent_q.dim != X.shape[1]:
             _fail(f"parent dim {parent_q.dim} != input dim {X.shape[1]}")
-    q = fit_codebook(X, spec)
+    refit = None
+    if parent_q is None:
+        q = fit_codebook(X, spec)
+    else:  # the retraining job's refit: warm from the parent (codebook.refit), else fresh and aligned
+        q, refit = refit_codebook(X, spec, parent_q)
     metrics: dict[str, Any] = {"health": health_report(q, X)}
     if parent_q is not None:
-        aligned = align_to_parent(q, parent_q, X)
-        metrics["churn"] = churn_report(parent_q, q, aligned, X)
-        q = aligned
+        metrics["churn"] = churn(parent_q.encode(X), q.encode(X))
+        metrics["refit"] = refit
     manifest = save_codebook(q, out_dir, normalisation=normalisation, fit_data=X, parent=parent, metrics=metrics)
     click.echo(json.dumps({"out": str(out_dir), "method": manifest["method"], "codebook_sizes": manifest["codebook_sizes"],
                            "dim": manifest["dim"], "distinct_sids": metrics["health"]["sids"]["distinct_sids"],
-                           "churn": metrics.get("churn")}))  # fmt: skip
+                           "churn": metrics.get("churn"), "refit": refit}))  # fmt: skip
 
 
 @codebook.command()

@@ -12,6 +12,17 @@ from sidcore.registry import Registry
 from streams.sinks.reader import rows_by_version
 
 
+def refit_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per modality of a codebook version: how its refit was made (warm | fresh, why) and what it
+    kept of its parent's IDs (trainer.jobs.kept_shares); None for a version without a parent."""
+    metrics = (manifest or {}).get("metrics") or {}
+    out = {m: {"taken": (v.get("refit") or {}).get("taken"), "reason": (v.get("refit") or {}).get("reason"),
+               "kept_path": (v.get("kept") or {}).get("path"), "kept_layers": (v.get("kept") or {}).get("layers"),
+               "identity_size_kept": (v.get("kept") or {}).get("identity_size_kept")}
+           for m, v in metrics.items() if isinstance(v, dict) and ("refit" in v or "kept" in v)}
+    return out or None
+
+
 def status_report() -> dict[str, Any]:
     s = get_settings()
     registry = Registry(s.registry_dir)
@@ -25,6 +36,7 @@ def status_report() -> dict[str, Any]:
     last_gate = next((e for e in reversed(registry.events("ranker")) if "gate" in e), None)
     return {
         "codebooks": {"live": live.version if live else None, "pending": pending.version if pending else None,
+                      "refit": refit_summary(live.manifest if live else None),
                       "last_events": registry.events("codebooks")[-3:]},
         "ranker": {"live": ranker.version if ranker else None,
                    "codebook_version": ranker.manifest.get("codebook_version") if ranker else None,

@@ -323,6 +323,13 @@ def _report(kind: str, version: Any, as_json: bool) -> None:
         _echo_json(payload)
         return
     click.echo(f"{kind} {version.version} registered at {version.path}")
+    for modality, m in sorted((version.manifest.get("metrics") or {}).items() if kind == "codebooks" else []):
+        refit, kept = m.get("refit") or {}, m.get("kept")
+        if kept is not None:  # a refit of a parent version: how it was made and what it kept
+            why = f" ({refit['reason']})" if refit.get("reason") else ""
+            id_size = "" if kept.get("identity_size_kept") is None else f", K_id kept: {kept['identity_size_kept']}"
+            click.echo(f"  {modality}: {refit.get('taken', '?')} refit{why}, semantic paths kept {kept['path']:.4f} "
+                       f"(per layer {', '.join(f'{v:.4f}' for v in kept['layers'])}){id_size}")
     if gate is not None:
         live = f"; live {gate['live_version']} AUC {gate['live_auc']}" if gate.get("live_version") else ""
         click.echo(f"ranker gate {'passed' if gate['passed'] else 'REFUSED'}: AUC {gate['candidate_auc']} "

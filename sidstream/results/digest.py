@@ -6,7 +6,8 @@ byte changed in them makes it stale. Beside it, `docs/results/behaviour.json` re
 of small deterministic probes run on the code that made the tables, one torch and one faiss
 thread, in a fresh process:
 
-- ``settings``: the defaults of CodebookSettings, ModelConfig and TrainConfig (exact);
+- ``settings``: the defaults of CodebookSettings (less the refit_* settings, which only warm refits
+  read), ModelConfig and TrainConfig (exact);
 - ``quantizers``: every quantizer variant of the quantizer study fitted on the planted groups
   (K = 8, 3 layers): per-layer purity, utilisation, entropy, reconstruction, distinct IDs, churn;
 - ``ids``: the ID study (psrq_id, TIGER, RQ) on the same groups, timing columns left out;
@@ -14,6 +15,8 @@ thread, in a fresh process:
   AUC, GAUC, log loss);
 - ``evaluation_multimodal``: one epoch of every model of the audio table (sidstream.results.lastfm_audio)
   on a synthetic text + audio data set;
+- ``refit``: the refit study (sidstream.results.refit, every method warm and fresh + aligned) on the
+  planted groups, K = 8, 2 seeds, without the rankers;
 - ``lastfm_convert``: the Last.fm converter on a small generated HetRec folder (the interactions'
   exact hash) and the shipped MiniLM's embeddings of its item texts.
 
@@ -43,9 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROBES = ("settings", "quantizers", "ids", "evaluation", "evaluation_multimodal", "lastfm_convert")
+PROBES = ("settings", "quantizers", "ids", "evaluation", "evaluation_multimodal", "lastfm_convert", "refit")
 RTOL, ATOL = 1e-3, 2e-4
 FILE = "behaviour.json"
+REFIT_SETTINGS = {"refit", "refit_iters", "refit_margin", "refit_max_drift", "refit_max_utilisation_drop"}
 _TIMING = re.compile(r"(^|_)(s|ms|seconds|per_s|wall_s|online_ms|fit_s|samples_per_s)$")
 
 
@@ -75,7 +79,9 @@ def _settings() -> dict[str, Any]:
     from trainer.models import ModelConfig
     from trainer.train_loop import TrainConfig
 
-    return {"codebook": CodebookSettings().model_dump(mode="json"), "model": ModelConfig().to_dict(),
+    # the refit_* settings steer warm refits only (psrq.fitting.refit_codebook); no table here refits
+    codebook = CodebookSettings().model_dump(mode="json", exclude=REFIT_SETTINGS)
+    return {"codebook": codebook, "model": ModelConfig().to_dict(),
             "train": asdict(TrainConfig())}
 
 
@@ -93,6 +99,13 @@ def _ids() -> dict[str, Any]:
 
     X, labels = quantizers.synthetic_items()
     return dict(run_ids(None, 8, 3, 0, 200, 0, 1, items=(None, X, labels)))
+
+
+def _refit() -> dict[str, Any]:
+    from sidstream.results import quantizers, refit
+
+    X, _ = quantizers.synthetic_items()
+    return dict(refit.run(X, {**refit.QUICK, "seeds": 2}))
 
 
 def _evaluation() -> dict[str, Any]:
@@ -162,6 +175,7 @@ def _lastfm_convert() -> dict[str, Any]:
 
 _RUNNERS: dict[str, Callable[[], dict[str, Any]]] = {
     "settings": _settings, "quantizers": _quantizers, "ids": _ids, "evaluation": _evaluation, "evaluation_multimodal": _evaluation_multimodal, "lastfm_convert": _lastfm_convert,
+    "refit": _refit,
 }
 
 

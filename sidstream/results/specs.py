@@ -238,6 +238,29 @@ def _ids(ctx: Context) -> Rendered:
     return Rendered(md, verdicts, data)
 
 
+# -------------------------------------------------------------------------------------- refit
+REFIT_SOURCES = ("sidstream/results/refit.py", "sidstream/bench/refit.py", "sidstream/bench/refit_auc.py",
+                 "sidstream/bench/ids.py", "psrq/*.py", "streams/identity.py", "trainer/*.py", "sidcore/datasets/*.py",
+                 "encoders/text.py")
+
+
+def _refit(ctx: Context) -> Rendered:
+    from sidstream.results import quantizers, refit
+
+    if ctx.quick:
+        X, _ = quantizers.synthetic_items()
+        out = refit.run(X, refit.QUICK)
+        line, data = "Data: planted Gaussian groups, `--quick` (no rankers).", {"data": "synthetic groups (quick)"}
+    else:
+        from sidstream.bench.ids import lastfm_items
+
+        _, X, _ = lastfm_items(ctx.lastfm_dir)
+        out = refit.run(X, refit.FULL, ctx.lastfm_dir)
+        line, data = "Data: the Last.fm-2k artists' text embeddings (MiniLM-L6, L2), as in ids.md.", _lastfm_data(ctx)
+    md, verdicts = refit.markdown(out, line)
+    return Rendered(md, verdicts, data)
+
+
 # ---------------------------------------------------------------------------- machine tables
 def _run_commands(ctx: Context, commands: list[str], env: dict[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Each `sidstream ...` command line with the running interpreter; its last JSON line.
@@ -483,6 +506,9 @@ TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
               "trainer/lastfm_convert.py", "trainer/embeddings.py", "sidcore/datasets/*.py", "encoders/text.py"), _ids,
               settings=_codebook_defaults, probes=("settings", "quantizers", "ids", "lastfm_convert"),
               strict=("sidstream/bench/ids.py",)),
+    TableSpec("refit", "refit.md", "IDs that survive a refit", REFIT_SOURCES, _refit, settings=_codebook_defaults,
+              probes=("settings", "quantizers", "evaluation", "lastfm_convert", "refit"),
+              strict=("sidstream/results/refit.py", "sidstream/results/stats.py")),
     TableSpec("pipeline", "pipeline.md", "Pipeline", MACHINE_SOURCES, _pipeline, machine_bound=True, in_quick=False),
     TableSpec("reliability", "reliability.md", "Reliability", MACHINE_SOURCES, _reliability, machine_bound=True, in_quick=False),
     TableSpec("cluster", "reliability.md", "Reliability on a cluster", MACHINE_SOURCES, _cluster, machine_bound=True,

@@ -54,13 +54,15 @@ def test_fit_assign_report(data: Path) -> None:
     assert (data / "plots" / "code_frequency.png").stat().st_size > 1000
 
 
-def test_fit_with_parent_reports_churn(data: Path) -> None:
+def test_fit_with_parent_refits_and_reports_churn(data: Path) -> None:
     parent = fit_ok(data)
     code, out, err = run("fit", "--method", "psrq", "--input", str(data / "X.npy"), "--layers", "2", "--codebook-size", "8",
                          "--seed", "1", "--parent", str(parent), "--out", str(data / "child"))  # fmt: skip
     assert code == 0, err
-    churn = json.loads(out)["churn"]
-    assert churn["aligned"]["full_sid"] <= churn["unaligned"]["full_sid"]
+    churn, refit = json.loads(out)["churn"], json.loads(out)["refit"]
+    assert 0.0 <= churn["full_sid"] <= 1.0 and len(churn["per_layer"]) == 2
+    assert refit["requested"] == "warm" and refit["taken"] in ("warm", "fresh")
+    assert (refit["taken"] == "warm") == (refit["reason"] is None)  # a fresh fit says why (here: the drift guard)
     _, manifest = load_codebook(data / "child")
     assert manifest["parent"]["path"].endswith("cb")
 
