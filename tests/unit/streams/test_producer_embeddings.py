@@ -2,11 +2,14 @@
 a producer sends (streams.producer.embedding_records) and what it refuses before sending anything.
 The records' trip through the broker and the assigner: tests/integration/test_own_audio_encoder.py."""
 
+import time
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sidcore.config import Settings
+from sidcore.config import Settings, use_settings
+from sidstream.commands.produce import produce
 from streams import avro_codec
 from streams.producer import TrackProducer, checked_embeddings, embedding_records
 from streams.records import vector_from_bytes
@@ -55,17 +58,22 @@ def test_a_producer_without_that_modalitys_topic_refuses_before_sending():
         p.send_audio_embeddings(["a"], np.zeros((1, 4)), "own/v1")
 
 
-def test_cli_refuses_a_file_with_nan_rows_in_one_line_before_contacting_a_broker(tmp_path, monkeypatch):
-    from sidstream.cli import cli
+@pytest.fixture
+def no_broker(tmp_path):
+    """Settings whose broker is a port nothing listens on: contacting it would fail in ~15 s, not with the file's error."""
+    use_settings(Settings(home=tmp_path / "home", kafka={"bootstrap_servers": "127.0.0.1:9"}))
+    yield
+    use_settings(None)
 
-    monkeypatch.setenv("SIDSTREAM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SIDSTREAM_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens there
+
+def test_cli_refuses_a_file_with_nan_rows_in_one_line_before_contacting_a_broker(tmp_path, no_broker):
     X = np.ones((3, 4), dtype=np.float32)
     X[2, 1] = np.inf
     np.save(tmp_path / "own.npy", X)
     (tmp_path / "ids.txt").write_text("t1\nt2\nt3\n")
-    result = CliRunner().invoke(cli, ["produce", "embeddings", "--model-id", "own-encoder/v1", "--npy", str(tmp_path / "own.npy"),
-                                      "--ids", str(tmp_path / "ids.txt")])
-    assert result.exit_code == 1
+    started = time.monotonic()
+    result = CliRunner().invoke(produce, ["embeddings", "--model-id", "own-encoder/v1", "--npy", str(tmp_path / "own.npy"),
+                                          "--ids", str(tmp_path / "ids.txt")])
+    assert result.exit_code == 1 and time.monotonic() - started < 5
     assert result.output.strip().splitlines() == [
         f"Error: {tmp_path / 'own.npy'}: 1 audio embedding(s) with NaN/inf (or beyond float32), the first for track 't3'"]
