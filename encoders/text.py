@@ -336,6 +336,22 @@ def _rust_tokenizer(tokenizer: Any, max_length: int) -> Any:
     return rust
 
 
+def _model_path(model_dir: str | Path) -> Path:
+    path = Path(model_dir).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def text_model_id(model_dir: str | Path | None = None) -> str:
+    """The model id `load_text_encoder(model_dir)` gives its encoder, without loading it: what
+    its embeddings are tagged with (and a codebook fitted on them records)."""
+    if model_dir is None:
+        return DEFAULT_TEXT_MODEL_ID
+    path = _model_path(model_dir)
+    return f"{path.name}@{directory_fingerprint(path)}"
+
+
 def load_text_encoder(
     model_dir: str | Path | None = None,
     *,
@@ -353,14 +369,8 @@ def load_text_encoder(
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    if model_dir is None:
-        path = default_text_model_dir()
-        model_id = DEFAULT_TEXT_MODEL_ID
-    else:
-        path = Path(model_dir).expanduser().resolve()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
-        model_id = f"{path.name}@{directory_fingerprint(path)}"
+    path = default_text_model_dir() if model_dir is None else _model_path(model_dir)
+    model_id = text_model_id(model_dir)
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

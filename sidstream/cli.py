@@ -20,6 +20,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("sidstream.commands.worker:worker", "Run streaming workers (encoders, assigner, Feast writer)."),
     "demo": ("sidstream.demo:demo", "Run the main job end to end on embedded defaults."),
     "status": ("sidstream.commands.status:status", "Live versions, backfill state, rows per version in Feast."),
+    "produce": ("sidstream.commands.produce:produce", "Produce embeddings from your own encoder to embeddings.<modality>."),
     "dlq": ("sidstream.commands.dlq:dlq", "Dead letters: list with reasons, replay to their source topic."),
     "chaos": ("sidstream.chaos:chaos", "Inject a fault into the running pipeline; measure loss and recovery."),
     "codebook": ("sidstream.commands.codebook:codebook", "Fit, assign, report and promote codebooks."),

@@ -180,7 +180,8 @@ class PipelineRun:
 
     def producer(self) -> TrackProducer:
         s = self.settings
-        return TrackProducer(s.kafka, self.names.metadata, self.names.audio, s.stream.inline_audio_max_bytes, s.kafka.max_message_bytes)
+        return TrackProducer(s.kafka, self.names.metadata, self.names.audio, s.stream.inline_audio_max_bytes, s.kafka.max_message_bytes,
+                             embedding_topics={"text": self.names.emb_text, "audio": self.names.emb_audio})
 
     def dead_letters(self, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
         """Every dead letter of this run, read from the broker: DLQ topic -> decoded records."""

@@ -8,7 +8,10 @@ A dataset is a folder::
                               (name, title, artist, tags, ...), optional audio_path
     embeddings/<modality>.npy optional float32 [n, d] per modality (text, audio)
     embeddings/ids.txt        the item_id of each embedding row, one per line
-    dataset.json              optional: name, description, how it was built
+    dataset.json              optional: name, description, how it was built, and
+                              encoder_model_ids {modality: model id}: the encoder each
+                              embeddings/<modality>.npy came from (a codebook fitted on it
+                              records it, and the live assigner refuses other model ids)
 
 The streaming side's offline store is a folder of Parquet files with columns user_id, item_id,
 timestamp (int64 ms) and label (int8); `read_interaction_logs` reads it into the same frame.
@@ -32,6 +35,7 @@ INTERACTIONS = "interactions.csv"
 ITEMS = "items.jsonl"
 EMBEDDINGS = "embeddings"
 DATASET_INFO = "dataset.json"
+ENCODER_MODEL_IDS = "encoder_model_ids"  # dataset.json: {modality: model id} of embeddings/<modality>.npy
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "label")
 
 
@@ -60,6 +64,28 @@ class Dataset:
 
     def fingerprint(self) -> str:
         return data_fingerprint(self.interactions, self.items)
+
+    @property
+    def encoder_model_ids(self) -> dict[str, str]:
+        """{modality: model id} from dataset.json's `encoder_model_ids` ({} when absent: the
+        codebooks fitted on it accept embeddings of any model id, as before)."""
+        return dict(self.info.get(ENCODER_MODEL_IDS) or {})
+
+
+def check_encoder_model_ids(info: dict[str, Any], modalities: set[str], source: str) -> None:
+    """dataset.json's `encoder_model_ids`, if any, is {modality: non-empty model id} naming only
+    modalities with an embeddings/<modality>.npy (a model id for embeddings the folder does not
+    hold would be recorded for vectors a job computed with its own encoder)."""
+    ids = info.get(ENCODER_MODEL_IDS)
+    if ids is None:
+        return
+    if not isinstance(ids, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in ids.items()):
+        raise DatasetContractError(f"{source}: {ENCODER_MODEL_IDS} must map each modality to a non-empty model id string, "
+                                   f"got {ids!r}")
+    stray = sorted(set(ids) - modalities)
+    if stray:
+        raise DatasetContractError(f"{source}: {ENCODER_MODEL_IDS} names {', '.join(stray)} but there is no "
+                                   f"{EMBEDDINGS}/<modality>.npy for it (arrays: {', '.join(sorted(modalities)) or 'none'})")
 
 
 def normalise_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -135,6 +161,7 @@ def load_dataset(root: str | Path) -> Dataset:
                 raise DatasetContractError(f"{npy}: shape {X.shape} does not match {len(ids)} ids")
             embeddings[npy.stem] = X
     info = json.loads((root / DATASET_INFO).read_text()) if (root / DATASET_INFO).is_file() else {}
+    check_encoder_model_ids(info, set(embeddings), str(root / DATASET_INFO))
     return Dataset(interactions, items, embeddings, ids, info, root)
 
 

@@ -31,6 +31,13 @@ class TextEncoding:
     def from_settings(cls, settings: Settings) -> TextEncoding:
         return cls(settings.cache_dir, settings.encoders)
 
+    @property
+    def model_id(self) -> str:
+        """The text encoder's model id (what the text worker tags its embeddings with)."""
+        from encoders.text import text_model_id
+
+        return text_model_id(self.encoders.text_model_dir)
+
 
 def text_embeddings(items: pd.DataFrame, text: TextEncoding) -> np.ndarray:
     """Text embeddings float32 [n_items, d] of the items' texts, through the embeddings cache."""

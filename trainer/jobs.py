@@ -77,7 +77,8 @@ class JobConfig:
     fail_after_steps: int | None = None  # crash drill: raise after this many steps
     force: bool = False  # register a new codebook version even if the newest one has the same inputs
     dataset: Dataset | None = None  # in-memory inputs (the system's own: kept embeddings + interaction log)
-    encoder_model_ids: dict[str, str] = field(default_factory=dict)  # the encoders the embeddings came from
+    # the encoders the embeddings came from; {} takes the data set's (dataset.json's encoder_model_ids)
+    encoder_model_ids: dict[str, str] = field(default_factory=dict)
     force_gate: bool = False  # promote even if the gate refuses (loudly)
     # how a gated version goes live: None flips LIVE at once; the streaming system passes a
     # backfill that re-codes the catalogue first (streams.backfill.run_backfill)
@@ -131,13 +132,14 @@ def _codebook_metrics(q: Any, X: np.ndarray) -> dict[str, Any]:
     return {**sid_collisions(codes), "utilisation_per_layer": used}
 
 
-def _same_inputs(registry: Registry, fit_fp: str, codebook: CodebookSettings) -> ArtifactVersion | None:
+def _same_inputs(registry: Registry, fit_fp: str, codebook: CodebookSettings, model_ids: dict[str, str]) -> ArtifactVersion | None:
     versions = registry.versions(CODEBOOKS)
     if not versions:
         return None
     newest = versions[-1]
     m = newest.manifest
-    return newest if m.get("fit_data_fingerprint") == fit_fp and m.get("config") == codebook.model_dump() else None
+    same = m.get("fit_data_fingerprint") == fit_fp and m.get("config") == codebook.model_dump()
+    return newest if same and (m.get("encoder_model_ids") or {}) == model_ids else None
 
 
 def _load_parent_set(live: ArtifactVersion | None) -> Any:
@@ -198,7 +200,9 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
     if not embeddings:
         raise DatasetContractError("no item text or embeddings: cannot fit codebooks")
     fit_fp = _embedding_fingerprint(embeddings)
-    existing = _same_inputs(registry, fit_fp, config.codebook)
+    # recorded in the set manifest: the live assigner refuses embeddings of other model ids (model_mismatch)
+    model_ids = config.encoder_model_ids or ds.encoder_model_ids
+    existing = _same_inputs(registry, fit_fp, config.codebook, model_ids)
     if existing is not None and not config.force:
         # nothing changed since the newest version: a rerun (e.g. after a crash) reuses it
         log.info("codebooks %s already fitted on these inputs; reusing it", existing.version)
@@ -239,11 +243,11 @@ def train_codebooks(config: JobConfig, on_progress: OnProgress | None = None) ->
     parent = live.version if live else None
     record = {"config": config.codebook.model_dump(), "data_fingerprint": ds.fingerprint(),
               "fit_data_fingerprint": fit_fp, "metrics": metrics, "parent_version": parent,
-              "modalities": modalities, "items": len(catalog), "encoder_model_ids": config.encoder_model_ids}
+              "modalities": modalities, "items": len(catalog), "encoder_model_ids": model_ids}
 
     version = register_codebook_set(
         registry, codebooks, record, False,
-        manifests_extra={"trainer": record, "encoder_model_ids": config.encoder_model_ids},
+        manifests_extra={"trainer": record, "encoder_model_ids": model_ids},
         fit_data={m: embeddings[m][present_rows(embeddings[m])] for m in codebooks}, metrics=metrics,
         parent=(live.path if live else None),
     )

@@ -101,8 +101,19 @@ def convert_lastfm_cmd(src: Path | None, out: Path, neg_per_pos: int, seed: int,
         ds = convert_lastfm(folder, neg_per_pos=neg_per_pos, seed=seed)
         if embed:
             ds = embed_items(ds, text)
+    ds.info.update(_encoder_model_ids(ds, text))
     write_dataset(out, ds)
     _echo_json({k: v for k, v in ds.info.items() if k != "choices"} | {"out": str(out), "fingerprint": ds.fingerprint()})
+
+
+def _encoder_model_ids(ds: Any, text: Any) -> dict[str, Any]:
+    """dataset.json's encoder_model_ids for the arrays a converter wrote: text from the shared text
+    encoder, audio under the id the audio converter gave it (`<encoder>@lastfm-2k-audio:<hash>`);
+    a codebook fitted on the folder records them (docs/evaluation.md)."""
+    ids = {"text": text.model_id} if "text" in ds.embeddings else {}
+    if "audio" in ds.embeddings:
+        ids["audio"] = ds.info["audio_model_id"]
+    return {"encoder_model_ids": ids} if ids else {}
 
 
 @data.group()
