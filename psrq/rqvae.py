@@ -111,9 +111,27 @@ class RQVAE(Quantizer):
             C = kmeans(np.ascontiguousarray(R), k, self.seed + layer, device=self.device, backend=self.kmeans_backend)
             self.codebooks.append(C)
             R -= C[nearest(R, C)]
+        self._train_joint(data, params, gen, self.epochs)
+        self._dim = X.shape[1]
+        return self
+
+    def tune(self, X: Any, epochs: int) -> RQVAE:
+        """`epochs` more epochs of the joint training on X, from this model's networks and
+        codebooks (no warm-up, no k-means initialisation): a warm refit (psrq.warm)."""
+        enc, dec = self._nets()
+        X = check_encode_input(X, self.dim)
+        with _torch_threads(self.threads):
+            gen = torch.Generator().manual_seed(self.seed)
+            self._train_joint(torch.from_numpy(X), list(enc.parameters()) + list(dec.parameters()), gen, epochs)
+        return self
+
+    def _train_joint(self, data: torch.Tensor, params: list[Any], gen: torch.Generator, epochs: int) -> None:
+        """The networks and the codebooks trained together (straight-through, codebook and
+        commitment losses) for `epochs`, from the current codebooks."""
+        enc, dec = self._nets()
         books = [nn.Parameter(torch.from_numpy(C.copy())) for C in self.codebooks]
         opt = torch.optim.Adam(params + books, lr=self.lr)
-        for _ in range(self.epochs):
+        for _ in range(epochs):
             for idx in _batches(len(data), self.batch_size, gen):
                 x = data[idx]
                 z = enc(x)
@@ -130,8 +148,6 @@ class RQVAE(Quantizer):
                 loss.backward()
                 opt.step()
         self.codebooks = [b.detach().numpy().astype(np.float32, copy=True) for b in books]
-        self._dim = X.shape[1]
-        return self
 
     def _latent(self, X: F32) -> F32:
         enc, _ = self._nets()

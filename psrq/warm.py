@@ -9,8 +9,9 @@ sub-space, VQ on x, psrq_id's identity codebooks on PSRQ's residual with the par
 composite identity code keeps its meaning). A layer may grow (K_new > K_old: the new codes are
 reseeded, the old ones keep their numbers); anything else that differs (method, dimension,
 layer count, a smaller K, PSRQ's alpha / anchor / prefix scale) is `NotWarm`, and the caller fits
-fresh and aligns. RQ-VAE is not warm started (its latent space is refitted with the encoder;
-`NotWarm`). The child's options are the parent's (seed, niter, prefix weights): a fresh fit of the
+fresh and aligns. RQ-VAE starts from its parent's networks and codebooks and trains them together
+for `iters` epochs on the new data (no warm-up, no k-means; its codes live in a latent space
+that moves with the encoder, so no fit-time margin applies), with the same codebook sizes. The child's options are the parent's (seed, niter, prefix weights): a fresh fit of the
 child's configuration would give another quantizer, which is the point.
 """
 
@@ -27,10 +28,11 @@ from psrq.kmeans_common import resolve_backend, subsample
 from psrq.pq import PQ, split_bounds
 from psrq.progressive import PSRQ, path_index
 from psrq.rq import RQ
+from psrq.rqvae import RQVAE
 from psrq.vq import VQ
 from psrq.warm_kmeans import torch_warm_lloyd, warm_lloyd
 
-WARM_METHODS = ("psrq_id", "psrq", "rq", "vq", "pq")
+WARM_METHODS = ("psrq_id", "psrq", "rq", "vq", "pq", "rqvae")
 
 
 class NotWarm(ValueError):
@@ -69,6 +71,13 @@ def check_warm(parent: Quantizer, method: str, dim: int, sizes: list[int], optio
         raise NotWarm(f"layer count changed: {len(old)} -> {len(sizes)}")
     if any(k < k_old for k, k_old in zip(sizes, old, strict=True)):
         raise NotWarm(f"codebook shrank: {old} -> {sizes}")
+    if method == "rqvae":
+        p = parent.options()
+        if list(sizes) != list(old):
+            raise NotWarm(f"rqvae codebook sizes changed: {old} -> {sizes} (a latent codebook is not grown)")
+        for key in ("hidden", "latent_dim"):
+            if key in options and options[key] != p[key]:
+                raise NotWarm(f"{key} changed: {p[key]} -> {options[key]}")
     if method in ("psrq", "psrq_id"):
         p = parent.options()
         for key in ("alpha", "anchor", "prefix_scale", "identity_layers"):
@@ -96,7 +105,15 @@ def warm_refit(parent: Quantizer, X: Any, sizes: list[int], opts: WarmOptions) -
         return _warm_pq(parent, X, sizes, opts)
     if isinstance(parent, VQ):
         return _warm_vq(parent, X, sizes, opts)
+    if isinstance(parent, RQVAE):
+        return _warm_rqvae(parent, X, sizes, opts)
     raise NotWarm(f"{parent.method} is not warm started")
+
+
+def _warm_rqvae(parent: RQVAE, X: F32, sizes: list[int], opts: WarmOptions) -> RQVAE:
+    q = RQVAE.from_state(parent.tensors(), parent.options(), parent.dim, tuple(sizes))
+    q.device, q.kmeans_backend = opts.device, opts.kmeans_backend
+    return q.tune(X, opts.iters)
 
 
 def _warm_vq(parent: VQ, X: F32, sizes: list[int], opts: WarmOptions) -> VQ:

@@ -36,7 +36,8 @@ import numpy as np
 
 from sidstream.bench.refit_auc import auc_runs, auc_summary
 
-METHODS = ("psrq_id", "psrq", "rq", "vq", "pq")
+METHODS = ("psrq_id", "psrq", "rq", "vq", "pq")  # the default set (the refit results table's)
+EXTRA_METHODS = ("rqvae",)  # warm refits too, on request (an RQ-VAE fit takes minutes)
 
 
 def _semantic(q: Any, X: np.ndarray) -> np.ndarray:
@@ -177,7 +178,8 @@ def load_items(path: Path | None) -> tuple[np.ndarray, str]:
 @click.option("--seeds", type=int, default=5, show_default=True, help="paired seeds (medians are reported)")
 @click.option("--layers", type=int, default=None, help="semantic layers [settings.codebook.layers]")
 @click.option("--codebook-size", "k", type=int, default=None, help="K per layer [settings.codebook.codebook_size]")
-@click.option("--methods", default=",".join(METHODS), show_default=True, help="comma-separated quantizer methods")
+@click.option("--methods", default=",".join(METHODS), show_default=True,
+              help=f"comma-separated quantizer methods (also: {', '.join(EXTRA_METHODS)})")
 @click.option("--auc-seeds", type=int, default=None,
               help="psrq_id on Last.fm: seeds of the live-ranker comparison [--seeds; 0: skip; never with --input]")
 @click.option("--epochs", type=int, default=3, show_default=True, help="ranker epochs of the comparison")
@@ -190,9 +192,9 @@ def command(path: Path | None, grow: float, seeds: int, layers: int | None, k: i
     base = get_settings().codebook
     X, what = load_items(path)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    unknown = sorted(set(chosen) - set(METHODS))
+    unknown = sorted(set(chosen) - set(METHODS + EXTRA_METHODS))
     if unknown:
-        raise click.ClickException(f"unknown method(s) {unknown}; warm refits exist for {', '.join(METHODS)}")
+        raise click.ClickException(f"unknown method(s) {unknown}; warm refits exist for {', '.join(METHODS + EXTRA_METHODS)}")
     k, layers = k or base.codebook_size, layers or base.layers
     out = run_refit(X, chosen, k, layers, grow, seeds, base)
     out["data"] = what
