@@ -115,14 +115,26 @@ class RQVAE(Quantizer):
         self._dim = X.shape[1]
         return self
 
-    def tune(self, X: Any, epochs: int) -> RQVAE:
-        """`epochs` more epochs of the joint training on X, from this model's networks and
-        codebooks (no warm-up, no k-means initialisation): a warm refit (psrq.warm)."""
+    def tune_decoder(self, X: Any, epochs: int) -> RQVAE:
+        """`epochs` epochs of the decoder alone on X's quantized latents (the encoder and the
+        codebooks stay as they are, so the codes do not move): a warm refit's last step (psrq.warm)."""
         enc, dec = self._nets()
         X = check_encode_input(X, self.dim)
         with _torch_threads(self.threads):
+            data = torch.from_numpy(X)
+            codes = self.encode(X)
+            z = np.zeros((len(X), self.latent_dim), dtype=np.float32)
+            for layer, C in enumerate(self.codebooks):
+                z += C[codes[:, layer]]
+            z_q = torch.from_numpy(z)
             gen = torch.Generator().manual_seed(self.seed)
-            self._train_joint(torch.from_numpy(X), list(enc.parameters()) + list(dec.parameters()), gen, epochs)
+            opt = torch.optim.Adam(dec.parameters(), lr=self.lr)
+            for _ in range(epochs):
+                for idx in _batches(len(data), self.batch_size, gen):
+                    loss = nn.functional.mse_loss(dec(z_q[idx]), data[idx])
+                    opt.zero_grad()
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    opt.step()
         return self
 
     def _train_joint(self, data: torch.Tensor, params: list[Any], gen: torch.Generator, epochs: int) -> None:

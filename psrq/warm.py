@@ -9,9 +9,10 @@ sub-space, VQ on x, psrq_id's identity codebooks on PSRQ's residual with the par
 composite identity code keeps its meaning). A layer may grow (K_new > K_old: the new codes are
 reseeded, the old ones keep their numbers); anything else that differs (method, dimension,
 layer count, a smaller K, PSRQ's alpha / anchor / prefix scale) is `NotWarm`, and the caller fits
-fresh and aligns. RQ-VAE starts from its parent's networks and codebooks and trains them together
-for `iters` epochs on the new data (no warm-up, no k-means; its codes live in a latent space
-that moves with the encoder, so no fit-time margin applies), with the same codebook sizes. The child's options are the parent's (seed, niter, prefix weights): a fresh fit of the
+fresh and aligns. RQ-VAE keeps its parent's encoder (the latent space its codes live in), refits
+each latent codebook from the parent's as RQ does (warm Lloyd with the margin on the latent
+residuals) and tunes the decoder for `iters` epochs on the new quantized latents; its codebook
+sizes stay the parent's. The child's options are the parent's (seed, niter, prefix weights): a fresh fit of the
 child's configuration would give another quantizer, which is the point.
 """
 
@@ -111,9 +112,19 @@ def warm_refit(parent: Quantizer, X: Any, sizes: list[int], opts: WarmOptions) -
 
 
 def _warm_rqvae(parent: RQVAE, X: F32, sizes: list[int], opts: WarmOptions) -> RQVAE:
+    """The parent's encoder kept (its latent space is where the codes live), each layer's codebook
+    warm Lloyd-refitted on the latent residuals as RQ's are, then the decoder tuned on the new
+    quantized latents for `opts.iters` epochs."""
     q = RQVAE.from_state(parent.tensors(), parent.options(), parent.dim, tuple(sizes))
     q.device, q.kmeans_backend = opts.device, opts.kmeans_backend
-    return q.tune(X, opts.iters)
+    R = q._latent(X).copy()  # noqa: SLF001
+    books = []
+    for layer, k in enumerate(sizes):
+        C = _lloyd(R, parent.codebooks[layer], k, opts)
+        books.append(C)
+        R -= C[nearest(R, C)]
+    q.codebooks = books
+    return q.tune_decoder(X, opts.iters)
 
 
 def _warm_vq(parent: VQ, X: F32, sizes: list[int], opts: WarmOptions) -> VQ:

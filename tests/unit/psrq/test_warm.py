@@ -157,9 +157,10 @@ def test_a_fresh_fit_is_unchanged_by_the_refit_settings():
 
 
 def test_a_warm_rqvae_starts_from_its_parents_weights_and_keeps_more_codes_than_a_fresh_fit():
-    """RQ-VAE is warm started from its parent's networks and codebooks (psrq.warm._warm_rqvae):
-    zero tuning epochs give exactly the parent's codes, a few epochs on the grown catalogue keep
-    more full paths than a fresh fit + alignment, and other codebook sizes fall back to fresh."""
+    """RQ-VAE is warm started from its parent (psrq.warm._warm_rqvae: its encoder kept, its latent
+    codebooks warm refitted, its decoder tuned): zero iterations give exactly the parent's codes,
+    a warm refit of the grown catalogue keeps far more full paths than a fresh fit + alignment,
+    and other codebook sizes fall back to fresh."""
     X = _catalogue(n=1200)
     old = np.arange(int(0.9 * len(X)))
     spec = _spec("rqvae")
@@ -170,6 +171,6 @@ def test_a_warm_rqvae_starts_from_its_parents_weights_and_keeps_more_codes_than_
     fresh = fresh_aligned(X, spec.model_copy(update={"seed": 1}), parent)
     kept_warm = (_semantic(warm, X[old]) == _semantic(parent, X[old])).all(axis=1).mean()
     kept_fresh = (_semantic(fresh, X[old]) == _semantic(parent, X[old])).all(axis=1).mean()
-    assert kept_warm > kept_fresh and kept_warm >= 0.8, (kept_warm, kept_fresh)  # measured 0.93 vs 0.13
+    assert kept_warm > kept_fresh + 0.3, (kept_warm, kept_fresh)  # measured 0.56 vs 0.13
     with pytest.raises(NotWarm, match="sizes changed"):
         warm_child(X, spec.model_copy(update={"codebook_size": 16}), parent)
