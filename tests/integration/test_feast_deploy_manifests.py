@@ -110,7 +110,8 @@ def test_environment_is_valid_settings(monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = Settings()  # nested keys and types are validated by the settings model itself
-    assert settings.feast_profile == "redis" and settings.kafka.bootstrap == "sidstream-kafka-bootstrap:9092"
+    assert settings.feast_profile == "redis" and settings.kafka.bootstrap == "sidstream-kafka-bootstrap:9093"
+    assert settings.kafka.security_protocol == "SASL_SSL"  # Strimzi's only listener: TLS + SCRAM (docs/security.md)
 
 
 def test_prometheus_and_grafana_use_the_worker_metrics():
