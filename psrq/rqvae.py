@@ -122,11 +122,7 @@ class RQVAE(Quantizer):
         X = check_encode_input(X, self.dim)
         with _torch_threads(self.threads):
             data = torch.from_numpy(X)
-            codes = self.encode(X)
-            z = np.zeros((len(X), self.latent_dim), dtype=np.float32)
-            for layer, C in enumerate(self.codebooks):
-                z += C[codes[:, layer]]
-            z_q = torch.from_numpy(z)
+            z_q = torch.from_numpy(self._quantized(self.encode(X), self.num_layers))
             gen = torch.Generator().manual_seed(self.seed)
             opt = torch.optim.Adam(dec.parameters(), lr=self.lr)
             for _ in range(epochs):
@@ -177,11 +173,16 @@ class RQVAE(Quantizer):
     def decode_prefix(self, codes: Any, layers: int) -> F32:
         codes = check_codes(codes, self.codebook_sizes)
         _, dec = self._nets()
+        z = self._quantized(codes, layers)
+        with torch.no_grad(), _torch_threads(self.threads):
+            return np.ascontiguousarray(dec(torch.from_numpy(z)).numpy(), dtype=np.float32)
+
+    def _quantized(self, codes: I64, layers: int) -> F32:
+        """The quantized latents of `codes`: the sum of their first `layers` codebook rows."""
         z = np.zeros((codes.shape[0], self.latent_dim), dtype=np.float32)
         for layer in range(layers):
             z += self.codebooks[layer][codes[:, layer]]
-        with torch.no_grad(), _torch_threads(self.threads):
-            return np.ascontiguousarray(dec(torch.from_numpy(z)).numpy(), dtype=np.float32)
+        return z
 
     def options(self) -> dict[str, Any]:
         return {

@@ -117,13 +117,7 @@ def _warm_rqvae(parent: RQVAE, X: F32, sizes: list[int], opts: WarmOptions) -> R
     quantized latents for `opts.iters` epochs."""
     q = RQVAE.from_state(parent.tensors(), parent.options(), parent.dim, tuple(sizes))
     q.device, q.kmeans_backend = opts.device, opts.kmeans_backend
-    R = q._latent(X).copy()  # noqa: SLF001
-    books = []
-    for layer, k in enumerate(sizes):
-        C = _lloyd(R, parent.codebooks[layer], k, opts)
-        books.append(C)
-        R -= C[nearest(R, C)]
-    q.codebooks = books
+    q.codebooks = _warm_residual_layers(q._latent(X), parent.codebooks, sizes, opts)  # noqa: SLF001
     return q.tune_decoder(X, opts.iters)
 
 
@@ -136,14 +130,22 @@ def _warm_vq(parent: VQ, X: F32, sizes: list[int], opts: WarmOptions) -> VQ:
 
 def _warm_rq(parent: RQ, X: F32, sizes: list[int], opts: WarmOptions) -> RQ:
     q = RQ(sizes, **parent.options(), device=opts.device, kmeans_backend=opts.kmeans_backend)
-    R = _fit_rows(X, max(sizes), q.seed, q.max_points_per_centroid).copy()
-    for layer, k in enumerate(sizes):
-        C = _lloyd(R, parent.centroids[layer], k, opts)
-        q.centroids.append(C)
-        if layer + 1 < len(sizes):
-            R -= C[nearest(R, C)]
+    q.centroids = _warm_residual_layers(_fit_rows(X, max(sizes), q.seed, q.max_points_per_centroid),
+                                        parent.centroids, sizes, opts)
     q._dim = X.shape[1]
     return q
+
+
+def _warm_residual_layers(X: F32, parent_books: list[F32], sizes: list[int], opts: WarmOptions) -> list[F32]:
+    """Residual codebooks as RQ fits them, each layer warm started from the parent's on the
+    residuals the child's earlier layers leave (RQ on x, RQ-VAE on its latents)."""
+    R, books = X.copy(), []
+    for layer, k in enumerate(sizes):
+        C = _lloyd(R, parent_books[layer], k, opts)
+        books.append(C)
+        if layer + 1 < len(sizes):
+            R -= C[nearest(R, C)]
+    return books
 
 
 def _warm_pq(parent: PQ, X: F32, sizes: list[int], opts: WarmOptions) -> PQ:

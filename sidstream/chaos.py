@@ -44,7 +44,7 @@ from psrq import load_codebook_set
 from sidcore.catalog import Track, lastfm_tracks
 from sidcore.config import Settings, get_settings, with_brokers
 from sidcore.registry import Registry
-from sidstream.harness import PipelineRun
+from sidstream.harness import PipelineRun, letter_source
 from streams import avro_codec
 from streams.admin.broker import LocalBroker, local_broker
 from streams.admin.redis_cluster import LocalRedisCluster
@@ -355,7 +355,7 @@ def _await_dead_letters(run: Any, expected: int, deadline: float) -> dict[str, l
     the fault held up still retries its bad records' batch."""
     while True:
         dead = run.dead_letters()
-        found = len({(r["source_topic"], r["partition"], r["offset"]) for v in dead.values() for r in v})
+        found = len({letter_source(r) for v in dead.values() for r in v})
         if found >= expected or time.monotonic() >= deadline:
             return dead
         time.sleep(1.0)
@@ -373,7 +373,7 @@ def _outcome(codes: dict[str, list[int]], produced: int, dead: dict[str, list[di
     return {
         "in_feast": len(codes),
         "lost": produced - len(codes),
-        "dlq": len({(r["source_topic"], r["partition"], r["offset"]) for r in dead_all}),
+        "dlq": len({letter_source(r) for r in dead_all}),
         "dlq_messages": len(dead_all),
         "duplicated_final": _duplicated_final(offline),
         "duplicate_offline_rows": _duplicate_rows(offline),

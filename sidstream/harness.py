@@ -213,6 +213,12 @@ def topic_messages(bootstrap: Brokers, topic: str, timeout_s: float = 10.0) -> l
     return out
 
 
+def letter_source(letter: dict[str, Any]) -> tuple[str, int, int]:
+    """The source record a decoded dead letter stands for: (topic, partition, offset). Dead letters
+    are at least once (a replayed batch dead-letters its bad records again); per source, once."""
+    return letter["source_topic"], letter["partition"], letter["offset"]
+
+
 def read_topics(bootstrap: Brokers, topics: list[str], schema: str, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
     """All records now in `topics` (up to each partition's high watermark), decoded as `schema`."""
     from streams import avro_codec

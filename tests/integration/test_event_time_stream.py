@@ -14,7 +14,7 @@ import pytest
 
 from encoders.catalog import track_text
 from sidcore.catalog import lastfm_tracks
-from sidstream.harness import PipelineRun, read_topics, wait_until_readable
+from sidstream.harness import PipelineRun, letter_source, read_topics, wait_until_readable
 from streams import avro_codec
 from streams.records import now_ms
 from streams.sinks.reader import read_histories, read_sids
@@ -64,7 +64,7 @@ def _per_source(letters: list[dict]) -> list[dict]:
     """One dead letter per source record (its first), in the order read."""
     first: dict[tuple, dict] = {}
     for d in letters:
-        first.setdefault((d["source_topic"], d["partition"], d["offset"]), d)
+        first.setdefault(letter_source(d), d)
     return list(first.values())
 
 
