@@ -26,7 +26,6 @@ against, and the fallback for a model kind without a fast path.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import (
@@ -95,7 +95,8 @@ class Measure:
 
 
 def as_json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+    """The body as JSON bytes by orjson (a /rank answer of 100 scores: ~10 µs, the json module's ~130)."""
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type="application/json")
 
 
 def parse(model: type[BaseModel], body: bytes) -> Any:
@@ -224,9 +225,13 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
             return on(features, req)  # a point lookup (~0.2 ms) costs less than the hop to a pool thread
         return await run_in_threadpool(on, features, req)
 
+    inline_candidates = settings.serve.rank_inline_candidates if settings.serve.fast_path else 0
+
     @app.post("/rank")
     async def rank_endpoint(request: Request) -> Response:
         req = parse(RankRequest, await request.body())
+        if len(req.candidate_track_ids) <= inline_candidates and state.snapshot.fast is not None:
+            return on(ranked, req)  # bounded numpy work: cheaper here than the hop to a pool thread
         return await anyio.to_thread.run_sync(on, ranked, req, limiter=rank_slots)
 
     def show_live_auc() -> None:

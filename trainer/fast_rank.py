@@ -20,6 +20,8 @@ against ~1-2 µs for numpy's, and the whole forward is a few dozen ops (measured
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -34,6 +36,8 @@ from trainer.models.layers import MLP, ActivationUnit, Dice, PReLU
 from trainer.models.mcca import JOINT, MCCA, SPECIFIC
 
 SidRow = Mapping[str, Sequence[int] | None]  # {text_sid, audio_sid, joint_sid}
+COMPUTED_MAX = 100_000  # tracks outside the table whose rows are kept once computed (cold tracks)
+EXP_SPLIT = 40.0  # |x| <= this: exp(x) is a normal float32 and a product of two stays one
 
 
 class _Layer:
@@ -66,7 +70,8 @@ class _Dice(_Layer):
         # p*x + (1-p)*alpha*x = x * (alpha + p*(1-alpha)), in place on one temporary
         y = x - self.mean
         y *= self.neg_inv
-        np.exp(y, out=y)
+        with np.errstate(over="ignore"):  # exp -> inf: p = 1 / inf = 0, as the model's sigmoid
+            np.exp(y, out=y)
         y += 1
         np.reciprocal(y, out=y)  # p
         y *= self.one_minus_alpha
@@ -143,12 +148,129 @@ class _Attention:
     unit: _Unit
 
 
+class _Fused:
+    """Every attention at once, when each unit is the usual Linear -> Dice -> Linear(h, 1), with
+    the candidate-side work moved to the item (precomputed when a ranker goes live).
+
+    For attention a with key block k, query block q (of the item vector v) and hidden width h:
+    the unit's pre-activation is u = k·Wk + q·Wq + b, Dice's p = 1 / (1 + exp(z)) with
+    z = (u - mean)·(-inv), and w = u·(alpha w) + (u p)·((1 - alpha) w) + c. Every term that
+    depends on the candidate alone, its *query row* [Q = q·Wq + b | Qz = (Q - mean)·(-inv) |
+    qa = Q·(alpha w) + c | tail = the MLP's first layer on the candidate's own inputs + bias],
+    is an item property; the history's [K = k·Wk | Kz = K·(-inv) | ka = K·(alpha w) |
+    KW = k·W_interest] is computed per request from its T vectors (T·width·(A·m1) flops, less than
+    keeping it per item would cost in memory). A request is then, for all A attentions together:
+    U = K + Q and Z = Kz + Qz broadcast to [B, T, Σh], exp, one divide, one [B·T, Σh] @ [Σh, A]
+    product for the weights, and one [B, T·A] @ [T·A, m1] product for the MLP's first layer
+    (Σ_a w_a @ (keys_a · W_interest_a) = (w_a @ keys_a) · W_interest_a)."""
+
+    def __init__(self, r: FastRanker) -> None:
+        units = [a.unit for a in r.attentions]
+        widths = [u.wk.shape[1] for u in units]
+        cut = np.cumsum([0, *widths])
+        H, A, m1 = int(cut[-1]), len(units), r.first_b.shape[0]
+        self.H, self.A, self.m1 = H, A, m1
+        f8 = np.float64
+        self.wk, self.wq = np.zeros((r.width, H), f8), np.zeros((r.width, H), f8)
+        self.wa, wp = np.zeros((H, A), f8), np.zeros((H, A), f8)
+        self.wkw = np.zeros((r.width, A * m1), f8)
+        self.bq, self.mean, self.neg_inv, self.last_b = (np.zeros(H, f8), np.zeros(H, f8), np.zeros(H, f8), np.zeros(A, f8))
+        for a, (att, u, w_int) in enumerate(zip(r.attentions, units, r.w_interest, strict=True)):
+            cols = slice(int(cut[a]), int(cut[a + 1]))
+            self.wk[r.slices[att.key], cols] = u.wk
+            self.wq[r.slices[att.query], cols] = u.wq
+            self.bq[cols], self.mean[cols], self.neg_inv[cols] = u.b, u.dice.mean, u.dice.neg_inv
+            self.wa[cols, a], wp[cols, a] = u.w_alpha[:, 0], u.w_p[:, 0]
+            self.last_b[a] = float(u.last_b[0])
+            self.wkw[r.slices[att.key], a * m1 : (a + 1) * m1] = w_int
+        self.wt = np.zeros((r.width, m1), f8)
+        self.wt[r.tail_index] = r.tail_w
+        self.first_b = r.first_b.astype(f8)
+        # per request, float32: the history side (from T vectors) and the weights' last product
+        self.wk32, self.wkw32, self.wa32, self.wp32 = (x.astype(np.float32) for x in (self.wk, self.wkw, self.wa, wp))
+        self.neg_inv32 = self.neg_inv.astype(np.float32)
+        self.wp_t = torch.from_numpy(self.wp32)
+        self.row_width = 2 * H + A + m1
+
+    def query_rows(self, v: np.ndarray) -> np.ndarray:
+        """Item vectors [n, width] -> their query rows [n, 2H + A + m1] (computed in float64)."""
+        v8 = v.astype(np.float64)
+        q = v8 @ self.wq + self.bq
+        qz = (q - self.mean) * self.neg_inv
+        qa = q @ self.wa + self.last_b
+        tail = v8 @ self.wt + self.first_b
+        return np.concatenate([q, qz, qa, tail], axis=1).astype(np.float32)
+
+    def first_layer(self, cand_rows: np.ndarray, hist: np.ndarray) -> np.ndarray:
+        """cand_rows [B, 2H + A + m1] (query rows), hist [T, width] -> the MLP's first layer [B, m1]."""
+        H, A, m1 = self.H, self.A, self.m1
+        tail = cand_rows[:, 2 * H + A :]
+        T, B = hist.shape[0], cand_rows.shape[0]
+        if T == 0:
+            return tail.copy()
+        q, qz, qa = cand_rows[:, :H], cand_rows[:, H : 2 * H], cand_rows[:, 2 * H : 2 * H + A]
+        k = hist @ self.wk32  # [T, H]
+        kz, ka, kw = k * self.neg_inv32, k @ self.wa32, hist @ self.wkw32  # [T, H], [T, A], [T, A·m1]
+        # the [B, T, H] block in torch: its broadcast kernels take about half numpy's time here,
+        # which pays for the few op dispatches (the small products stay in numpy)
+        tk, tq = torch.from_numpy(k), torch.from_numpy(q)
+        with torch.inference_mode():
+            u = tk[None, :, :] + tq[:, None, :]  # [B, T, H]
+            if np.abs(kz).max(initial=0.0) <= EXP_SPLIT and np.abs(qz).max(initial=0.0) <= EXP_SPLIT:
+                # exp(kz + qz) = exp(kz) exp(qz): two small exps and one [B, T, H] product instead
+                # of a broadcast sum and its exp (finite and normal in float32 while |kz|, |qz| <= 40)
+                z = torch.from_numpy(np.exp(kz))[None, :, :] * torch.from_numpy(np.exp(qz))[:, None, :]
+            else:  # exp -> inf: p = 0, u / inf = 0 (the model's sigmoid gives 0 too)
+                z = (torch.from_numpy(kz)[None, :, :] + torch.from_numpy(np.ascontiguousarray(qz))[:, None, :]).exp_()
+            z += 1
+            u /= z  # u * p
+            w = (u.reshape(B * T, H) @ self.wp_t).reshape(B, T, A).numpy()
+        w += ka[None, :, :]
+        w += qa[:, None, :]
+        return tail + w.reshape(B, T * A) @ kw.reshape(T * A, m1)
+
+
+class _Computed:
+    """Item vectors (and query rows) of tracks outside the precomputed table, computed from their
+    SIDs on first use and kept, least recently used first out, at most `max_rows` tracks. No
+    invalidation: a FastRanker serves one codebook version, and a track's SIDs under a version
+    never change (a track with no SID row is not kept, as in the SID cache)."""
+
+    def __init__(self, ranker: FastRanker, max_rows: int) -> None:
+        self.ranker, self.max_rows = ranker, max_rows
+        self._rows: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def rows(self, tracks: Sequence[str], sids: Mapping[str, SidRow], query: bool) -> np.ndarray:
+        """[n, width] vectors (or query rows) of `tracks`, all of which have a row in `sids`."""
+        with self._lock:
+            kept = list(map(self._rows.get, tracks))
+            deque(map(self._rows.move_to_end, [t for t, k in zip(tracks, kept, strict=True) if k is not None]), maxlen=0)
+        new = [t for t, k in zip(tracks, kept, strict=True) if k is None]
+        if new:
+            r = self.ranker
+            v = r.vectors_np(new, [sids[t] for t in new])
+            q = r.fused.query_rows(v) if r.fused is not None else None
+            made = {t: (v[i], None if q is None else q[i]) for i, t in enumerate(new)}
+            kept = [k if k is not None else made[t] for t, k in zip(tracks, kept, strict=True)]
+            if self.max_rows:
+                with self._lock:
+                    self._rows.update(made)
+                    while len(self._rows) > self.max_rows:
+                        self._rows.popitem(last=False)
+        return np.stack([k[1] if query else k[0] for k in kept])  # type: ignore[index, misc]
+
+
 class FastRanker:
     """A DIN or MCCA (eval mode) as item vectors + numpy scoring. `id_rows`: track -> ID row (the
     ranker's vocabulary; others use the zero padding row 0, as `trainer.serving.rank` does);
     `layers`: codebook -> semantic layers embedded."""
 
-    def __init__(self, model: nn.Module, id_rows: Mapping[str, int], layers: Mapping[str, int]) -> None:
+    def __init__(self, model: nn.Module, id_rows: Mapping[str, int], layers: Mapping[str, int],
+                 computed_max: int = COMPUTED_MAX) -> None:
         self.model, self.id_rows, self.layers = model, id_rows, dict(layers)
         if isinstance(model, MCCA):
             d = model.config.emb_dim
@@ -190,6 +312,11 @@ class FastRanker:
                                if model.sid_emb is not None else {})
         self.rows: dict[str, int] = {}  # track -> row of `table`
         self.table = np.zeros((0, self.width), dtype=np.float32)
+        # the fused path where every unit is Linear -> Dice -> Linear(h, 1) (the default); its
+        # candidates' query rows beside `table`, row for row
+        self.fused = _Fused(self) if all(a.unit.folded for a in self.attentions) else None
+        self.query_table = np.zeros((0, self.fused.row_width if self.fused else 0), dtype=np.float32)
+        self.computed = _Computed(self, computed_max)
 
     # -- item vectors --------------------------------------------------------------------------
     def codes(self, sids: Iterable[SidRow | None]) -> dict[str, np.ndarray]:
@@ -253,7 +380,14 @@ class FastRanker:
         """The table of item vectors for `tracks` (their SID rows under the ranker's version)."""
         blocks = [self.vectors(tracks[i : i + chunk], sids[i : i + chunk]) for i in range(0, len(tracks), chunk)]
         self.table = np.concatenate(blocks) if blocks else np.zeros((0, self.width), dtype=np.float32)
+        if self.fused is not None:
+            self.query_table = np.concatenate([self.fused.query_rows(b) for b in blocks]) if blocks else self.query_table
         self.rows = dict(zip(tracks, range(len(tracks)), strict=True))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the precomputed tables (item vectors and query rows)."""
+        return self.table.nbytes + self.query_table.nbytes
 
     def lookup(self, tracks: Sequence[str]) -> np.ndarray:
         """Rows of `table` for these tracks, -1 where not precomputed (one C-level map, no loop)."""
@@ -266,6 +400,10 @@ class FastRanker:
         for att, w in zip(self.attentions, self.w_interest, strict=True):
             interest = att.unit.interest(hist[:, self.slices[att.key]], cand[:, self.slices[att.query]])
             x = x + interest @ w
+        return self.head(x)
+
+    def head(self, x: np.ndarray) -> np.ndarray:
+        """The MLP after its first layer: [B, m1] -> logits [B]."""
         for layer in self.mlp[1:]:
             x = layer(x)
         return x[:, 0]
@@ -276,33 +414,36 @@ class FastRanker:
         are scored, the rest listed as unknown; the history is the user's last positives (oldest
         first) that have vectors or SIDs, at most `history_len`."""
         cands = list(dict.fromkeys(candidates))
-        vec = self.gather(cands, sids)
+        fused = self.fused
+        vec = self.gather(cands, sids, query=fused is not None)
         known = vec[0] >= 0
         hist_rows, hist_vecs = self.gather(list(history), sids)
         keep = np.flatnonzero(hist_rows >= 0)[-history_len:] if history_len > 0 else np.zeros(0, dtype=np.int64)
         known_idx = np.flatnonzero(known)
-        unknown = [cands[i] for i in np.flatnonzero(~known)]
+        unknown = [cands[i] for i in np.flatnonzero(~known).tolist()]
         if known_idx.size == 0:
             return {"scored": [], "unknown": unknown, "history_len": len(keep)}
-        z = self.logits(vec[1][known_idx], hist_vecs[keep])
+        rows = vec[1] if known_idx.size == len(cands) else vec[1][known_idx]
+        hist = hist_vecs if keep.size == len(hist_vecs) else hist_vecs[keep]
+        z = self.head(fused.first_layer(rows, hist)) if fused is not None else self.logits(rows, hist)
         p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
-        order = known_idx[np.argsort(-p, kind="stable")]
-        p_sorted = np.sort(-p, kind="stable")
-        names = [cands[i] for i in order]
-        cold = [t not in self.id_rows for t in names]
-        scored = [{"track_id": t, "score": -s, "cold": c} for t, s, c in zip(names, p_sorted.tolist(), cold, strict=True)]
+        by_score = np.argsort(-p, kind="stable")
+        names = [cands[i] for i in known_idx[by_score].tolist()]
+        id_rows = self.id_rows
+        scored = [{"track_id": t, "score": s, "cold": t not in id_rows} for t, s in zip(names, p[by_score].tolist(), strict=True)]
         return {"scored": scored, "unknown": unknown, "history_len": len(keep)}
 
-    def gather(self, tracks: list[str], sids: Mapping[str, SidRow]) -> tuple[np.ndarray, np.ndarray]:
-        """(a row marker per track: >= 0 known, -1 unknown; their vectors [n, width]): precomputed
-        rows gathered, the others (cold tracks, or ones outside the table) computed from `sids`."""
+    def gather(self, tracks: list[str], sids: Mapping[str, SidRow], query: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(a row marker per track: >= 0 known, -1 unknown; their item vectors, or their query rows
+        where `query`): precomputed rows gathered, the others (cold tracks, or ones outside the
+        table) computed from `sids` once and kept (`computed`)."""
+        table = self.query_table if query else self.table
         rows = self.lookup(tracks)
-        out = self.table[np.maximum(rows, 0)] if len(self.table) else np.zeros((len(tracks), self.width), np.float32)
+        out = table[np.maximum(rows, 0)] if len(table) else np.zeros((len(tracks), table.shape[1]), np.float32)
         miss = np.flatnonzero(rows < 0)
         if miss.size:
-            names = [tracks[i] for i in miss]
-            have = [i for i, t in zip(miss, names, strict=True) if t in sids]
+            have = [i for i in miss.tolist() if tracks[i] in sids]
             if have:
-                out[have] = self.vectors_np([tracks[i] for i in have], [sids[tracks[i]] for i in have])
+                out[have] = self.computed.rows([tracks[i] for i in have], sids, query)
                 rows[have] = 0
         return rows, out

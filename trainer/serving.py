@@ -117,7 +117,7 @@ class ServingState:
             tracks += found
             rows += found.values()
         fast.precompute(tracks, rows)
-        log.info("precomputed item vectors of %d tracks (%.1f MB)", len(tracks), fast.table.nbytes / 1e6)
+        log.info("precomputed item vectors of %d tracks (%.1f MB)", len(tracks), fast.nbytes / 1e6)
         return fast
 
     def start(self) -> None:

@@ -205,10 +205,16 @@ def load_generator() -> str:
     return f"hey {version}"
 
 
-def hey_point(url: str, body: bytes, rate: float | None, seconds: float, work: Path, concurrency: int | None = None) -> dict[str, Any]:
+def hey_point(url: str, body: bytes, rate: float | None, seconds: float, work: Path, concurrency: int | None = None,
+              server_pid: int | None = None) -> dict[str, Any]:
     """POST `body` to `url` at `rate` requests/s (None: as fast as `concurrency` workers go) for
-    `seconds`; latency percentiles over every response, the achieved rate, the errors."""
+    `seconds`; latency percentiles over every response, the achieved rate, the errors, and the CPU
+    milliseconds per request of the server process (`server_pid`) and of hey itself (the machine's
+    cores are shared between them)."""
+    import resource
     import subprocess
+
+    import psutil
 
     c = concurrency or max(2, min(64, int(np.ceil((rate or 0) / 50))))
     body_file = work / "hey-body.json"
@@ -217,14 +223,24 @@ def hey_point(url: str, body: bytes, rate: float | None, seconds: float, work: P
            "-t", "10", "-o", "csv"]
     if rate is not None:
         cmd += ["-q", f"{rate / c:.3f}"]
+    server = psutil.Process(server_pid) if server_pid is not None else None
+    cpu0 = sum(server.cpu_times()[:2]) if server else 0.0
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run([*cmd, url], capture_output=True, text=True, check=True)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu = sum(server.cpu_times()[:2]) - cpu0 if server else None
+    hey_cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
     lines = run.stdout.strip().splitlines()[1:]  # response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
     rows = np.array([[float(x) for x in (ln.split(",")[0], ln.split(",")[6], ln.split(",")[7])] for ln in lines],
                     dtype=np.float64).reshape(-1, 3)
     ok = rows[:, 1] == 200
     span = float((rows[:, 2] + rows[:, 0]).max()) if len(rows) else seconds
+    n = max(len(rows), 1)
+    cpu = {"hey_cpu_ms_per_request": round(hey_cpu * 1e3 / n, 3)}
+    if server_cpu is not None:
+        cpu["server_cpu_ms_per_request"] = round(server_cpu * 1e3 / n, 3)
     return {"target_rps": rate, "achieved_rps": round(len(rows) / max(span, 1e-9), 1), **percentiles(rows[ok, 0]),
-            "errors": int((~ok).sum()), "requests": len(rows), "connections": c}
+            "errors": int((~ok).sum()), "requests": len(rows), "connections": c, **cpu}
 
 
 def sustained(point: dict[str, Any], p99_limit_ms: float) -> bool:
@@ -233,16 +249,16 @@ def sustained(point: dict[str, Any], p99_limit_ms: float) -> bool:
 
 
 def ladder(url: str, body: bytes, seconds: float, work: Path, p99_limit_ms: float, rates: list[int],
-           beyond: list[int]) -> dict[str, Any]:
+           beyond: list[int], server_pid: int | None = None) -> dict[str, Any]:
     """The points at `rates`, then at each of `beyond` while the last was sustained; the highest
     sustained target, and the unthrottled rate (16 connections) for reference."""
-    points = [hey_point(url, body, r, seconds, work) for r in rates]
+    points = [hey_point(url, body, r, seconds, work, server_pid=server_pid) for r in rates]
     for r in beyond:
         if not sustained(points[-1], p99_limit_ms):
             break
-        points.append(hey_point(url, body, r, seconds, work))
+        points.append(hey_point(url, body, r, seconds, work, server_pid=server_pid))
     ok = [p["target_rps"] for p in points if sustained(p, p99_limit_ms)]
-    unthrottled = hey_point(url, body, None, seconds, work, concurrency=16)
+    unthrottled = hey_point(url, body, None, seconds, work, concurrency=16, server_pid=server_pid)
     return {"points": points, "max_sustained_rps": max(ok) if ok else 0, "unthrottled_16_connections": unthrottled}
 
 
@@ -353,9 +369,10 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
         for _ in range(200):  # warm-up: caches filled, code paths run
             for path, b in (("/rank", "rank"), ("/features", "features_1"), ("/features", "features_100")):
                 client.post(path, content=bodies[b], headers={"content-type": "application/json"}).raise_for_status()
-        out["rank"] = ladder(f"{server.url}/rank", bodies["rank"], seconds, work, p99_limit_ms, RATES, BEYOND)
+        pid = server.proc.pid
+        out["rank"] = ladder(f"{server.url}/rank", bodies["rank"], seconds, work, p99_limit_ms, RATES, BEYOND, pid)
         for name in ("features_1", "features_100"):
-            out[name] = ladder(f"{server.url}/features", bodies[name], seconds, work, p99_limit_ms, RATES, BEYOND)
+            out[name] = ladder(f"{server.url}/features", bodies[name], seconds, work, p99_limit_ms, RATES, BEYOND, pid)
         metrics = client.get("/metrics").text
     out["cache_hit_rate"] = _metric(metrics, "sidstream_serve_sid_cache_hit_rate")
     out["cache_entries"] = _metric(metrics, "sidstream_serve_sid_cache_entries")
@@ -363,7 +380,7 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
     (work / "cold").mkdir(exist_ok=True)
     with ServerProcess(cold, work / "cold") as server:
         httpx.post(f"{server.url}/rank", content=bodies["rank"], headers={"content-type": "application/json"}).raise_for_status()
-        point = hey_point(f"{server.url}/rank", bodies["rank"], 100, seconds, work)
+        point = hey_point(f"{server.url}/rank", bodies["rank"], 100, seconds, work, server_pid=server.proc.pid)
     out["rank"]["cold_cache"] = {"settings": {"serve.sid_cache_entries": 0, "serve.item_vectors": 0},
                                  "store_reads_per_request": 2, "sids_read_per_request": 100 + out["rank_request"]["history_items"],
                                  **point}
@@ -373,8 +390,9 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
         httpx.post(f"{server.url}/rank", content=bodies["rank"], headers={"content-type": "application/json"}).raise_for_status()
         out["rank"]["reference_path"] = {
             "settings": {"serve.sid_cache_entries": 0, "serve.fast_path": False},
-            "at_100": hey_point(f"{server.url}/rank", bodies["rank"], 100, seconds, work),
-            "unthrottled_16_connections": hey_point(f"{server.url}/rank", bodies["rank"], None, seconds, work, concurrency=16)}
+            "at_100": hey_point(f"{server.url}/rank", bodies["rank"], 100, seconds, work, server_pid=server.proc.pid),
+            "unthrottled_16_connections": hey_point(f"{server.url}/rank", bodies["rank"], None, seconds, work, concurrency=16,
+                                                    server_pid=server.proc.pid)}
     fast_max = out["rank"]["unthrottled_16_connections"]["achieved_rps"]
     out["rank"]["unthrottled_over_reference_path"] = round(
         fast_max / max(out["rank"]["reference_path"]["unthrottled_16_connections"]["achieved_rps"], 1e-9), 2)
@@ -438,21 +456,28 @@ def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: flo
 
 def render(out: dict[str, Any]) -> str:
     """The run as a Markdown table (what docs/scaling.md quotes)."""
-    lines = ["| endpoint | target rps | achieved rps | p50 ms | p99 ms | p99.9 ms | errors |", "|---|---|---|---|---|---|---|"]
+    lines = ["| endpoint | target rps | achieved rps | p50 ms | p99 ms | p99.9 ms | errors | server CPU ms/req | hey CPU ms/req |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def cpu(p: dict[str, Any]) -> str:
+        return f"{p.get('server_cpu_ms_per_request', '—')} | {p.get('hey_cpu_ms_per_request', '—')}"
+
     for name in ("rank", "features_1", "features_100"):
         for p in [*out[name]["points"], out[name]["unthrottled_16_connections"]]:
             target = "unthrottled (16 conn.)" if p["target_rps"] is None else f"{p['target_rps']:,}"
-            lines.append(f"| {name} | {target} | {p['achieved_rps']:,} | {p['p50_ms']} | {p['p99_ms']} | {p['p999_ms']} | {p['errors']} |")
+            lines.append(f"| {name} | {target} | {p['achieved_rps']:,} | {p['p50_ms']} | {p['p99_ms']} | {p['p999_ms']} | {p['errors']} | "
+                         f"{cpu(p)} |")
     c = out["rank"]["cold_cache"]
     lines.append(f"| rank, cold (no cache, no item vectors) | {c['target_rps']} | {c['achieved_rps']} | {c['p50_ms']} | {c['p99_ms']} | "
-                 f"{c['p999_ms']} | {c['errors']} |")
+                 f"{c['p999_ms']} | {c['errors']} | {cpu(c)} |")
     ref = out["rank"]["reference_path"]
     for label, p in (("100", ref["at_100"]), ("unthrottled (16 conn.)", ref["unthrottled_16_connections"])):
         lines.append(f"| rank, reference path (model forward, no cache) | {label} | {p['achieved_rps']} | {p['p50_ms']} | "
-                     f"{p['p99_ms']} | {p['p999_ms']} | {p['errors']} |")
+                     f"{p['p99_ms']} | {p['p999_ms']} | {p['errors']} | {cpu(p)} |")
     for n in ("1", "100"):
         r = out[f"raw_feast_{n}"]
-        lines.append(f"| raw Feast read, {n} track(s), in-process, back to back | — | — | {r['p50_ms']} | {r['p99_ms']} | {r['p999_ms']} | — |")
+        lines.append(f"| raw Feast read, {n} track(s), in-process, back to back | — | — | {r['p50_ms']} | {r['p99_ms']} | {r['p999_ms']} "
+                     "| — | — | — |")
     lines += ["", f"max sustained /rank: {out['rank']['max_sustained_rps']:,} rps (p99 <= {out['p99_limit_ms']} ms); "
                   f"/features 1: {out['features_1']['max_sustained_rps']:,}; /features 100: {out['features_100']['max_sustained_rps']:,}; "
                   f"SID cache hit rate {out['cache_hit_rate']}; scoring µs (model forward / fast path): "

@@ -141,19 +141,50 @@ def message_limits(bootstrap: Brokers, topics: list[str], timeout_s: float = 10.
     """Each topic's `max.message.bytes` as the broker reports it (topics it cannot describe are left
     out): a dead letter is sized against its DLQ topic's real limit, which a cluster built from
     other manifests may set lower than the settings."""
-    from confluent_kafka.admin import ConfigResource
-
     if not topics:
         return {}
-    admin = AdminClient(librdkafka(bootstrap))
-    out: dict[str, int] = {}
-    for resource, fut in admin.describe_configs([ConfigResource("topic", t) for t in topics],
-                                                request_timeout=timeout_s).items():
-        try:
-            out[resource.name] = int(fut.result(timeout=timeout_s)["max.message.bytes"].value)
-        except Exception as exc:  # noqa: BLE001 - a topic not described keeps the settings' limit
-            log.warning("max.message.bytes of %s unknown (%s): dead letters sized against the settings", resource.name, exc)
-    return out
+    # a broker that has not applied a new topic's metadata yet is asked again for 3 s; a topic
+    # that really does not exist is then left out (its dead letters are sized by the settings)
+    configs = describe_topic_configs(AdminClient(librdkafka(bootstrap)), topics, timeout_s, strict=False, unknown_retry_s=3.0)
+    for t in topics:
+        if t not in configs:
+            log.warning("max.message.bytes of %s unknown: dead letters sized against the settings", t)
+    return {t: int(c["max.message.bytes"].value) for t, c in configs.items()}
+
+
+def describe_topic_configs(admin: Any, topics: list[str], timeout_s: float = 20.0, strict: bool = True,
+                           unknown_retry_s: float | None = None) -> dict[str, Any]:
+    """Each topic's configs as a broker reports them. DescribeConfigs goes to any broker, and one
+    that has not yet applied the controller's metadata for a new topic answers "unknown topic or
+    partition": those topics are asked again, every 0.5 s, for `unknown_retry_s` (default
+    `timeout_s`). Then (or at any other error) `strict` raises; otherwise the topics not described
+    are left out."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import ConfigResource
+
+    out: dict[str, Any] = {}
+    deadline = time.monotonic() + (timeout_s if unknown_retry_s is None else unknown_retry_s)
+    while True:
+        missing = []
+        asked = [ConfigResource("topic", t) for t in topics if t not in out]
+        for resource, fut in admin.describe_configs(asked, request_timeout=timeout_s).items():
+            try:
+                out[resource.name] = fut.result(timeout=timeout_s)
+            except KafkaException as exc:
+                retry = exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART and time.monotonic() < deadline
+                if retry:
+                    missing.append(resource.name)
+                elif strict:
+                    raise
+                else:
+                    log.warning("configs of topic %s not described: %s", resource.name, exc)
+            except Exception as exc:  # noqa: BLE001 - a timeout: raised when strict, else the topic is left out
+                if strict:
+                    raise
+                log.warning("configs of topic %s not described: %s", resource.name, exc)
+        if not missing:
+            return out
+        time.sleep(0.5)
 
 
 def wait_until_ready(admin: Any, topics: list[str], timeout_s: float = 30.0) -> None:

@@ -5,7 +5,6 @@ its partner carries on."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -14,13 +13,14 @@ from tests.plugins.chaos import N_BAD, RATE, assert_nothing_lost, chaos_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+
 def test_topics_on_three_brokers_have_three_replicas_and_two_in_sync(kafka_cluster):
     """`create_topics` with the cluster's settings (replication 3, min ISR 2 by default for three
     brokers) gives every topic, DLQs, kept embeddings and identity claims included, three replicas
     per partition and min.insync.replicas 2, as the brokers themselves report them."""
     from confluent_kafka.admin import AdminClient
 
-    from streams.admin.topics import TopicNames, create_topics, wait_until_ready
+    from streams.admin.topics import TopicNames, create_topics, describe_topic_configs, wait_until_ready
 
     k = kafka_cluster.settings
     assert (k.brokers, k.replication_factor, k.min_insync_replicas) == (3, 3, 2)
@@ -32,34 +32,11 @@ def test_topics_on_three_brokers_have_three_replicas_and_two_in_sync(kafka_clust
     wait_until_ready(admin, created)  # this client may ask another node than create_topics' did
     topics = admin.list_topics(timeout=10).topics
     assert len(admin.list_topics(timeout=10).brokers) == 3
-    configs = _topic_configs(admin, created)
+    configs = describe_topic_configs(admin, created)  # asks again while a broker does not know a new topic yet
     for topic in created:
         assert {len(p.replicas) for p in topics[topic].partitions.values()} == {3}, topic
         assert configs[topic]["min.insync.replicas"].value == "2", topic
         assert configs[topic]["max.message.bytes"].value == str(k.max_message_bytes), topic
-
-
-def _topic_configs(admin, topics: list[str], timeout_s: float = 20.0) -> dict:
-    """Each topic's configs as a broker reports them. DescribeConfigs goes to any broker, and one
-    that has not yet applied the controller's metadata for a new topic answers "unknown topic":
-    asked again, within `timeout_s`, for the topics it did not know."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import ConfigResource
-
-    out: dict = {}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        missing = []
-        for resource, fut in admin.describe_configs([ConfigResource("topic", t) for t in topics if t not in out]).items():
-            try:
-                out[resource.name] = fut.result()
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
-                    raise
-                missing.append(resource.name)
-        if not missing:
-            return out
-        time.sleep(0.5)
 
 
 def test_status_lists_every_node_and_the_partitions_it_leads(kafka_cluster):

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from streams.sinks.reader import read_history, read_sid_columns, read_sids
+from streams.sinks.reader import read_histories, read_history, read_sid_columns, read_sids
 from streams.sinks.store import open_store
 from streams.sinks.writer import FeastSink, SidRow, UserHistoryRow
 from tests.plugins.redis import redis_command as _redis_command
@@ -142,6 +142,22 @@ def test_user_history_round_trip(store):
     assert df["history_item_ids"].tolist()[:2] == [["a", "b", "d"], ["c"]]
     assert df["history_len"].tolist()[:2] == [3, 1]
     assert df["history_item_ids"].iloc[2] is None
+
+
+def test_read_histories_equals_feasts_get_online_features(store):
+    """read_histories goes through the online store's `online_read`, not `get_online_features`:
+    the two give the same histories (newest row, order kept, empty and unknown users) on both stores."""
+    sink = FeastSink(store)
+    sink.write_history([UserHistoryRow("u1", 1_000, ("a", "b")), UserHistoryRow("u2", 1_000, ("c",)),
+                        UserHistoryRow("u1", 2_000, ("a", "b", "d")), UserHistoryRow("u3", 1_000, ())])
+    users = ["u2", "nobody", "u1", "u3", "u1"]
+    ref = store.get_online_features(features=["user_history:history_item_ids"],
+                                    entity_rows=[{"user_id": u} for u in users]).to_dict()
+    expected = {u: list(h) for u, h in zip(ref["user_id"], ref["history_item_ids"], strict=True) if h is not None}
+    got = read_histories(store, users)
+    assert got == expected
+    assert got["u1"] == ["a", "b", "d"] and got["u2"] == ["c"] and "nobody" not in got
+    assert read_histories(store, []) == {}
 
 
 def test_ranker_feature_service_serves_both_views(store):

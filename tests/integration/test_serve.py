@@ -99,6 +99,12 @@ def test_rank_fast_path_equals_the_models_forward_over_http(served):
     assert [x["track_id"] for x in a["scored"]] and {x["track_id"] for x in a["scored"]} == {x["track_id"] for x in b["scored"]}
     ref_scores = {x["track_id"]: x["score"] for x in b["scored"]}
     assert all(abs(x["score"] - ref_scores[x["track_id"]]) < 1e-5 for x in a["scored"])
+    # serve.rank_inline_candidates = 0: the fast path on a pool thread instead of the event loop, the same answer
+    assert len(body["candidate_track_ids"]) <= s.serve.rank_inline_candidates  # `a` was scored on the event loop
+    pooled = create_app(s.model_copy(update={"serve": s.serve.model_copy(update={"rank_inline_candidates": 0})}), store=store,
+                        watch=False)
+    with ServerThread(pooled) as server, httpx.Client(base_url=server.url, timeout=30) as other:
+        assert other.post("/rank", json=body).json() == a
 
 
 def test_bad_requests_get_a_clear_4xx(served):

@@ -64,6 +64,7 @@ def test_fast_path_scores_equal_the_models_forward(name, precompute):
     model = _model(CONFIGS[name], len(vocab), seed=len(name))
     snap = Snapshot("v1", "r1", "v1", model, id_rows, layers, HISTORY_LEN)
     fast = FastRanker(model, id_rows, layers)
+    assert (fast.fused is not None) == (name != "mcca-prelu")  # Linear -> Dice -> Linear(h, 1) units run fused
     if precompute:
         known = [t for t in vocab[:150] if t in sids]  # part of the vocabulary, as with serve.item_vectors
         fast.precompute(known, [sids[t] for t in known])
@@ -111,3 +112,32 @@ def test_the_comparison_can_fail():
     got = {x["track_id"]: x["score"] for x in fast.rank(candidates, history, HISTORY_LEN, {})["scored"]}
     with pytest.raises(AssertionError):
         np.testing.assert_allclose([got[t] for t in ref], list(ref.values()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("var", [1e-4, 1.0], ids=["saturated-dice", "plain"])
+def test_fused_attention_equals_the_model_when_dice_saturates(var):
+    """The fused path splits exp(kz + qz) into exp(kz) exp(qz) only while both are small; a Dice
+    whose batch-norm variance is tiny (|z| in the hundreds) takes the exact branch and still
+    equals the model's forward, and so does the split branch."""
+    rng = np.random.default_rng(3)
+    sids = _catalogue(rng, 120)
+    vocab = list(sids)[:100]
+    id_rows = {t: i + 1 for i, t in enumerate(vocab)}
+    layers = {m: len(k) for m, k in SIZES.items()}
+    model = _model(CONFIGS["mcca"], len(vocab), seed=5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            assert m.running_var is not None
+            m.running_var.fill_(var)
+    fast = FastRanker(model, id_rows, layers)
+    assert fast.fused is not None
+    fast.precompute(vocab[:80], [sids[t] for t in vocab[:80]])
+    history, candidates = list(sids)[:HISTORY_LEN], list(sids)[20:120]
+    hist_vecs = fast.gather(history, sids)[1]
+    kz = (hist_vecs @ fast.fused.wk32) * fast.fused.neg_inv32
+    assert (np.abs(kz).max() > 40) == (var < 1)  # the branch this case is about is the one taken
+    ref = {x["track_id"]: x["score"] for x in rank(Snapshot("v", "r", "v", model, id_rows, layers, HISTORY_LEN),
+                                                   sids, history, candidates)["scored"]}
+    got = {x["track_id"]: x["score"] for x in fast.rank(candidates, history, HISTORY_LEN, sids)["scored"]}
+    assert got.keys() == ref.keys() and len(got) == 100
+    np.testing.assert_allclose([got[t] for t in ref], list(ref.values()), rtol=1e-5, atol=1e-6)
