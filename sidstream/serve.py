@@ -46,6 +46,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field, ValidationError
+from starlette.routing import Route
 
 from sidcore.config import Settings, dump_settings, get_settings, load_settings, redact
 from sidstream.serve_guard import Guard, TokenSource
@@ -218,7 +219,11 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     def prom() -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/features")
+    # /features and /rank are plain Starlette routes (in FastAPI's middleware and exception
+    # handling, so errors still answer {"detail": ...}): they parse their bodies themselves, and
+    # FastAPI's per-request handling (dependency solving, response validation) costs ~30 µs a
+    # request they do not use (58 vs 27 µs for an empty POST, measured in-process). They are not
+    # in the OpenAPI schema; their bodies are FeaturesRequest and RankRequest above.
     async def features_endpoint(request: Request) -> Response:
         req = parse(FeaturesRequest, await request.body())
         if len(req.track_ids) + len(req.user_ids) <= INLINE_IDS:
@@ -227,12 +232,14 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
 
     inline_candidates = settings.serve.rank_inline_candidates if settings.serve.fast_path else 0
 
-    @app.post("/rank")
     async def rank_endpoint(request: Request) -> Response:
         req = parse(RankRequest, await request.body())
         if len(req.candidate_track_ids) <= inline_candidates and state.snapshot.fast is not None:
             return on(ranked, req)  # bounded numpy work: cheaper here than the hop to a pool thread
         return await anyio.to_thread.run_sync(on, ranked, req, limiter=rank_slots)
+
+    app.router.routes.append(Route("/features", features_endpoint, methods=["POST"]))
+    app.router.routes.append(Route("/rank", rank_endpoint, methods=["POST"]))
 
     def show_live_auc() -> None:
         gate = state.snapshot.gate
