@@ -296,10 +296,12 @@ class ServeSettings(_Frozen):
     # A track's SIDs under a version never change, so they are cached without invalidation
     # (streams.sinks.sid_cache); the old version's entries age out of the LRU order.
     sid_cache_entries: int = Field(200_000, ge=0, description="tracks' SID rows cached per process, (track, version) keys; 0: off")
-    # When a ranker goes live, its vocabulary's item vectors (ID + summed SID embeddings) are
-    # precomputed (trainer.fast_rank): emb_dim x (codebooks + 1) float32 per item (1 KB at MCCA's
-    # defaults); items past this many are computed per request from their (cached) SIDs.
-    item_vectors: int = Field(1_000_000, ge=0, description="most vocabulary items whose vectors are precomputed per live ranker")
+    # When a ranker goes live, its vocabulary's item vectors (ID + summed SID embeddings) and
+    # query rows (the candidate side of the attention and of the MLP's first layer) are
+    # precomputed (trainer.fast_rank): 2.7 KB per item at MCCA's defaults (320 + 344 float32), so
+    # 500,000 items take 1.3 GB per process; items past this many are computed per request from
+    # their (cached) SIDs and kept (trainer.fast_rank.COMPUTED_MAX).
+    item_vectors: int = Field(500_000, ge=0, description="most vocabulary items whose vectors are precomputed per live ranker")
     workers: int = Field(1, ge=1, description="uvicorn worker processes of `sidstream serve` (each with its own caches)")
     fast_path: bool = Field(True, description="/rank by precomputed item vectors and numpy scoring; False: the model's "
                                               "forward on the padded batch (the reference path)")

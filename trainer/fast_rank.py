@@ -154,10 +154,11 @@ class _Fused:
 
     For attention a with key block k, query block q (of the item vector v) and hidden width h:
     the unit's pre-activation is u = k·Wk + q·Wq + b, Dice's p = 1 / (1 + exp(z)) with
-    z = (u - mean)·(-inv), and w = u·(alpha w) + (u p)·((1 - alpha) w) + c. Every term that
-    depends on the candidate alone, its *query row* [Q = q·Wq + b | Qz = (Q - mean)·(-inv) |
-    qa = Q·(alpha w) + c | tail = the MLP's first layer on the candidate's own inputs + bias],
-    is an item property; the history's [K = k·Wk | Kz = K·(-inv) | ka = K·(alpha w) |
+    z = (u - mean)·(-inv), and w = u·(alpha w) + (u p)·((1 - alpha) w) + c. The two products on
+    the candidate's own inputs, its *query row* [Q = q·Wq + b | tail = the MLP's first layer on
+    the candidate's own inputs + bias], are item properties, precomputed with the item vectors
+    (H + m1 floats more per item; Qz = (Q - mean)·(-inv) and qa = Q·(alpha w) + c are elementwise
+    or tiny and made per request); the history's [K = k·Wk | Kz = K·(-inv) | ka = K·(alpha w) |
     KW = k·W_interest] is computed per request from its T vectors (T·width·(A·m1) flops, less than
     keeping it per item would cost in memory). A request is then, for all A attentions together:
     U = K + Q and Z = Kz + Qz broadcast to [B, T, Σh], exp, one divide, one [B·T, Σh] @ [Σh, A]
@@ -188,27 +189,24 @@ class _Fused:
         self.first_b = r.first_b.astype(f8)
         # per request, float32: the history side (from T vectors) and the weights' last product
         self.wk32, self.wkw32, self.wa32, self.wp32 = (x.astype(np.float32) for x in (self.wk, self.wkw, self.wa, wp))
-        self.neg_inv32 = self.neg_inv.astype(np.float32)
+        self.neg_inv32, self.mean32, self.last_b32 = (x.astype(np.float32) for x in (self.neg_inv, self.mean, self.last_b))
         self.wp_t = torch.from_numpy(self.wp32)
-        self.row_width = 2 * H + A + m1
+        self.row_width = H + m1
 
     def query_rows(self, v: np.ndarray) -> np.ndarray:
-        """Item vectors [n, width] -> their query rows [n, 2H + A + m1] (computed in float64)."""
+        """Item vectors [n, width] -> their query rows [n, H + m1] (computed in float64)."""
         v8 = v.astype(np.float64)
-        q = v8 @ self.wq + self.bq
-        qz = (q - self.mean) * self.neg_inv
-        qa = q @ self.wa + self.last_b
-        tail = v8 @ self.wt + self.first_b
-        return np.concatenate([q, qz, qa, tail], axis=1).astype(np.float32)
+        return np.concatenate([v8 @ self.wq + self.bq, v8 @ self.wt + self.first_b], axis=1).astype(np.float32)
 
     def first_layer(self, cand_rows: np.ndarray, hist: np.ndarray) -> np.ndarray:
-        """cand_rows [B, 2H + A + m1] (query rows), hist [T, width] -> the MLP's first layer [B, m1]."""
+        """cand_rows [B, H + m1] (query rows), hist [T, width] -> the MLP's first layer [B, m1]."""
         H, A, m1 = self.H, self.A, self.m1
-        tail = cand_rows[:, 2 * H + A :]
+        tail = cand_rows[:, H:]
         T, B = hist.shape[0], cand_rows.shape[0]
         if T == 0:
             return tail.copy()
-        q, qz, qa = cand_rows[:, :H], cand_rows[:, H : 2 * H], cand_rows[:, 2 * H : 2 * H + A]
+        q = np.ascontiguousarray(cand_rows[:, :H])
+        qz, qa = (q - self.mean32) * self.neg_inv32, q @ self.wa32 + self.last_b32  # [B, H], [B, A]
         k = hist @ self.wk32  # [T, H]
         kz, ka, kw = k * self.neg_inv32, k @ self.wa32, hist @ self.wkw32  # [T, H], [T, A], [T, A·m1]
         # the [B, T, H] block in torch: its broadcast kernels take about half numpy's time here,
@@ -221,7 +219,7 @@ class _Fused:
                 # of a broadcast sum and its exp (finite and normal in float32 while |kz|, |qz| <= 40)
                 z = torch.from_numpy(np.exp(kz))[None, :, :] * torch.from_numpy(np.exp(qz))[:, None, :]
             else:  # exp -> inf: p = 0, u / inf = 0 (the model's sigmoid gives 0 too)
-                z = (torch.from_numpy(kz)[None, :, :] + torch.from_numpy(np.ascontiguousarray(qz))[:, None, :]).exp_()
+                z = (torch.from_numpy(kz)[None, :, :] + torch.from_numpy(qz)[:, None, :]).exp_()
             z += 1
             u /= z  # u * p
             w = (u.reshape(B * T, H) @ self.wp_t).reshape(B, T, A).numpy()
