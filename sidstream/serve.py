@@ -190,13 +190,18 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     live_auc = Gauge("sidstream_live_ranker_auc", "the live ranker's AUC on its gate's held-out window (NaN: none)",
                      registry=metrics)
     app = FastAPI(title="sidstream", version="1")
-    # Concurrency [measured, docs/scaling.md "Serving"]: scoring is ~1 ms of numpy that mostly
-    # holds the GIL, so /rank requests beyond `serve.rank_threads` wait their turn (queueing, not
-    # failing). /rank stays on a pool thread rather than the event loop: running it inline saved
-    # nothing measurable (hey, unthrottled, 2 cores: 359-379 vs 364-408 rps) and the pool keeps
-    # /health and /metrics answering while a request scores. Micro-batching across requests is
-    # not done: each request has its own history, so a batch saves only numpy's per-call overhead.
-    # More processes: `serve.workers` (uvicorn workers, each with its own caches) or replicas.
+    # Concurrency [measured, docs/scaling.md "Serving"]: a fast-path /rank of at most
+    # `serve.rank_inline_candidates` (200) candidates is scored on the event loop: ~0.5 ms of
+    # numpy/torch for 100 candidates, less than the hop to a pool thread and back plus the GIL
+    # hand-offs between the loop and the pool (A/B on 2 cores with hey, unthrottled, alternating
+    # runs: 703-731 rps on the loop vs 466-510 on the pool). The loop is then busy for that long
+    # per request, and its history read is a blocking store call there too: a store that hangs
+    # stalls the loop (and /ping) as long as the Redis client waits. Larger requests and the
+    # reference path (the model's forward, milliseconds) go to the pool, at most
+    # `serve.rank_threads` at once, the rest queueing. Micro-batching across requests is not done:
+    # each request has its own history, so a batch would share only the per-call overhead, which
+    # the fused path has already cut to a few ops. More processes: `serve.workers` (uvicorn
+    # workers, each with its own caches) or replicas.
     rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
     app.state.serving = state
     app.state.sid_cache = cache

@@ -205,36 +205,65 @@ def load_generator() -> str:
     return f"hey {version}"
 
 
+PER_PROCESS_RPS = 100  # a fixed rate is sent by ceil(rate / this) hey processes of one connection each
+
+
 def hey_point(url: str, body: bytes, rate: float | None, seconds: float, work: Path, concurrency: int | None = None,
               server_pid: int | None = None) -> dict[str, Any]:
-    """POST `body` to `url` at `rate` requests/s (None: as fast as `concurrency` workers go) for
-    `seconds`; latency percentiles over every response, the achieved rate, the errors, and the CPU
-    milliseconds per request of the server process (`server_pid`) and of hey itself (the machine's
-    cores are shared between them)."""
+    """POST `body` to `url` at `rate` requests/s (None: as fast as `concurrency` connections go)
+    for `seconds`; latency percentiles over every response, the achieved rate, the errors, and the
+    CPU milliseconds per request of the server process (`server_pid`) and of hey itself (the
+    machine's cores are shared between them).
+
+    Pacing: hey's `-q` paces each of its connections by its own ticker, and the tickers of one hey
+    start together, so `hey -c N -q r` sends bursts of N requests every 1/r s, and the last of a
+    burst waits for the N - 1 before it (at 500 rps over 10 connections, bursts of 10 every 20 ms).
+    A fixed rate is therefore sent by P = ceil(rate / 100) hey processes of one connection each
+    (`-c 1 -q rate/P`), started one after another so that their tickers are out of phase: requests
+    arrive spread over each 1/r s instead of together. A connection is closed-loop (its next
+    request waits for the answer), so a server slower than P / rate per request falls short of
+    the rate, which the achieved rate shows."""
     import resource
     import subprocess
 
     import psutil
 
-    c = concurrency or max(2, min(64, int(np.ceil((rate or 0) / 50))))
     body_file = work / "hey-body.json"
     body_file.write_bytes(body)
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(c), "-m", "POST", "-T", "application/json", "-D", str(body_file),
-           "-t", "10", "-o", "csv"]
-    if rate is not None:
-        cmd += ["-q", f"{rate / c:.3f}"]
+    base = ["hey", "-z", f"{seconds}s", "-m", "POST", "-T", "application/json", "-D", str(body_file), "-t", "10", "-o", "csv"]
+    if rate is None:
+        c = concurrency or 16
+        commands = [[*base, "-c", str(c), url]]
+    else:
+        c = max(1, int(np.ceil(rate / PER_PROCESS_RPS)))
+        commands = [[*base, "-c", "1", "-q", f"{rate / c:.3f}", url] for _ in range(c)]
     server = psutil.Process(server_pid) if server_pid is not None else None
     cpu0 = sum(server.cpu_times()[:2]) if server else 0.0
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = subprocess.run([*cmd, url], capture_output=True, text=True, check=True)
+    started, procs = [], []
+    t0 = time.perf_counter()
+    for i, cmd in enumerate(commands):  # out of phase: the i-th starts i/c of a tick after the first
+        if rate is not None:
+            time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        started.append(time.perf_counter() - t0)
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate() for p in procs]
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_cpu = sum(server.cpu_times()[:2]) - cpu0 if server else None
     hey_cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
-    lines = run.stdout.strip().splitlines()[1:]  # response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
-    rows = np.array([[float(x) for x in (ln.split(",")[0], ln.split(",")[6], ln.split(",")[7])] for ln in lines],
-                    dtype=np.float64).reshape(-1, 3)
+    for p, (_, err) in zip(procs, outs, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"hey exited with {p.returncode}: {err[-500:]}")
+    blocks = []
+    for start, (out, _) in zip(started, outs, strict=True):
+        lines = out.strip().splitlines()[1:]  # response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
+        block = np.array([[float(x) for x in (ln.split(",")[0], ln.split(",")[6], ln.split(",")[7])] for ln in lines],
+                         dtype=np.float64).reshape(-1, 3)
+        block[:, 2] += start  # offsets on one clock
+        blocks.append(block)
+    rows = np.concatenate(blocks) if blocks else np.zeros((0, 3))
     ok = rows[:, 1] == 200
-    span = float((rows[:, 2] + rows[:, 0]).max()) if len(rows) else seconds
+    span = float((rows[:, 2] + rows[:, 0]).max() - rows[:, 2].min()) if len(rows) else seconds
     n = max(len(rows), 1)
     cpu = {"hey_cpu_ms_per_request": round(hey_cpu * 1e3 / n, 3)}
     if server_cpu is not None:
