@@ -190,19 +190,6 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     live_auc = Gauge("sidstream_live_ranker_auc", "the live ranker's AUC on its gate's held-out window (NaN: none)",
                      registry=metrics)
     app = FastAPI(title="sidstream", version="1")
-    # Concurrency [measured, docs/scaling.md "Serving"]: a fast-path /rank of at most
-    # `serve.rank_inline_candidates` (200) candidates is scored on the event loop: ~0.5 ms of
-    # numpy/torch for 100 candidates, less than the hop to a pool thread and back plus the GIL
-    # hand-offs between the loop and the pool (A/B on 2 cores with hey, unthrottled, alternating
-    # runs: 703-731 rps on the loop vs 466-510 on the pool). The loop is then busy for that long
-    # per request, and its history read is a blocking store call there too: a store that hangs
-    # stalls the loop (and /ping) as long as the Redis client waits. Larger requests and the
-    # reference path (the model's forward, milliseconds) go to the pool, at most
-    # `serve.rank_threads` at once, the rest queueing. Micro-batching across requests is not done:
-    # each request has its own history, so a batch would share only the per-call overhead, which
-    # the fused path has already cut to a few ops. More processes: `serve.workers` (uvicorn
-    # workers, each with its own caches) or replicas.
-    rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
     app.state.serving = state
     app.state.sid_cache = cache
     app.add_middleware(Guard, tokens=TokenSource(settings.serve.tokens, settings.serve.tokens_file),
@@ -224,27 +211,7 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     def prom() -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    # /features and /rank are plain Starlette routes (in FastAPI's middleware and exception
-    # handling, so errors still answer {"detail": ...}): they parse their bodies themselves, and
-    # FastAPI's per-request handling (dependency solving, response validation) costs ~30 µs a
-    # request they do not use (58 vs 27 µs for an empty POST, measured in-process). They are not
-    # in the OpenAPI schema; their bodies are FeaturesRequest and RankRequest above.
-    async def features_endpoint(request: Request) -> Response:
-        req = parse(FeaturesRequest, await request.body())
-        if len(req.track_ids) + len(req.user_ids) <= INLINE_IDS:
-            return on(features, req)  # a point lookup (~0.2 ms) costs less than the hop to a pool thread
-        return await run_in_threadpool(on, features, req)
-
-    inline_candidates = settings.serve.rank_inline_candidates if settings.serve.fast_path else 0
-
-    async def rank_endpoint(request: Request) -> Response:
-        req = parse(RankRequest, await request.body())
-        if len(req.candidate_track_ids) <= inline_candidates and state.snapshot.fast is not None:
-            return on(ranked, req)  # bounded numpy work: cheaper here than the hop to a pool thread
-        return await anyio.to_thread.run_sync(on, ranked, req, limiter=rank_slots)
-
-    app.router.routes.append(Route("/features", features_endpoint, methods=["POST"]))
-    app.router.routes.append(Route("/rank", rank_endpoint, methods=["POST"]))
+    _add_hot_routes(app, settings, state, on)
 
     def show_live_auc() -> None:
         gate = state.snapshot.gate
@@ -259,6 +226,45 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
         state.on_switch = switched
         state.start()
     return app
+
+
+def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _Routes) -> None:
+    """POST /features and /rank.
+
+    They are plain Starlette routes (in FastAPI's middleware and exception handling, so errors
+    still answer {"detail": ...}): they parse their bodies themselves, and FastAPI's per-request
+    handling (dependency solving, response validation) costs ~30 µs a request they do not use (58
+    vs 27 µs for an empty POST, measured in-process). They are not in the OpenAPI schema; their
+    bodies are FeaturesRequest and RankRequest above."""
+    # Concurrency [measured, docs/scaling.md "Serving"]: a fast-path /rank of at most
+    # `serve.rank_inline_candidates` (200) candidates is scored on the event loop: ~0.5 ms of
+    # numpy/torch for 100 candidates, less than the hop to a pool thread and back plus the GIL
+    # hand-offs between the loop and the pool (A/B on 2 cores with hey, unthrottled, alternating
+    # runs: 703-731 rps on the loop vs 466-510 on the pool). The loop is then busy for that long
+    # per request, and its history read is a blocking store call there too: a store that hangs
+    # stalls the loop (and /ping) as long as the Redis client waits. Larger requests and the
+    # reference path (the model's forward, milliseconds) go to the pool, at most
+    # `serve.rank_threads` at once, the rest queueing. Micro-batching across requests is not done:
+    # each request has its own history, so a batch would share only the per-call overhead, which
+    # the fused path has already cut to a few ops. More processes: `serve.workers` (uvicorn
+    # workers, each with its own caches) or replicas.
+    async def features_endpoint(request: Request) -> Response:
+        req = parse(FeaturesRequest, await request.body())
+        if len(req.track_ids) + len(req.user_ids) <= INLINE_IDS:
+            return on(features, req)  # a point lookup (~0.2 ms) costs less than the hop to a pool thread
+        return await run_in_threadpool(on, features, req)
+
+    inline_candidates = settings.serve.rank_inline_candidates if settings.serve.fast_path else 0
+    rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
+
+    async def rank_endpoint(request: Request) -> Response:
+        req = parse(RankRequest, await request.body())
+        if len(req.candidate_track_ids) <= inline_candidates and state.snapshot.fast is not None:
+            return on(ranked, req)  # bounded numpy work: cheaper here than the hop to a pool thread
+        return await anyio.to_thread.run_sync(on, ranked, req, limiter=rank_slots)
+
+    app.router.routes.append(Route("/features", features_endpoint, methods=["POST"]))
+    app.router.routes.append(Route("/rank", rank_endpoint, methods=["POST"]))
 
 
 class _Routes:
