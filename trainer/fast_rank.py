@@ -15,7 +15,9 @@ Why it equals the model's forward (tests/unit/trainer/test_fast_rank.py holds it
 
 Numpy, not torch: at this size (B = 100, T = 20, d <= 64) a torch op costs ~5-10 µs of dispatch
 against ~1-2 µs for numpy's, and the whole forward is a few dozen ops (measured by
-`sidstream bench online`'s `scoring_us`: the fast path against `trainer.serving.rank`).
+`sidstream bench online`'s `scoring_us`: the fast path against `trainer.serving.rank`). The one
+exception is the fused path's [B, T, H] block (`_Fused.first_layer`), a handful of large
+broadcast ops where torch's kernels are about twice numpy's speed.
 """
 
 from __future__ import annotations
@@ -161,8 +163,9 @@ class _Fused:
     or tiny and made per request); the history's [K = k·Wk | Kz = K·(-inv) | ka = K·(alpha w) |
     KW = k·W_interest] is computed per request from its T vectors (T·width·(A·m1) flops, less than
     keeping it per item would cost in memory). A request is then, for all A attentions together:
-    U = K + Q and Z = Kz + Qz broadcast to [B, T, Σh], exp, one divide, one [B·T, Σh] @ [Σh, A]
-    product for the weights, and one [B, T·A] @ [T·A, m1] product for the MLP's first layer
+    U = K + Q and exp(Z) = exp(Kz) exp(Qz) broadcast to [B, T, Σh] (exp(Kz + Qz) where either
+    is large), one divide, one [B·T, Σh] @ [Σh, A] product for the weights, and one
+    [B, T·A] @ [T·A, m1] product for the MLP's first layer
     (Σ_a w_a @ (keys_a · W_interest_a) = (w_a @ keys_a) · W_interest_a)."""
 
     def __init__(self, r: FastRanker) -> None:
@@ -171,25 +174,22 @@ class _Fused:
         cut = np.cumsum([0, *widths])
         H, A, m1 = int(cut[-1]), len(units), r.first_b.shape[0]
         self.H, self.A, self.m1 = H, A, m1
-        f8 = np.float64
-        self.wk, self.wq = np.zeros((r.width, H), f8), np.zeros((r.width, H), f8)
-        self.wa, wp = np.zeros((H, A), f8), np.zeros((H, A), f8)
-        self.wkw = np.zeros((r.width, A * m1), f8)
-        self.bq, self.mean, self.neg_inv, self.last_b = (np.zeros(H, f8), np.zeros(H, f8), np.zeros(H, f8), np.zeros(A, f8))
+        # the query rows' products, in float64 (precomputed once per item)
+        self.wq, self.bq = np.zeros((r.width, H)), np.zeros(H)
+        self.wt, self.first_b = np.zeros((r.width, m1)), r.first_b.astype(np.float64)
+        self.wt[r.tail_index] = r.tail_w
+        # per request, float32: the history side (from T vectors), Qz and qa, the weights' last product
+        f4 = np.float32
+        self.wk32, self.wkw32 = np.zeros((r.width, H), f4), np.zeros((r.width, A * m1), f4)
+        self.wa32, self.wp32 = np.zeros((H, A), f4), np.zeros((H, A), f4)
+        self.mean32, self.neg_inv32, self.last_b32 = np.zeros(H, f4), np.zeros(H, f4), np.zeros(A, f4)
         for a, (att, u, w_int) in enumerate(zip(r.attentions, units, r.w_interest, strict=True)):
             cols = slice(int(cut[a]), int(cut[a + 1]))
-            self.wk[r.slices[att.key], cols] = u.wk
-            self.wq[r.slices[att.query], cols] = u.wq
-            self.bq[cols], self.mean[cols], self.neg_inv[cols] = u.b, u.dice.mean, u.dice.neg_inv
-            self.wa[cols, a], wp[cols, a] = u.w_alpha[:, 0], u.w_p[:, 0]
-            self.last_b[a] = float(u.last_b[0])
-            self.wkw[r.slices[att.key], a * m1 : (a + 1) * m1] = w_int
-        self.wt = np.zeros((r.width, m1), f8)
-        self.wt[r.tail_index] = r.tail_w
-        self.first_b = r.first_b.astype(f8)
-        # per request, float32: the history side (from T vectors) and the weights' last product
-        self.wk32, self.wkw32, self.wa32, self.wp32 = (x.astype(np.float32) for x in (self.wk, self.wkw, self.wa, wp))
-        self.neg_inv32, self.mean32, self.last_b32 = (x.astype(np.float32) for x in (self.neg_inv, self.mean, self.last_b))
+            self.wq[r.slices[att.query], cols], self.bq[cols] = u.wq, u.b
+            self.wk32[r.slices[att.key], cols] = u.wk
+            self.wkw32[r.slices[att.key], a * m1 : (a + 1) * m1] = w_int
+            self.wa32[cols, a], self.wp32[cols, a] = u.w_alpha[:, 0], u.w_p[:, 0]
+            self.mean32[cols], self.neg_inv32[cols], self.last_b32[a] = u.dice.mean, u.dice.neg_inv, u.last_b[0]
         self.wp_t = torch.from_numpy(self.wp32)
         self.row_width = H + m1
 

@@ -170,18 +170,14 @@ def describe_topic_configs(admin: Any, topics: list[str], timeout_s: float = 20.
         for resource, fut in admin.describe_configs(asked, request_timeout=timeout_s).items():
             try:
                 out[resource.name] = fut.result(timeout=timeout_s)
-            except KafkaException as exc:
-                retry = exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART and time.monotonic() < deadline
-                if retry:
+            except Exception as exc:  # noqa: BLE001 - any other error (a timeout too): raised when strict, else left out
+                unknown = isinstance(exc, KafkaException) and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                if unknown and time.monotonic() < deadline:
                     missing.append(resource.name)
                 elif strict:
                     raise
                 else:
                     log.warning("configs of topic %s not described: %s", resource.name, exc)
-            except Exception as exc:  # noqa: BLE001 - a timeout: raised when strict, else the topic is left out
-                if strict:
-                    raise
-                log.warning("configs of topic %s not described: %s", resource.name, exc)
         if not missing:
             return out
         time.sleep(0.5)
