@@ -130,16 +130,8 @@ def convert_lastfm(src: Path, neg_per_pos: int = 1, seed: int = 0, top_tags: int
     return Dataset(interactions, items, info=info)
 
 
-def embed_items(ds: Dataset, text: TextEncoding | None = None) -> Dataset:
-    """Add text embeddings of every item (shared text encoder, cached under the cache dir).
-
-    `text` None falls back to the app's settings (sidcore.config.get_settings), for the two
-    callers that cannot pass them (sidstream/results/runs.py, sidstream/bench/ids.py: byte-equal
-    rendering sources of the results tables); every other caller passes its TextEncoding."""
-    if text is None:
-        from sidcore.config import get_settings
-
-        text = TextEncoding.from_settings(get_settings())
+def embed_items(ds: Dataset, text: TextEncoding) -> Dataset:
+    """Add text embeddings of every item (`text`: the encoder's settings and the embeddings cache)."""
     ds.embeddings = {"text": text_embeddings(ds.items, text)}
     ds.embedding_ids = ds.items["item_id"].tolist()
     return ds

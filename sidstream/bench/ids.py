@@ -31,13 +31,14 @@ from sidstream.bench import p50_p99
 
 def lastfm_items(src: Path | None) -> tuple[Any, np.ndarray, list[str]]:
     from sidcore.config import get_settings
+    from trainer.embeddings import TextEncoding
     from trainer.lastfm_convert import convert_lastfm, embed_items
 
     s = get_settings()
     folder = src or s.lastfm_dir
     if folder is None or folder == "sample" or not (Path(folder) / "artists.dat").is_file():
         raise click.ClickException(f"bench ids needs the Last.fm-2k folder (--lastfm or SIDSTREAM_LASTFM_DIR); got {folder}")
-    ds = embed_items(convert_lastfm(Path(folder)))
+    ds = embed_items(convert_lastfm(Path(folder)), TextEncoding.from_settings(s))
     X = ds.embeddings["text"]
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     labels = [list(t)[0] for t in ds.items["tags"]]

@@ -29,10 +29,12 @@ import numpy as np
 
 def lastfm_prepared(folder: Any) -> tuple[Any, np.ndarray]:
     """(trainer.evaluate.Prepared of Last.fm-2k, its catalogue's text embeddings, L2-normalised)."""
+    from sidcore.config import get_settings
+    from trainer.embeddings import TextEncoding
     from trainer.evaluate import prepare
     from trainer.lastfm_convert import convert_lastfm, embed_items
 
-    prep = prepare(embed_items(convert_lastfm(folder)))
+    prep = prepare(embed_items(convert_lastfm(folder), TextEncoding.from_settings(get_settings())))
     X = prep.embeddings["text"]
     return prep, np.ascontiguousarray(X / np.linalg.norm(X, axis=1, keepdims=True), dtype=np.float32)
 

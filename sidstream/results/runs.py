@@ -61,11 +61,13 @@ def load(source: DataSource) -> Any:
     from trainer.evaluate import prepare
 
     if source.kind == "lastfm":
+        from sidcore.config import get_settings
+        from trainer.embeddings import TextEncoding
         from trainer.lastfm_convert import convert_lastfm, embed_items
 
         if source.path is None or not Path(source.path).is_dir():
             raise FileNotFoundError(f"Last.fm-2k folder not found: {source.path} (settings.lastfm_dir or --lastfm)")
-        ds = embed_items(convert_lastfm(Path(source.path)))
+        ds = embed_items(convert_lastfm(Path(source.path)), TextEncoding.from_settings(get_settings()))
         _PREPARED = prepare(ds)
     elif source.kind == "synthetic":
         from trainer.synthetic import make_synthetic
