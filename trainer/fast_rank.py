@@ -16,8 +16,11 @@ Why it equals the model's forward (tests/unit/trainer/test_fast_rank.py holds it
 Numpy, not torch: at this size (B = 100, T = 20, d <= 64) a torch op costs ~5-10 µs of dispatch
 against ~1-2 µs for numpy's, and the whole forward is a few dozen ops (measured by
 `sidstream bench online`'s `scoring_us`: the fast path against `trainer.serving.rank`). The one
-exception is the fused path's [B, T, H] block (`_Fused.first_layer`), a handful of large
-broadcast ops where torch's kernels are about twice numpy's speed.
+exception is the fused path's [B, T, H] block (`_Fused.first_layer`), the only work that grows
+with B·T·H: one compiled loop (`_attention_weights`, numba, no fast-math: IEEE operations as
+numpy's) that keeps nothing of size [B, T, H], where numpy's or torch's broadcast ops wrote and
+read five 1 MB temporaries per request (at MCCA's defaults) and evicted the rest of the
+request's working set from a 2 MB L2.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -40,6 +44,37 @@ from trainer.models.mcca import JOINT, MCCA, SPECIFIC
 SidRow = Mapping[str, Sequence[int] | None]  # {text_sid, audio_sid, joint_sid}
 COMPUTED_MAX = 100_000  # tracks outside the table whose rows are kept once computed (cold tracks)
 EXP_SPLIT = 40.0  # |x| <= this: exp(x) is a normal float32 and a product of two stays one
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+def _attention_weights(k: np.ndarray, kz: np.ndarray, qT: np.ndarray, qzT: np.ndarray, wp: np.ndarray,
+                       cut: np.ndarray, split: bool, out: np.ndarray) -> np.ndarray:
+    """out [A, T, B] += Σ_{h in attention a} (k[t, h] + q[b, h]) p[b, t, h] wp[h], the Dice-weighted
+    part of every attention's weights, without forming [B, T, H].
+
+    k, kz [T, H]: the history's pre-activations and their Dice arguments; qT, qzT [H, B]: the
+    candidates', transposed (the inner loop runs over candidates, contiguous); cut [A + 1]: the
+    attentions' column ranges; wp [H]: (1 - alpha)·w of each column's unit. p = 1 / (1 + exp(kz +
+    qz)); where `split`, kz and qzT hold exp(kz) and exp(qz) already (exact while both are <= 40 in
+    magnitude: two normal float32 and a finite product), else the sum's exp is taken here (inf ->
+    p = 0, as the model's sigmoid). error_model "numpy": a division by inf or 0 follows IEEE, with
+    no Python exception check in the loop (which kept it from vectorising)."""
+    H, B = qT.shape
+    T, A = k.shape[0], cut.shape[0] - 1
+    one = np.float32(1.0)
+    for t in range(T):
+        for a in range(A):
+            acc = out[a, t]
+            for h in range(cut[a], cut[a + 1]):
+                kh, zh, w = k[t, h], kz[t, h], wp[h]
+                qh, qzh = qT[h], qzT[h]
+                if split:
+                    for b in range(B):
+                        acc[b] += (kh + qh[b]) / (zh * qzh[b] + one) * w
+                else:
+                    for b in range(B):
+                        acc[b] += (kh + qh[b]) / (np.exp(zh + qzh[b]) + one) * w
+    return out
 
 
 class _Layer:
@@ -190,8 +225,11 @@ class _Fused:
             self.wkw32[r.slices[att.key], a * m1 : (a + 1) * m1] = w_int
             self.wa32[cols, a], self.wp32[cols, a] = u.w_alpha[:, 0], u.w_p[:, 0]
             self.mean32[cols], self.neg_inv32[cols], self.last_b32[a] = u.dice.mean, u.dice.neg_inv, u.last_b[0]
-        self.wp_t = torch.from_numpy(self.wp32)
+        self.wp_col = self.wp32.sum(axis=1)  # one non-zero per column: its attention's (1 - alpha)·w
+        self.cut = cut.astype(np.int64)
         self.row_width = H + m1
+        # compile the loop now (or load it from numba's cache), not on the first request
+        self.first_layer(np.zeros((1, self.row_width), np.float32), np.zeros((1, r.width), np.float32))
 
     def query_rows(self, v: np.ndarray) -> np.ndarray:
         """Item vectors [n, width] -> their query rows [n, H + m1] (computed in float64)."""
@@ -209,22 +247,15 @@ class _Fused:
         qz, qa = (q - self.mean32) * self.neg_inv32, q @ self.wa32 + self.last_b32  # [B, H], [B, A]
         k = hist @ self.wk32  # [T, H]
         kz, ka, kw = k * self.neg_inv32, k @ self.wa32, hist @ self.wkw32  # [T, H], [T, A], [T, A·m1]
-        # the [B, T, H] block in torch: its broadcast kernels take about half numpy's time here,
-        # which pays for the few op dispatches (the small products stay in numpy)
-        tk, tq = torch.from_numpy(k), torch.from_numpy(q)
-        with torch.inference_mode():
-            u = tk[None, :, :] + tq[:, None, :]  # [B, T, H]
-            if np.abs(kz).max(initial=0.0) <= EXP_SPLIT and np.abs(qz).max(initial=0.0) <= EXP_SPLIT:
-                # exp(kz + qz) = exp(kz) exp(qz): two small exps and one [B, T, H] product instead
-                # of a broadcast sum and its exp (finite and normal in float32 while |kz|, |qz| <= 40)
-                z = torch.from_numpy(np.exp(kz))[None, :, :] * torch.from_numpy(np.exp(qz))[:, None, :]
-            else:  # exp -> inf: p = 0, u / inf = 0 (the model's sigmoid gives 0 too)
-                z = (torch.from_numpy(kz)[None, :, :] + torch.from_numpy(qz)[:, None, :]).exp_()
-            z += 1
-            u /= z  # u * p
-            w = (u.reshape(B * T, H) @ self.wp_t).reshape(B, T, A).numpy()
-        w += ka[None, :, :]
-        w += qa[:, None, :]
+        qT, qzT = np.ascontiguousarray(q.T), np.ascontiguousarray(qz.T)
+        out = np.empty((A, T, B), np.float32)  # C order: the loop's one compiled signature
+        np.add(ka.T[:, :, None], qa.T[:, None, :], out=out)  # the weights' linear part; the loop adds the rest
+        split = np.abs(kz).max(initial=0.0) <= EXP_SPLIT and np.abs(qzT).max(initial=0.0) <= EXP_SPLIT
+        if split:  # exp(kz + qz) = exp(kz) exp(qz): [T, H] + [H, B] exps, not [B, T, H]
+            np.exp(kz, out=kz)
+            np.exp(qzT, out=qzT)
+        _attention_weights(k, kz, qT, qzT, self.wp_col, self.cut, bool(split), out)
+        w = out.transpose(2, 1, 0)  # [B, T, A]
         return tail + w.reshape(B, T * A) @ kw.reshape(T * A, m1)
 
 

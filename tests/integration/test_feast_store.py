@@ -145,8 +145,10 @@ def test_user_history_round_trip(store):
 
 
 def test_read_histories_equals_feasts_get_online_features(store):
-    """read_histories goes through the online store's `online_read`, not `get_online_features`:
-    the two give the same histories (newest row, order kept, empty and unknown users) on both stores."""
+    """read_histories reads Redis's hashes directly (one HMGET for one user, a pipeline for
+    several) and other stores through their `online_read`, not `get_online_features`: the two give
+    the same histories (newest row, order kept, empty and unknown users) on both stores, for one
+    user and for several."""
     sink = FeastSink(store)
     sink.write_history([UserHistoryRow("u1", 1_000, ("a", "b")), UserHistoryRow("u2", 1_000, ("c",)),
                         UserHistoryRow("u1", 2_000, ("a", "b", "d")), UserHistoryRow("u3", 1_000, ())])
@@ -158,6 +160,8 @@ def test_read_histories_equals_feasts_get_online_features(store):
     assert got == expected
     assert got["u1"] == ["a", "b", "d"] and got["u2"] == ["c"] and "nobody" not in got
     assert read_histories(store, []) == {}
+    for u in users:
+        assert read_histories(store, [u]) == ({u: expected[u]} if u in expected else {})
 
 
 def test_ranker_feature_service_serves_both_views(store):
