@@ -286,7 +286,7 @@ class ServeSettings(_Frozen):
     max_candidates: int = Field(1000, ge=1, description="/rank: most candidates in one request")
     max_ids: int = Field(1000, ge=1, description="/features: most track + user ids in one request")
     reload_s: float = Field(2.0, gt=0, description="how often the registry's LIVE pointers are checked")
-    torch_threads: int = Field(1, ge=1, description="intra-op threads per scoring call (requests run in parallel threads)")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per scoring call, torch's and numpy's BLAS (requests run in parallel threads)")
     rank_threads: int = Field(1, ge=1, description="/rank calls scored at once per process; the rest queue (scale with replicas)")
     # A fast-path /rank of this many candidates or fewer is scored on the event loop (~0.5 ms of
     # numpy/torch for 100 candidates: less than the hop to a pool thread and back, and no GIL hand-off

@@ -196,11 +196,12 @@ class _Fused:
     the candidate's own inputs + bias], are item properties, precomputed with the item vectors
     (H + m1 floats more per item; Qz = (Q - mean)·(-inv) and qa = Q·(alpha w) + c are elementwise
     or tiny and made per request); the history's [K = k·Wk | Kz = K·(-inv) | ka = K·(alpha w) |
-    KW = k·W_interest] is computed per request from its T vectors (T·width·(A·m1) flops, less than
-    keeping it per item would cost in memory). A request is then, for all A attentions together:
-    U = K + Q and exp(Z) = exp(Kz) exp(Qz) broadcast to [B, T, Σh] (exp(Kz + Qz) where either
-    is large), one divide, one [B·T, Σh] @ [Σh, A] product for the weights, and one
-    [B, T·A] @ [T·A, m1] product for the MLP's first layer
+    KW = k·W_interest] is computed per request from its T vectors, one attention's key block at a
+    time (T·Σdk·(h + m1) flops, less than keeping it per item would cost in memory). A request is
+    then, for all A attentions together: the weights w [A, T, B] = ka + qa + Σ_h (K + Q)
+    / (1 + exp(Kz) exp(Qz)) · (1 - alpha) w, summed over each attention's columns in one compiled
+    loop over (t, h) with the B candidates innermost (`_attention_weights`; exp(Kz + Qz) where
+    either is large), and one [B, A·T] @ [A·T, m1] product for the MLP's first layer
     (Σ_a w_a @ (keys_a · W_interest_a) = (w_a @ keys_a) · W_interest_a)."""
 
     def __init__(self, r: FastRanker) -> None:
@@ -215,17 +216,16 @@ class _Fused:
         self.wt[r.tail_index] = r.tail_w
         # per request, float32: the history side (from T vectors), Qz and qa, the weights' last product
         f4 = np.float32
-        self.wk32, self.wkw32 = np.zeros((r.width, H), f4), np.zeros((r.width, A * m1), f4)
-        self.wa32, self.wp32 = np.zeros((H, A), f4), np.zeros((H, A), f4)
+        self.wa32, self.wp_col = np.zeros((H, A), f4), np.zeros(H, f4)  # wp_col: each column's unit's (1 - alpha)·w
         self.mean32, self.neg_inv32, self.last_b32 = np.zeros(H, f4), np.zeros(H, f4), np.zeros(A, f4)
-        for a, (att, u, w_int) in enumerate(zip(r.attentions, units, r.w_interest, strict=True)):
+        for a, (att, u) in enumerate(zip(r.attentions, units, strict=True)):
             cols = slice(int(cut[a]), int(cut[a + 1]))
             self.wq[r.slices[att.query], cols], self.bq[cols] = u.wq, u.b
-            self.wk32[r.slices[att.key], cols] = u.wk
-            self.wkw32[r.slices[att.key], a * m1 : (a + 1) * m1] = w_int
-            self.wa32[cols, a], self.wp32[cols, a] = u.w_alpha[:, 0], u.w_p[:, 0]
+            self.wa32[cols, a], self.wp_col[cols] = u.w_alpha[:, 0], u.w_p[:, 0]
             self.mean32[cols], self.neg_inv32[cols], self.last_b32[a] = u.dice.mean, u.dice.neg_inv, u.last_b[0]
-        self.wp_col = self.wp32.sum(axis=1)  # one non-zero per column: its attention's (1 - alpha)·w
+        # the history side per attention, on its key block only: [T, dk] @ [dk, h] and [dk, m1]
+        self.key_blocks = [(r.slices[att.key], u.wk.astype(f4), w_int.astype(f4))
+                           for att, u, w_int in zip(r.attentions, units, r.w_interest, strict=True)]
         self.cut = cut.astype(np.int64)
         self.row_width = H + m1
         # compile the loop now (or load it from numba's cache), not on the first request
@@ -236,6 +236,14 @@ class _Fused:
         v8 = v.astype(np.float64)
         return np.concatenate([v8 @ self.wq + self.bq, v8 @ self.wt + self.first_b], axis=1).astype(np.float32)
 
+    def history_side(self, hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """hist [T, width] -> (K [T, H]: every unit's key projection, KW [A, T, m1]: each key
+        through the MLP's first layer), one attention's key block at a time."""
+        keys = [hist[:, sl] for sl, _, _ in self.key_blocks]
+        k = np.concatenate([x @ wk for x, (_, wk, _) in zip(keys, self.key_blocks, strict=True)], axis=1)
+        kw = np.stack([x @ w_int for x, (_, _, w_int) in zip(keys, self.key_blocks, strict=True)])
+        return k, kw
+
     def first_layer(self, cand_rows: np.ndarray, hist: np.ndarray) -> np.ndarray:
         """cand_rows [B, H + m1] (query rows), hist [T, width] -> the MLP's first layer [B, m1]."""
         H, A, m1 = self.H, self.A, self.m1
@@ -245,8 +253,8 @@ class _Fused:
             return tail.copy()
         q = np.ascontiguousarray(cand_rows[:, :H])
         qz, qa = (q - self.mean32) * self.neg_inv32, q @ self.wa32 + self.last_b32  # [B, H], [B, A]
-        k = hist @ self.wk32  # [T, H]
-        kz, ka, kw = k * self.neg_inv32, k @ self.wa32, hist @ self.wkw32  # [T, H], [T, A], [T, A·m1]
+        k, kw = self.history_side(hist)
+        kz, ka = k * self.neg_inv32, k @ self.wa32  # [T, H], [T, A]
         qT, qzT = np.ascontiguousarray(q.T), np.ascontiguousarray(qz.T)
         out = np.empty((A, T, B), np.float32)  # C order: the loop's one compiled signature
         np.add(ka.T[:, :, None], qa.T[:, None, :], out=out)  # the weights' linear part; the loop adds the rest
@@ -255,8 +263,7 @@ class _Fused:
             np.exp(kz, out=kz)
             np.exp(qzT, out=qzT)
         _attention_weights(k, kz, qT, qzT, self.wp_col, self.cut, bool(split), out)
-        w = out.transpose(2, 1, 0)  # [B, T, A]
-        return tail + w.reshape(B, T * A) @ kw.reshape(T * A, m1)
+        return tail + out.reshape(A * T, B).T @ kw.reshape(A * T, m1)  # Σ_a w_a @ (keys_a · W_interest_a)
 
 
 class _Computed:

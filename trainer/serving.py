@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from sidcore.config import Settings
 from sidcore.registry import Registry
@@ -86,6 +87,9 @@ class ServingState:
             model, vocab, manifest = load_ranker(rk)
             model.eval()
             torch.set_num_threads(self.settings.serve.torch_threads)
+            # numpy's BLAS too (OpenBLAS starts a thread per core): the fast path's products are
+            # small, and a second BLAS thread spins on the core the load's other processes need
+            threadpool_limits(limits=self.settings.serve.torch_threads, user_api="blas")
             sizes = manifest.get("codebook_sizes") or {}
             id_rows = {item: i + 1 for i, item in enumerate(vocab)}
             layers = {m: len(k) for m, k in sizes.items()}

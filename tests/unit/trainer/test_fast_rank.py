@@ -134,7 +134,7 @@ def test_fused_attention_equals_the_model_when_dice_saturates(var):
     fast.precompute(vocab[:80], [sids[t] for t in vocab[:80]])
     history, candidates = list(sids)[:HISTORY_LEN], list(sids)[20:120]
     hist_vecs = fast.gather(history, sids)[1]
-    kz = (hist_vecs @ fast.fused.wk32) * fast.fused.neg_inv32
+    kz = fast.fused.history_side(hist_vecs)[0] * fast.fused.neg_inv32
     assert (np.abs(kz).max() > 40) == (var < 1)  # the branch this case is about is the one taken
     ref = {x["track_id"]: x["score"] for x in rank(Snapshot("v", "r", "v", model, id_rows, layers, HISTORY_LEN),
                                                    sids, history, candidates)["scored"]}
