@@ -311,6 +311,9 @@ class ServeSettings(_Frozen):
     tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens; never printed")
     tokens_file: Path | None = Field(None, description="bearer tokens, one per line, re-read on change (a mounted Secret)")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="request bodies larger than this are refused (413) unread")
+    store_timeout_s: float = Field(1.0, gt=0, description="Redis socket and connect timeout of serve's reads, tried twice: "
+                                   "a store that hangs fails a request with 503 after about twice this (the event loop "
+                                   "waits on the read)")
     max_top_k: int = Field(1000, ge=1, description="/rank: largest top_k")
     ssl_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS (uvicorn's ssl_certfile)")
     ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile")

@@ -52,7 +52,7 @@ from sidcore.config import Settings, dump_settings, get_settings, load_settings,
 from sidstream.serve_guard import Guard, TokenSource
 from streams.sinks.reader import SERVED_SIDS, read_histories, read_track_sids
 from streams.sinks.sid_cache import SidCache
-from streams.sinks.store import open_store
+from streams.sinks.store import is_transient_store_error, limit_redis_retries, open_store
 from trainer.serving import ServingState, rank
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,9 @@ def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
 # -- the app ---------------------------------------------------------------------------------------
 def create_app(settings: Settings, store: Any = None, state: ServingState | None = None, watch: bool = True) -> FastAPI:
     if store is None:
-        store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis)
+        store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis,
+                           socket_timeout_s=settings.serve.store_timeout_s)
+        limit_redis_retries(store, 1)  # a hanging store: 503 after ~2 timeouts, not redis-py's back-off
     state = state or ServingState(settings, read_sids=lambda tracks, version: read_track_sids(store, tracks, version))
     cache = SidCache.over_store(store, settings.serve.sid_cache_entries)
     metrics = CollectorRegistry()
@@ -242,7 +244,8 @@ def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _
     # hand-offs between the loop and the pool (A/B on 2 cores with hey, unthrottled, alternating
     # runs: 703-731 rps on the loop vs 466-510 on the pool). The loop is then busy for that long
     # per request, and its history read is a blocking store call there too: a store that hangs
-    # stalls the loop (and /ping) as long as the Redis client waits. Larger requests and the
+    # stalls the loop (and /ping) until the read fails, after `serve.store_timeout_s` (1 s) twice,
+    # and the request answers 503 (tests/integration/test_serve.py). Larger requests and the
     # reference path (the model's forward, milliseconds) go to the pool, at most
     # `serve.rank_threads` at once, the rest queueing. Micro-batching across requests is not done:
     # each request has its own history, so a batch would share only the per-call overhead, which
@@ -274,7 +277,17 @@ class _Routes:
         self.settings, self.state, self.store, self.cache = settings, state, store, cache
 
     def __call__(self, fn: Callable[..., Response], *args: Any) -> Response:
-        return fn(self.settings, self.state, self.store, self.cache, *args)
+        """fn's answer; 503 where the online store failed in a way a retry can cure (down,
+        unreachable, or silent past serve.store_timeout_s), with the reason."""
+        try:
+            return fn(self.settings, self.state, self.store, self.cache, *args)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            if not is_transient_store_error(exc):
+                raise
+            log.warning("serve: online store failed: %s: %s", type(exc).__name__, exc)
+            raise HTTPException(503, redact(f"online store unavailable: {type(exc).__name__}: {exc}", self.settings)) from exc
 
 
 class _CacheMetrics:

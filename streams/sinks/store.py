@@ -57,8 +57,9 @@ def connection_string(redis: Redis, with_password: bool = True) -> str:
 
 
 def store_config(data_dir: Path, profile: str = "local", redis_url: Redis = "127.0.0.1:6379",
-                 with_password: bool = True) -> dict[str, Any]:
-    """The feature_store.yaml content for a profile, with absolute paths under data_dir."""
+                 with_password: bool = True, socket_timeout_s: float | None = None) -> dict[str, Any]:
+    """The feature_store.yaml content for a profile, with absolute paths under data_dir.
+    `socket_timeout_s`: redis-py's socket and connect timeouts (none: wait as long as the OS does)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown Feast profile {profile!r}; choose from {PROFILES}")
     data = Path(data_dir).resolve() / "data"
@@ -69,6 +70,8 @@ def store_config(data_dir: Path, profile: str = "local", redis_url: Redis = "127
         # rows stored before the event-time policy, which Feast's check would keep); one round trip
         else {"type": "redis", "connection_string": connection_string(redis_url, with_password), "skip_dedup": True}
     )
+    if socket_timeout_s is not None and profile != "local":
+        online["connection_string"] += f",socket_timeout={socket_timeout_s},socket_connect_timeout={socket_timeout_s}"
     if profile == "redis_cluster":  # Feast's own cluster client; redis_url lists the nodes (host:port,...)
         online["redis_type"] = "redis_cluster"
     return {
@@ -81,10 +84,13 @@ def store_config(data_dir: Path, profile: str = "local", redis_url: Redis = "127
     }
 
 
-def open_store(data_dir: Path, profile: str = "local", redis_url: Redis = "127.0.0.1:6379") -> FeatureStore:
+def open_store(data_dir: Path, profile: str = "local", redis_url: Redis = "127.0.0.1:6379",
+               socket_timeout_s: float | None = None) -> FeatureStore:
     """Materialise a runnable repo under data_dir, apply it (skipped when nothing changed),
     and return its FeatureStore. Safe to call from several processes at once. The Redis password
-    stays in memory: the feature_store.yaml written to disk has none (`feast` CLI users add theirs)."""
+    and `socket_timeout_s` (store_config) stay in memory: the feature_store.yaml written to disk
+    has neither (`feast` CLI users add their password), so processes that open the same repo with
+    different timeouts do not re-apply it."""
     repo = Path(data_dir).resolve()
     if repo == DEFINITIONS_DIR:
         raise ValueError("open_store materialises a copy: give it a data directory, not feature_repo/ itself")
@@ -102,7 +108,8 @@ def open_store(data_dir: Path, profile: str = "local", redis_url: Redis = "127.0
             path = repo / name
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
-        store = FeatureStore(repo_path=str(repo), config=RepoConfig(**store_config(repo, profile, redis_url), repo_path=repo))
+        config = store_config(repo, profile, redis_url, socket_timeout_s=socket_timeout_s)
+        store = FeatureStore(repo_path=str(repo), config=RepoConfig(**config, repo_path=repo))
         stamp = repo / "data" / _STAMP
         online_db = repo / "data" / "online.db"
         up_to_date = (
@@ -161,6 +168,19 @@ _LOCKS_GUARD = threading.Lock()
 def store_lock(store: FeatureStore) -> threading.Lock:
     with _LOCKS_GUARD:
         return _STORE_LOCKS.setdefault(store, threading.Lock())
+
+
+def limit_redis_retries(store: FeatureStore, retries: int) -> None:
+    """Make the store's Redis client retry a failed call `retries` times at once, without
+    redis-py's default of 3 retries with exponential back-off (seconds of waiting on a store that
+    hangs, multiplying its socket timeout). No-op on SQLite."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    online = store._get_provider().online_store  # noqa: SLF001 - Feast's provider has no public accessor
+    if isinstance(online, RedisOnlineStore):
+        online._get_client(store.config.online_store).set_retry(Retry(NoBackoff(), retries))  # noqa: SLF001
 
 
 class StoreUnavailable(RuntimeError):

@@ -5,6 +5,8 @@ metrics, a version switch under load with zero failed requests; and Feast's own 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -233,3 +235,39 @@ def test_two_uvicorn_workers_serve(served, tmp_path):
         workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
                    if any("spawn_main" in part for part in p.cmdline())]
         assert len(workers) == 2, [p.cmdline() for p in psutil.Process(server.proc.pid).children(recursive=True)]
+
+
+@pytest.mark.redis
+def test_a_hanging_store_fails_requests_with_503_and_serve_recovers(own_redis_server, tmp_path):
+    """A Redis that stops answering (SIGSTOP: it holds the connection and never replies) fails
+    /rank and /features with 503 and the reason after about two serve.store_timeout_s (serve's
+    store retries once, at once: redis-py's default of 3 retries with back-off took 6.1 s at a
+    0.3 s timeout), instead of holding the event loop until the OS gives up; /ping answers
+    between reads, and the same server answers 200 again once Redis resumes."""
+    url, proc = own_redis_server
+    timeout_s = 0.3
+    s = Settings(home=tmp_path / "home", feast_root=tmp_path / "feast", registry_root=tmp_path / "registry",
+                 feast_profile="redis", redis_url=url, serve={"store_timeout_s": timeout_s, "reload_s": 30})
+    ids = prepare_online(s, tmp_path / "work", n_users=40, n_items=100, n_new=10)
+    app = create_app(s)  # its own store, opened with the timeout
+    rank_body = {"user_id": ids["users"][0], "candidate_track_ids": ids["items"][:30]}
+    features_body = {"user_ids": [ids["users"][1]]}
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.post("/rank", json=rank_body).status_code == 200
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            for path, body in (("/rank", rank_body), ("/features", features_body)):
+                t0 = time.monotonic()
+                r = client.post(path, json=body)
+                took = time.monotonic() - t0
+                assert r.status_code == 503, r.text
+                assert r.json()["detail"].startswith("online store unavailable: TimeoutError"), r.text
+                assert took < 3 * timeout_s + 0.5, f"{path} took {took:.1f}s against a {timeout_s}s timeout"
+                assert client.get("/ping").status_code == 200
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while (r := client.post("/rank", json=rank_body)).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        assert client.post("/features", json=features_body).status_code == 200

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -18,15 +23,15 @@ def redis_command(port: int, command: bytes) -> bytes:
         return s.recv(64)
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    """A throwaway redis-server on a free port, no persistence; yields its host:port."""
+@contextmanager
+def running_redis(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A throwaway redis-server on a free port, no persistence: (its process, its port); stopped
+    by its pid on exit. Skips the test without the binary or the client."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server binary not on PATH (apt-get install redis-server)")
     pytest.importorskip("redis", reason="the redis client is missing: pip install 'feast[redis]'")
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -42,10 +47,26 @@ def redis_server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {port} (exit code {proc.poll()})")
             time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
+        yield proc, port
     finally:
+        os.kill(proc.pid, signal.SIGCONT)  # a test may have stopped it
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A throwaway redis-server shared by the session's tests; yields its host:port."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as (_, port):
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def own_redis_server(tmp_path):
+    """A redis-server for one test, which may stop or kill it: yields (host:port, its process)."""
+    (tmp_path / "own-redis").mkdir()
+    with running_redis(tmp_path / "own-redis") as (proc, port):
+        yield f"127.0.0.1:{port}", proc
 
 
 SECURE_REDIS_USER = "sidstream-test"
