@@ -26,5 +26,7 @@ RUN pip install -c /tmp/requirements.lock -e . && find /opt/venv -name '__pycach
     && useradd --uid 10001 --create-home sidstream && mkdir -p /var/lib/sidstream /var/cache/sidstream \
     && chown sidstream /var/lib/sidstream /var/cache/sidstream
 USER sidstream
+# numba's compiled kernels (trainer/fast_rank.py) are cached where the user may write
+ENV NUMBA_CACHE_DIR=/var/cache/sidstream/numba
 EXPOSE 16066
 CMD ["sidstream", "serve", "--host", "0.0.0.0"]
