@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -46,11 +46,12 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field, ValidationError
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from sidcore.config import Settings, dump_settings, get_settings, load_settings, redact
 from sidstream.serve_guard import Guard, TokenSource
-from streams.sinks.reader import SERVED_SIDS, read_histories, read_track_sids
+from streams.sinks.reader import SERVED_SIDS, read_histories, read_histories_async, read_track_sids
 from streams.sinks.sid_cache import SidCache
 from streams.sinks.store import is_transient_store_error, limit_redis_retries, open_store
 from trainer.serving import ServingState, rank
@@ -127,20 +128,28 @@ def features(settings: Settings, state: ServingState, store: Any, cache: SidCach
     })
 
 
-def ranked(settings: Settings, state: ServingState, store: Any, cache: SidCache, req: RankRequest) -> Response:
-    """The live ranker's scores of the candidates, for /rank: the history (one store read), the
-    SIDs under the ranker's codebook version of the tracks without precomputed item vectors (from
-    the cache; its misses in one store read), then the fast path (or `rank`, the model's forward,
-    for a ranker without one)."""
+def check_rank(settings: Settings, state: ServingState, req: RankRequest) -> None:
+    """/rank's refusals, before anything is read: top_k and candidates over the limits, no ranker."""
     if req.top_k is not None and req.top_k > settings.serve.max_top_k:
         raise HTTPException(422, f"top_k {req.top_k}; the limit is {settings.serve.max_top_k} (settings.serve.max_top_k)")
     if len(req.candidate_track_ids) > settings.serve.max_candidates:
         raise HTTPException(413, f"{len(req.candidate_track_ids)} candidates; the limit is {settings.serve.max_candidates} "
                                  "(settings.serve.max_candidates)")
-    snap = state.snapshot
-    if snap.model is None:
+    if state.snapshot.model is None:
         raise HTTPException(503, "no live ranker: run `sidstream train ranker` (or `train all`)")
-    history = read_histories(store, [req.user_id]).get(req.user_id, [])[-snap.history_len :]
+
+
+def ranked(settings: Settings, state: ServingState, store: Any, cache: SidCache, req: RankRequest,
+           stored_history: list[str] | None = None) -> Response:
+    """The live ranker's scores of the candidates, for /rank: the history (one store read, unless
+    the caller read it: `stored_history`), the SIDs under the ranker's codebook version of the
+    tracks without precomputed item vectors (from the cache; its misses in one store read), then
+    the fast path (or `rank`, the model's forward, for a ranker without one)."""
+    check_rank(settings, state, req)
+    snap = state.snapshot
+    if stored_history is None:
+        stored_history = read_histories(store, [req.user_id]).get(req.user_id, [])
+    history = stored_history[-snap.history_len :]
     version = snap.ranker_codebooks or ""
     if snap.fast is not None and settings.serve.fast_path:
         tracks = [*req.candidate_track_ids, *history]
@@ -251,8 +260,8 @@ def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _
     # each request has its own history, so a batch would share only the per-call overhead, which
     # the fused path has already cut to a few ops. More processes: `serve.workers` (uvicorn
     # workers, each with its own caches) or replicas.
-    async def features_endpoint(request: Request) -> Response:
-        req = parse(FeaturesRequest, await request.body())
+    async def features_body(body: bytes) -> Response:
+        req = parse(FeaturesRequest, body)
         if len(req.track_ids) + len(req.user_ids) <= INLINE_IDS:
             return on(features, req)  # a point lookup (~0.2 ms) costs less than the hop to a pool thread
         return await run_in_threadpool(on, features, req)
@@ -260,14 +269,64 @@ def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _
     inline_candidates = settings.serve.rank_inline_candidates if settings.serve.fast_path else 0
     rank_slots = anyio.CapacityLimiter(settings.serve.rank_threads)
 
-    async def rank_endpoint(request: Request) -> Response:
-        req = parse(RankRequest, await request.body())
+    async def rank_body(body: bytes) -> Response:
+        req = parse(RankRequest, body)
+        check_rank(settings, state, req)
+        history = await on.history(req.user_id)  # awaited: the loop serves others while Redis answers
         if len(req.candidate_track_ids) <= inline_candidates and state.snapshot.fast is not None:
-            return on(ranked, req)  # bounded numpy work: cheaper here than the hop to a pool thread
-        return await anyio.to_thread.run_sync(on, ranked, req, limiter=rank_slots)
+            return on(ranked, req, history)  # bounded numpy work: cheaper here than the hop to a pool thread
+        return await anyio.to_thread.run_sync(on, ranked, req, history, limiter=rank_slots)
 
-    app.router.routes.append(Route("/features", features_endpoint, methods=["POST"]))
-    app.router.routes.append(Route("/rank", rank_endpoint, methods=["POST"]))
+    hot = {"/features": features_body, "/rank": rank_body}
+    # innermost middleware (inside Measure and Guard, so metrics, tokens and the body limit hold)
+    app.user_middleware.append(Middleware(HotLane, routes=hot))
+    for path, handler in hot.items():  # what the lane does not take (other methods) meets these: 405
+        app.router.routes.append(Route(path, _as_endpoint(handler), methods=["POST"]))
+
+
+def _as_endpoint(handler: Callable[[bytes], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handler(await request.body())
+
+    return endpoint
+
+
+class HotLane:
+    """ASGI middleware: POST /rank and /features go to their handlers directly, past FastAPI's
+    exception middleware, routing and Request objects (~X µs a request in-process); an
+    HTTPException answers {"detail": ...} with its status, as FastAPI's handler does, and anything
+    else propagates to ServerErrorMiddleware (500). Other requests go on to the app."""
+
+    def __init__(self, inner: Any, routes: dict[str, Callable[[bytes], Awaitable[Response]]]) -> None:
+        self.inner, self.routes = inner, routes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        handler = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if handler is None:
+            await self.inner(scope, receive, send)
+            return
+        try:
+            body = await _read_body(receive)
+            if body is None:  # the client went away
+                return
+            response = await handler(body)
+        except HTTPException as exc:
+            response = as_json({"detail": exc.detail}, exc.status_code)
+            if exc.headers:
+                response.headers.update(exc.headers)
+        await response(scope, receive, send)
+
+
+async def _read_body(receive: Any) -> bytes | None:
+    """The request body (None on a disconnect before its end)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _Routes:
@@ -284,10 +343,21 @@ class _Routes:
         except HTTPException:
             raise
         except Exception as exc:
-            if not is_transient_store_error(exc):
-                raise
-            log.warning("serve: online store failed: %s: %s", type(exc).__name__, exc)
-            raise HTTPException(503, redact(f"online store unavailable: {type(exc).__name__}: {exc}", self.settings)) from exc
+            raise self._unavailable(exc) from exc
+
+    async def history(self, user_id: str) -> list[str]:
+        """The user's stored history (oldest first; [] for none), awaited; 503 as above."""
+        try:
+            return (await read_histories_async(self.store, [user_id])).get(user_id, [])
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> HTTPException:
+        """503 for a store error a retry can cure; anything else is raised as it is."""
+        if not is_transient_store_error(exc):
+            raise exc
+        log.warning("serve: online store failed: %s: %s", type(exc).__name__, exc)
+        return HTTPException(503, redact(f"online store unavailable: {type(exc).__name__}: {exc}", self.settings))
 
 
 class _CacheMetrics:

@@ -3,6 +3,7 @@ redis-server started on a free port for the Redis profile."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from streams.sinks.reader import read_histories, read_history, read_sid_columns, read_sids
+from streams.sinks.reader import (
+    _RedisHashes,
+    read_histories,
+    read_histories_async,
+    read_history,
+    read_sid_columns,
+    read_sids,
+)
 from streams.sinks.store import open_store
 from streams.sinks.writer import FeastSink, SidRow, UserHistoryRow
 from tests.plugins.redis import redis_command as _redis_command
@@ -162,6 +170,18 @@ def test_read_histories_equals_feasts_get_online_features(store):
     assert read_histories(store, []) == {}
     for u in users:
         assert read_histories(store, [u]) == ({u: expected[u]} if u in expected else {})
+
+    async def awaited() -> list[dict[str, list[str]]]:  # one event loop: the asyncio client is bound to it
+        return [await read_histories_async(store, users), await read_histories_async(store, []),
+                *[await read_histories_async(store, [u]) for u in users]]
+
+    many, none, *each = asyncio.run(awaited())
+    assert many == expected and none == {}
+    assert each == [({u: expected[u]} if u in expected else {}) for u in users]
+    # on Redis the reads went through the asyncio client, not the blocking fallback
+    assert (_RedisHashes.of(store) is not None) == (store.config.online_store.type == "redis")
+    if _RedisHashes.of(store) is not None:
+        assert _RedisHashes.of(store)._async is not None
 
 
 def test_ranker_feature_service_serves_both_views(store):
