@@ -19,8 +19,8 @@ pair, never a mix, and none fails during the switch.
 Hot path (issue 34): tracks' SIDs come from an in-process cache keyed by (track, codebook
 version) (streams.sinks.sid_cache: rows never change under a version, so no invalidation; a miss
 is one batched store read), and a ranker that goes live gets its vocabulary's item vectors
-precomputed (trainer.fast_rank), so /rank is one history read, row gathers and a small numpy
-attention; the model's own forward (`trainer.serving.rank`) is the reference it is tested
+precomputed (trainer.fast_rank), so /rank is one history read, row gathers and a compiled
+attention loop; the model's own forward (`trainer.serving.rank`) is the reference it is tested
 against, and the fallback for a model kind without a fast path.
 """
 
@@ -242,24 +242,24 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
 def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _Routes) -> None:
     """POST /features and /rank.
 
-    They are plain Starlette routes (in FastAPI's middleware and exception handling, so errors
-    still answer {"detail": ...}): they parse their bodies themselves, and FastAPI's per-request
-    handling (dependency solving, response validation) costs ~30 µs a request they do not use (58
-    vs 27 µs for an empty POST, measured in-process). They are not in the OpenAPI schema; their
-    bodies are FeaturesRequest and RankRequest above."""
-    # Concurrency [measured, docs/scaling.md "Serving"]: a fast-path /rank of at most
-    # `serve.rank_inline_candidates` (200) candidates is scored on the event loop: ~0.5 ms of
-    # numpy/torch for 100 candidates, less than the hop to a pool thread and back plus the GIL
-    # hand-offs between the loop and the pool (A/B on 2 cores with hey, unthrottled, alternating
-    # runs: 703-731 rps on the loop vs 466-510 on the pool). The loop is then busy for that long
-    # per request, and its history read is a blocking store call there too: a store that hangs
-    # stalls the loop (and /ping) until the read fails, after `serve.store_timeout_s` (1 s) twice,
-    # and the request answers 503 (tests/integration/test_serve.py). Larger requests and the
+    They go through `HotLane` (below), the innermost middleware, which calls their handlers with
+    the body: past FastAPI's exception middleware, routing, Request objects and per-request
+    handling (26 vs 67 µs for a /rank answered 422, in process); errors still answer
+    {"detail": ...}. Routes with the same handlers stay registered so that other methods answer
+    405. They are not in the OpenAPI schema; their bodies are FeaturesRequest and RankRequest."""
+    # Concurrency [measured, docs/scaling.md "Serving"]: /rank awaits its history read on the
+    # store's asyncio client (the loop serves other requests meanwhile); a fast-path /rank of at
+    # most `serve.rank_inline_candidates` (200) candidates is then scored on the event loop
+    # (~0.25 ms in process for 100 candidates on the bench's ranker, ~0.5 ms at MCCA's default
+    # sizes), less than the hop to a pool thread and back plus the GIL hand-offs between the loop
+    # and the pool (A/B on 2 cores with hey, unthrottled, alternating runs: 703-731 rps on the
+    # loop vs 466-510 on the pool). /features' history read blocks the loop: a store that hangs
+    # stalls it (and /ping) until the read fails, after `serve.store_timeout_s` (1 s) twice, and
+    # the request answers 503 (tests/integration/test_serve.py). Larger requests and the
     # reference path (the model's forward, milliseconds) go to the pool, at most
     # `serve.rank_threads` at once, the rest queueing. Micro-batching across requests is not done:
-    # each request has its own history, so a batch would share only the per-call overhead, which
-    # the fused path has already cut to a few ops. More processes: `serve.workers` (uvicorn
-    # workers, each with its own caches) or replicas.
+    # each request has its own history, so a batch would share only the per-call overhead. More
+    # processes: `serve.workers` (uvicorn workers, each with its own caches) or replicas.
     async def features_body(body: bytes) -> Response:
         req = parse(FeaturesRequest, body)
         if len(req.track_ids) + len(req.user_ids) <= INLINE_IDS:
