@@ -140,15 +140,15 @@ def check_rank(settings: Settings, state: ServingState, req: RankRequest) -> Non
 
 
 def ranked(settings: Settings, state: ServingState, store: Any, cache: SidCache, req: RankRequest,
-           stored_history: list[str] | None = None) -> Response:
-    """The live ranker's scores of the candidates, for /rank: the history (one store read, unless
-    the caller read it: `stored_history`), the SIDs under the ranker's codebook version of the
-    tracks without precomputed item vectors (from the cache; its misses in one store read), then
-    the fast path (or `rank`, the model's forward, for a ranker without one)."""
+           stored_history: list[str]) -> Response:
+    """The live ranker's scores of the candidates, for /rank: given the user's stored history
+    (read by the endpoint, awaited), the SIDs under the ranker's codebook version of the tracks
+    without precomputed item vectors (from the cache; its misses in one store read), then the fast
+    path (or `rank`, the model's forward, for a ranker without one). The refusals are checked
+    again on the snapshot used here (the endpoint checked them before the read; a ranker may have
+    gone live or away since)."""
     check_rank(settings, state, req)
     snap = state.snapshot
-    if stored_history is None:
-        stored_history = read_histories(store, [req.user_id]).get(req.user_id, [])
     history = stored_history[-snap.history_len :]
     version = snap.ranker_codebooks or ""
     if snap.fast is not None and settings.serve.fast_path:

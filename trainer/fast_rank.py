@@ -227,6 +227,8 @@ class _Fused:
         # the history side per attention, on its key block only: [T, dk] @ [dk, h] and [dk, m1]
         self.key_blocks = [(r.slices[att.key], u.wk.astype(f4), w_int.astype(f4))
                            for att, u, w_int in zip(r.attentions, units, r.w_interest, strict=True)]
+        # the same as columns, for the candidates' side, which is made transposed ([H, B])
+        self.mean_col, self.neg_inv_col, self.last_b_col = self.mean32[:, None], self.neg_inv32[:, None], self.last_b32[:, None]
         self.cut = cut.astype(np.int64)
         self.row_width = H + m1
         # compile the loop now (or load it from numba's cache), not on the first request
@@ -252,13 +254,12 @@ class _Fused:
         T, B = hist.shape[0], cand_rows.shape[0]
         if T == 0:
             return tail.copy()
-        q = np.ascontiguousarray(cand_rows[:, :H])
-        qz, qa = (q - self.mean32) * self.neg_inv32, q @ self.wa32 + self.last_b32  # [B, H], [B, A]
+        qT = np.ascontiguousarray(cand_rows[:, :H].T)  # [H, B]: the loop runs over candidates
+        qzT, qaT = (qT - self.mean_col) * self.neg_inv_col, self.wa32.T @ qT + self.last_b_col  # [H, B], [A, B]
         k, kw = self.history_side(hist)
         kz, ka = k * self.neg_inv32, k @ self.wa32  # [T, H], [T, A]
-        qT, qzT = np.ascontiguousarray(q.T), np.ascontiguousarray(qz.T)
         out = np.empty((A, T, B), np.float32)  # C order: the loop's one compiled signature
-        np.add(ka.T[:, :, None], qa.T[:, None, :], out=out)  # the weights' linear part; the loop adds the rest
+        np.add(ka.T[:, :, None], qaT[:, None, :], out=out)  # the weights' linear part; the loop adds the rest
         split = np.abs(kz).max(initial=0.0) <= EXP_SPLIT and np.abs(qzT).max(initial=0.0) <= EXP_SPLIT
         if split:  # exp(kz + qz) = exp(kz) exp(qz): [T, H] + [H, B] exps, not [B, T, H]
             np.exp(kz, out=kz)

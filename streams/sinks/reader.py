@@ -122,12 +122,7 @@ def read_histories(store: FeatureStore, user_ids: Sequence[str]) -> dict[str, li
         return _histories(user_ids, redis.read(view, "user_id", user_ids, "history_item_ids"))
     keys = [EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=u)]) for u in user_ids]
     rows = store._get_provider().online_read(store.config, view, keys, ["history_item_ids"])  # noqa: SLF001 - Feast's provider has no public accessor
-    out = {}
-    for u, (_, values) in zip(user_ids, rows, strict=True):
-        v = values.get("history_item_ids") if values else None
-        if v is not None and v.WhichOneof("val") == "string_list_val":
-            out[u] = list(v.string_list_val.val)
-    return out
+    return _histories(user_ids, [values.get("history_item_ids") if values else None for _, values in rows])
 
 
 async def read_histories_async(store: FeatureStore, user_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -144,13 +139,15 @@ async def read_histories_async(store: FeatureStore, user_ids: Sequence[str]) -> 
     return _histories(user_ids, await redis.read_async(view, "user_id", user_ids, "history_item_ids"))
 
 
-def _histories(user_ids: Sequence[str], raws: Sequence[bytes | None]) -> dict[str, list[str]]:
-    """Stored ValueProto bytes (None: no value) -> {user: history} for users with a string list."""
+def _histories(user_ids: Sequence[str], values: Sequence[ValueProto | bytes | None]) -> dict[str, list[str]]:
+    """Stored values, one per user (a ValueProto from `online_read`, its bytes from Redis; None or
+    empty: no value) -> {user: history} for the users whose value is a string list."""
     out: dict[str, list[str]] = {}
-    for u, raw in zip(user_ids, raws, strict=True):
-        v = ValueProto.FromString(raw) if raw else None
-        if v is not None and v.WhichOneof("val") == "string_list_val":
-            out[u] = list(v.string_list_val.val)
+    for u, value in zip(user_ids, values, strict=True):
+        if isinstance(value, bytes):
+            value = ValueProto.FromString(value) if value else None
+        if value is not None and value.WhichOneof("val") == "string_list_val":
+            out[u] = list(value.string_list_val.val)
     return out
 
 
