@@ -298,8 +298,8 @@ class ServeSettings(_Frozen):
     sid_cache_entries: int = Field(200_000, ge=0, description="tracks' SID rows cached per process, (track, version) keys; 0: off")
     # When a ranker goes live, its vocabulary's item vectors (ID + summed SID embeddings) and
     # query rows (the candidate side of the attention and of the MLP's first layer) are
-    # precomputed (trainer.fast_rank): 2.7 KB per item at MCCA's defaults (320 + 344 float32), so
-    # 500,000 items take 1.3 GB per process; items past this many are computed per request from
+    # precomputed (trainer.fast_rank): 3.2 KB per item at MCCA's defaults (320 + 489 float32), so
+    # 500,000 items take 1.6 GB per process; items past this many are computed per request from
     # their (cached) SIDs and kept (trainer.fast_rank.COMPUTED_MAX).
     item_vectors: int = Field(500_000, ge=0, description="most vocabulary items whose vectors are precomputed per live ranker")
     workers: int = Field(1, ge=1, description="uvicorn worker processes of `sidstream serve` (each with its own caches)")

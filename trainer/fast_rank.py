@@ -1,5 +1,6 @@
 """The serving fast path of a ranker (DIN or MCCA): item-side vectors precomputed when a ranker goes
-live, and a request scored by row gathers and a few small matrix products in numpy.
+live, and a request scored by row gathers, a few small matrix products in numpy and two
+compiled loops.
 
 Why it equals the model's forward (tests/unit/trainer/test_fast_rank.py holds it to
 `trainer.serving.rank`, which runs `model(batch)`):
@@ -15,13 +16,16 @@ Why it equals the model's forward (tests/unit/trainer/test_fast_rank.py holds it
 
 Numpy, not torch: at this size (B = 100, T = 20, d <= 64) a torch op costs ~5-10 µs of dispatch
 against ~1-2 µs for numpy's, and the whole forward is a few dozen ops (measured by
-`sidstream bench online`'s `scoring_us`: the fast path against `trainer.serving.rank`). The one
-exception is the fused path's [B, T, H] block (`_Fused.first_layer`), the only work that grows
-with B·T·H: one compiled loop (`_attention_weights`, numba; of fast-math only the reciprocal's
-refined estimate and fused multiply-adds: 95 -> 72 µs at MCCA's defaults, errors as large as with
-IEEE division, 2.5e-8 abs against float64) that keeps nothing of size [B, T, H], where numpy's
-or torch's broadcast ops wrote and read five 1 MB temporaries per request (at MCCA's defaults)
-and evicted the rest of the request's working set from a 2 MB L2.
+`sidstream bench online`'s `scoring_us`: the fast path against `trainer.serving.rank`). Two
+compiled loops (numba) do the elementwise work that numpy would spread over dozens of calls:
+`_attention_weights`, the fused path's [B, T, H] block (`_Fused.first_layer`, the only work that
+grows with B·T·H) with its per-request preparation (transposes, the history's Dice arguments and
+the weights' linear part), keeping nothing of size [B, T, H], where numpy's or torch's broadcast
+ops wrote and read five 1 MB temporaries per request (at MCCA's defaults) and evicted the rest of
+the request's working set from a 2 MB L2; and `_dice_finish`, Dice after numpy's exp (numba's exp
+is scalar; numpy's is vectorised). Of fast-math only the reciprocal's refined estimate and fused
+multiply-adds are on (95 -> 72 µs at MCCA's defaults, errors as large as with IEEE division,
+2.5e-8 abs against float64). The matrix products stay with numpy's BLAS.
 """
 
 from __future__ import annotations
@@ -47,35 +51,85 @@ COMPUTED_MAX = 100_000  # tracks outside the table whose rows are kept once comp
 EXP_SPLIT = 40.0  # |x| <= this: exp(x) is a normal float32 and a product of two stays one
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath={"arcp", "contract"})
-def _attention_weights(k: np.ndarray, kz: np.ndarray, qT: np.ndarray, qzT: np.ndarray, wp: np.ndarray,
-                       cut: np.ndarray, split: bool, out: np.ndarray) -> np.ndarray:
-    """out [A, T, B] += Σ_{h in attention a} (k[t, h] + q[b, h]) p[b, t, h] wp[h], the Dice-weighted
-    part of every attention's weights, without forming [B, T, H].
+_JIT = {"cache": True, "nogil": True, "boundscheck": False, "error_model": "numpy", "fastmath": {"arcp", "contract"}}
 
-    k, kz [T, H]: the history's pre-activations and their Dice arguments; qT, qzT [H, B]: the
-    candidates', transposed (the inner loop runs over candidates, contiguous); cut [A + 1]: the
-    attentions' column ranges; wp [H]: (1 - alpha)·w of each column's unit. p = 1 / (1 + exp(kz +
-    qz)); where `split`, kz and qzT hold exp(kz) and exp(qz) already (exact while both are <= 40 in
-    magnitude: two normal float32 and a finite product), else the sum's exp is taken here (inf ->
-    p = 0, as the model's sigmoid). error_model "numpy": a division by inf or 0 follows IEEE, with
-    no Python exception check in the loop (which kept it from vectorising)."""
-    H, B = qT.shape
-    T, A = k.shape[0], cut.shape[0] - 1
+
+@numba.njit(**_JIT)
+def _attention_weights(rows: np.ndarray, kk: np.ndarray, mean: np.ndarray, neg_inv: np.ndarray, wa: np.ndarray,
+                       wp: np.ndarray, last_b: np.ndarray, split_max: float, out: np.ndarray) -> np.ndarray:
+    """Every attention's weights out [A·T, B] (row a·T + t: attention a, history item t), without
+    forming [B, T, H]: w = ka + qa + Σ_{h in a} (K[t, h] + Q[b, h]) p[b, t, h] wp[h], with
+    p = 1 / (1 + exp(kz + qz)), kz = K·(-inv), qz = (Q - mean)·(-inv), ka = K·wa, qa = Q·wa + c.
+
+    rows [B, 2H + m1 + 1]: the candidates' query rows [Q | E = exp(qz) | tail | max |qz|];
+    kk [A, T, h + m1]: the history's [K | KW] per attention (uniform width h). Where every |qz|
+    and |kz| is <= split_max, exp(kz + qz) = exp(kz)·E (T·H exps here, not B·T·H: exact, two
+    normal float32 and a finite product); else qz is made from Q and exp(kz + qz) taken per term
+    (inf -> p = 0, as the model's sigmoid). The loops run with the B candidates innermost
+    (contiguous), so they vectorise; error_model "numpy": division by 0 or inf follows IEEE with no
+    Python exception check in the loop (which kept it from vectorising)."""
+    B = rows.shape[0]
+    A, T, h = kk.shape[0], kk.shape[1], wa.shape[0] // kk.shape[0]
+    H = A * h
     one = np.float32(1.0)
-    for t in range(T):
+    qT, eT = np.empty((H, B), np.float32), np.empty((H, B), np.float32)  # [H, B]: candidates innermost
+    zmax = np.float32(0.0)
+    for b in range(B):
+        zmax = max(zmax, rows[b, rows.shape[1] - 1])
+        for j in range(H):
+            qT[j, b] = rows[b, j]
+            eT[j, b] = rows[b, H + j]
+    kz = np.empty((A, T, h), np.float32)
+    for a in range(A):
+        for t in range(T):
+            for j in range(h):
+                kz[a, t, j] = kk[a, t, j] * neg_inv[a * h + j]
+                zmax = max(zmax, abs(kz[a, t, j]))
+    split = zmax <= split_max
+    if split:
         for a in range(A):
-            acc = out[a, t]
-            for h in range(cut[a], cut[a + 1]):
-                kh, zh, w = k[t, h], kz[t, h], wp[h]
-                qh, qzh = qT[h], qzT[h]
+            for t in range(T):
+                for j in range(h):
+                    kz[a, t, j] = np.exp(kz[a, t, j])
+    else:  # eT holds qz instead of exp(qz)
+        for j in range(H):
+            for b in range(B):
+                eT[j, b] = (qT[j, b] - mean[j]) * neg_inv[j]
+    qa = np.empty(B, np.float32)
+    for a in range(A):
+        qa[:] = last_b[a]
+        for j in range(a * h, (a + 1) * h):
+            qj, w = qT[j], wa[j]
+            for b in range(B):
+                qa[b] += qj[b] * w
+        for t in range(T):
+            ka = np.float32(0.0)
+            for j in range(h):
+                ka += kk[a, t, j] * wa[a * h + j]
+            acc = out[a * T + t]
+            for b in range(B):
+                acc[b] = ka + qa[b]
+            for j in range(h):
+                kh, zh, w = kk[a, t, j], kz[a, t, j], wp[a * h + j]
+                qh, eh = qT[a * h + j], eT[a * h + j]
                 if split:
                     for b in range(B):
-                        acc[b] += (kh + qh[b]) / (zh * qzh[b] + one) * w
+                        acc[b] += (kh + qh[b]) / (zh * eh[b] + one) * w
                 else:
                     for b in range(B):
-                        acc[b] += (kh + qh[b]) / (np.exp(zh + qzh[b]) + one) * w
+                        acc[b] += (kh + qh[b]) / (np.exp(zh + eh[b]) + one) * w
     return out
+
+
+@numba.njit(**_JIT)
+def _dice_finish(x: np.ndarray, e: np.ndarray, alpha: np.ndarray, one_minus_alpha: np.ndarray) -> np.ndarray:
+    """Dice from e = exp((x - mean)·(-inv)) [n, d]: x·(alpha + (1 - alpha)·p), p = 1 / (1 + e), into e."""
+    one = np.float32(1.0)
+    for i in range(x.shape[0]):
+        xi, ei = x[i], e[i]
+        for j in range(x.shape[1]):
+            ei[j] = xi[j] * (alpha[j] + one_minus_alpha[j] / (ei[j] + one))
+    return e
 
 
 class _Layer:
@@ -101,21 +155,18 @@ class _Dice(_Layer):
         self.mean = bn.running_mean.detach().numpy().astype(np.float32)
         self.inv = (1.0 / np.sqrt(bn.running_var.detach().numpy() + bn.eps)).astype(np.float32)
         self.neg_inv = -self.inv
-        self.alpha = m.alpha.detach().numpy().copy()
+        self.alpha = m.alpha.detach().numpy().astype(np.float32)
         self.one_minus_alpha = (1 - self.alpha).astype(np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        # p*x + (1-p)*alpha*x = x * (alpha + p*(1-alpha)), in place on one temporary
-        y = x - self.mean
-        y *= self.neg_inv
+        # p*x + (1-p)*alpha*x = x * (alpha + p*(1-alpha)): numpy's vectorised exp, the rest in one loop
+        e = x - self.mean
+        e *= self.neg_inv
         with np.errstate(over="ignore"):  # exp -> inf: p = 1 / inf = 0, as the model's sigmoid
-            np.exp(y, out=y)
-        y += 1
-        np.reciprocal(y, out=y)  # p
-        y *= self.one_minus_alpha
-        y += self.alpha
-        y *= x
-        return y
+            np.exp(e, out=e)
+        d = x.shape[-1]
+        _dice_finish(x.reshape(-1, d), e.reshape(-1, d), self.alpha, self.one_minus_alpha)
+        return e
 
 
 class _PReLU(_Layer):
@@ -187,85 +238,84 @@ class _Attention:
 
 
 class _Fused:
-    """Every attention at once, when each unit is the usual Linear -> Dice -> Linear(h, 1), with
+    """Every attention at once, when each unit is the usual Linear -> Dice -> Linear(h, 1) of one
+    hidden width h and every key block has one width dk (MCCA's and DIN's units always do), with
     the candidate-side work moved to the item (precomputed when a ranker goes live).
 
-    For attention a with key block k, query block q (of the item vector v) and hidden width h:
-    the unit's pre-activation is u = k·Wk + q·Wq + b, Dice's p = 1 / (1 + exp(z)) with
-    z = (u - mean)·(-inv), and w = u·(alpha w) + (u p)·((1 - alpha) w) + c. The two products on
-    the candidate's own inputs, its *query row* [Q = q·Wq + b | tail = the MLP's first layer on
-    the candidate's own inputs + bias], are item properties, precomputed with the item vectors
-    (H + m1 floats more per item; Qz = (Q - mean)·(-inv) and qa = Q·(alpha w) + c are elementwise
-    or tiny and made per request); the history's [K = k·Wk | Kz = K·(-inv) | ka = K·(alpha w) |
-    KW = k·W_interest] is computed per request from its T vectors, one attention's key block at a
-    time (T·Σdk·(h + m1) flops, less than keeping it per item would cost in memory). A request is
-    then, for all A attentions together: the weights w [A, T, B] = ka + qa + Σ_h (K + Q)
-    / (1 + exp(Kz) exp(Qz)) · (1 - alpha) w, summed over each attention's columns in one compiled
-    loop over (t, h) with the B candidates innermost (`_attention_weights`; exp(Kz + Qz) where
-    either is large), and one [B, A·T] @ [A·T, m1] product for the MLP's first layer
-    (Σ_a w_a @ (keys_a · W_interest_a) = (w_a @ keys_a) · W_interest_a)."""
+    For attention a with key block k, query block q (of the item vector v): the unit's
+    pre-activation is u = k·Wk + q·Wq + b, Dice's p = 1 / (1 + exp(z)) with z = (u - mean)·(-inv),
+    and w = u·(alpha w) + (u p)·((1 - alpha) w) + c. The candidate's *query row* holds what depends
+    on the candidate alone: [Q = q·Wq + b | E = exp((Q - mean)·(-inv)) | tail = the MLP's first
+    layer on the candidate's own inputs + bias | max |(Q - mean)·(-inv)|], computed in float64 once
+    per item (2H + m1 + 1 floats). The history's [K = k·Wk | KW = k·W_interest] is one batched
+    product per request over the A key blocks ([A, T, dk] @ [A, dk, h + m1]; less than keeping it
+    per item would cost in memory). A request is then, for all A attentions together: the weights
+    w [A·T, B] in one compiled loop (`_attention_weights`, the candidates innermost), and one
+    [B, A·T] @ [A·T, m1] product for the MLP's first layer (Σ_a w_a @ (keys_a · W_interest_a) =
+    (w_a @ keys_a) · W_interest_a)."""
 
     def __init__(self, r: FastRanker) -> None:
         units = [a.unit for a in r.attentions]
-        widths = [u.wk.shape[1] for u in units]
-        cut = np.cumsum([0, *widths])
-        H, A, m1 = int(cut[-1]), len(units), r.first_b.shape[0]
-        self.H, self.A, self.m1 = H, A, m1
+        (dk, h), m1 = units[0].wk.shape, r.first_b.shape[0]
+        A = len(units)
+        H = A * h
+        self.H, self.A, self.h, self.m1 = H, A, h, m1
         # the query rows' products, in float64 (precomputed once per item)
         self.wq, self.bq = np.zeros((r.width, H)), np.zeros(H)
         self.wt, self.first_b = np.zeros((r.width, m1)), r.first_b.astype(np.float64)
         self.wt[r.tail_index] = r.tail_w
-        # per request, float32: the history side (from T vectors), Qz and qa, the weights' last product
         f4 = np.float32
-        self.wa32, self.wp_col = np.zeros((H, A), f4), np.zeros(H, f4)  # wp_col: each column's unit's (1 - alpha)·w
-        self.mean32, self.neg_inv32, self.last_b32 = np.zeros(H, f4), np.zeros(H, f4), np.zeros(A, f4)
+        self.wa, self.wp = np.zeros(H, f4), np.zeros(H, f4)  # each column's unit's alpha·w and (1 - alpha)·w
+        self.mean, self.neg_inv, self.last_b = np.zeros(H, f4), np.zeros(H, f4), np.zeros(A, f4)
         for a, (att, u) in enumerate(zip(r.attentions, units, strict=True)):
-            cols = slice(int(cut[a]), int(cut[a + 1]))
+            cols = slice(a * h, (a + 1) * h)
             self.wq[r.slices[att.query], cols], self.bq[cols] = u.wq, u.b
-            self.wa32[cols, a], self.wp_col[cols] = u.w_alpha[:, 0], u.w_p[:, 0]
-            self.mean32[cols], self.neg_inv32[cols], self.last_b32[a] = u.dice.mean, u.dice.neg_inv, u.last_b[0]
-        # the history side per attention, on its key block only: [T, dk] @ [dk, h] and [dk, m1]
-        self.key_blocks = [(r.slices[att.key], u.wk.astype(f4), w_int.astype(f4))
-                           for att, u, w_int in zip(r.attentions, units, r.w_interest, strict=True)]
-        # the same as columns, for the candidates' side, which is made transposed ([H, B])
-        self.mean_col, self.neg_inv_col, self.last_b_col = self.mean32[:, None], self.neg_inv32[:, None], self.last_b32[:, None]
-        self.cut = cut.astype(np.int64)
-        self.row_width = H + m1
+            self.wa[cols], self.wp[cols] = u.w_alpha[:, 0], u.w_p[:, 0]
+            self.mean[cols], self.neg_inv[cols], self.last_b[a] = u.dice.mean, u.dice.neg_inv, u.last_b[0]
+        # the history side: the key blocks' columns of an item vector, and [Wk | W_interest] per block
+        self.key_cols = np.concatenate([np.arange(r.width)[r.slices[att.key]] for att in r.attentions])
+        self.w_keys = np.stack([np.concatenate([u.wk, w_int], axis=1) for u, w_int in zip(units, r.w_interest, strict=True)]
+                               ).astype(f4)  # [A, dk, h + m1]
+        self.dk = dk
+        self.row_width = 2 * H + m1 + 1
         # compile the loop now (or load it from numba's cache), not on the first request
-        self.first_layer(np.zeros((1, self.row_width), np.float32), np.zeros((1, r.width), np.float32))
+        self.first_layer(np.zeros((1, self.row_width), f4), np.zeros((1, r.width), f4))
+
+    @staticmethod
+    def fits(r: FastRanker) -> bool:
+        """Every unit Linear -> Dice -> Linear(h, 1), of one hidden width and one key width."""
+        units = [a.unit for a in r.attentions]
+        return all(u.folded for u in units) and len({u.wk.shape for u in units}) == 1
 
     def query_rows(self, v: np.ndarray) -> np.ndarray:
-        """Item vectors [n, width] -> their query rows [n, H + m1] (computed in float64)."""
+        """Item vectors [n, width] -> their query rows [n, 2H + m1 + 1] (computed in float64)."""
         v8 = v.astype(np.float64)
-        return np.concatenate([v8 @ self.wq + self.bq, v8 @ self.wt + self.first_b], axis=1).astype(np.float32)
+        q = v8 @ self.wq + self.bq
+        z = (q - self.mean) * self.neg_inv.astype(np.float64)
+        zmax = np.abs(z).max(axis=1, keepdims=True)
+        with np.errstate(over="ignore"):  # exp(z) of a row with |z| > EXP_SPLIT is not used
+            e = np.exp(np.minimum(z, 80.0))
+        return np.concatenate([q, e, v8 @ self.wt + self.first_b, zmax], axis=1).astype(np.float32)
 
-    def history_side(self, hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """hist [T, width] -> (K [T, H]: every unit's key projection, KW [A, T, m1]: each key
-        through the MLP's first layer), one attention's key block at a time."""
-        keys = [hist[:, sl] for sl, _, _ in self.key_blocks]
-        k = np.concatenate([x @ wk for x, (_, wk, _) in zip(keys, self.key_blocks, strict=True)], axis=1)
-        kw = np.stack([x @ w_int for x, (_, _, w_int) in zip(keys, self.key_blocks, strict=True)])
-        return k, kw
+    def history_side(self, hist: np.ndarray) -> np.ndarray:
+        """hist [T, width] -> [K | KW] [A, T, h + m1]: each key block through its unit's first
+        layer (K, the key's pre-activation part) and the MLP's first layer (KW), one batched product."""
+        keys = hist[:, self.key_cols].reshape(hist.shape[0], self.A, self.dk).transpose(1, 0, 2)
+        return np.matmul(keys, self.w_keys)
 
     def first_layer(self, cand_rows: np.ndarray, hist: np.ndarray) -> np.ndarray:
-        """cand_rows [B, H + m1] (query rows), hist [T, width] -> the MLP's first layer [B, m1]."""
-        H, A, m1 = self.H, self.A, self.m1
-        tail = cand_rows[:, H:]
+        """cand_rows [B, 2H + m1 + 1] (query rows), hist [T, width] -> the MLP's first layer [B, m1]."""
+        H, A, h, m1 = self.H, self.A, self.h, self.m1
+        tail = cand_rows[:, 2 * H : 2 * H + m1]
         T, B = hist.shape[0], cand_rows.shape[0]
         if T == 0:
             return tail.copy()
-        qT = np.ascontiguousarray(cand_rows[:, :H].T)  # [H, B]: the loop runs over candidates
-        qzT, qaT = (qT - self.mean_col) * self.neg_inv_col, self.wa32.T @ qT + self.last_b_col  # [H, B], [A, B]
-        k, kw = self.history_side(hist)
-        kz, ka = k * self.neg_inv32, k @ self.wa32  # [T, H], [T, A]
-        out = np.empty((A, T, B), np.float32)  # C order: the loop's one compiled signature
-        np.add(ka.T[:, :, None], qaT[:, None, :], out=out)  # the weights' linear part; the loop adds the rest
-        split = np.abs(kz).max(initial=0.0) <= EXP_SPLIT and np.abs(qzT).max(initial=0.0) <= EXP_SPLIT
-        if split:  # exp(kz + qz) = exp(kz) exp(qz): [T, H] + [H, B] exps, not [B, T, H]
-            np.exp(kz, out=kz)
-            np.exp(qzT, out=qzT)
-        _attention_weights(k, kz, qT, qzT, self.wp_col, self.cut, bool(split), out)
-        return tail + out.reshape(A * T, B).T @ kw.reshape(A * T, m1)  # Σ_a w_a @ (keys_a · W_interest_a)
+        kk = self.history_side(hist)
+        w = _attention_weights(cand_rows, kk, self.mean, self.neg_inv, self.wa, self.wp, self.last_b, EXP_SPLIT,
+                               np.empty((A * T, B), np.float32))
+        x = w.T @ kk[:, :, h:].reshape(A * T, m1)  # Σ_a w_a @ (keys_a · W_interest_a)
+        x += tail
+        return x
 
 
 class _Computed:
@@ -352,7 +402,7 @@ class FastRanker:
         self.table = np.zeros((0, self.width), dtype=np.float32)
         # the fused path where every unit is Linear -> Dice -> Linear(h, 1) (the default); its
         # candidates' query rows beside `table`, row for row
-        self.fused = _Fused(self) if all(a.unit.folded for a in self.attentions) else None
+        self.fused = _Fused(self) if _Fused.fits(self) else None
         self.query_table = np.zeros((0, self.fused.row_width if self.fused else 0), dtype=np.float32)
         self.computed = _Computed(self, computed_max)
 

@@ -64,7 +64,7 @@ def test_fast_path_scores_equal_the_models_forward(name, precompute):
     model = _model(CONFIGS[name], len(vocab), seed=len(name))
     snap = Snapshot("v1", "r1", "v1", model, id_rows, layers, HISTORY_LEN)
     fast = FastRanker(model, id_rows, layers)
-    assert (fast.fused is not None) == (name != "mcca-prelu")  # Linear -> Dice -> Linear(h, 1) units run fused
+    assert (fast.fused is not None) == (name != "mcca-prelu")  # units of one shape, Linear -> Dice -> Linear(h, 1), run fused
     if precompute:
         known = [t for t in vocab[:150] if t in sids]  # part of the vocabulary, as with serve.item_vectors
         fast.precompute(known, [sids[t] for t in known])
@@ -134,7 +134,8 @@ def test_fused_attention_equals_the_model_when_dice_saturates(var):
     fast.precompute(vocab[:80], [sids[t] for t in vocab[:80]])
     history, candidates = list(sids)[:HISTORY_LEN], list(sids)[20:120]
     hist_vecs = fast.gather(history, sids)[1]
-    kz = fast.fused.history_side(hist_vecs)[0] * fast.fused.neg_inv32
+    fu = fast.fused
+    kz = fu.history_side(hist_vecs)[:, :, : fu.h] * fu.neg_inv.reshape(fu.A, 1, fu.h)  # [A, T, h]
     assert (np.abs(kz).max() > 40) == (var < 1)  # the branch this case is about is the one taken
     ref = {x["track_id"]: x["score"] for x in rank(Snapshot("v", "r", "v", model, id_rows, layers, HISTORY_LEN),
                                                    sids, history, candidates)["scored"]}
