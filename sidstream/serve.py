@@ -46,7 +46,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field, ValidationError
-from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from sidcore.config import Settings, dump_settings, get_settings, load_settings, redact
@@ -152,10 +152,8 @@ def ranked(settings: Settings, state: ServingState, store: Any, cache: SidCache,
     history = stored_history[-snap.history_len :]
     version = snap.ranker_codebooks or ""
     if snap.fast is not None and settings.serve.fast_path:
-        tracks = [*req.candidate_track_ids, *history]
-        outside = [tracks[i] for i in (snap.fast.lookup(tracks) < 0).nonzero()[0]]
         out = snap.fast.rank(req.candidate_track_ids, history, snap.history_len,
-                             cache.get_many(outside, version) if outside else {})
+                             lambda outside: cache.get_many(outside, version))
     else:
         out = rank(snap, cache.get_many([*req.candidate_track_ids, *history], version), history, req.candidate_track_ids)
     if req.top_k is not None:
@@ -200,11 +198,11 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     switches = Counter("sidstream_serve_version_switches", "snapshot swaps", registry=metrics)
     live_auc = Gauge("sidstream_live_ranker_auc", "the live ranker's AUC on its gate's held-out window (NaN: none)",
                      registry=metrics)
-    app = FastAPI(title="sidstream", version="1")
+    app = ServeApp(title="sidstream", version="1")
     app.state.serving = state
     app.state.sid_cache = cache
-    app.add_middleware(Guard, tokens=TokenSource(settings.serve.tokens, settings.serve.tokens_file),
-                       max_body_bytes=settings.serve.max_body_bytes)
+    tokens = TokenSource(settings.serve.tokens, settings.serve.tokens_file)
+    app.add_middleware(Guard, tokens=tokens, max_body_bytes=settings.serve.max_body_bytes)
     app.add_middleware(Measure, latency=latency, requests=requests)  # outermost: refusals are counted too
     on = _Routes(settings, state, store, cache)
 
@@ -222,7 +220,10 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     def prom() -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    _add_hot_routes(app, settings, state, on)
+    hot = _add_hot_routes(app, settings, state, on)
+    # POST /rank and /features: the same Measure and Guard, then their handlers (ServeApp)
+    app.hot = Measure(Guard(HotLane(app.router, hot), tokens=tokens, max_body_bytes=settings.serve.max_body_bytes),
+                      latency=latency, requests=requests)
 
     def show_live_auc() -> None:
         gate = state.snapshot.gate
@@ -239,14 +240,15 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
     return app
 
 
-def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _Routes) -> None:
-    """POST /features and /rank.
+def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _Routes
+                    ) -> dict[str, Callable[[bytes], Awaitable[Response]]]:
+    """POST /features and /rank: their handlers, by path.
 
-    They go through `HotLane` (below), the innermost middleware, which calls their handlers with
-    the body: past FastAPI's exception middleware, routing, Request objects and per-request
-    handling (26 vs 67 µs for a /rank answered 422, in process); errors still answer
-    {"detail": ...}. Routes with the same handlers stay registered so that other methods answer
-    405. They are not in the OpenAPI schema; their bodies are FeaturesRequest and RankRequest."""
+    `ServeApp` sends them through Measure, Guard and `HotLane` (below), which calls the handlers
+    with the body: past Starlette's middleware stack, FastAPI's exception middleware, routing,
+    Request objects and per-request handling; errors still answer {"detail": ...}. Routes with the
+    same handlers stay registered so that other methods answer 405. They are not in the OpenAPI
+    schema; their bodies are FeaturesRequest and RankRequest."""
     # Concurrency [measured, docs/scaling.md "Serving"]: /rank awaits its history read on the
     # store's asyncio client (the loop serves other requests meanwhile); a fast-path /rank of at
     # most `serve.rank_inline_candidates` (200) candidates is then scored on the event loop
@@ -278,10 +280,9 @@ def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _
         return await anyio.to_thread.run_sync(on, ranked, req, history, limiter=rank_slots)
 
     hot = {"/features": features_body, "/rank": rank_body}
-    # innermost middleware (inside Measure and Guard, so metrics, tokens and the body limit hold)
-    app.user_middleware.append(Middleware(HotLane, routes=hot))
     for path, handler in hot.items():  # what the lane does not take (other methods) meets these: 405
         app.router.routes.append(Route(path, _as_endpoint(handler), methods=["POST"]))
+    return hot
 
 
 def _as_endpoint(handler: Callable[[bytes], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -291,11 +292,30 @@ def _as_endpoint(handler: Callable[[bytes], Awaitable[Response]]) -> Callable[[R
     return endpoint
 
 
+class ServeApp(FastAPI):
+    """The FastAPI app, with POST /rank and /features taken in front of its middleware stack:
+    `hot` (Measure -> Guard -> HotLane, set by create_app) answers them, so they skip Starlette's
+    ServerErrorMiddleware, FastAPI's telemetry and body-limit wrappers, its exception middleware
+    and its router (each a coroutine and, for the error middleware, a wrapped `send` per request).
+    Every other request goes through the app as usual."""
+
+    hot: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.hot is not None and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in HOT_PATHS:
+            await self.hot(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+HOT_PATHS = frozenset({"/rank", "/features"})
+
+
 class HotLane:
-    """ASGI middleware: POST /rank and /features go to their handlers directly, past FastAPI's
-    exception middleware, routing and Request objects (~X µs a request in-process); an
-    HTTPException answers {"detail": ...} with its status, as FastAPI's handler does, and anything
-    else propagates to ServerErrorMiddleware (500). Other requests go on to the app."""
+    """ASGI: POST /rank and /features go to their handlers directly with the body; an
+    HTTPException answers {"detail": ...} with its status, as FastAPI's handler does; any other
+    exception answers 500 (as Starlette's ServerErrorMiddleware, which this lane is in front of)
+    and is raised on for the server's log. Other requests go on to `inner`."""
 
     def __init__(self, inner: Any, routes: dict[str, Callable[[bytes], Awaitable[Response]]]) -> None:
         self.inner, self.routes = inner, routes
@@ -314,6 +334,9 @@ class HotLane:
             response = as_json({"detail": exc.detail}, exc.status_code)
             if exc.headers:
                 response.headers.update(exc.headers)
+        except Exception:
+            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            raise
         await response(scope, receive, send)
 
 

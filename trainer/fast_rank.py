@@ -31,8 +31,7 @@ multiply-adds are on (95 -> 72 µs at MCCA's defaults, errors as large as with I
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -47,7 +46,7 @@ from trainer.models.layers import MLP, ActivationUnit, Dice, PReLU
 from trainer.models.mcca import JOINT, MCCA, SPECIFIC
 
 SidRow = Mapping[str, Sequence[int] | None]  # {text_sid, audio_sid, joint_sid}
-COMPUTED_MAX = 100_000  # tracks outside the table whose rows are kept once computed (cold tracks)
+COMPUTED_MAX = 100_000  # tracks outside the precomputed table whose rows are kept once computed (cold tracks)
 EXP_SPLIT = 40.0  # |x| <= this: exp(x) is a normal float32 and a product of two stays one
 
 
@@ -318,38 +317,54 @@ class _Fused:
         return x
 
 
-class _Computed:
-    """Item vectors (and query rows) of tracks outside the precomputed table, computed from their
-    SIDs on first use and kept, least recently used first out, at most `max_rows` tracks. No
-    invalidation: a FastRanker serves one codebook version, and a track's SIDs under a version
-    never change (a track with no SID row is not kept, as in the SID cache)."""
+class _Ring:
+    """Rows of tracks outside the precomputed table (cold tracks), computed from their SIDs on
+    first use and kept after the table's N rows, at most `max_rows` of them: a ring, the oldest
+    kept track's slot reused first (first in, first out: a track that leaves is computed again
+    from its cached SIDs, ~1 µs of numpy a track). No invalidation: a FastRanker serves one
+    codebook version, and a track's SIDs under a version never change (a track with no SID row
+    is not kept, as in the SID cache). The tables grow by doubling up to N + max_rows rows."""
 
-    def __init__(self, ranker: FastRanker, max_rows: int) -> None:
-        self.ranker, self.max_rows = ranker, max_rows
-        self._rows: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows, self.hand, self.used = max_rows, 0, 0
+        self.tracks: list[str | None] = []  # slot -> the track it holds
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self.used
 
-    def rows(self, tracks: Sequence[str], sids: Mapping[str, SidRow], query: bool) -> np.ndarray:
-        """[n, width] vectors (or query rows) of `tracks`, all of which have a row in `sids`."""
-        with self._lock:
-            kept = list(map(self._rows.get, tracks))
-            deque(map(self._rows.move_to_end, [t for t, k in zip(tracks, kept, strict=True) if k is not None]), maxlen=0)
-        new = [t for t, k in zip(tracks, kept, strict=True) if k is None]
-        if new:
-            r = self.ranker
-            v = r.vectors_np(new, [sids[t] for t in new])
-            q = r.fused.query_rows(v) if r.fused is not None else None
-            made = {t: (v[i], None if q is None else q[i]) for i, t in enumerate(new)}
-            kept = [k if k is not None else made[t] for t, k in zip(tracks, kept, strict=True)]
-            if self.max_rows:
-                with self._lock:
-                    self._rows.update(made)
-                    while len(self._rows) > self.max_rows:
-                        self._rows.popitem(last=False)
-        return np.stack([k[1] if query else k[0] for k in kept])  # type: ignore[index, misc]
+    def keep(self, r: FastRanker, tracks: list[str], v: np.ndarray, q: np.ndarray) -> None:
+        """Keep these tracks' vectors v and query rows q (caller holds `r.lock`)."""
+        fresh = [i for i, t in enumerate(tracks) if t not in r.rows]  # another thread may have kept one meanwhile
+        if self.max_rows == 0 or not fresh:
+            return
+        if len(fresh) < len(tracks):
+            tracks, v, q = [tracks[i] for i in fresh], v[fresh], q[fresh]
+        tracks, v, q = tracks[-self.max_rows :], v[-self.max_rows :], q[-self.max_rows :]
+        k, n = len(tracks), r.n_table
+        if self.hand + k > len(self.tracks) and len(self.tracks) < self.max_rows:
+            self._grow(r, min(self.max_rows, max(2 * len(self.tracks), self.hand + k, 1024)))
+        slots = (self.hand + np.arange(k)) % len(self.tracks)
+        for slot in slots.tolist():
+            old = self.tracks[slot]
+            if old is not None and r.rows.get(old) == n + slot:
+                del r.rows[old]
+        at = n + slots
+        r.table[at], r.cold[at] = v, [t not in r.id_rows for t in tracks]
+        if r.fused is not None:
+            r.query_table[at] = q
+        r.rows.update(zip(tracks, at.tolist(), strict=True))
+        for slot, t in zip(slots.tolist(), tracks, strict=True):
+            self.tracks[slot] = t
+        self.hand, self.used = (self.hand + k) % len(self.tracks), min(len(self.tracks), self.used + k)
+
+    def _grow(self, r: FastRanker, size: int) -> None:
+        n, extra = r.n_table, size - len(self.tracks)
+
+        def grown(t: np.ndarray) -> np.ndarray:
+            return np.concatenate([t[: n + len(self.tracks)], np.zeros((extra, *t.shape[1:]), t.dtype)])
+
+        r.table, r.query_table, r.cold = grown(r.table), grown(r.query_table), grown(r.cold)
+        self.tracks.extend([None] * extra)
 
 
 class FastRanker:
@@ -398,13 +413,18 @@ class FastRanker:
             self.id_table = model.id_emb.weight.detach().numpy().copy()
             self.sid_tables = ({model.config.sid_codebook: [t.weight.detach().numpy().copy() for t in model.sid_emb.tables]}
                                if model.sid_emb is not None else {})
-        self.rows: dict[str, int] = {}  # track -> row of `table`
-        self.table = np.zeros((0, self.width), dtype=np.float32)
-        # the fused path where every unit is Linear -> Dice -> Linear(h, 1) (the default); its
-        # candidates' query rows beside `table`, row for row
+        # the fused path where every unit is Linear -> Dice -> Linear(h, 1) (the default)
         self.fused = _Fused(self) if _Fused.fits(self) else None
+        # the tables: item vectors, the fused path's query rows beside them row for row, whether
+        # a row's track is cold (no ID row); the precomputed tracks' n_table rows, then the ring's
+        self.rows: dict[str, int] = {}  # track -> row of the tables
+        self.table = np.zeros((0, self.width), dtype=np.float32)
         self.query_table = np.zeros((0, self.fused.row_width if self.fused else 0), dtype=np.float32)
-        self.computed = _Computed(self, computed_max)
+        self.cold = np.zeros(0, dtype=bool)
+        self.n_table = 0
+        self.ring = _Ring(computed_max)
+        self.lock = threading.Lock()  # lookups and gathers against the ring's writes (pool threads)
+        self.head(np.zeros((1, self.first_b.shape[0]), np.float32))  # compile (or load) Dice's loop now
 
     # -- item vectors --------------------------------------------------------------------------
     def codes(self, sids: Iterable[SidRow | None]) -> dict[str, np.ndarray]:
@@ -465,20 +485,23 @@ class FastRanker:
         return query
 
     def precompute(self, tracks: Sequence[str], sids: Sequence[SidRow], chunk: int = 4096) -> None:
-        """The table of item vectors for `tracks` (their SID rows under the ranker's version)."""
+        """The tables' rows for `tracks` (their SID rows under the ranker's version); the ring emptied."""
         blocks = [self.vectors(tracks[i : i + chunk], sids[i : i + chunk]) for i in range(0, len(tracks), chunk)]
-        self.table = np.concatenate(blocks) if blocks else np.zeros((0, self.width), dtype=np.float32)
-        if self.fused is not None:
-            self.query_table = np.concatenate([self.fused.query_rows(b) for b in blocks]) if blocks else self.query_table
-        self.rows = dict(zip(tracks, range(len(tracks)), strict=True))
+        with self.lock:
+            self.table = np.concatenate(blocks) if blocks else np.zeros((0, self.width), dtype=np.float32)
+            if self.fused is not None:
+                self.query_table = np.concatenate([self.fused.query_rows(b) for b in blocks]) if blocks else self.query_table
+            self.cold = np.fromiter((t not in self.id_rows for t in tracks), dtype=bool, count=len(tracks))
+            self.rows = dict(zip(tracks, range(len(tracks)), strict=True))
+            self.n_table, self.ring = len(tracks), _Ring(self.ring.max_rows)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the precomputed tables (item vectors and query rows)."""
+        """Bytes of the tables (item vectors and query rows, precomputed and kept)."""
         return self.table.nbytes + self.query_table.nbytes
 
     def lookup(self, tracks: Sequence[str]) -> np.ndarray:
-        """Rows of `table` for these tracks, -1 where not precomputed (one C-level map, no loop)."""
+        """Rows of the tables for these tracks, -1 where none (one C-level map, no loop)."""
         return np.fromiter(map(self.rows.get, tracks, repeat(-1)), dtype=np.int64, count=len(tracks))
 
     # -- scoring -------------------------------------------------------------------------------
@@ -497,41 +520,64 @@ class FastRanker:
         return x[:, 0]
 
     def rank(self, candidates: Sequence[str], history: Sequence[str], history_len: int,
-             sids: Mapping[str, SidRow]) -> dict[str, Any]:
-        """`trainer.serving.rank`'s answer: candidates with precomputed vectors or a row in `sids`
-        are scored, the rest listed as unknown; the history is the user's last positives (oldest
-        first) that have vectors or SIDs, at most `history_len`."""
+             sids: Mapping[str, SidRow] | Callable[[list[str]], Mapping[str, SidRow]]) -> dict[str, Any]:
+        """`trainer.serving.rank`'s answer: candidates with rows in the tables or a SID row are
+        scored, the rest listed as unknown; the history is the user's last positives (oldest
+        first) that have rows or SIDs, at most `history_len`. `sids`: the SID rows of tracks
+        without rows (a mapping, or a function called with those tracks only)."""
         cands = list(dict.fromkeys(candidates))
-        fused = self.fused
-        vec = self.gather(cands, sids, query=fused is not None)
-        known = vec[0] >= 0
-        hist_rows, hist_vecs = self.gather(list(history), sids)
-        keep = np.flatnonzero(hist_rows >= 0)[-history_len:] if history_len > 0 else np.zeros(0, dtype=np.int64)
-        known_idx = np.flatnonzero(known)
-        unknown = [cands[i] for i in np.flatnonzero(~known).tolist()]
+        n = len(cands)
+        cand, hist, cold, rows = self.gather([*cands, *history], n, sids)
+        c_rows, h_rows = rows[:n], rows[n:]
+        known_idx = np.flatnonzero(c_rows >= 0)
+        keep = np.flatnonzero(h_rows >= 0)[-history_len:] if history_len > 0 else np.zeros(0, dtype=np.int64)
+        unknown = [cands[i] for i in np.flatnonzero(c_rows < 0).tolist()] if known_idx.size < n else []
         if known_idx.size == 0:
             return {"scored": [], "unknown": unknown, "history_len": len(keep)}
-        rows = vec[1] if known_idx.size == len(cands) else vec[1][known_idx]
-        hist = hist_vecs if keep.size == len(hist_vecs) else hist_vecs[keep]
-        z = self.head(fused.first_layer(rows, hist)) if fused is not None else self.logits(rows, hist)
+        if known_idx.size < n:
+            cand = cand[known_idx]
+        if keep.size < len(hist):
+            hist = hist[keep]
+        z = self.head(self.fused.first_layer(cand, hist)) if self.fused is not None else self.logits(cand, hist)
         p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
         by_score = np.argsort(-p, kind="stable")
-        names = [cands[i] for i in known_idx[by_score].tolist()]
-        id_rows = self.id_rows
-        scored = [{"track_id": t, "score": s, "cold": t not in id_rows} for t, s in zip(names, p[by_score].tolist(), strict=True)]
+        order = known_idx[by_score]
+        scored = [{"track_id": cands[i], "score": s, "cold": c}
+                  for i, s, c in zip(order.tolist(), p[by_score].tolist(), cold[order].tolist(), strict=True)]
         return {"scored": scored, "unknown": unknown, "history_len": len(keep)}
 
-    def gather(self, tracks: list[str], sids: Mapping[str, SidRow], query: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(a row marker per track: >= 0 known, -1 unknown; their item vectors, or their query rows
-        where `query`): precomputed rows gathered, the others (cold tracks, or ones outside the
-        table) computed from `sids` once and kept (`computed`)."""
-        table = self.query_table if query else self.table
-        rows = self.lookup(tracks)
-        out = table[np.maximum(rows, 0)] if len(table) else np.zeros((len(tracks), table.shape[1]), np.float32)
+    def gather(self, tracks: list[str], n: int, sids: Mapping[str, SidRow] | Callable[[list[str]], Mapping[str, SidRow]]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For tracks[:n] (candidates) and tracks[n:] (history): the candidates' query rows (their
+        item vectors off the fused path), the history's item vectors, the candidates' cold flags,
+        and a row marker per track (>= 0: has rows, -1: none). Rows in the tables are gathered
+        (copies, so the ring may reuse their slots after); the others are computed from their
+        SID rows, where they have one, and kept in the ring."""
+        cand_table = self.query_table if self.fused is not None else self.table
+        with self.lock:
+            rows = self.lookup(tracks)
+            at = np.maximum(rows, 0)
+            if len(self.table):
+                cand, hist, cold = cand_table[at[:n]], self.table[at[n:]], self.cold[at[:n]]
+            else:
+                cand = np.zeros((n, cand_table.shape[1]), np.float32)
+                hist, cold = np.zeros((len(tracks) - n, self.width), np.float32), np.zeros(n, bool)
         miss = np.flatnonzero(rows < 0)
         if miss.size:
-            have = [i for i in miss.tolist() if tracks[i] in sids]
-            if have:
-                out[have] = self.computed.rows([tracks[i] for i in have], sids, query)
-                rows[have] = 0
-        return rows, out
+            names = list(dict.fromkeys(tracks[i] for i in miss.tolist()))
+            found = sids(names) if callable(sids) else sids
+            new = [t for t in names if t in found]
+            if new:
+                v = self.vectors_np(new, [found[t] for t in new])
+                q = self.fused.query_rows(v) if self.fused is not None else v
+                slot = {t: i for i, t in enumerate(new)}
+                pos = [i for i in miss.tolist() if tracks[i] in slot]
+                src = np.array([slot[tracks[i]] for i in pos], dtype=np.int64)
+                pos_arr = np.array(pos, dtype=np.int64)
+                c, h = pos_arr < n, pos_arr >= n
+                cand[pos_arr[c]], cold[pos_arr[c]] = q[src[c]], [tracks[i] not in self.id_rows for i in pos_arr[c].tolist()]
+                hist[pos_arr[h] - n] = v[src[h]]
+                rows[pos_arr] = 0
+                with self.lock:
+                    self.ring.keep(self, new, v, q)
+        return cand, hist, cold, rows

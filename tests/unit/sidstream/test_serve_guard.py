@@ -80,3 +80,31 @@ def test_top_k_and_candidates_are_bounded(app_with):
     assert big_k.status_code == 422 and "max_top_k" in big_k.text
     many = client.post("/rank", json={"user_id": "u", "candidate_track_ids": ["a", "b", "c", "d"]})
     assert many.status_code == 413
+
+
+def test_hot_routes_answer_as_the_app_would(tmp_path, monkeypatch):
+    """POST /rank and /features are answered in front of FastAPI's stack (ServeApp -> Measure ->
+    Guard -> HotLane): their refusals answer {"detail"} with FastAPI's statuses, other methods
+    405, an unexpected error 500 (and is raised on for the server's log), and every answer is
+    counted in /metrics by endpoint and status."""
+    import sidstream.serve as serve
+
+    app = serve.create_app(Settings(home=tmp_path / "home"), watch=False)
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/rank").status_code == 405 and client.get("/features").status_code == 405
+    bad = client.post("/rank", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 422 and isinstance(bad.json()["detail"], list)
+    assert client.post("/rank", json={"user_id": "u", "candidate_track_ids": ["t"]}).json() == {
+        "detail": "no live ranker: run `sidstream train ranker` (or `train all`)"}
+
+    def broken(model, body):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(serve, "parse", broken)
+    failed = client.post("/features", json={"user_ids": ["u"]})
+    assert failed.status_code == 500 and failed.text == "Internal Server Error"
+    with pytest.raises(RuntimeError, match="a bug"):  # raised on, as Starlette's error middleware does
+        TestClient(app).post("/features", json={"user_ids": ["u"]})
+    metrics = client.get("/metrics").text
+    for endpoint, status, n in (("/rank", "405", 1), ("/rank", "422", 1), ("/rank", "503", 1), ("/features", "500", 2)):
+        assert f'sidstream_serve_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}.0' in metrics

@@ -133,7 +133,7 @@ def test_fused_attention_equals_the_model_when_dice_saturates(var):
     assert fast.fused is not None
     fast.precompute(vocab[:80], [sids[t] for t in vocab[:80]])
     history, candidates = list(sids)[:HISTORY_LEN], list(sids)[20:120]
-    hist_vecs = fast.gather(history, sids)[1]
+    hist_vecs = fast.gather(history, 0, sids)[1]  # [T, width]: all of them history
     fu = fast.fused
     kz = fu.history_side(hist_vecs)[:, :, : fu.h] * fu.neg_inv.reshape(fu.A, 1, fu.h)  # [A, T, h]
     assert (np.abs(kz).max() > 40) == (var < 1)  # the branch this case is about is the one taken
@@ -142,3 +142,51 @@ def test_fused_attention_equals_the_model_when_dice_saturates(var):
     got = {x["track_id"]: x["score"] for x in fast.rank(candidates, history, HISTORY_LEN, sids)["scored"]}
     assert got.keys() == ref.keys() and len(got) == 100
     np.testing.assert_allclose([got[t] for t in ref], list(ref.values()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ring", [0, 5, 1000], ids=["keep-none", "ring-of-5", "ring-of-1000"])
+def test_tracks_outside_the_table_are_kept_in_a_bounded_ring(ring):
+    """Tracks without precomputed rows (cold ones) are computed from their SIDs, kept in a ring
+    of at most `computed_max` slots (the oldest out first), and score as the model's forward on
+    every request: before they are kept, while kept, and after they left the ring. The SIDs are
+    asked only for tracks without rows."""
+    rng = np.random.default_rng(11)
+    sids = _catalogue(rng, 260)
+    vocab = [f"t{i}" for i in range(200)]
+    id_rows = {t: i + 1 for i, t in enumerate(vocab)}
+    layers = {m: len(k) for m, k in SIZES.items()}
+    model = _model(CONFIGS["mcca"], len(vocab), seed=13)
+    snap = Snapshot("v1", "r1", "v1", model, id_rows, layers, HISTORY_LEN)
+    fast = FastRanker(model, id_rows, layers, computed_max=ring)
+    known = [t for t in vocab[:150] if sids[t] is not None]
+    fast.precompute(known, [sids[t] for t in known])
+    outside = [t for t in sids if t not in fast.rows]
+    asked: list[list[str]] = []
+
+    def read(tracks: list[str]) -> dict:
+        asked.append(tracks)
+        return {t: sids[t] for t in tracks}
+
+    for _ in range(15):
+        candidates = list(rng.choice(vocab[:150], 30, replace=False)) + list(rng.choice(outside, 12, replace=False))
+        history = list(rng.choice(list(sids), HISTORY_LEN))
+        without_rows = {t for t in [*candidates, *history] if t not in fast.rows}
+        n_asked = len(asked)
+        got = fast.rank(candidates, history, HISTORY_LEN, read)
+        assert [sorted(a) for a in asked[n_asked:]] == ([sorted(without_rows)] if without_rows else [])
+        ref = rank(snap, {t: sids[t] for t in [*candidates, *history]}, history, candidates)
+        ref_scores = {x["track_id"]: x["score"] for x in ref["scored"]}
+        got_scores = {x["track_id"]: x["score"] for x in got["scored"]}
+        assert got_scores.keys() == ref_scores.keys()
+        np.testing.assert_allclose([got_scores[t] for t in ref_scores], list(ref_scores.values()), rtol=1e-5, atol=1e-6)
+        assert {x["track_id"]: x["cold"] for x in got["scored"]} == {x["track_id"]: x["cold"] for x in ref["scored"]}
+        # the ring holds at most `ring` tracks, each at the slot the row map points to
+        kept = {t: r for t, r in fast.rows.items() if r >= fast.n_table}
+        assert len(kept) == len(fast.ring) <= ring
+        assert all(fast.ring.tracks[r - fast.n_table] == t for t, r in kept.items())
+        assert len(fast.table) == len(fast.query_table) == len(fast.cold) <= fast.n_table + max(ring, 0)
+    every = [t for a in asked for t in a]
+    if ring == 1000:  # a ring larger than the tracks outside: each is computed once
+        assert len(every) == len(set(every))
+    else:  # a track that left the ring (or was never kept) is asked for again
+        assert len(every) > len(set(every))
