@@ -299,9 +299,12 @@ class ServeSettings(_Frozen):
     # When a ranker goes live, its vocabulary's item vectors (ID + summed SID embeddings) and
     # query rows (the candidate side of the attention and of the MLP's first layer) are
     # precomputed (trainer.fast_rank): 3.2 KB per item at MCCA's defaults (320 + 489 float32), so
-    # 500,000 items take 1.6 GB per process; items past this many are computed per request from
-    # their (cached) SIDs and kept (trainer.fast_rank.COMPUTED_MAX).
+    # 500,000 items take 1.6 GB per process; other tracks (cold ones, and the vocabulary past
+    # this many) get their rows from their (cached) SIDs on first use, kept in a ring of
+    # `cold_rows` (first in, first out; 3.2 KB a track at MCCA's defaults, so 320 MB at 100,000).
     item_vectors: int = Field(500_000, ge=0, description="most vocabulary items whose vectors are precomputed per live ranker")
+    cold_rows: int = Field(100_000, ge=0, description="tracks outside the precomputed items whose rows are kept once computed "
+                           "(a ring, oldest out first); 0: computed on every request")
     workers: int = Field(1, ge=1, description="uvicorn worker processes of `sidstream serve` (each with its own caches)")
     fast_path: bool = Field(True, description="/rank by precomputed item vectors and numpy scoring; False: the model's "
                                               "forward on the padded batch (the reference path)")

@@ -46,7 +46,6 @@ from trainer.models.layers import MLP, ActivationUnit, Dice, PReLU
 from trainer.models.mcca import JOINT, MCCA, SPECIFIC
 
 SidRow = Mapping[str, Sequence[int] | None]  # {text_sid, audio_sid, joint_sid}
-COMPUTED_MAX = 100_000  # tracks outside the precomputed table whose rows are kept once computed (cold tracks)
 EXP_SPLIT = 40.0  # |x| <= this: exp(x) is a normal float32 and a product of two stays one
 
 
@@ -370,10 +369,11 @@ class _Ring:
 class FastRanker:
     """A DIN or MCCA (eval mode) as item vectors + numpy scoring. `id_rows`: track -> ID row (the
     ranker's vocabulary; others use the zero padding row 0, as `trainer.serving.rank` does);
-    `layers`: codebook -> semantic layers embedded."""
+    `layers`: codebook -> semantic layers embedded; `cold_rows`: how many tracks outside the
+    precomputed table keep their rows once computed (`_Ring`; 0: computed on every request)."""
 
     def __init__(self, model: nn.Module, id_rows: Mapping[str, int], layers: Mapping[str, int],
-                 computed_max: int = COMPUTED_MAX) -> None:
+                 cold_rows: int) -> None:
         self.model, self.id_rows, self.layers = model, id_rows, dict(layers)
         if isinstance(model, MCCA):
             d = model.config.emb_dim
@@ -422,7 +422,7 @@ class FastRanker:
         self.query_table = np.zeros((0, self.fused.row_width if self.fused else 0), dtype=np.float32)
         self.cold = np.zeros(0, dtype=bool)
         self.n_table = 0
-        self.ring = _Ring(computed_max)
+        self.ring = _Ring(cold_rows)
         self.lock = threading.Lock()  # lookups and gathers against the ring's writes (pool threads)
         self.head(np.zeros((1, self.first_b.shape[0]), np.float32))  # compile (or load) Dice's loop now
 

@@ -107,7 +107,7 @@ class ServingState:
         tracks that have SIDs under the ranker's codebook version (None: no fast path for this
         model kind; /rank then runs the model's forward)."""
         try:
-            fast = FastRanker(model, id_rows, layers)
+            fast = FastRanker(model, id_rows, layers, cold_rows=self.settings.serve.cold_rows)
         except TypeError as exc:
             log.warning("no serving fast path: %s", exc)
             return None

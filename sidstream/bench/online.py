@@ -22,8 +22,9 @@ when achieved_rps >= 95 % of the target with no errors and p99 <= `--p99-limit-m
                                 (the model's forward on the padded batch) and no SID cache, at
                                 100 requests/s and unthrottled
   rank.cold_cache               the miss path: a second server with serve.sid_cache_entries = 0
-                                and serve.item_vectors = 0 (every request reads all 120 SIDs
-                                from the store and computes every vector) at 100 requests/s
+                                serve.item_vectors = 0 and serve.cold_rows = 0 (every request
+                                reads all 120 SIDs from the store and computes every vector)
+                                at 100 requests/s
   scoring_us                    in-process: the fast path (trainer.fast_rank) vs the model's
                                 forward (trainer.serving.rank) on the same 100 candidates; and
                                 the fast path of a ranker of MCCA's default sizes (emb 64,
@@ -329,7 +330,7 @@ def _scoring_us(settings: Settings, store: Any, body: dict[str, Any], repeats: i
     model: Any = snap.model
     sizes = {m: list(e.sizes) for m, e in model.sid_emb.items()}
     big = build_model(ModelConfig(kind="mcca"), model.id_emb.num_embeddings, sizes).eval()
-    fast = FastRanker(big, snap.id_rows, snap.layers)
+    fast = FastRanker(big, snap.id_rows, snap.layers, cold_rows=settings.serve.cold_rows)
     known = read_track_sids(store, list(snap.fast.rows), snap.ranker_codebooks or "")  # type: ignore[union-attr]
     fast.precompute(list(known), list(known.values()))
     default_us = per_call(lambda: fast.rank(cands, history, snap.history_len, outside))
@@ -419,12 +420,13 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
         metrics = client.get("/metrics").text
     out["cache_hit_rate"] = _metric(metrics, "sidstream_serve_sid_cache_hit_rate")
     out["cache_entries"] = _metric(metrics, "sidstream_serve_sid_cache_entries")
-    cold = settings.model_copy(update={"serve": settings.serve.model_copy(update={"sid_cache_entries": 0, "item_vectors": 0})})
+    cold = settings.model_copy(update={"serve": settings.serve.model_copy(update={"sid_cache_entries": 0, "item_vectors": 0,
+                                                                                 "cold_rows": 0})})
     (work / "cold").mkdir(exist_ok=True)
     with ServerProcess(cold, work / "cold") as server:
         httpx.post(f"{server.url}/rank", content=bodies["rank"], headers={"content-type": "application/json"}).raise_for_status()
         point = hey_point(f"{server.url}/rank", bodies["rank"], 100, seconds, work, server_pid=server.proc.pid)
-    out["rank"]["cold_cache"] = {"settings": {"serve.sid_cache_entries": 0, "serve.item_vectors": 0},
+    out["rank"]["cold_cache"] = {"settings": {"serve.sid_cache_entries": 0, "serve.item_vectors": 0, "serve.cold_rows": 0},
                                  "store_reads_per_request": 2, "sids_read_per_request": 100 + out["rank_request"]["history_items"],
                                  **point}
     ref = settings.model_copy(update={"serve": settings.serve.model_copy(update={"sid_cache_entries": 0, "fast_path": False})})

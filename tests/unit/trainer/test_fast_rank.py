@@ -63,7 +63,7 @@ def test_fast_path_scores_equal_the_models_forward(name, precompute):
     layers = {m: len(k) for m, k in SIZES.items()}
     model = _model(CONFIGS[name], len(vocab), seed=len(name))
     snap = Snapshot("v1", "r1", "v1", model, id_rows, layers, HISTORY_LEN)
-    fast = FastRanker(model, id_rows, layers)
+    fast = FastRanker(model, id_rows, layers, cold_rows=1000)
     assert (fast.fused is not None) == (name != "mcca-prelu")  # units of one shape, Linear -> Dice -> Linear(h, 1), run fused
     if precompute:
         known = [t for t in vocab[:150] if t in sids]  # part of the vocabulary, as with serve.item_vectors
@@ -103,7 +103,7 @@ def test_the_comparison_can_fail():
     id_rows = {t: i + 1 for i, t in enumerate(vocab)}
     layers = {m: len(k) for m, k in SIZES.items()}
     model = _model(CONFIGS["mcca"], len(vocab), seed=3)
-    fast = FastRanker(model, id_rows, layers)
+    fast = FastRanker(model, id_rows, layers, cold_rows=1000)
     fast.precompute(vocab, list(sids.values()))
     fast.mlp[-1].b += 1e-3  # type: ignore[attr-defined]
     history, candidates = vocab[:10], vocab[10:40]
@@ -129,7 +129,7 @@ def test_fused_attention_equals_the_model_when_dice_saturates(var):
         if isinstance(m, torch.nn.BatchNorm1d):
             assert m.running_var is not None
             m.running_var.fill_(var)
-    fast = FastRanker(model, id_rows, layers)
+    fast = FastRanker(model, id_rows, layers, cold_rows=1000)
     assert fast.fused is not None
     fast.precompute(vocab[:80], [sids[t] for t in vocab[:80]])
     history, candidates = list(sids)[:HISTORY_LEN], list(sids)[20:120]
@@ -147,7 +147,7 @@ def test_fused_attention_equals_the_model_when_dice_saturates(var):
 @pytest.mark.parametrize("ring", [0, 5, 1000], ids=["keep-none", "ring-of-5", "ring-of-1000"])
 def test_tracks_outside_the_table_are_kept_in_a_bounded_ring(ring):
     """Tracks without precomputed rows (cold ones) are computed from their SIDs, kept in a ring
-    of at most `computed_max` slots (the oldest out first), and score as the model's forward on
+    of at most `cold_rows` slots (the oldest out first), and score as the model's forward on
     every request: before they are kept, while kept, and after they left the ring. The SIDs are
     asked only for tracks without rows."""
     rng = np.random.default_rng(11)
@@ -157,7 +157,7 @@ def test_tracks_outside_the_table_are_kept_in_a_bounded_ring(ring):
     layers = {m: len(k) for m, k in SIZES.items()}
     model = _model(CONFIGS["mcca"], len(vocab), seed=13)
     snap = Snapshot("v1", "r1", "v1", model, id_rows, layers, HISTORY_LEN)
-    fast = FastRanker(model, id_rows, layers, computed_max=ring)
+    fast = FastRanker(model, id_rows, layers, cold_rows=ring)
     known = [t for t in vocab[:150] if sids[t] is not None]
     fast.precompute(known, [sids[t] for t in known])
     outside = [t for t in sids if t not in fast.rows]
