@@ -21,7 +21,7 @@ when achieved_rps >= 95 % of the target with no errors and p99 <= `--p99-limit-m
   rank.reference_path           the path before issue 34 in the same run: serve.fast_path = false
                                 (the model's forward on the padded batch) and no SID cache, at
                                 100 requests/s and unthrottled
-  rank.cold_cache               the miss path: a second server with serve.sid_cache_entries = 0
+  rank.cold_cache               the miss path: a second server with serve.sid_cache_entries = 0,
                                 serve.item_vectors = 0 and serve.cold_rows = 0 (every request
                                 reads all 120 SIDs from the store and computes every vector)
                                 at 100 requests/s
@@ -30,13 +30,18 @@ when achieved_rps >= 95 % of the target with no errors and p99 <= `--p99-limit-m
                                 the fast path of a ranker of MCCA's default sizes (emb 64,
                                 attention 36, MLP 200-80; the bench's is 16, 16, 32-16)
   cache_hit_rate                the warm server's SID cache hits / lookups over the whole run
-The machine's cores are shared by hey, the server and Redis: on a small machine the load
-generator's own CPU is part of what limits the rate.
+  rank.shared_cores_at_1000     with --pin (the default): the same server at 1,000 requests/s
+                                with hey on its core too (Redis stays on the others)
+  cores                         with two or more cores and --pin: the server on the first core,
+                                hey, Redis and the bench on the rest (a pod's cores are its own
+                                and its callers elsewhere; on a 2-core machine ten hey processes
+                                otherwise preempt the server); "shared" with --no-pin or one core
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -102,6 +107,26 @@ def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: 
             "items": item_ids, "new": new_ids, "users": [str(u) for u in hist.index]}
 
 
+def core_split() -> tuple[list[int], list[int]] | None:
+    """(the server's core, the others) when this process may run on two or more cores, else None.
+
+    With a split, `sidstream serve` runs on a core of its own and hey, Redis and this process on
+    the others, as on a deployment where the pod's cores are its own and the callers are on other
+    machines; on a 2-core machine the ten hey processes of a 1,000 rps point otherwise preempt
+    the server on its own core, which is the load generator's cost, not the server's."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ([cpus[0]], cpus[1:]) if len(cpus) >= 2 else None
+
+
+def pin(pid: int, cpus: list[int]) -> None:
+    """Every thread of process `pid` (and threads it starts later) on `cpus`."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,10 +164,10 @@ class ServerThread:
 class ServerProcess:
     """`sidstream serve` in its own process (as deployed), on a free loopback port."""
 
-    def __init__(self, settings: Settings, work: Path) -> None:
+    def __init__(self, settings: Settings, work: Path, cpus: list[int] | None = None) -> None:
         from sidcore.config import dump_settings
 
-        self.port = _free_port()
+        self.port, self.cpus = _free_port(), cpus
         self.settings_file = dump_settings(settings, work / "serve-settings.json")
         self.log = work / "serve.log"
 
@@ -159,6 +184,8 @@ class ServerProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "sidstream.cli", "--settings", str(self.settings_file), "serve",
                                           "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        if self.cpus is not None:
+            pin(self.proc.pid, self.cpus)  # before it starts its threads (they inherit it)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -382,7 +409,10 @@ RATES = [100, 500, 1000]
 BEYOND = [1500, 2000, 3000, 4000]
 
 
-def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: float, raw_calls: int = 1000) -> dict[str, Any]:
+def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: float, raw_calls: int = 1000,
+               split: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
+    """The whole bench (module docstring); `split`: the server's core and the others' (this
+    process, hey and Redis already run on the others), or None: all share every core."""
     import httpx
 
     from streams.sinks.store import open_store
@@ -394,7 +424,9 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
     version = ids["codebook_version"]
     features = [f"track_sids:{f}" for f in ("text_sid", "audio_sid", "joint_sid")]
     out: dict[str, Any] = {"bench": "online", "store": "sqlite" if settings.feast_profile == "local" else "redis",
-                           "seconds_per_point": seconds, "p99_limit_ms": p99_limit_ms, "load_generator": generator}
+                           "seconds_per_point": seconds, "p99_limit_ms": p99_limit_ms, "load_generator": generator,
+                           "cores": {"server": split[0], "hey_redis_bench": split[1]} if split else "shared"}
+    server_cpus = split[0] if split else None
     picks = {1: [str(rng.choice(ids["items"]))],
              100: [str(t) for t in rng.choice(ids["items"] + ids["new"], 100, replace=False)]}
     for n, tracks in picks.items():
@@ -409,12 +441,22 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
     out["scoring_us"] = _scoring_us(settings, store, rank_body)
     bodies = {"rank": json.dumps(rank_body).encode(), "features_1": json.dumps({"track_ids": picks[1]}).encode(),
               "features_100": json.dumps({"track_ids": picks[100]}).encode()}
-    with ServerProcess(settings, work) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with ServerProcess(settings, work, server_cpus) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         for _ in range(200):  # warm-up: caches filled, code paths run
             for path, b in (("/rank", "rank"), ("/features", "features_1"), ("/features", "features_100")):
                 client.post(path, content=bodies[b], headers={"content-type": "application/json"}).raise_for_status()
         pid = server.proc.pid
         out["rank"] = ladder(f"{server.url}/rank", bodies["rank"], seconds, work, p99_limit_ms, RATES, BEYOND, pid)
+        if split:  # the same server at 1,000 rps with hey on its core too (Redis stays on the others)
+            every = split[0] + split[1]
+            pin(pid, every)
+            os.sched_setaffinity(0, every)
+            try:
+                out["rank"]["shared_cores_at_1000"] = hey_point(f"{server.url}/rank", bodies["rank"], 1000, seconds, work,
+                                                                server_pid=pid)
+            finally:
+                pin(pid, split[0])
+                os.sched_setaffinity(0, split[1])
         for name in ("features_1", "features_100"):
             out[name] = ladder(f"{server.url}/features", bodies[name], seconds, work, p99_limit_ms, RATES, BEYOND, pid)
         metrics = client.get("/metrics").text
@@ -423,7 +465,7 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
     cold = settings.model_copy(update={"serve": settings.serve.model_copy(update={"sid_cache_entries": 0, "item_vectors": 0,
                                                                                  "cold_rows": 0})})
     (work / "cold").mkdir(exist_ok=True)
-    with ServerProcess(cold, work / "cold") as server:
+    with ServerProcess(cold, work / "cold", server_cpus) as server:
         httpx.post(f"{server.url}/rank", content=bodies["rank"], headers={"content-type": "application/json"}).raise_for_status()
         point = hey_point(f"{server.url}/rank", bodies["rank"], 100, seconds, work, server_pid=server.proc.pid)
     out["rank"]["cold_cache"] = {"settings": {"serve.sid_cache_entries": 0, "serve.item_vectors": 0, "serve.cold_rows": 0},
@@ -431,7 +473,7 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
                                  **point}
     ref = settings.model_copy(update={"serve": settings.serve.model_copy(update={"sid_cache_entries": 0, "fast_path": False})})
     (work / "reference").mkdir(exist_ok=True)
-    with ServerProcess(ref, work / "reference") as server:
+    with ServerProcess(ref, work / "reference", server_cpus) as server:
         httpx.post(f"{server.url}/rank", content=bodies["rank"], headers={"content-type": "application/json"}).raise_for_status()
         out["rank"]["reference_path"] = {
             "settings": {"serve.sid_cache_entries": 0, "serve.fast_path": False},
@@ -481,19 +523,27 @@ def goals(out: dict[str, Any]) -> dict[str, Any]:
 @click.option("--seconds", type=float, default=4.0, show_default=True, help="load per measured rate")
 @click.option("--p99-limit-ms", type=float, default=10.0, show_default=True,
               help="a rate counts as sustained with p99 at most this (and >= 95 % achieved, no errors)")
+@click.option("--pin/--no-pin", "pinned", default=True, show_default=True,
+              help="with two or more cores: the server on a core of its own, hey, Redis and the bench on the others "
+                   "(the JSON's `cores`); --no-pin: all share every core")
 @click.option("--json", "as_json", is_flag=True, help="print only the JSON line")
-def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: float, as_json: bool) -> None:
+def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: float, pinned: bool, as_json: bool) -> None:
     """/rank and /features under `hey` at 100, 500, 1,000 requests/s and up, against raw Feast reads."""
     from sidcore.config import get_settings
 
     s = get_settings()
     work = s.home / "bench" / f"online-{time.strftime('%Y%m%dT%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
+    split = core_split() if pinned else None
+    allowed = sorted(os.sched_getaffinity(0))
     with ExitStack() as stack:
+        if split:  # this process first: the Redis and hey it starts inherit its cores
+            os.sched_setaffinity(0, split[1])
+            stack.callback(os.sched_setaffinity, 0, allowed)
         url = stack.enter_context(redis_at(redis_url or s.redis_url, work)) if store == "redis" else s.redis_url
         s = s.model_copy(update={"feast_root": work / "feast", "registry_root": work / "registry",
                                  "feast_profile": "local" if store == "sqlite" else "redis", "redis_url": url})
-        out = run_online(s, work, seconds, p99_limit_ms)
+        out = run_online(s, work, seconds, p99_limit_ms, split=split)
     if not as_json:
         click.echo(render(out), err=True)
     click.echo(json.dumps(out))
@@ -512,6 +562,10 @@ def render(out: dict[str, Any]) -> str:
             target = "unthrottled (16 conn.)" if p["target_rps"] is None else f"{p['target_rps']:,}"
             lines.append(f"| {name} | {target} | {p['achieved_rps']:,} | {p['p50_ms']} | {p['p99_ms']} | {p['p999_ms']} | {p['errors']} | "
                          f"{cpu(p)} |")
+    shared = out["rank"].get("shared_cores_at_1000")
+    if shared:
+        lines.append(f"| rank, server sharing its core with hey | 1,000 | {shared['achieved_rps']:,} | {shared['p50_ms']} | "
+                     f"{shared['p99_ms']} | {shared['p999_ms']} | {shared['errors']} | {cpu(shared)} |")
     c = out["rank"]["cold_cache"]
     lines.append(f"| rank, cold (no cache, no item vectors) | {c['target_rps']} | {c['achieved_rps']} | {c['p50_ms']} | {c['p99_ms']} | "
                  f"{c['p999_ms']} | {c['errors']} | {cpu(c)} |")
@@ -528,5 +582,7 @@ def render(out: dict[str, Any]) -> str:
                   f"SID cache hit rate {out['cache_hit_rate']}; scoring µs (model forward / fast path): "
                   f"{out['scoring_us']['model_forward']} / {out['scoring_us']['fast_path']} (fast path on a ranker of MCCA's "
                   f"default sizes: {out['scoring_us']['fast_path_default_sizes']}); /rank unthrottled, fast / reference path: "
-                  f"{out['rank']['unthrottled_over_reference_path']}x; load generator {out['load_generator']}"]
+                  f"{out['rank']['unthrottled_over_reference_path']}x; load generator {out['load_generator']}; "
+                  + (f"cores: the server on {out['cores']['server']}, hey, Redis and the bench on {out['cores']['hey_redis_bench']}"
+                     if isinstance(out.get("cores"), dict) else "cores: all shared")]
     return "\n".join(lines)
