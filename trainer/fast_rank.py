@@ -489,8 +489,8 @@ class FastRanker:
         blocks = [self.vectors(tracks[i : i + chunk], sids[i : i + chunk]) for i in range(0, len(tracks), chunk)]
         with self.lock:
             self.table = np.concatenate(blocks) if blocks else np.zeros((0, self.width), dtype=np.float32)
-            if self.fused is not None:
-                self.query_table = np.concatenate([self.fused.query_rows(b) for b in blocks]) if blocks else self.query_table
+            self.query_table = (np.concatenate([self.fused.query_rows(b) for b in blocks]) if self.fused is not None and blocks
+                                else np.zeros((len(tracks), self.query_table.shape[1]), dtype=np.float32))
             self.cold = np.fromiter((t not in self.id_rows for t in tracks), dtype=bool, count=len(tracks))
             self.rows = dict(zip(tracks, range(len(tracks)), strict=True))
             self.n_table, self.ring = len(tracks), _Ring(self.ring.max_rows)

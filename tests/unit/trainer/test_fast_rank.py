@@ -144,8 +144,9 @@ def test_fused_attention_equals_the_model_when_dice_saturates(var):
     np.testing.assert_allclose([got[t] for t in ref], list(ref.values()), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["mcca", "mcca-prelu"], ids=["fused", "per-attention"])
 @pytest.mark.parametrize("ring", [0, 5, 1000], ids=["keep-none", "ring-of-5", "ring-of-1000"])
-def test_tracks_outside_the_table_are_kept_in_a_bounded_ring(ring):
+def test_tracks_outside_the_table_are_kept_in_a_bounded_ring(ring, name):
     """Tracks without precomputed rows (cold ones) are computed from their SIDs, kept in a ring
     of at most `cold_rows` slots (the oldest out first), and score as the model's forward on
     every request: before they are kept, while kept, and after they left the ring. The SIDs are
@@ -155,9 +156,10 @@ def test_tracks_outside_the_table_are_kept_in_a_bounded_ring(ring):
     vocab = [f"t{i}" for i in range(200)]
     id_rows = {t: i + 1 for i, t in enumerate(vocab)}
     layers = {m: len(k) for m, k in SIZES.items()}
-    model = _model(CONFIGS["mcca"], len(vocab), seed=13)
+    model = _model(CONFIGS[name], len(vocab), seed=13)
     snap = Snapshot("v1", "r1", "v1", model, id_rows, layers, HISTORY_LEN)
     fast = FastRanker(model, id_rows, layers, cold_rows=ring)
+    assert (fast.fused is not None) == (name == "mcca")
     known = [t for t in vocab[:150] if sids[t] is not None]
     fast.precompute(known, [sids[t] for t in known])
     outside = [t for t in sids if t not in fast.rows]
