@@ -19,9 +19,10 @@ pair, never a mix, and none fails during the switch.
 Hot path (issue 34): tracks' SIDs come from an in-process cache keyed by (track, codebook
 version) (streams.sinks.sid_cache: rows never change under a version, so no invalidation; a miss
 is one batched store read), and a ranker that goes live gets its vocabulary's item vectors
-precomputed (trainer.fast_rank), so /rank is one history read, row gathers and a compiled
-attention loop; the model's own forward (`trainer.serving.rank`) is the reference it is tested
-against, and the fallback for a model kind without a fast path.
+precomputed (trainer.fast_rank; cold tracks' rows are kept once computed), so /rank is one
+history read, row gathers and a compiled attention loop; the model's own forward (`trainer.serving.rank`) is the reference it is tested
+against, and the fallback for a model kind without a fast path. POST /rank and /features are
+answered in front of FastAPI's middleware stack (`ServeApp`).
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def _add_hot_routes(app: FastAPI, settings: Settings, state: ServingState, on: _
     # Concurrency [measured, docs/scaling.md "Serving"]: /rank awaits its history read on the
     # store's asyncio client (the loop serves other requests meanwhile); a fast-path /rank of at
     # most `serve.rank_inline_candidates` (200) candidates is then scored on the event loop
-    # (~0.25 ms in process for 100 candidates on the bench's ranker, ~0.5 ms at MCCA's default
+    # (~0.16 ms in process for 100 candidates on the bench's ranker, ~0.34 ms at MCCA's default
     # sizes), less than the hop to a pool thread and back plus the GIL hand-offs between the loop
     # and the pool (A/B on 2 cores with hey, unthrottled, alternating runs: 703-731 rps on the
     # loop vs 466-510 on the pool). /features' history read blocks the loop: a store that hangs
