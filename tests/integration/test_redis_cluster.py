@@ -139,3 +139,32 @@ def test_the_stream_writes_to_a_redis_cluster_over_tls_with_a_password(kafka_bro
     said = f"{type(refused.value).__name__}: {refused.value}"
     assert "auth" in said.lower() or "password" in said.lower(), said
     assert "\n" not in said.strip() and CLUSTER_PASSWORD not in said and "not-the-password" not in said
+
+
+def test_history_reads_on_a_redis_cluster_equal_feasts_get_online_features(redis_cluster, tmp_path):
+    """serve's history reads on the cluster profile (the blocking one /features uses and the
+    awaited one /rank uses, through the store's asyncio cluster client) give what Feast's
+    get_online_features gives: newest row, order kept, empty and unknown users, one user and
+    several (keys on different primaries: a pipeline across slots)."""
+    import asyncio
+
+    from streams.sinks.reader import _RedisHashes, read_histories, read_histories_async
+    from streams.sinks.store import open_store
+    from streams.sinks.writer import FeastSink, UserHistoryRow
+
+    store = open_store(tmp_path / "feast", profile="redis_cluster", redis_url=redis_cluster.url)
+    rows = [UserHistoryRow(f"u{i}", 1_000, tuple(f"t{i}-{j}" for j in range(i % 4))) for i in range(12)]
+    FeastSink(store).write_history([*rows, UserHistoryRow("u1", 2_000, ("newer", "t1-0"))])
+    users = [*(f"u{i}" for i in range(12)), "nobody", "u1"]
+    ref = store.get_online_features(features=["user_history:history_item_ids"],
+                                    entity_rows=[{"user_id": u} for u in users]).to_dict()
+    expected = {u: list(h) for u, h in zip(ref["user_id"], ref["history_item_ids"], strict=True) if h is not None}
+    assert expected["u1"] == ["newer", "t1-0"] and expected["u5"] == ["t5-0"] and "nobody" not in expected
+
+    async def awaited() -> list[dict[str, list[str]]]:  # one event loop: the asyncio client is bound to it
+        return [await read_histories_async(store, users), *[await read_histories_async(store, [u]) for u in users]]
+
+    many, *each = asyncio.run(awaited())
+    assert read_histories(store, users) == many == expected
+    assert each == [({u: expected[u]} if u in expected else {}) for u in users]
+    assert _RedisHashes.of(store) is not None and _RedisHashes.of(store)._async is not None  # the asyncio client read them
