@@ -301,7 +301,8 @@ class ServeSettings(_Frozen):
     # precomputed (trainer.fast_rank): 3.2 KB per item at MCCA's defaults (320 + 489 float32), so
     # 500,000 items take 1.6 GB per process; other tracks (cold ones, and the vocabulary past
     # this many) get their rows from their (cached) SIDs on first use, kept in a ring of
-    # `cold_rows` (first in, first out; 3.2 KB a track at MCCA's defaults, so 320 MB at 100,000).
+    # `cold_rows` (first in, first out; 3.2 KB a track at MCCA's defaults, so up to 320 MB at
+    # 100,000, allocated with the table as zeros: memory is taken as the ring fills).
     item_vectors: int = Field(500_000, ge=0, description="most vocabulary items whose vectors are precomputed per live ranker")
     cold_rows: int = Field(100_000, ge=0, description="tracks outside the precomputed items whose rows are kept once computed "
                            "(a ring, oldest out first); 0: computed on every request")

@@ -322,11 +322,13 @@ class _Ring:
     kept track's slot reused first (first in, first out: a track that leaves is computed again
     from its cached SIDs, ~1 µs of numpy a track). No invalidation: a FastRanker serves one
     codebook version, and a track's SIDs under a version never change (a track with no SID row
-    is not kept, as in the SID cache). The tables grow by doubling up to N + max_rows rows."""
+    is not kept, as in the SID cache). The tables are allocated with the ring's rows after the N
+    (`FastRanker.allocate`: zeros, so the pages are taken only as slots fill; nothing is copied
+    or grown while serving)."""
 
     def __init__(self, max_rows: int) -> None:
         self.max_rows, self.hand, self.used = max_rows, 0, 0
-        self.tracks: list[str | None] = []  # slot -> the track it holds
+        self.tracks: list[str | None] = [None] * max_rows  # slot -> the track it holds
 
     def __len__(self) -> int:
         return self.used
@@ -340,9 +342,7 @@ class _Ring:
             tracks, v, q = [tracks[i] for i in fresh], v[fresh], q[fresh]
         tracks, v, q = tracks[-self.max_rows :], v[-self.max_rows :], q[-self.max_rows :]
         k, n = len(tracks), r.n_table
-        if self.hand + k > len(self.tracks) and len(self.tracks) < self.max_rows:
-            self._grow(r, min(self.max_rows, max(2 * len(self.tracks), self.hand + k, 1024)))
-        slots = (self.hand + np.arange(k)) % len(self.tracks)
+        slots = (self.hand + np.arange(k)) % self.max_rows
         for slot in slots.tolist():
             old = self.tracks[slot]
             if old is not None and r.rows.get(old) == n + slot:
@@ -354,16 +354,7 @@ class _Ring:
         r.rows.update(zip(tracks, at.tolist(), strict=True))
         for slot, t in zip(slots.tolist(), tracks, strict=True):
             self.tracks[slot] = t
-        self.hand, self.used = (self.hand + k) % len(self.tracks), min(len(self.tracks), self.used + k)
-
-    def _grow(self, r: FastRanker, size: int) -> None:
-        n, extra = r.n_table, size - len(self.tracks)
-
-        def grown(t: np.ndarray) -> np.ndarray:
-            return np.concatenate([t[: n + len(self.tracks)], np.zeros((extra, *t.shape[1:]), t.dtype)])
-
-        r.table, r.query_table, r.cold = grown(r.table), grown(r.query_table), grown(r.cold)
-        self.tracks.extend([None] * extra)
+        self.hand, self.used = (self.hand + k) % self.max_rows, min(self.max_rows, self.used + k)
 
 
 class FastRanker:
@@ -418,11 +409,8 @@ class FastRanker:
         # the tables: item vectors, the fused path's query rows beside them row for row, whether
         # a row's track is cold (no ID row); the precomputed tracks' n_table rows, then the ring's
         self.rows: dict[str, int] = {}  # track -> row of the tables
-        self.table = np.zeros((0, self.width), dtype=np.float32)
-        self.query_table = np.zeros((0, self.fused.row_width if self.fused else 0), dtype=np.float32)
-        self.cold = np.zeros(0, dtype=bool)
-        self.n_table = 0
         self.ring = _Ring(cold_rows)
+        self.allocate(0)
         self.lock = threading.Lock()  # lookups and gathers against the ring's writes (pool threads)
         self.head(np.zeros((1, self.first_b.shape[0]), np.float32))  # compile (or load) Dice's loop now
 
@@ -484,21 +472,33 @@ class FastRanker:
             query = np.where((missing & (codes[m][:, 0] >= 0))[:, None], sid[m], query)
         return query
 
+    def allocate(self, n: int) -> None:
+        """Empty tables of n precomputed rows and the ring's (zeros: their pages are taken only as
+        rows are written); the ring emptied."""
+        rows = n + self.ring.max_rows
+        self.table = np.zeros((rows, self.width), dtype=np.float32)
+        self.query_table = np.zeros((rows, self.fused.row_width if self.fused else 0), dtype=np.float32)
+        self.cold = np.zeros(rows, dtype=bool)
+        self.n_table, self.ring = n, _Ring(self.ring.max_rows)
+
     def precompute(self, tracks: Sequence[str], sids: Sequence[SidRow], chunk: int = 4096) -> None:
-        """The tables' rows for `tracks` (their SID rows under the ranker's version); the ring emptied."""
-        blocks = [self.vectors(tracks[i : i + chunk], sids[i : i + chunk]) for i in range(0, len(tracks), chunk)]
+        """The tables' rows for `tracks` (their SID rows under the ranker's version), written into
+        fresh tables block by block; the ring emptied."""
         with self.lock:
-            self.table = np.concatenate(blocks) if blocks else np.zeros((0, self.width), dtype=np.float32)
-            self.query_table = (np.concatenate([self.fused.query_rows(b) for b in blocks]) if self.fused is not None and blocks
-                                else np.zeros((len(tracks), self.query_table.shape[1]), dtype=np.float32))
-            self.cold = np.fromiter((t not in self.id_rows for t in tracks), dtype=bool, count=len(tracks))
+            self.allocate(len(tracks))
+            for i in range(0, len(tracks), chunk):
+                v = self.vectors(tracks[i : i + chunk], sids[i : i + chunk])
+                self.table[i : i + len(v)] = v
+                if self.fused is not None:
+                    self.query_table[i : i + len(v)] = self.fused.query_rows(v)
+            self.cold[: len(tracks)] = np.fromiter((t not in self.id_rows for t in tracks), dtype=bool, count=len(tracks))
             self.rows = dict(zip(tracks, range(len(tracks)), strict=True))
-            self.n_table, self.ring = len(tracks), _Ring(self.ring.max_rows)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the tables (item vectors and query rows, precomputed and kept)."""
-        return self.table.nbytes + self.query_table.nbytes
+        """Bytes of the tables' rows in use (precomputed and kept in the ring)."""
+        rows = self.n_table + len(self.ring)
+        return rows * (self.table.shape[1] + self.query_table.shape[1]) * 4
 
     def lookup(self, tracks: Sequence[str]) -> np.ndarray:
         """Rows of the tables for these tracks, -1 where none (one C-level map, no loop)."""

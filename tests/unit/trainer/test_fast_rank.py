@@ -68,7 +68,7 @@ def test_fast_path_scores_equal_the_models_forward(name, precompute):
     if precompute:
         known = [t for t in vocab[:150] if t in sids]  # part of the vocabulary, as with serve.item_vectors
         fast.precompute(known, [sids[t] for t in known])
-        assert fast.table.shape == (len(known), fast.width)
+        assert fast.n_table == len(known) and fast.table.shape[1] == fast.width
 
     all_tracks = list(sids)
     for case in range(12):
@@ -186,7 +186,7 @@ def test_tracks_outside_the_table_are_kept_in_a_bounded_ring(ring, name):
         kept = {t: r for t, r in fast.rows.items() if r >= fast.n_table}
         assert len(kept) == len(fast.ring) <= ring
         assert all(fast.ring.tracks[r - fast.n_table] == t for t, r in kept.items())
-        assert len(fast.table) == len(fast.query_table) == len(fast.cold) <= fast.n_table + max(ring, 0)
+        assert len(fast.table) == len(fast.query_table) == len(fast.cold) == fast.n_table + ring  # allocated once
     every = [t for a in asked for t in a]
     if ring == 1000:  # a ring larger than the tracks outside: each is computed once
         assert len(every) == len(set(every))
