@@ -36,6 +36,9 @@ when achieved_rps >= 95 % of the target with no errors and p99 <= `--p99-limit-m
                                 hey, Redis and the bench on the rest (a pod's cores are its own
                                 and its callers elsewhere; on a 2-core machine ten hey processes
                                 otherwise preempt the server); "shared" with --no-pin or one core
+  ranker                        the served MCCA's sizes: --ranker bench (the default: embeddings
+                                16, attention 16, MLP 32-16; trained in seconds) or --ranker
+                                default (MCCA's defaults: 64, 36, 200-80)
 """
 
 from __future__ import annotations
@@ -55,12 +58,15 @@ import numpy as np
 
 from sidcore.config import Settings
 
+BENCH_RANKER = {"emb_dim": 16, "att_hidden": (16,), "mlp_hidden": (32, 16)}  # small: training takes seconds
+
 
 def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: int = 400, n_new: int = 50,
-                   seed: int = 0) -> dict[str, Any]:
-    """Train codebooks + an MCCA ranker on a synthetic catalogue (promoted in settings' registry),
-    write every item's full IDs and every user's history to the online store, and add `n_new`
-    tracks the ranker never saw (cold: SIDs only). Returns the ids by kind."""
+                   seed: int = 0, ranker: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train codebooks + an MCCA ranker (of `ranker`'s sizes, BENCH_RANKER's by default; {}:
+    MCCA's defaults) on a synthetic catalogue (promoted in settings' registry), write every item's
+    full IDs and every user's history to the online store, and add `n_new` tracks the ranker never
+    saw (cold: SIDs only). Returns the ids by kind."""
     from psrq import load_codebook_set
     from sidcore.config import CodebookSettings
     from sidcore.registry import Registry
@@ -77,7 +83,7 @@ def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: 
     write_dataset(work / "data", ds)
     config = JobConfig(registry=settings.registry_dir, work_dir=work / "jobs", data=work / "data",
                        codebook=CodebookSettings(codebook_size=8, layers=2),
-                       model=ModelConfig(kind="mcca", emb_dim=16, att_hidden=(16,), mlp_hidden=(32, 16)),
+                       model=ModelConfig(kind="mcca", **(BENCH_RANKER if ranker is None else ranker)),
                        train=TrainConfig(epochs=1, batch_size=256, checkpoint_every=1000),
                        force_gate=True)  # the serving benchmark needs a live ranker, not a good one: past the ranker gate
     codebooks = train_codebooks(config)
@@ -105,6 +111,14 @@ def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: 
     assert Registry(settings.registry_dir).live("ranker") is not None
     return {"codebook_version": codebooks.version, "ranker_version": ranker.version if ranker else None,
             "items": item_ids, "new": new_ids, "users": [str(u) for u in hist.index]}
+
+
+def _sizes(ranker: dict[str, Any]) -> dict[str, Any]:
+    """The served MCCA's sizes, MCCA's defaults where `ranker` leaves them."""
+    from trainer.models import ModelConfig
+
+    config = ModelConfig(kind="mcca", **ranker)
+    return {"emb_dim": config.emb_dim, "att_hidden": list(config.att_hidden), "mlp_hidden": list(config.mlp_hidden)}
 
 
 def core_split() -> tuple[list[int], list[int]] | None:
@@ -410,22 +424,24 @@ BEYOND = [1500, 2000, 3000, 4000]
 
 
 def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: float, raw_calls: int = 1000,
-               split: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
+               split: tuple[list[int], list[int]] | None = None, ranker: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole bench (module docstring); `split`: the server's core and the others' (this
-    process, hey and Redis already run on the others), or None: all share every core."""
+    process, hey and Redis already run on the others), or None: all share every core; `ranker`:
+    the served ranker's sizes (prepare_online)."""
     import httpx
 
     from streams.sinks.store import open_store
 
     generator = load_generator()
-    ids = prepare_online(settings, work)
+    ids = prepare_online(settings, work, ranker=ranker)
     store = open_store(settings.feast_dir, profile=settings.feast_profile, redis_url=settings.redis)
     rng = np.random.default_rng(1)
     version = ids["codebook_version"]
     features = [f"track_sids:{f}" for f in ("text_sid", "audio_sid", "joint_sid")]
     out: dict[str, Any] = {"bench": "online", "store": "sqlite" if settings.feast_profile == "local" else "redis",
                            "seconds_per_point": seconds, "p99_limit_ms": p99_limit_ms, "load_generator": generator,
-                           "cores": {"server": split[0], "hey_redis_bench": split[1]} if split else "shared"}
+                           "cores": {"server": split[0], "hey_redis_bench": split[1]} if split else "shared",
+                           "ranker": _sizes(BENCH_RANKER if ranker is None else ranker)}
     server_cpus = split[0] if split else None
     picks = {1: [str(rng.choice(ids["items"]))],
              100: [str(t) for t in rng.choice(ids["items"] + ids["new"], 100, replace=False)]}
@@ -526,8 +542,12 @@ def goals(out: dict[str, Any]) -> dict[str, Any]:
 @click.option("--pin/--no-pin", "pinned", default=True, show_default=True,
               help="with two or more cores: the server on a core of its own, hey, Redis and the bench on the others "
                    "(the JSON's `cores`); --no-pin: all share every core")
+@click.option("--ranker", "ranker_sizes", type=click.Choice(["bench", "default"]), default="bench", show_default=True,
+              help="the served MCCA's sizes: the bench's small one (embeddings 16, attention 16, MLP 32-16) or MCCA's "
+                   "defaults (64, 36, 200-80)")
 @click.option("--json", "as_json", is_flag=True, help="print only the JSON line")
-def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: float, pinned: bool, as_json: bool) -> None:
+def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: float, pinned: bool, ranker_sizes: str,
+            as_json: bool) -> None:
     """/rank and /features under `hey` at 100, 500, 1,000 requests/s and up, against raw Feast reads."""
     from sidcore.config import get_settings
 
@@ -543,7 +563,7 @@ def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: flo
         url = stack.enter_context(redis_at(redis_url or s.redis_url, work)) if store == "redis" else s.redis_url
         s = s.model_copy(update={"feast_root": work / "feast", "registry_root": work / "registry",
                                  "feast_profile": "local" if store == "sqlite" else "redis", "redis_url": url})
-        out = run_online(s, work, seconds, p99_limit_ms, split=split)
+        out = run_online(s, work, seconds, p99_limit_ms, split=split, ranker=None if ranker_sizes == "bench" else {})
     if not as_json:
         click.echo(render(out), err=True)
     click.echo(json.dumps(out))
@@ -583,6 +603,7 @@ def render(out: dict[str, Any]) -> str:
                   f"{out['scoring_us']['model_forward']} / {out['scoring_us']['fast_path']} (fast path on a ranker of MCCA's "
                   f"default sizes: {out['scoring_us']['fast_path_default_sizes']}); /rank unthrottled, fast / reference path: "
                   f"{out['rank']['unthrottled_over_reference_path']}x; load generator {out['load_generator']}; "
+                  + f"ranker {out['ranker']}; "
                   + (f"cores: the server on {out['cores']['server']}, hey, Redis and the bench on {out['cores']['hey_redis_bench']}"
                      if isinstance(out.get("cores"), dict) else "cores: all shared")]
     return "\n".join(lines)
