@@ -20,9 +20,10 @@ Hot path (issue 34): tracks' SIDs come from an in-process cache keyed by (track,
 version) (streams.sinks.sid_cache: rows never change under a version, so no invalidation; a miss
 is one batched store read), and a ranker that goes live gets its vocabulary's item vectors
 precomputed (trainer.fast_rank; cold tracks' rows are kept once computed), so /rank is one
-history read, row gathers and a compiled attention loop; the model's own forward (`trainer.serving.rank`) is the reference it is tested
-against, and the fallback for a model kind without a fast path. POST /rank and /features are
-answered in front of FastAPI's middleware stack (`ServeApp`).
+history read, row gathers and a compiled attention loop; the model's own forward
+(`trainer.serving.rank`) is the reference it is tested against, and the fallback for a model
+kind without a fast path. POST /rank and /features are answered in front of FastAPI's
+middleware stack (`ServeApp`).
 """
 
 from __future__ import annotations
@@ -223,8 +224,9 @@ def create_app(settings: Settings, store: Any = None, state: ServingState | None
 
     hot = _add_hot_routes(app, settings, state, on)
     # POST /rank and /features: the same Measure and Guard, then their handlers (ServeApp)
-    app.hot = Measure(Guard(HotLane(app.router, hot), tokens=tokens, max_body_bytes=settings.serve.max_body_bytes),
+    app.hot = Measure(Guard(HotLane(hot), tokens=tokens, max_body_bytes=settings.serve.max_body_bytes),
                       latency=latency, requests=requests)
+    app.hot_paths = frozenset(hot)
 
     def show_live_auc() -> None:
         gate = state.snapshot.gate
@@ -301,31 +303,26 @@ class ServeApp(FastAPI):
     Every other request goes through the app as usual."""
 
     hot: Any = None
+    hot_paths: frozenset[str] = frozenset()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.hot is not None and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in HOT_PATHS:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.hot_paths:
             await self.hot(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
 
-HOT_PATHS = frozenset({"/rank", "/features"})
-
-
 class HotLane:
-    """ASGI: POST /rank and /features go to their handlers directly with the body; an
-    HTTPException answers {"detail": ...} with its status, as FastAPI's handler does; any other
+    """ASGI for the POST routes `ServeApp` sends here: each path's handler called with the body;
+    an HTTPException answers {"detail": ...} with its status, as FastAPI's handler does; any other
     exception answers 500 (as Starlette's ServerErrorMiddleware, which this lane is in front of)
-    and is raised on for the server's log. Other requests go on to `inner`."""
+    and is raised on for the server's log."""
 
-    def __init__(self, inner: Any, routes: dict[str, Callable[[bytes], Awaitable[Response]]]) -> None:
-        self.inner, self.routes = inner, routes
+    def __init__(self, routes: dict[str, Callable[[bytes], Awaitable[Response]]]) -> None:
+        self.routes = routes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        handler = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if handler is None:
-            await self.inner(scope, receive, send)
-            return
+        handler = self.routes[scope["path"]]
         try:
             body = await _read_body(receive)
             if body is None:  # the client went away

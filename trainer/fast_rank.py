@@ -553,8 +553,8 @@ class FastRanker:
         and a row marker per track (>= 0: has rows, -1: none). Rows in the tables are gathered
         (copies, so the ring may reuse their slots after); the others are computed from their
         SID rows, where they have one, and kept in the ring."""
-        cand_table = self.query_table if self.fused is not None else self.table
         with self.lock:
+            cand_table = self.query_table if self.fused is not None else self.table
             rows = self.lookup(tracks)
             at = np.maximum(rows, 0)
             if len(self.table):
