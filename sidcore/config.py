@@ -289,8 +289,9 @@ class ServeSettings(_Frozen):
     torch_threads: int = Field(1, ge=1, description="intra-op threads per scoring call, torch's and numpy's BLAS (requests run in parallel threads)")
     rank_threads: int = Field(1, ge=1, description="/rank calls scored at once per process; the rest queue (scale with replicas)")
     # A fast-path /rank of this many candidates or fewer is scored on the event loop (~0.16-0.34 ms
-    # of numpy and compiled loops for 100 candidates: less than the hop to a pool thread and back, and no GIL hand-off
-    # between the loop and the pool); larger ones, and the reference path, go to the pool.
+    # of numpy and compiled loops for 100 candidates: less than the hop to a pool thread and back,
+    # and no GIL hand-off between the loop and the pool); larger ones, and the reference path, go
+    # to the pool.
     rank_inline_candidates: int = Field(200, ge=0, description="/rank with at most this many candidates scores on the "
                                                                "event loop (fast path only; 0: always on the pool)")
     # A track's SIDs under a version never change, so they are cached without invalidation

@@ -144,9 +144,10 @@ def check_rank(settings: Settings, state: ServingState, req: RankRequest) -> Non
 def ranked(settings: Settings, state: ServingState, store: Any, cache: SidCache, req: RankRequest,
            stored_history: list[str]) -> Response:
     """The live ranker's scores of the candidates, for /rank: given the user's stored history
-    (read by the endpoint, awaited), the SIDs under the ranker's codebook version of the tracks
-    without precomputed item vectors (from the cache; its misses in one store read), then the fast
-    path (or `rank`, the model's forward, for a ranker without one). The refusals are checked
+    (read by the endpoint, awaited), then the fast path, which asks the SID cache (its misses in
+    one store read) only for tracks without rows of their own (precomputed or kept), or `rank`,
+    the model's forward on every track's SIDs under the ranker's codebook version, for a ranker
+    without one. The refusals are checked
     again on the snapshot used here (the endpoint checked them before the read; a ranker may have
     gone live or away since)."""
     check_rank(settings, state, req)

@@ -58,13 +58,13 @@ import numpy as np
 
 from sidcore.config import Settings
 
-BENCH_RANKER = {"emb_dim": 16, "att_hidden": (16,), "mlp_hidden": (32, 16)}  # small: training takes seconds
+# the served MCCA's sizes by --ranker name: the bench's small one (trained in seconds), MCCA's defaults
+RANKERS: dict[str, dict[str, Any]] = {"bench": {"emb_dim": 16, "att_hidden": (16,), "mlp_hidden": (32, 16)}, "default": {}}
 
 
 def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: int = 400, n_new: int = 50,
-                   seed: int = 0, ranker: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train codebooks + an MCCA ranker (of `ranker`'s sizes, BENCH_RANKER's by default; {}:
-    MCCA's defaults) on a synthetic catalogue (promoted in settings' registry), write every item's
+                   seed: int = 0, ranker: str = "bench") -> dict[str, Any]:
+    """Train codebooks + an MCCA ranker (of the sizes RANKERS[ranker] names) on a synthetic catalogue (promoted in settings' registry), write every item's
     full IDs and every user's history to the online store, and add `n_new` tracks the ranker never
     saw (cold: SIDs only). Returns the ids by kind."""
     from psrq import load_codebook_set
@@ -83,7 +83,7 @@ def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: 
     write_dataset(work / "data", ds)
     config = JobConfig(registry=settings.registry_dir, work_dir=work / "jobs", data=work / "data",
                        codebook=CodebookSettings(codebook_size=8, layers=2),
-                       model=ModelConfig(kind="mcca", **(BENCH_RANKER if ranker is None else ranker)),
+                       model=ModelConfig(kind="mcca", **RANKERS[ranker]),
                        train=TrainConfig(epochs=1, batch_size=256, checkpoint_every=1000),
                        force_gate=True)  # the serving benchmark needs a live ranker, not a good one: past the ranker gate
     codebooks = train_codebooks(config)
@@ -113,11 +113,11 @@ def prepare_online(settings: Settings, work: Path, n_users: int = 200, n_items: 
             "items": item_ids, "new": new_ids, "users": [str(u) for u in hist.index]}
 
 
-def _sizes(ranker: dict[str, Any]) -> dict[str, Any]:
-    """The served MCCA's sizes, MCCA's defaults where `ranker` leaves them."""
+def _sizes(ranker: str) -> dict[str, Any]:
+    """The sizes of the MCCA `ranker` names, MCCA's defaults where RANKERS leaves them."""
     from trainer.models import ModelConfig
 
-    config = ModelConfig(kind="mcca", **ranker)
+    config = ModelConfig(kind="mcca", **RANKERS[ranker])
     return {"emb_dim": config.emb_dim, "att_hidden": list(config.att_hidden), "mlp_hidden": list(config.mlp_hidden)}
 
 
@@ -424,10 +424,10 @@ BEYOND = [1500, 2000, 3000, 4000]
 
 
 def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: float, raw_calls: int = 1000,
-               split: tuple[list[int], list[int]] | None = None, ranker: dict[str, Any] | None = None) -> dict[str, Any]:
+               split: tuple[list[int], list[int]] | None = None, ranker: str = "bench") -> dict[str, Any]:
     """The whole bench (module docstring); `split`: the server's core and the others' (this
     process, hey and Redis already run on the others), or None: all share every core; `ranker`:
-    the served ranker's sizes (prepare_online)."""
+    the served ranker's sizes, by name (RANKERS)."""
     import httpx
 
     from streams.sinks.store import open_store
@@ -441,7 +441,7 @@ def run_online(settings: Settings, work: Path, seconds: float, p99_limit_ms: flo
     out: dict[str, Any] = {"bench": "online", "store": "sqlite" if settings.feast_profile == "local" else "redis",
                            "seconds_per_point": seconds, "p99_limit_ms": p99_limit_ms, "load_generator": generator,
                            "cores": {"server": split[0], "hey_redis_bench": split[1]} if split else "shared",
-                           "ranker": _sizes(BENCH_RANKER if ranker is None else ranker)}
+                           "ranker": _sizes(ranker)}
     server_cpus = split[0] if split else None
     picks = {1: [str(rng.choice(ids["items"]))],
              100: [str(t) for t in rng.choice(ids["items"] + ids["new"], 100, replace=False)]}
@@ -542,11 +542,11 @@ def goals(out: dict[str, Any]) -> dict[str, Any]:
 @click.option("--pin/--no-pin", "pinned", default=True, show_default=True,
               help="with two or more cores: the server on a core of its own, hey, Redis and the bench on the others "
                    "(the JSON's `cores`); --no-pin: all share every core")
-@click.option("--ranker", "ranker_sizes", type=click.Choice(["bench", "default"]), default="bench", show_default=True,
+@click.option("--ranker", type=click.Choice(list(RANKERS)), default="bench", show_default=True,
               help="the served MCCA's sizes: the bench's small one (embeddings 16, attention 16, MLP 32-16) or MCCA's "
                    "defaults (64, 36, 200-80)")
 @click.option("--json", "as_json", is_flag=True, help="print only the JSON line")
-def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: float, pinned: bool, ranker_sizes: str,
+def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: float, pinned: bool, ranker: str,
             as_json: bool) -> None:
     """/rank and /features under `hey` at 100, 500, 1,000 requests/s and up, against raw Feast reads."""
     from sidcore.config import get_settings
@@ -563,7 +563,7 @@ def command(store: str, redis_url: str | None, seconds: float, p99_limit_ms: flo
         url = stack.enter_context(redis_at(redis_url or s.redis_url, work)) if store == "redis" else s.redis_url
         s = s.model_copy(update={"feast_root": work / "feast", "registry_root": work / "registry",
                                  "feast_profile": "local" if store == "sqlite" else "redis", "redis_url": url})
-        out = run_online(s, work, seconds, p99_limit_ms, split=split, ranker=None if ranker_sizes == "bench" else {})
+        out = run_online(s, work, seconds, p99_limit_ms, split=split, ranker=ranker)
     if not as_json:
         click.echo(render(out), err=True)
     click.echo(json.dumps(out))
