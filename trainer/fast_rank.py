@@ -333,14 +333,14 @@ class _Ring:
     def __len__(self) -> int:
         return self.used
 
-    def keep(self, r: FastRanker, tracks: list[str], v: np.ndarray, q: np.ndarray) -> None:
-        """Keep these tracks' vectors v and query rows q (caller holds `r.lock`)."""
+    def keep(self, r: FastRanker, tracks: list[str], v: np.ndarray, q: np.ndarray, cold: np.ndarray) -> None:
+        """Keep these tracks' vectors v, query rows q and cold flags (caller holds `r.lock`)."""
         fresh = [i for i, t in enumerate(tracks) if t not in r.rows]  # another thread may have kept one meanwhile
         if self.max_rows == 0 or not fresh:
             return
         if len(fresh) < len(tracks):
-            tracks, v, q = [tracks[i] for i in fresh], v[fresh], q[fresh]
-        tracks, v, q = tracks[-self.max_rows :], v[-self.max_rows :], q[-self.max_rows :]
+            tracks, v, q, cold = [tracks[i] for i in fresh], v[fresh], q[fresh], cold[fresh]
+        tracks, v, q, cold = tracks[-self.max_rows :], v[-self.max_rows :], q[-self.max_rows :], cold[-self.max_rows :]
         k, n = len(tracks), r.n_table
         slots = (self.hand + np.arange(k)) % self.max_rows
         for slot in slots.tolist():
@@ -348,7 +348,7 @@ class _Ring:
             if old is not None and r.rows.get(old) == n + slot:
                 del r.rows[old]
         at = n + slots
-        r.table[at], r.cold[at] = v, [t not in r.id_rows for t in tracks]
+        r.table[at], r.cold[at] = v, cold
         if r.fused is not None:
             r.query_table[at] = q
         r.rows.update(zip(tracks, at.tolist(), strict=True))
@@ -570,14 +570,15 @@ class FastRanker:
             if new:
                 v = self.vectors_np(new, [found[t] for t in new])
                 q = self.fused.query_rows(v) if self.fused is not None else v
+                new_cold = np.fromiter((t not in self.id_rows for t in new), dtype=bool, count=len(new))
                 slot = {t: i for i, t in enumerate(new)}
                 pos = [i for i in miss.tolist() if tracks[i] in slot]
                 src = np.array([slot[tracks[i]] for i in pos], dtype=np.int64)
                 pos_arr = np.array(pos, dtype=np.int64)
                 c, h = pos_arr < n, pos_arr >= n
-                cand[pos_arr[c]], cold[pos_arr[c]] = q[src[c]], [tracks[i] not in self.id_rows for i in pos_arr[c].tolist()]
+                cand[pos_arr[c]], cold[pos_arr[c]] = q[src[c]], new_cold[src[c]]
                 hist[pos_arr[h] - n] = v[src[h]]
                 rows[pos_arr] = 0
                 with self.lock:
-                    self.ring.keep(self, new, v, q)
+                    self.ring.keep(self, new, v, q, new_cold)
         return cand, hist, cold, rows
